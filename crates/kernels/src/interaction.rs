@@ -1,0 +1,141 @@
+//! The DLRM `dot` feature interaction.
+//!
+//! Contract, for each sample `b` with features `T_b: [F, D]` (the bottom-MLP output and
+//! the F - 1 pooled embeddings, stored row-major at `t[b * t_stride ..]`):
+//!
+//! ```text
+//! Z = T_b T_b^T                                   // [F, F]
+//! out[b * out_stride + p] = Z[i][j]  for (i, j) in row-major order of
+//!                                    i > j   (itself = false, F(F-1)/2 pairs)
+//!                                    i >= j  (itself = true,  F(F+1)/2 pairs)
+//! ```
+//!
+//! This is the reference DLRM's `Z[:, li, lj]` with `li, lj` its index lists. The `cat`
+//! interaction needs no kernel: bottom output and pooled embeddings are written side by
+//! side into one buffer by the stages that produce them.
+
+/// Number of interaction outputs for `f` features.
+pub fn pair_count(f: usize, itself: bool) -> usize {
+    if itself { f * (f + 1) / 2 } else { f * f.saturating_sub(1) / 2 }
+}
+
+/// Shapes of one interaction call.
+#[derive(Clone, Copy, Debug)]
+pub struct DotShape {
+    pub batch: usize,
+    pub features: usize,
+    pub dim: usize,
+    pub itself: bool,
+    /// row stride of `t` per sample (>= features * dim)
+    pub t_stride: usize,
+    /// row stride of `out` per sample (>= pair_count)
+    pub out_stride: usize,
+}
+
+impl DotShape {
+    fn check(&self, t: &[f32], out: &[f32]) {
+        let s = self;
+        let pairs = pair_count(s.features, s.itself);
+        assert!(s.t_stride >= s.features * s.dim && s.out_stride >= pairs, "strides too small: {s:?}");
+        if s.batch > 0 {
+            assert!(t.len() >= (s.batch - 1) * s.t_stride + s.features * s.dim, "t too short for {s:?}");
+            assert!(out.len() >= (s.batch - 1) * s.out_stride + pairs, "out too short for {s:?}");
+        }
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // eight independent partial sums: LLVM turns this into one vector accumulator
+    let mut acc = [0.0f32; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..8 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s = x.mul_add(*y, s);
+    }
+    s
+}
+
+/// The fast path: the lower triangle of `T T^T` only, with vectorised dot products.
+pub fn dot_interaction(t: &[f32], out: &mut [f32], shape: DotShape) {
+    shape.check(t, out);
+    let DotShape { batch, features, dim, itself, t_stride, out_stride } = shape;
+    let extra = usize::from(itself);
+    for b in 0..batch {
+        let tb = &t[b * t_stride..b * t_stride + features * dim];
+        let ob = &mut out[b * out_stride..];
+        let mut p = 0;
+        for i in 0..features {
+            let ti = &tb[i * dim..i * dim + dim];
+            for j in 0..i + extra {
+                ob[p] = dot(ti, &tb[j * dim..j * dim + dim]);
+                p += 1;
+            }
+        }
+    }
+}
+
+/// The scalar reference (f64 accumulation): builds the full `Z` and gathers with the
+/// reference DLRM's index lists, exactly as written in the contract.
+pub fn dot_interaction_ref(t: &[f32], out: &mut [f32], shape: DotShape) {
+    shape.check(t, out);
+    let DotShape { batch, features: f, dim, itself, t_stride, out_stride } = shape;
+    let off = usize::from(itself);
+    let li: Vec<usize> = (0..f).flat_map(|i| (0..i + off).map(move |_| i)).collect();
+    let lj: Vec<usize> = (0..f).flat_map(|i| 0..i + off).collect();
+    for b in 0..batch {
+        let tb = &t[b * t_stride..];
+        let mut z = vec![0.0f64; f * f];
+        for i in 0..f {
+            for j in 0..f {
+                z[i * f + j] = (0..dim).map(|c| tb[i * dim + c] as f64 * tb[j * dim + c] as f64).sum();
+            }
+        }
+        for (p, (&i, &j)) in li.iter().zip(&lj).enumerate() {
+            out[b * out_stride + p] = z[i * f + j] as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fast_matches_reference(batch in 0usize..6, features in 1usize..30, dim in 1usize..40,
+                                  itself: bool, pad_t in 0usize..4, pad_o in 0usize..4) {
+            let shape = DotShape { batch, features, dim, itself,
+                                   t_stride: features * dim + pad_t,
+                                   out_stride: pair_count(features, itself) + pad_o };
+            let t: Vec<f32> = (0..batch * shape.t_stride).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+            let mut want = vec![-9.0; batch * shape.out_stride];
+            let mut got = want.clone();
+            dot_interaction_ref(&t, &mut want, shape);
+            dot_interaction(&t, &mut got, shape);
+            for (g, w) in got.iter().zip(&want) {
+                prop_assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{} vs {}", g, w);
+            }
+        }
+    }
+
+    #[test]
+    fn pair_order_is_row_major_lower_triangle() {
+        // F = 3, D = 1: T = [1, 2, 3] -> Z[i][j] = t_i t_j
+        let t = [1.0, 2.0, 3.0];
+        let mut out = [0.0; 6];
+        let s = DotShape { batch: 1, features: 3, dim: 1, itself: false, t_stride: 3, out_stride: 3 };
+        dot_interaction(&t, &mut out, s);
+        assert_eq!(&out[..3], &[2.0, 3.0, 6.0]); // (1,0) (2,0) (2,1)
+        let s = DotShape { itself: true, out_stride: 6, ..s };
+        dot_interaction(&t, &mut out, s);
+        assert_eq!(out, [1.0, 2.0, 4.0, 3.0, 6.0, 9.0]); // (0,0) (1,0) (1,1) (2,0) (2,1) (2,2)
+    }
+}
