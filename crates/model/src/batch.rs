@@ -1,0 +1,268 @@
+//! A validated batch: dense features `[B, n_dense]` plus, per table, a jagged list of bags
+//! (offsets `[B + 1]` and ids), the layout of TorchRec's `KeyedJaggedTensor` per key.
+//!
+//! Validation happens once, here, at the edge: dense values finite, the right number of
+//! tables, offsets that start at 0 and end at the id count, every id inside its table. The
+//! kernels downstream trust it. Nothing is ever clamped or remapped.
+
+use serde_json::Value;
+
+use crate::config::DlrmConfig;
+use crate::error::{ModelError, Result};
+
+/// The bags of one table for a whole batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Bags {
+    /// `B + 1` entries, `offsets[0] = 0`, non-decreasing, `offsets[B] = ids.len()`
+    pub offsets: Vec<u32>,
+    pub ids: Vec<u32>,
+}
+
+/// A batch of samples that fits a config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    size: usize,
+    dense: Vec<f32>,
+    bags: Vec<Bags>,
+}
+
+/// One sample, as parsed from a JSON line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub dense: Vec<f32>,
+    pub sparse: Vec<Vec<u32>>,
+    /// click label (0 or 1) when the sample carries one
+    pub label: Option<f32>,
+}
+
+impl Batch {
+    /// Validates parts built elsewhere (a server's tensors, a generator).
+    pub fn from_parts(cfg: &DlrmConfig, size: usize, dense: Vec<f32>, bags: Vec<Bags>) -> Result<Self> {
+        let nd = cfg.n_dense();
+        if dense.len() != size * nd {
+            return Err(ModelError::input(
+                "dense",
+                format!("{} values for {size} samples of {nd} dense features", dense.len()),
+            ));
+        }
+        if let Some(i) = dense.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::input(format!("dense[{}][{}]", i / nd, i % nd), "not a finite number"));
+        }
+        if bags.len() != cfg.n_tables() {
+            return Err(ModelError::input("sparse", format!("{} tables, the model has {}", bags.len(), cfg.n_tables())));
+        }
+        for (t, b) in bags.iter().enumerate() {
+            if b.offsets.len() != size + 1 || b.offsets[0] != 0 {
+                return Err(ModelError::input(format!("offsets[{t}]"), format!("need {} entries starting at 0", size + 1)));
+            }
+            if b.offsets.windows(2).any(|w| w[0] > w[1]) || b.offsets[size] as usize != b.ids.len() {
+                return Err(ModelError::input(
+                    format!("offsets[{t}]"),
+                    format!("must be non-decreasing and end at the id count {}", b.ids.len()),
+                ));
+            }
+            let rows = cfg.tables[t];
+            if let Some(j) = b.ids.iter().position(|&id| id as usize >= rows) {
+                let s = b.offsets.partition_point(|&o| o as usize <= j) - 1;
+                return Err(ModelError::input(
+                    format!("sparse[{t}] of sample {s}"),
+                    format!("id {} out of range for table {t} with {rows} rows", b.ids[j]),
+                ));
+            }
+        }
+        Ok(Batch { size, dense, bags })
+    }
+
+    /// An empty batch to push samples into.
+    pub fn empty(cfg: &DlrmConfig) -> Self {
+        Batch {
+            size: 0,
+            dense: Vec::new(),
+            bags: vec![Bags { offsets: vec![0], ids: Vec::new() }; cfg.n_tables()],
+        }
+    }
+
+    /// Appends a sample after validating it against `cfg` (errors name the field).
+    pub fn push(&mut self, cfg: &DlrmConfig, s: &Sample) -> Result<()> {
+        validate_sample(cfg, s)?;
+        for (b, ids) in self.bags.iter_mut().zip(&s.sparse) {
+            let end = b.ids.len() + ids.len();
+            if end > u32::MAX as usize {
+                return Err(ModelError::input("sparse", "more than 2^32 ids per table in one batch"));
+            }
+            b.ids.extend_from_slice(ids);
+            b.offsets.push(end as u32);
+        }
+        self.dense.extend_from_slice(&s.dense);
+        self.size += 1;
+        Ok(())
+    }
+
+    pub fn clear(&mut self) {
+        self.size = 0;
+        self.dense.clear();
+        for b in &mut self.bags {
+            b.offsets.truncate(1);
+            b.ids.clear();
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    pub fn dense(&self) -> &[f32] {
+        &self.dense
+    }
+    pub fn bags(&self) -> &[Bags] {
+        &self.bags
+    }
+    /// Total ids over all tables.
+    pub fn id_count(&self) -> usize {
+        self.bags.iter().map(|b| b.ids.len()).sum()
+    }
+}
+
+fn validate_sample(cfg: &DlrmConfig, s: &Sample) -> Result<()> {
+    if s.dense.len() != cfg.n_dense() {
+        return Err(ModelError::input("dense", format!("{} values, the model takes {}", s.dense.len(), cfg.n_dense())));
+    }
+    if let Some(i) = s.dense.iter().position(|v| !v.is_finite()) {
+        return Err(ModelError::input(format!("dense[{i}]"), "not a finite number"));
+    }
+    if s.sparse.len() != cfg.n_tables() {
+        return Err(ModelError::input("sparse", format!("{} tables, the model has {}", s.sparse.len(), cfg.n_tables())));
+    }
+    for (t, ids) in s.sparse.iter().enumerate() {
+        if let Some(j) = ids.iter().position(|&id| id as usize >= cfg.tables[t]) {
+            return Err(ModelError::input(
+                format!("sparse[{t}][{j}]"),
+                format!("id {} out of range for table {t} with {} rows", ids[j], cfg.tables[t]),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses one JSON line `{"dense": [..], "sparse": [[..], ..], "label": 0|1}` (label
+/// optional) and validates it against `cfg`. Errors name the field; the caller attaches
+/// the line number with [`ModelError::at_line`].
+pub fn parse_sample(line: &str, cfg: &DlrmConfig) -> Result<Sample> {
+    let v: Value = serde_json::from_str(line).map_err(|e| ModelError::input("", format!("malformed JSON: {e}")))?;
+    let Value::Object(map) = v else {
+        return Err(ModelError::input("", "a sample must be a JSON object with \"dense\" and \"sparse\""));
+    };
+    if let Some(k) = map.keys().find(|k| !matches!(k.as_str(), "dense" | "sparse" | "label")) {
+        return Err(ModelError::input(k.clone(), "unknown field (a sample has dense, sparse and optional label)"));
+    }
+    let dense_v = map.get("dense").ok_or_else(|| ModelError::input("dense", "missing"))?;
+    let Value::Array(dense_a) = dense_v else {
+        return Err(ModelError::input("dense", "must be an array of numbers"));
+    };
+    let mut dense = Vec::with_capacity(dense_a.len());
+    for (i, x) in dense_a.iter().enumerate() {
+        let f = x.as_f64().ok_or_else(|| ModelError::input(format!("dense[{i}]"), format!("`{x}` is not a number")))?;
+        let f32v = f as f32;
+        if !f32v.is_finite() {
+            return Err(ModelError::input(format!("dense[{i}]"), format!("{f} is not a finite f32")));
+        }
+        dense.push(f32v);
+    }
+    let sparse_v = map.get("sparse").ok_or_else(|| ModelError::input("sparse", "missing"))?;
+    let Value::Array(sparse_a) = sparse_v else {
+        return Err(ModelError::input("sparse", "must be an array with one array of ids per table"));
+    };
+    let mut sparse = Vec::with_capacity(sparse_a.len());
+    for (t, bag) in sparse_a.iter().enumerate() {
+        let Value::Array(ids_a) = bag else {
+            return Err(ModelError::input(format!("sparse[{t}]"), "must be an array of ids"));
+        };
+        let mut ids = Vec::with_capacity(ids_a.len());
+        for (j, x) in ids_a.iter().enumerate() {
+            let field = || format!("sparse[{t}][{j}]");
+            let id = x.as_u64().ok_or_else(|| ModelError::input(field(), format!("`{x}` is not a non-negative integer id")))?;
+            let rows = cfg.tables.get(t).copied().unwrap_or(usize::MAX);
+            if id >= rows as u64 {
+                return Err(ModelError::input(field(), format!("id {id} out of range for table {t} with {rows} rows")));
+            }
+            ids.push(id as u32);
+        }
+        sparse.push(ids);
+    }
+    let label = match map.get("label") {
+        None => None,
+        Some(x) => match x.as_f64() {
+            Some(l) if l == 0.0 || l == 1.0 => Some(l as f32),
+            _ => return Err(ModelError::input("label", format!("`{x}` is not 0 or 1"))),
+        },
+    };
+    let s = Sample { dense, sparse, label };
+    validate_sample(cfg, &s)?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> DlrmConfig {
+        DlrmConfig::from_json_str(
+            r#"{"arch_mlp_bot":"2-4","arch_mlp_top":"3-1","arch_embedding_size":"5-1",
+                "arch_sparse_feature_size":4,"arch_interaction_op":"cat"}"#,
+        )
+        .unwrap()
+    }
+
+    fn err(line: &str) -> String {
+        parse_sample(line, &cfg()).unwrap_err().at_line(7).to_string()
+    }
+
+    #[test]
+    fn good_sample_with_empty_bag() {
+        let s = parse_sample(r#"{"dense":[1,2.5],"sparse":[[4,0,4],[]],"label":1}"#, &cfg()).unwrap();
+        assert_eq!(s.sparse, vec![vec![4, 0, 4], vec![]]);
+        let mut b = Batch::empty(&cfg());
+        b.push(&cfg(), &s).unwrap();
+        b.push(&cfg(), &s).unwrap();
+        assert_eq!(b.bags()[0].offsets, vec![0, 3, 6]);
+        assert_eq!(b.bags()[1].offsets, vec![0, 0, 0]);
+        assert_eq!(Batch::from_parts(&cfg(), 2, b.dense().to_vec(), b.bags().to_vec()).unwrap(), b);
+    }
+
+    #[test]
+    fn bad_samples_name_line_and_field() {
+        let cases = [
+            (r#"{"dense":[1,2],"sparse":[[5],[]]}"#, "line 7: field `sparse[0][0]`: id 5 out of range"),
+            (r#"{"dense":[1,2],"sparse":[[0],[1]]}"#, "field `sparse[1][0]`: id 1 out of range"),
+            (r#"{"dense":[1,2],"sparse":[[-1],[]]}"#, "field `sparse[0][0]`: `-1` is not a non-negative"),
+            (r#"{"dense":[1,2],"sparse":[[1.5],[]]}"#, "field `sparse[0][0]`"),
+            (r#"{"dense":[1],"sparse":[[1],[]]}"#, "field `dense`: 1 values, the model takes 2"),
+            (r#"{"dense":[1,"a"],"sparse":[[1],[]]}"#, "field `dense[1]`"),
+            (r#"{"dense":[1,1e39],"sparse":[[1],[]]}"#, "field `dense[1]`: 1000000000000000000000000000000000000000 is not a finite f32"),
+            (r#"{"dense":[1,2],"sparse":[[1]]}"#, "field `sparse`: 1 tables, the model has 2"),
+            (r#"{"dense":[1,2],"sparse":[[1],[]],"labl":1}"#, "field `labl`: unknown"),
+            (r#"{"dense":[1,2],"sparse":[[1],[]],"label":2}"#, "field `label`"),
+            (r#"{"dense":[1,2]}"#, "field `sparse`: missing"),
+            (r#"{"dense":[1,NaN],"sparse":[[1],[]]}"#, "line 7: malformed JSON"),
+            (r#"[1]"#, "line 7: a sample must be a JSON object"),
+        ];
+        for (line, want) in cases {
+            let got = err(line);
+            assert!(got.starts_with("line 7") && got.contains(want), "{line}: got `{got}`, want `{want}`");
+        }
+    }
+
+    #[test]
+    fn from_parts_rejects_bad_offsets_and_ids() {
+        let c = cfg();
+        let ok = || vec![Bags { offsets: vec![0, 1], ids: vec![4] }, Bags { offsets: vec![0, 0], ids: vec![] }];
+        assert!(Batch::from_parts(&c, 1, vec![0.0, 1.0], ok()).is_ok());
+        let mut b = ok();
+        b[0].ids[0] = 5;
+        assert!(Batch::from_parts(&c, 1, vec![0.0, 1.0], b).unwrap_err().to_string().contains("sample 0"));
+        let mut b = ok();
+        b[0].offsets = vec![0, 2];
+        assert!(Batch::from_parts(&c, 1, vec![0.0, 1.0], b).unwrap_err().to_string().contains("offsets[0]"));
+        assert!(Batch::from_parts(&c, 1, vec![0.0, f32::NAN], ok()).unwrap_err().to_string().contains("dense[0][1]"));
+        assert!(Batch::from_parts(&c, 1, vec![0.0], ok()).is_err());
+    }
+}

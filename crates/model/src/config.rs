@@ -1,0 +1,277 @@
+//! `config.json`: a DLRM architecture with the reference implementation's flag names.
+//!
+//! ```json
+//! {"arch_mlp_bot": "13-512-256-64-16", "arch_mlp_top": "512-256-1",
+//!  "arch_embedding_size": "1460-583-10131227", "arch_sparse_feature_size": 16,
+//!  "arch_interaction_op": "dot", "arch_interaction_itself": false}
+//! ```
+//!
+//! `arch_mlp_bot` starts with the number of dense features; `arch_mlp_top` leaves out its
+//! input width (the interaction width, which is prepended as the reference does).
+//! Unknown fields and inconsistent values are errors naming the field.
+
+use serde_json::{Map, Value, json};
+
+use crate::error::{ModelError, Result};
+
+/// How the bottom-MLP output and the pooled embeddings are joined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interaction {
+    /// concat(x, e_1, .., e_k)
+    Cat,
+    /// concat(x, lower triangle of T T^T) with T = [x, e_1, .., e_k]
+    Dot,
+}
+
+impl Interaction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Interaction::Cat => "cat",
+            Interaction::Dot => "dot",
+        }
+    }
+}
+
+/// A validated DLRM architecture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DlrmConfig {
+    /// bottom MLP widths, first = number of dense features, last = `dim`
+    pub bot: Vec<usize>,
+    /// top MLP widths without the interaction width; last = 1
+    pub top: Vec<usize>,
+    /// rows of each embedding table
+    pub tables: Vec<usize>,
+    /// embedding dimension D
+    pub dim: usize,
+    pub interaction: Interaction,
+    /// include the diagonal of T T^T (`dot` only)
+    pub interaction_itself: bool,
+}
+
+const FIELDS: [&str; 6] = [
+    "arch_mlp_bot",
+    "arch_mlp_top",
+    "arch_embedding_size",
+    "arch_sparse_feature_size",
+    "arch_interaction_op",
+    "arch_interaction_itself",
+];
+
+/// Ids are stored as u32, so a table holds at most 2^32 rows.
+pub const MAX_TABLE_ROWS: usize = 1 << 32;
+
+fn widths(field: &str, v: &Value) -> Result<Vec<usize>> {
+    let parse = |s: &str| -> Result<usize> {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| ModelError::config(field, format!("`{s}` is not a non-negative integer")))
+    };
+    let out = match v {
+        Value::String(s) => s.split('-').map(parse).collect::<Result<Vec<_>>>()?,
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| ModelError::config(field, format!("`{x}` is not a non-negative integer")))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        other => return Err(ModelError::config(field, format!("expected a string like \"13-512-64\", got {other}"))),
+    };
+    if let Some(i) = out.iter().position(|&w| w == 0) {
+        return Err(ModelError::config(field, format!("entry {i} is 0; every width/size must be positive")));
+    }
+    Ok(out)
+}
+
+impl DlrmConfig {
+    /// Parses and validates config.json text.
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text).map_err(|e| ModelError::config("<json>", e.to_string()))?;
+        let Value::Object(map) = v else {
+            return Err(ModelError::config("<json>", "config.json must be a JSON object"));
+        };
+        Self::from_map(&map)
+    }
+
+    fn from_map(map: &Map<String, Value>) -> Result<Self> {
+        let mut unknown: Vec<&str> = map.keys().map(String::as_str).filter(|k| !FIELDS.contains(k)).collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            return Err(ModelError::config(
+                unknown.join(", "),
+                format!("unknown field (known: {})", FIELDS.join(", ")),
+            ));
+        }
+        let get = |f: &str| map.get(f).ok_or_else(|| ModelError::config(f, "missing"));
+        let bot = widths("arch_mlp_bot", get("arch_mlp_bot")?)?;
+        let top = widths("arch_mlp_top", get("arch_mlp_top")?)?;
+        let tables = widths("arch_embedding_size", get("arch_embedding_size")?)?;
+        let dim_v = get("arch_sparse_feature_size")?;
+        let dim = match dim_v {
+            Value::Number(n) => n.as_u64().map(|d| d as usize),
+            Value::String(s) => s.trim().parse::<usize>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| ModelError::config("arch_sparse_feature_size", format!("expected a positive integer, got {dim_v}")))?;
+        let op = get("arch_interaction_op")?;
+        let interaction = match op.as_str() {
+            Some("dot") => Interaction::Dot,
+            Some("cat") => Interaction::Cat,
+            _ => return Err(ModelError::config("arch_interaction_op", format!("expected \"dot\" or \"cat\", got {op}"))),
+        };
+        let interaction_itself = match map.get("arch_interaction_itself") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(ModelError::config("arch_interaction_itself", format!("expected true or false, got {other}")));
+            }
+        };
+        let c = DlrmConfig { bot, top, tables, dim, interaction, interaction_itself };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks that the fields agree with each other.
+    pub fn validate(&self) -> Result<()> {
+        if self.bot.len() < 2 {
+            return Err(ModelError::config("arch_mlp_bot", "needs the dense feature count and at least one layer width"));
+        }
+        if self.bot.contains(&0) {
+            return Err(ModelError::config("arch_mlp_bot", "widths must be positive"));
+        }
+        if self.top.is_empty() || self.top.contains(&0) {
+            return Err(ModelError::config("arch_mlp_top", "needs positive layer widths"));
+        }
+        if *self.top.last().unwrap() != 1 {
+            return Err(ModelError::config(
+                "arch_mlp_top",
+                format!("the last top layer must have width 1 (the click logit), got {}", self.top.last().unwrap()),
+            ));
+        }
+        if self.tables.is_empty() {
+            return Err(ModelError::config("arch_embedding_size", "needs at least one table"));
+        }
+        if let Some(t) = self.tables.iter().position(|&r| r == 0 || r > MAX_TABLE_ROWS) {
+            return Err(ModelError::config(
+                "arch_embedding_size",
+                format!("table {t} has {} rows; tables hold 1 ..= 2^32 rows", self.tables[t]),
+            ));
+        }
+        if self.dim == 0 {
+            return Err(ModelError::config("arch_sparse_feature_size", "must be positive"));
+        }
+        let bot_out = *self.bot.last().unwrap();
+        if bot_out != self.dim {
+            return Err(ModelError::config(
+                "arch_sparse_feature_size",
+                format!("is {} but the last bottom MLP width (arch_mlp_bot) is {bot_out}; they must be equal", self.dim),
+            ));
+        }
+        if self.interaction_itself && self.interaction == Interaction::Cat {
+            return Err(ModelError::config("arch_interaction_itself", "applies only to arch_interaction_op \"dot\""));
+        }
+        Ok(())
+    }
+
+    /// Number of dense features per sample.
+    pub fn n_dense(&self) -> usize {
+        self.bot[0]
+    }
+
+    pub fn n_tables(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Width of the bottom output plus pooled embeddings, `[x, e_1..e_k]` per sample.
+    pub fn features_width(&self) -> usize {
+        self.dim * (self.tables.len() + 1)
+    }
+
+    /// Width of the top MLP input.
+    pub fn interaction_width(&self) -> usize {
+        match self.interaction {
+            Interaction::Cat => self.features_width(),
+            Interaction::Dot => {
+                self.dim + dlrs_kernels::interaction::pair_count(self.tables.len() + 1, self.interaction_itself)
+            }
+        }
+    }
+
+    /// Top MLP widths with the interaction width prepended.
+    pub fn top_full(&self) -> Vec<usize> {
+        let mut v = vec![self.interaction_width()];
+        v.extend_from_slice(&self.top);
+        v
+    }
+
+    /// Multiply-adds per sample in the MLPs, times two.
+    pub fn mlp_flops_per_sample(&self) -> f64 {
+        let f = |w: &[usize]| w.windows(2).map(|p| 2.0 * (p[0] * p[1]) as f64).sum::<f64>();
+        f(&self.bot) + f(&self.top_full())
+    }
+
+    /// Embedding parameters (all tables).
+    pub fn embedding_params(&self) -> u128 {
+        self.tables.iter().map(|&r| r as u128 * self.dim as u128).sum()
+    }
+
+    fn dash(v: &[usize]) -> String {
+        v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")
+    }
+
+    /// config.json text (the reference flags).
+    pub fn to_json_string(&self) -> String {
+        let v = json!({
+            "arch_mlp_bot": Self::dash(&self.bot),
+            "arch_mlp_top": Self::dash(&self.top),
+            "arch_embedding_size": Self::dash(&self.tables),
+            "arch_sparse_feature_size": self.dim,
+            "arch_interaction_op": self.interaction.name(),
+            "arch_interaction_itself": self.interaction_itself,
+        });
+        serde_json::to_string_pretty(&v).expect("a JSON value serializes") + "\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"{"arch_mlp_bot": "13-512-256-64-16", "arch_mlp_top": "512-256-1",
+        "arch_embedding_size": "1460-583-10131227", "arch_sparse_feature_size": 16,
+        "arch_interaction_op": "dot", "arch_interaction_itself": false}"#;
+
+    #[test]
+    fn parses_reference_flags() {
+        let c = DlrmConfig::from_json_str(OK).unwrap();
+        assert_eq!(c.bot, vec![13, 512, 256, 64, 16]);
+        assert_eq!(c.tables, vec![1460, 583, 10131227]);
+        assert_eq!(c.interaction_width(), 16 + 6); // 4 features -> 6 pairs
+        assert_eq!(c.top_full(), vec![22, 512, 256, 1]);
+        assert_eq!(DlrmConfig::from_json_str(&c.to_json_string()).unwrap(), c);
+    }
+
+    fn err(text: &str) -> String {
+        DlrmConfig::from_json_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(&OK.replace("\"arch_interaction_itself\": false", "\"arch_foo\": 1")).contains("`arch_foo`"));
+        assert!(err(&OK.replace("\"arch_sparse_feature_size\": 16", "\"arch_sparse_feature_size\": 8")).contains("arch_sparse_feature_size"));
+        assert!(err(&OK.replace("512-256-1", "512-256-2")).contains("arch_mlp_top"));
+        assert!(err(&OK.replace("\"dot\"", "\"sum\"")).contains("arch_interaction_op"));
+        assert!(err(&OK.replace("1460-583", "1460-x")).contains("arch_embedding_size"));
+        assert!(err(&OK.replace("1460-583", "1460-0")).contains("arch_embedding_size"));
+        assert!(err(&OK.replace("\"arch_mlp_bot\": \"13-512-256-64-16\",", "")).contains("`arch_mlp_bot`: missing"));
+        assert!(err("[1]").contains("JSON object"));
+        assert!(err("{").contains("<json>"));
+    }
+
+    #[test]
+    fn itself_only_with_dot() {
+        let cat = OK.replace("\"dot\"", "\"cat\"").replace("\"arch_interaction_itself\": false", "\"arch_interaction_itself\": true");
+        assert!(err(&cat).contains("arch_interaction_itself"));
+    }
+}

@@ -1,0 +1,269 @@
+//! The DLRM forward pass.
+//!
+//! Per sample (B/F/D notation, F = tables + 1):
+//!
+//! ```text
+//! x        = bottom_mlp(dense)                        // [B, D], ReLU after every layer
+//! e_t      = sum of table_t rows of bag t             // [B, D] each, written beside x
+//! features = [x, e_1, .., e_k]                        // [B, F * D]: the `cat` top input
+//! dot:   R = [x, Z[i][j] for i > j], Z = T T^T         // [B, D + F(F-1)/2]
+//! score    = sigmoid(top_mlp(R))                      // [B, 1], ReLU between top layers
+//! ```
+//!
+//! Threads split the batch into contiguous row ranges; each thread runs all four stages
+//! for its rows with no barrier in between (embedding gathers of one thread overlap the
+//! GEMMs of the other), writing into buffers owned by that range. A batch too small to
+//! split runs on the calling thread, and its GEMMs may use the pool instead.
+
+use std::path::Path;
+use std::time::Instant;
+
+use dlrs_kernels::embedding::bag_sum_f32;
+use dlrs_kernels::interaction::{DotShape, dot_interaction};
+use dlrs_kernels::mlp::{Activation, LinearShape, linear};
+use rayon::prelude::*;
+
+use crate::batch::Batch;
+use crate::config::{DlrmConfig, Interaction};
+use crate::error::{ModelError, Result};
+use crate::presets::{Preset, preset};
+use crate::weights::{Layer, Weights, atomic_write_bytes};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// A DLRM ready to run: a validated config and weights that fit it.
+pub struct Model {
+    pub config: DlrmConfig,
+    pub weights: Weights,
+}
+
+/// Seconds spent per stage (for a batch: mean over the threads that worked on it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageTimes {
+    pub embedding: f64,
+    pub bottom_mlp: f64,
+    pub interaction: f64,
+    pub top_mlp: f64,
+}
+
+impl StageTimes {
+    fn add(&mut self, o: &StageTimes, scale: f64) {
+        self.embedding += o.embedding * scale;
+        self.bottom_mlp += o.bottom_mlp * scale;
+        self.interaction += o.interaction * scale;
+        self.top_mlp += o.top_mlp * scale;
+    }
+    pub fn accumulate(&mut self, o: &StageTimes) {
+        self.add(o, 1.0)
+    }
+    pub fn total(&self) -> f64 {
+        self.embedding + self.bottom_mlp + self.interaction + self.top_mlp
+    }
+}
+
+/// Where a forward pass runs: the calling thread alone, or a pool of `threads`.
+pub struct Executor {
+    threads: usize,
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Executor {
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = threads.max(1);
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("dlrs-worker-{i}"))
+                    .build()
+                    .map_err(|e| ModelError::io("<thread pool>", std::io::Error::other(e.to_string())))?,
+            )
+        } else {
+            None
+        };
+        Ok(Executor { threads, pool })
+    }
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+    /// Runs `f` on the pool (so nested rayon work uses it), or inline.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+}
+
+/// Rows below which a batch is not split across threads.
+const MIN_ROWS_PER_THREAD: usize = 8;
+
+/// Buffers for one row range, reused across calls: the hot path allocates nothing once warm.
+#[derive(Default)]
+struct RangeBuffers {
+    features: Vec<f32>,
+    interaction: Vec<f32>,
+    hidden: [Vec<f32>; 2],
+    scores: Vec<f32>,
+    times: StageTimes,
+}
+
+/// Scratch memory for [`Model::forward`]; keep one per serving thread.
+#[derive(Default)]
+pub struct Workspace {
+    ranges: Vec<RangeBuffers>,
+    scores: Vec<f32>,
+    /// stage times of the last batch
+    pub times: StageTimes,
+}
+
+impl Model {
+    /// Loads a model directory (`config.json` + `model.safetensors`).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cpath = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
+        let config = DlrmConfig::from_json_str(&text).map_err(|e| match e {
+            ModelError::Config { field, msg } => ModelError::Config { field, msg: format!("{msg} (in {})", cpath.display()) },
+            other => other,
+        })?;
+        let weights = Weights::load_safetensors(&dir.join(WEIGHTS_FILE), &config)?;
+        Ok(Model { config, weights })
+    }
+
+    /// A preset with random weights (tables built in parallel on the current rayon pool).
+    pub fn from_preset(name: &str, seed: u64) -> Result<(Self, Preset)> {
+        let p = preset(name)?;
+        Ok((Self::random(p.config.clone(), seed)?, p))
+    }
+
+    pub fn random(config: DlrmConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let weights = Weights::random(&config, seed)?;
+        Ok(Model { config, weights })
+    }
+
+    /// Writes the model directory; each file atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        self.weights.save_safetensors(&dir.join(WEIGHTS_FILE), &self.config)?;
+        atomic_write_bytes(&dir.join(CONFIG_FILE), self.config.to_json_string().as_bytes())
+    }
+
+    /// Click probabilities `[B]` for a validated batch.
+    pub fn forward<'w>(&self, batch: &Batch, ws: &'w mut Workspace, exec: &Executor) -> &'w [f32] {
+        let b = batch.size();
+        let n_ranges = exec.threads.min(b / MIN_ROWS_PER_THREAD).max(1);
+        if ws.ranges.len() < n_ranges {
+            ws.ranges.resize_with(n_ranges, RangeBuffers::default);
+        }
+        let bounds: Vec<(usize, usize)> = (0..n_ranges).map(|i| (b * i / n_ranges, b * (i + 1) / n_ranges)).collect();
+        let ranges = &mut ws.ranges[..n_ranges];
+        if n_ranges == 1 {
+            let gemm_threads = exec.threads;
+            exec.install(|| self.forward_rows(batch, 0, b, &mut ranges[0], gemm_threads));
+        } else {
+            exec.install(|| {
+                ranges
+                    .par_iter_mut()
+                    .zip(&bounds)
+                    .for_each(|(buf, &(r0, r1))| self.forward_rows(batch, r0, r1, buf, 1))
+            });
+        }
+        ws.scores.clear();
+        ws.times = StageTimes::default();
+        for r in ranges.iter() {
+            ws.scores.extend_from_slice(&r.scores);
+            ws.times.add(&r.times, 1.0 / n_ranges as f64);
+        }
+        &ws.scores
+    }
+
+    /// All four stages for rows `r0..r1` of the batch.
+    fn forward_rows(&self, batch: &Batch, r0: usize, r1: usize, buf: &mut RangeBuffers, gemm_threads: usize) {
+        let cfg = &self.config;
+        let m = r1 - r0;
+        let d = cfg.dim;
+        let fw = cfg.features_width();
+        buf.features.resize(m * fw, 0.0);
+        buf.scores.resize(m, 0.0);
+        let t0 = Instant::now();
+
+        // embedding bags, pooled straight into their column of `features`
+        for (t, (table, bags)) in self.weights.tables.iter().zip(batch.bags()).enumerate() {
+            bag_sum_f32(table.data(), d, &bags.offsets[r0..=r1], &bags.ids, &mut buf.features[(t + 1) * d..], fw);
+        }
+        let t1 = Instant::now();
+
+        // bottom MLP: dense [m, n_dense] -> x, the first D columns of `features`
+        let nd = cfg.n_dense();
+        let dense = &batch.dense()[r0 * nd..r1 * nd];
+        run_mlp(&self.weights.bot, dense, nd, m, &mut buf.features, fw, Activation::Relu, &mut buf.hidden, gemm_threads);
+        let t2 = Instant::now();
+
+        // interaction
+        let (top_in, ld_in): (&[f32], usize) = match cfg.interaction {
+            Interaction::Cat => (&buf.features, fw),
+            Interaction::Dot => {
+                let iw = cfg.interaction_width();
+                buf.interaction.resize(m * iw, 0.0);
+                for i in 0..m {
+                    buf.interaction[i * iw..i * iw + d].copy_from_slice(&buf.features[i * fw..i * fw + d]);
+                }
+                let shape = DotShape {
+                    batch: m,
+                    features: cfg.n_tables() + 1,
+                    dim: d,
+                    itself: cfg.interaction_itself,
+                    t_stride: fw,
+                    out_stride: iw,
+                };
+                dot_interaction(&buf.features, &mut buf.interaction[d..], shape);
+                (&buf.interaction, iw)
+            }
+        };
+        let t3 = Instant::now();
+
+        // top MLP -> sigmoid
+        run_mlp(&self.weights.top, top_in, ld_in, m, &mut buf.scores, 1, Activation::Sigmoid, &mut buf.hidden, gemm_threads);
+        let t4 = Instant::now();
+        buf.times = StageTimes {
+            embedding: (t1 - t0).as_secs_f64(),
+            bottom_mlp: (t2 - t1).as_secs_f64(),
+            interaction: (t3 - t2).as_secs_f64(),
+            top_mlp: (t4 - t3).as_secs_f64(),
+        };
+    }
+}
+
+/// An MLP over `m` rows: ReLU between layers, `last` after the final one, whose output
+/// goes to `out` (row stride `ldo`); intermediate rows ping-pong between `hidden` buffers.
+#[allow(clippy::too_many_arguments)]
+fn run_mlp(
+    layers: &[Layer],
+    x: &[f32],
+    ldx: usize,
+    m: usize,
+    out: &mut [f32],
+    ldo: usize,
+    last: Activation,
+    hidden: &mut [Vec<f32>; 2],
+    threads: usize,
+) {
+    let n = layers.len();
+    let widest = layers[..n - 1].iter().map(|l| l.out_w).max().unwrap_or(0);
+    for h in hidden.iter_mut() {
+        if h.len() < m * widest {
+            h.resize(m * widest, 0.0);
+        }
+    }
+    let [ha, hb] = hidden;
+    for (i, l) in layers.iter().enumerate() {
+        // layer i writes hidden[i % 2]; layer i + 1 reads it
+        let (prev, next) = if i % 2 == 1 { (&ha[..], &mut hb[..]) } else { (&hb[..], &mut ha[..]) };
+        let (src, ld_src) = if i == 0 { (x, ldx) } else { (prev, layers[i - 1].out_w) };
+        let (dst, ld_dst, act) = if i == n - 1 { (&mut *out, ldo, last) } else { (next, l.out_w, Activation::Relu) };
+        let shape = LinearShape { m, k: l.in_w, n: l.out_w, ldx: ld_src, ldy: ld_dst };
+        linear(src, &l.weight, &l.bias, dst, shape, act, threads);
+    }
+}

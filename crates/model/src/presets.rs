@@ -1,0 +1,72 @@
+//! Built-in model shapes: the DeepRecSys RMC classes and the reference Criteo Kaggle recipe.
+
+use crate::config::{DlrmConfig, Interaction};
+use crate::error::{ModelError, Result};
+
+/// A preset: an architecture plus the number of ids per table per sample its synthetic
+/// inputs use (the "lookups" of DeepRecSys).
+#[derive(Clone, Debug)]
+pub struct Preset {
+    pub name: &'static str,
+    pub config: DlrmConfig,
+    pub ids_per_table: usize,
+}
+
+/// Criteo Kaggle (day split) table sizes, as the reference DLRM's preprocessing produces.
+pub const CRITEO_KAGGLE_TABLES: [usize; 26] = [
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992, 5461306, 10, 5652,
+    2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+];
+
+const NAMES: [&str; 4] = ["rmc1", "rmc2", "rmc3", "criteo-kaggle"];
+
+pub fn names() -> Vec<&'static str> {
+    NAMES.to_vec()
+}
+
+fn cfg(bot: &[usize], top: &[usize], tables: Vec<usize>, dim: usize, op: Interaction) -> DlrmConfig {
+    DlrmConfig {
+        bot: bot.to_vec(),
+        top: top.to_vec(),
+        tables,
+        dim,
+        interaction: op,
+        interaction_itself: false,
+    }
+}
+
+/// Looks a preset up by name.
+pub fn preset(name: &str) -> Result<Preset> {
+    let (config, ids_per_table, name) = match name {
+        "rmc1" => (cfg(&[128, 64, 32], &[256, 64, 1], vec![4_000_000; 8], 32, Interaction::Cat), 80, "rmc1"),
+        "rmc2" => (cfg(&[256, 128, 64], &[128, 64, 1], vec![500_000; 32], 64, Interaction::Cat), 120, "rmc2"),
+        "rmc3" => (cfg(&[2560, 1024, 256, 32], &[512, 256, 1], vec![2_000_000; 10], 32, Interaction::Cat), 20, "rmc3"),
+        "criteo-kaggle" => (
+            cfg(&[13, 512, 256, 64, 16], &[512, 256, 1], CRITEO_KAGGLE_TABLES.to_vec(), 16, Interaction::Dot),
+            1,
+            "criteo-kaggle",
+        ),
+        other => return Err(ModelError::UnknownPreset(other.to_string())),
+    };
+    config.validate().expect("presets are valid");
+    Ok(Preset { name, config, ids_per_table })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_the_published_shapes() {
+        for n in names() {
+            preset(n).unwrap();
+        }
+        let r1 = preset("rmc1").unwrap().config;
+        assert_eq!(r1.interaction_width(), 32 + 8 * 32);
+        assert_eq!(r1.embedding_params() * 4, 4_096_000_000);
+        let r3 = preset("rmc3").unwrap().config;
+        // ~6.4 MFLOP per sample, as the issue states
+        assert!((r3.mlp_flops_per_sample() / 1e6 - 6.4).abs() < 0.2, "{}", r3.mlp_flops_per_sample());
+        assert!(preset("rmc9").unwrap_err().to_string().contains("rmc1"));
+    }
+}

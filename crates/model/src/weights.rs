@@ -1,0 +1,210 @@
+//! Model weights and `model.safetensors` with the reference PyTorch state-dict keys:
+//! `emb_l.{t}.weight` `[rows, D]`, `bot_l.{2i}.weight` `[out, in]`, `bot_l.{2i}.bias` `[out]`,
+//! `top_l.{2i}.weight`, `top_l.{2i}.bias` (the odd indices are the activations of the
+//! reference's `nn.Sequential`, which hold no tensors).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::config::DlrmConfig;
+use crate::error::{ModelError, Result};
+use crate::table::EmbeddingTable;
+
+/// One fully connected layer in `nn.Linear` layout.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub in_w: usize,
+    pub out_w: usize,
+    /// `[out_w, in_w]` row-major
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// All parameters of a DLRM.
+pub struct Weights {
+    pub tables: Vec<EmbeddingTable>,
+    pub bot: Vec<Layer>,
+    pub top: Vec<Layer>,
+}
+
+/// The expected tensors of a config: `(key, shape)` in state-dict order.
+pub fn expected_tensors(cfg: &DlrmConfig) -> Vec<(String, Vec<usize>)> {
+    let mut v = Vec::new();
+    for (t, &rows) in cfg.tables.iter().enumerate() {
+        v.push((format!("emb_l.{t}.weight"), vec![rows, cfg.dim]));
+    }
+    for (prefix, ws) in [("bot_l", cfg.bot.clone()), ("top_l", cfg.top_full())] {
+        for (i, p) in ws.windows(2).enumerate() {
+            v.push((format!("{prefix}.{}.weight", 2 * i), vec![p[1], p[0]]));
+            v.push((format!("{prefix}.{}.bias", 2 * i), vec![p[1]]));
+        }
+    }
+    v
+}
+
+fn random_mlp(widths: &[usize], rng: &mut SmallRng) -> Vec<Layer> {
+    widths
+        .windows(2)
+        .map(|p| {
+            let (i, o) = (p[0], p[1]);
+            let w = Normal::new(0.0f32, (2.0 / (i + o) as f32).sqrt()).expect("finite std");
+            let b = Normal::new(0.0f32, (1.0 / o as f32).sqrt()).expect("finite std");
+            Layer {
+                in_w: i,
+                out_w: o,
+                weight: (0..i * o).map(|_| w.sample(rng)).collect(),
+                bias: (0..o).map(|_| b.sample(rng)).collect(),
+            }
+        })
+        .collect()
+}
+
+impl Weights {
+    /// Random weights with the reference DLRM's initialisation: MLP weights
+    /// N(0, sqrt(2/(in+out))), biases N(0, sqrt(1/out)), tables U(±sqrt(1/rows)).
+    /// Tables are filled in parallel; the result depends only on `seed`.
+    pub fn random(cfg: &DlrmConfig, seed: u64) -> Result<Self> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let bot = random_mlp(&cfg.bot, &mut rng);
+        let top = random_mlp(&cfg.top_full(), &mut rng);
+        let mut tables = Vec::with_capacity(cfg.tables.len());
+        for (t, &rows) in cfg.tables.iter().enumerate() {
+            let table_seed = seed.wrapping_add(1 + t as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            tables.push(
+                EmbeddingTable::random(rows, cfg.dim, table_seed)
+                    .map_err(|e| ModelError::io(format!("<table {t}: {} MB>", rows * cfg.dim * 4 >> 20), e))?,
+            );
+        }
+        Ok(Weights { tables, bot, top })
+    }
+
+    /// Loads `model.safetensors`, checking every tensor against the config.
+    pub fn load_safetensors(path: &Path, cfg: &DlrmConfig) -> Result<Self> {
+        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // SAFETY: the file is mapped read-only and only read while this function runs;
+        // dlrs writes model files by rename, never in place. A concurrent in-place
+        // truncation by another program could fault (SIGBUS), as with any mmap reader.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let st = SafeTensors::deserialize(&map)
+            .map_err(|e| ModelError::Format { path: path.into(), msg: format!("not a valid safetensors file: {e}") })?;
+        let expected = expected_tensors(cfg);
+        let tensor_err = |tensor: &str, msg: String| ModelError::Tensor { path: path.into(), tensor: tensor.into(), msg };
+
+        let mut unexpected: Vec<&str> =
+            st.names().into_iter().filter(|n| !expected.iter().any(|(k, _)| k == n)).collect();
+        if !unexpected.is_empty() {
+            unexpected.sort();
+            return Err(tensor_err(
+                &unexpected.join(", "),
+                "not part of the architecture in config.json (a different model, or a config that does not match)"
+                    .into(),
+            ));
+        }
+        let mut views = Vec::with_capacity(expected.len());
+        for (name, shape) in &expected {
+            let v = st.tensor(name).map_err(|_| tensor_err(name, "missing".into()))?;
+            if v.dtype() != Dtype::F32 {
+                return Err(tensor_err(name, format!("dtype {:?}, expected F32", v.dtype())));
+            }
+            if v.shape() != shape.as_slice() {
+                return Err(tensor_err(name, format!("shape {:?}, expected {:?} from config.json", v.shape(), shape)));
+            }
+            views.push(v);
+        }
+        let n_tables = cfg.tables.len();
+        let mut tables = Vec::with_capacity(n_tables);
+        for (t, v) in views[..n_tables].iter().enumerate() {
+            let mut table =
+                EmbeddingTable::zeroed(cfg.tables[t], cfg.dim).map_err(|e| ModelError::io(path, e))?;
+            copy_le_f32(v.data(), table.data_mut());
+            tables.push(table);
+        }
+        let mut layers = views[n_tables..].chunks(2).map(|wb| {
+            let (w, b) = (&wb[0], &wb[1]);
+            let mut weight = vec![0.0; w.shape().iter().product()];
+            let mut bias = vec![0.0; b.shape()[0]];
+            copy_le_f32(w.data(), &mut weight);
+            copy_le_f32(b.data(), &mut bias);
+            Layer { in_w: w.shape()[1], out_w: w.shape()[0], weight, bias }
+        });
+        let bot = layers.by_ref().take(cfg.bot.len() - 1).collect();
+        let top = layers.collect();
+        Ok(Weights { tables, bot, top })
+    }
+
+    /// Writes `model.safetensors` atomically (temp file, fsync, rename, fsync the directory).
+    pub fn save_safetensors(&self, path: &Path, cfg: &DlrmConfig) -> Result<()> {
+        let mut named: Vec<(String, TensorView<'_>)> = Vec::new();
+        let expected = expected_tensors(cfg);
+        let mut datas: Vec<&[f32]> = self.tables.iter().map(|t| t.data()).collect();
+        for l in self.bot.iter().chain(&self.top) {
+            datas.push(&l.weight);
+            datas.push(&l.bias);
+        }
+        assert_eq!(datas.len(), expected.len(), "weights do not match their config");
+        for ((name, shape), data) in expected.into_iter().zip(datas) {
+            let view = TensorView::new(Dtype::F32, shape, f32_bytes(data))
+                .map_err(|e| ModelError::Tensor { path: path.into(), tensor: name.clone(), msg: e.to_string() })?;
+            named.push((name, view));
+        }
+        atomic_write(path, |tmp| {
+            safetensors::tensor::serialize_to_file(named, None, tmp).map_err(|e| std::io::Error::other(e.to_string()))
+        })
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and every byte of it is initialised; u8 has alignment 1,
+    // and the byte slice covers exactly the memory of `v` for the same lifetime.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// Copies little-endian f32 bytes (any alignment) into `dst`, in parallel for big tensors.
+fn copy_le_f32(src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len() * 4);
+    const CHUNK: usize = 1 << 20;
+    #[cfg(target_endian = "little")]
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK * 4)).for_each(|(d, s)| {
+        // SAFETY: `d` covers exactly `s.len()` bytes of initialised f32 memory; any byte
+        // pattern is a valid f32, and the two slices do not overlap (one is the mapping).
+        let db = unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr() as *mut u8, d.len() * 4) };
+        db.copy_from_slice(s);
+    });
+    #[cfg(target_endian = "big")]
+    for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+        *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    }
+}
+
+/// Writes a file so that readers see either the old or the new content, never a torn one:
+/// write to a temp file beside it, fsync, rename over, fsync the directory.
+pub fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| ModelError::io(path, std::io::Error::other("not a file path")))?;
+    let tmp: PathBuf = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let res = (|| {
+        write(&tmp)?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(|e| ModelError::io(path, e))
+}
+
+/// [`atomic_write`] of a byte string.
+pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write(path, |tmp| {
+        let mut f = File::create(tmp)?;
+        f.write_all(bytes)
+    })
+}
