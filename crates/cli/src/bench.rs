@@ -1,0 +1,169 @@
+//! `dlrs bench`: one measured point on synthetic inputs.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use dlrs_model::synth::{IdDist, synth_batch};
+use dlrs_model::{Executor, Model, StageTimes, Workspace, presets};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// a preset (rmc1, rmc2, rmc3, criteo-kaggle) built in memory, or a model directory
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// id distribution over each table's rows: uniform or zipf:S
+    #[arg(long, default_value = "uniform")]
+    dist: String,
+    /// timed seconds (after warm-up); at least 10 batches are timed
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// ids per table per sample (default: the preset's; 1 for a model directory)
+    #[arg(long)]
+    ids_per_table: Option<usize>,
+    /// cap every table of a preset at this many rows
+    #[arg(long)]
+    rows_cap: Option<usize>,
+    /// print exactly one JSON object on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+/// Peak resident set size (VmHWM) and current anonymous huge-page bytes of this process.
+fn memory() -> (u64, u64) {
+    let field = |text: &str, key: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let smaps = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    (field(&status, "VmHWM:"), field(&smaps, "AnonHugePages:"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
+    sorted[i]
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be positive");
+    }
+    let dist = IdDist::parse(&a.dist)?;
+    let exec = Executor::new(a.threads)?;
+    let t0 = Instant::now();
+    let (model, name, preset_ids) = if Path::new(&a.model).is_dir() {
+        (Model::load(Path::new(&a.model))?, a.model.clone(), 1)
+    } else {
+        let mut p = presets::preset(&a.model)?;
+        if let Some(cap) = a.rows_cap {
+            p.config.tables.iter_mut().for_each(|r| *r = (*r).min(cap.max(1)));
+        }
+        let cfg = p.config.clone();
+        (exec.install(|| Model::random(cfg, 0))?, p.name.to_string(), p.ids_per_table)
+    };
+    let build_s = t0.elapsed().as_secs_f64();
+    let cfg = &model.config;
+    let ids = a.ids_per_table.unwrap_or(preset_ids);
+    let pool: Vec<_> = (0..8)
+        .map(|i| synth_batch(cfg, a.batch, ids, dist, 1 + i as u64))
+        .collect::<Result<_, _>>()?;
+
+    let mut ws = Workspace::default();
+    for b in pool.iter().take(3) {
+        model.forward(b, &mut ws, &exec);
+    }
+    let mut lat = Vec::new();
+    let mut stages = StageTimes::default();
+    let mut checksum = 0.0f64;
+    let end = Instant::now() + std::time::Duration::from_secs_f64(a.seconds);
+    let mut i = 0;
+    while Instant::now() < end || lat.len() < 10 {
+        let b = &pool[i % pool.len()];
+        let s = Instant::now();
+        let scores = model.forward(b, &mut ws, &exec);
+        lat.push(s.elapsed().as_secs_f64());
+        checksum += scores[0] as f64;
+        stages.accumulate(&ws.times);
+        i += 1;
+    }
+    let n = lat.len() as f64;
+    let total: f64 = lat.iter().sum();
+    lat.sort_by(|x, y| x.total_cmp(y));
+    let (rss, huge) = memory();
+    let row_bytes = (cfg.dim * 4) as f64;
+    let rows_per_batch = (a.batch * ids * cfg.n_tables()) as f64;
+    let emb_s = stages.embedding / n;
+    let mlp_s = (stages.bottom_mlp + stages.top_mlp) / n;
+    let flops = cfg.mlp_flops_per_sample() * a.batch as f64;
+    let report = json!({
+        "engine": "dlrs",
+        "model": name,
+        "batch": a.batch,
+        "threads": a.threads,
+        "dist": dist.name(),
+        "ids_per_table": ids,
+        "isa": dlrs_kernels::cpu::isa().name(),
+        "build_s": build_s,
+        "samples_per_s": a.batch as f64 * n / total,
+        "latency_ms": {"p50": percentile(&lat, 50.0) * 1e3, "p99": percentile(&lat, 99.0) * 1e3,
+                       "mean": total / n * 1e3},
+        "breakdown_ms": {"embedding": emb_s * 1e3, "bottom_mlp": stages.bottom_mlp / n * 1e3,
+                         "interaction": stages.interaction / n * 1e3, "top_mlp": stages.top_mlp / n * 1e3},
+        "embedding_rows_per_s": rows_per_batch / emb_s,
+        "embedding_gb_per_s": rows_per_batch * row_bytes / emb_s / 1e9,
+        "embedding_gb_per_s_wall": rows_per_batch * row_bytes * n / total / 1e9,
+        "mlp_gflop_per_s": flops / mlp_s / 1e9,
+        "batches": lat.len(),
+        "rss_bytes": rss,
+        "anon_huge_page_bytes": huge,
+        "checksum": checksum,
+    });
+    if a.json {
+        println!("{report}");
+    } else {
+        let r = &report;
+        println!(
+            "{} batch {} threads {} ({} ids/table, {}, {})",
+            name, a.batch, a.threads, ids, dist.name(), r["isa"].as_str().unwrap_or("")
+        );
+        println!("  samples/s      {:>12.0}", r["samples_per_s"].as_f64().unwrap_or(0.0));
+        println!(
+            "  latency ms     p50 {:.3}  p99 {:.3}  ({} batches)",
+            r["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+            r["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+            lat.len()
+        );
+        let bd = &r["breakdown_ms"];
+        println!(
+            "  per batch ms   embedding {:.3}  bottom MLP {:.3}  interaction {:.3}  top MLP {:.3}",
+            bd["embedding"].as_f64().unwrap_or(0.0),
+            bd["bottom_mlp"].as_f64().unwrap_or(0.0),
+            bd["interaction"].as_f64().unwrap_or(0.0),
+            bd["top_mlp"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "  embedding      {:.1} M rows/s  {:.2} GB/s (stage)  {:.2} GB/s (wall)",
+            rows_per_batch / emb_s / 1e6,
+            r["embedding_gb_per_s"].as_f64().unwrap_or(0.0),
+            r["embedding_gb_per_s_wall"].as_f64().unwrap_or(0.0)
+        );
+        println!("  MLPs           {:.1} GFLOP/s", r["mlp_gflop_per_s"].as_f64().unwrap_or(0.0));
+        println!(
+            "  memory         peak RSS {:.2} GB, huge pages {:.2} GB; model built in {:.2} s",
+            rss as f64 / 1e9,
+            huge as f64 / 1e9,
+            build_s
+        );
+    }
+    Ok(())
+}
