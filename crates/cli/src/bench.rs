@@ -30,10 +30,17 @@ pub struct BenchArgs {
     /// cap every table of a preset at this many rows
     #[arg(long)]
     rows_cap: Option<usize>,
+    /// distinct synthetic batches cycled through (default: enough that their rows span
+    /// >= 256 MB, so small batches are not served from cache; the PyTorch peer uses 8)
+    #[arg(long)]
+    pool: Option<usize>,
     /// print exactly one JSON object on stdout
     #[arg(long)]
     json: bool,
 }
+
+/// Bytes of embedding rows the default pool of batches spans: well past the last-level cache.
+const COLD_POOL_BYTES: usize = 256 << 20;
 
 /// Peak resident set size (VmHWM) and current anonymous huge-page bytes of this process.
 fn memory() -> (u64, u64) {
@@ -74,7 +81,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let build_s = t0.elapsed().as_secs_f64();
     let cfg = &model.config;
     let ids = a.ids_per_table.unwrap_or(preset_ids);
-    let pool: Vec<_> = (0..8)
+    let batch_bytes = a.batch * ids * cfg.n_tables() * cfg.dim * 4;
+    let n_pool = a.pool.unwrap_or(COLD_POOL_BYTES.div_ceil(batch_bytes.max(1)).clamp(8, 4096)).max(1);
+    let pool: Vec<_> = (0..n_pool)
         .map(|i| synth_batch(cfg, a.batch, ids, dist, 1 + i as u64))
         .collect::<Result<_, _>>()?;
 
@@ -112,6 +121,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "threads": a.threads,
         "dist": dist.name(),
         "ids_per_table": ids,
+        "pool_batches": n_pool,
         "isa": dlrs_kernels::cpu::isa().name(),
         "build_s": build_s,
         "samples_per_s": a.batch as f64 * n / total,
@@ -133,8 +143,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         let r = &report;
         println!(
-            "{} batch {} threads {} ({} ids/table, {}, {})",
-            name, a.batch, a.threads, ids, dist.name(), r["isa"].as_str().unwrap_or("")
+            "{} batch {} threads {} ({} ids/table, {}, {} batches in the pool, {})",
+            name, a.batch, a.threads, ids, dist.name(), n_pool, r["isa"].as_str().unwrap_or("")
         );
         println!("  samples/s      {:>12.0}", r["samples_per_s"].as_f64().unwrap_or(0.0));
         println!(

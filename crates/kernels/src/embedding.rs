@@ -88,15 +88,24 @@ pub fn bag_sum_f32_ref(table: &[f32], dim: usize, offsets: &[u32], ids: &[u32], 
     }
 }
 
-/// How many ids ahead the fast kernels prefetch rows. Random row gathers are bound by
-/// DRAM latency (~350 ns here); keeping ~16 rows in flight per core covers it.
-pub const PREFETCH_DISTANCE: usize = 16;
+/// How many ids ahead the fast kernels prefetch rows by default. Random row gathers are
+/// bound by DRAM latency; keeping this many rows in flight per core covers it.
+pub const PREFETCH_DISTANCE: usize = 32;
+
+/// The prefetch distance in use: [`PREFETCH_DISTANCE`], or `DLRS_PREFETCH` (read once) for
+/// tuning on another machine.
+pub fn prefetch_distance() -> usize {
+    static PF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PF.get_or_init(|| {
+        std::env::var("DLRS_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(PREFETCH_DISTANCE)
+    })
+}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::PREFETCH_DISTANCE;
+    use super::prefetch_distance;
 
     /// Column blocks of up to 8 vectors (64 floats) keep the accumulators in registers.
     const BLOCK_VECS: usize = 8;
@@ -164,23 +173,23 @@ mod x86 {
         let base = table.as_ptr();
         let row_bytes = dim * 4;
         let end_all = offsets[offsets.len() - 1] as usize;
+        let pf = prefetch_distance();
         for (b, w) in offsets.windows(2).enumerate() {
             let mut acc = [_mm256_setzero_ps(); NV];
             let mut acc_t = _mm256_setzero_ps();
             for i in w[0] as usize..w[1] as usize {
-                if prefetch && i + PREFETCH_DISTANCE < end_all {
-                    let pid = ids[i + PREFETCH_DISTANCE] as usize;
+                if prefetch && i + pf < end_all {
+                    let pid = ids[i + pf] as usize;
                     if pid < rows {
                         // SAFETY: pid < rows, so the row lies inside `table`; prefetching
                         // never faults anyway, the check keeps the pointer arithmetic in bounds.
                         unsafe {
-                            let p = base.add(pid * dim) as *const i8;
-                            let mut off = 0;
-                            while off < row_bytes {
-                                _mm_prefetch::<_MM_HINT_T0>(p.add(off));
-                                off += 64;
+                            let start = base.add(pid * dim) as usize;
+                            let mut line = start & !63;
+                            while line < start + row_bytes {
+                                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+                                line += 64;
                             }
-                            _mm_prefetch::<_MM_HINT_T0>(p.add(row_bytes - 1));
                         }
                     }
                 }

@@ -1,0 +1,116 @@
+//! The `dlrs` binary end to end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn dlrs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dlrs")).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity").join(name)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn check_predict(dir: &Path, extra: &[&str], env: Option<(&str, &str)>) {
+    let model = dir.to_str().unwrap();
+    let input = dir.join("inputs.jsonl");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dlrs"));
+    cmd.args(["predict", "--model", model, "--input", input.to_str().unwrap()]).args(extra);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want: Vec<f32> = std::fs::read_to_string(dir.join("expected.txt")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let got: Vec<f32> = stdout(&o).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-5, "{} line {}: {g} vs {w}", dir.display(), i + 1);
+    }
+}
+
+#[test]
+fn predict_matches_reference_on_every_path() {
+    for name in ["criteo-kaggle-cap1000", "dot-itself-odd", "cat-odd", "rmc1-cap500"] {
+        check_predict(&fixture(name), &[], None);
+        check_predict(&fixture(name), &["--threads", "2", "--batch", "5"], None);
+        check_predict(&fixture(name), &["--batch", "1"], Some(("DLRS_FORCE_SCALAR", "1")));
+    }
+}
+
+#[test]
+fn predict_bad_input_names_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("cat-odd");
+    let good = std::fs::read_to_string(model.join("inputs.jsonl")).unwrap();
+    let first = good.lines().next().unwrap();
+    let cases = [
+        (r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0], [40]]}"#, "line 2: field `sparse[3][0]`: id 40 out of range for table 3 with 40 rows"),
+        (r#"{"dense": [1, 2], "sparse": [[0], [0], [0], [0]]}"#, "line 2: field `dense`: 2 values, the model takes 3"),
+        (r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0]]}"#, "line 2: field `sparse`: 3 tables, the model has 4"),
+        (r#"{"dense": [1, 2, 3e40], "sparse": [[0], [0], [0], [0]]}"#, "line 2: field `dense[2]`"),
+        (r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0], [-3]]}"#, "line 2: field `sparse[3][0]`"),
+        (r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0], [0]"#, "line 2: malformed JSON"),
+        ("", "line 2: empty line"),
+    ];
+    for (bad, want) in cases {
+        let f = dir.path().join("in.jsonl");
+        std::fs::write(&f, format!("{first}\n{bad}\n{first}\n")).unwrap();
+        let o = dlrs(&["predict", "--model", model.to_str().unwrap(), "--input", f.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{bad}: {err}");
+        assert!(err.contains(want), "{bad}: got {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let o = dlrs(&["predict", "--model", "/nonexistent-dlrs", "--input", "x"]);
+    assert!(stderr(&o).contains("/nonexistent-dlrs/config.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn init_then_predict_and_bench_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ck");
+    let o = dlrs(&["init", "--preset", "criteo-kaggle", "--rows-cap", "50", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(cfg.contains("\"arch_interaction_op\": \"dot\"") && cfg.contains("\"arch_mlp_top\": \"512-256-1\""), "{cfg}");
+    let o = dlrs(&["bench", "--model", out.to_str().unwrap(), "--batch", "4", "--seconds", "0.05", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert_eq!(text.lines().count(), 1, "exactly one JSON object: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in ["model", "batch", "threads", "dist", "samples_per_s", "embedding_gb_per_s", "rss_bytes"] {
+        assert!(!v[key].is_null(), "missing {key} in {text}");
+    }
+    for key in ["p50", "p99"] {
+        assert!(v["latency_ms"][key].as_f64().unwrap() > 0.0, "{text}");
+    }
+    for key in ["embedding", "bottom_mlp", "interaction", "top_mlp"] {
+        assert!(v["breakdown_ms"][key].as_f64().unwrap() >= 0.0, "{text}");
+    }
+    assert_eq!(v["batch"], 4);
+}
+
+#[test]
+fn bench_preset_small_and_errors() {
+    let o = dlrs(&["bench", "--model", "rmc2", "--rows-cap", "1000", "--batch", "16", "--threads", "2",
+                   "--dist", "zipf:1.05", "--seconds", "0.05", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["model"], "rmc2");
+    assert_eq!(v["dist"], "zipf:1.05");
+    assert_eq!(v["ids_per_table"], 120);
+    assert!(v["samples_per_s"].as_f64().unwrap() > 0.0);
+
+    let o = dlrs(&["bench", "--model", "rmc7"]);
+    assert!(stderr(&o).contains("unknown preset `rmc7`"), "{}", stderr(&o));
+    let o = dlrs(&["bench", "--model", "rmc1", "--dist", "zipf:-1"]);
+    assert!(stderr(&o).contains("zipf:S"), "{}", stderr(&o));
+}
