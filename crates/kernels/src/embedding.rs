@@ -90,7 +90,7 @@ pub fn bag_sum_f32_ref(table: &[f32], dim: usize, offsets: &[u32], ids: &[u32], 
 
 /// How many ids ahead the fast kernels prefetch rows by default. Random row gathers are
 /// bound by DRAM latency; keeping this many rows in flight per core covers it.
-pub const PREFETCH_DISTANCE: usize = 32;
+pub const PREFETCH_DISTANCE: usize = 48;
 
 /// The prefetch distance in use: [`PREFETCH_DISTANCE`], or `DLRS_PREFETCH` (read once) for
 /// tuning on another machine.
@@ -174,26 +174,32 @@ mod x86 {
         let row_bytes = dim * 4;
         let end_all = offsets[offsets.len() - 1] as usize;
         let pf = prefetch_distance();
+        // ids[i + pf] exists for i < pf_end
+        let pf_end = if prefetch { end_all.saturating_sub(pf) } else { 0 };
         for (b, w) in offsets.windows(2).enumerate() {
             let mut acc = [_mm256_setzero_ps(); NV];
             let mut acc_t = _mm256_setzero_ps();
             for i in w[0] as usize..w[1] as usize {
-                if prefetch && i + pf < end_all {
-                    let pid = ids[i + pf] as usize;
-                    if pid < rows {
-                        // SAFETY: pid < rows, so the row lies inside `table`; prefetching
-                        // never faults anyway, the check keeps the pointer arithmetic in bounds.
-                        unsafe {
-                            let start = base.add(pid * dim) as usize;
-                            let mut line = start & !63;
-                            while line < start + row_bytes {
-                                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-                                line += 64;
-                            }
+                if i < pf_end {
+                    // SAFETY: i + pf < end_all <= ids.len() (checked by `check_args`).
+                    let pid = unsafe { *ids.get_unchecked(i + pf) } as usize;
+                    // A prefetch never faults and dereferences nothing; `wrapping_add` keeps
+                    // the address arithmetic defined even for an id that later fails its check.
+                    let first = base.wrapping_add(pid * dim) as *const i8;
+                    // the row's first and last cache line (all of a row of <= 128 bytes),
+                    // then any lines between
+                    _mm_prefetch::<_MM_HINT_T0>(first);
+                    _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(row_bytes - 1));
+                    if row_bytes > 128 {
+                        let mut off = 64;
+                        while off < row_bytes - 1 {
+                            _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(off));
+                            off += 64;
                         }
                     }
                 }
-                let id = ids[i] as usize;
+                // SAFETY: i < offsets[B] <= ids.len() (checked by `check_args`).
+                let id = unsafe { *ids.get_unchecked(i) } as usize;
                 assert!(id < rows, "id {id} out of range for a table of {rows} rows");
                 // SAFETY: id < rows and c0 + width <= dim, so every lane read (the masked
                 // tail reads only `tail` lanes) lies inside the table.
