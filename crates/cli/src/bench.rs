@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 use dlrs_model::synth::{IdDist, synth_batch};
-use dlrs_model::{Executor, Model, StageTimes, Workspace, presets};
+use dlrs_model::{Executor, Model, RowFormat, StageTimes, Workspace, presets};
 use serde_json::json;
 
 #[derive(Args)]
@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// cap every table of a preset at this many rows
     #[arg(long)]
     rows_cap: Option<usize>,
+    /// row format of the tables (a preset is built in it; a model directory is converted)
+    #[arg(long, value_parser = crate::parse_format)]
+    dtype: Option<RowFormat>,
     /// distinct synthetic batches cycled through (default: enough that their rows span
     /// >= 256 MB, so small batches are not served from cache; the PyTorch peer uses 8)
     #[arg(long)]
@@ -61,6 +64,28 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// Mean 64-byte cache lines a row of `row_bytes` touches when rows sit `stride` bytes
+/// apart from a 64-byte aligned start.
+fn lines_per_row(stride: usize, row_bytes: usize) -> f64 {
+    // the pattern of row starts modulo 64 repeats every 64 / gcd(stride, 64) rows
+    let period = 64 / gcd(stride, 64);
+    let total: usize = (0..period).map(|r| (r * stride % 64 + row_bytes).div_ceil(64)).sum();
+    total as f64 / period as f64
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn formats_name(m: &Model) -> String {
+    let f = &m.config.table_formats;
+    if f.iter().all(|x| *x == f[0]) {
+        f[0].name().to_string()
+    } else {
+        f.iter().map(|x| x.name()).collect::<Vec<_>>().join(",")
+    }
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be positive");
@@ -69,13 +94,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let exec = Executor::new(a.threads)?;
     let t0 = Instant::now();
     let (model, name, preset_ids) = if Path::new(&a.model).is_dir() {
-        (Model::load(Path::new(&a.model))?, a.model.clone(), 1)
+        let mut m = Model::load(Path::new(&a.model))?;
+        if let Some(f) = a.dtype {
+            exec.install(|| m.convert_tables(f, &[]))?;
+        }
+        (m, a.model.clone(), 1)
     } else {
         let mut p = presets::preset(&a.model)?;
         if let Some(cap) = a.rows_cap {
             p.config.tables.iter_mut().for_each(|r| *r = (*r).min(cap.max(1)));
         }
-        let cfg = p.config.clone();
+        let cfg = p.config.clone().with_format(a.dtype.unwrap_or(RowFormat::F32));
         (exec.install(|| Model::random(cfg, 0))?, p.name.to_string(), p.ids_per_table)
     };
     let build_s = t0.elapsed().as_secs_f64();
@@ -109,7 +138,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let total: f64 = lat.iter().sum();
     lat.sort_by(|x, y| x.total_cmp(y));
     let (rss, huge) = memory();
-    let row_bytes = (cfg.dim * 4) as f64;
+    // bytes and cache lines a lookup reads, averaged over the tables
+    let tables = &model.weights.tables;
+    let row_bytes = tables.iter().map(|t| t.format().row_bytes(cfg.dim)).sum::<usize>() as f64 / tables.len() as f64;
+    let lines_per_row = tables.iter().map(|t| lines_per_row(t.stride(), t.format().row_bytes(cfg.dim))).sum::<f64>()
+        / tables.len() as f64;
     let rows_per_batch = (a.batch * ids * cfg.n_tables()) as f64;
     let emb_s = stages.embedding / n;
     let mlp_s = (stages.bottom_mlp + stages.top_mlp) / n;
@@ -123,6 +156,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "ids_per_table": ids,
         "pool_batches": n_pool,
         "isa": dlrs_kernels::cpu::isa().name(),
+        "dtype": formats_name(&model),
+        "row_bytes": row_bytes,
+        "cache_lines_per_row": lines_per_row,
+        "embedding_bytes": tables.iter().map(|t| t.size_bytes()).sum::<usize>(),
         "build_s": build_s,
         "samples_per_s": a.batch as f64 * n / total,
         "latency_ms": {"p50": percentile(&lat, 50.0) * 1e3, "p99": percentile(&lat, 99.0) * 1e3,
@@ -143,8 +180,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         let r = &report;
         println!(
-            "{} batch {} threads {} ({} ids/table, {}, {} batches in the pool, {})",
-            name, a.batch, a.threads, ids, dist.name(), n_pool, r["isa"].as_str().unwrap_or("")
+            "{} {} batch {} threads {} ({} ids/table, {}, {} batches in the pool, {})",
+            name, formats_name(&model), a.batch, a.threads, ids, dist.name(), n_pool, r["isa"].as_str().unwrap_or("")
         );
         println!("  samples/s      {:>12.0}", r["samples_per_s"].as_f64().unwrap_or(0.0));
         println!(
@@ -162,7 +199,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             bd["top_mlp"].as_f64().unwrap_or(0.0)
         );
         println!(
-            "  embedding      {:.1} M rows/s  {:.2} GB/s (stage)  {:.2} GB/s (wall)",
+            "  embedding      {:.1} M rows/s  {:.2} GB/s (stage)  {:.2} GB/s (wall)  {row_bytes:.0} B/row, {lines_per_row:.2} cache lines/row",
             rows_per_batch / emb_s / 1e6,
             r["embedding_gb_per_s"].as_f64().unwrap_or(0.0),
             r["embedding_gb_per_s_wall"].as_f64().unwrap_or(0.0)

@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use dlrs_model::batch::parse_sample;
-use dlrs_model::{Batch, Executor, Model, Workspace, presets};
+use dlrs_model::metrics::auc;
+use dlrs_model::{Batch, Executor, Model, RowFormat, Sample, Workspace, presets};
 
 #[derive(Parser)]
 #[command(name = "dlrs", version, about = "Deep-learning recommendation model (DLRM) engine")]
@@ -33,6 +34,9 @@ enum Cmd {
         /// cap every table at this many rows (small test models of a preset's shape)
         #[arg(long)]
         rows_cap: Option<usize>,
+        /// row format of the tables: fp32, fp16, int8 or int4
+        #[arg(long, default_value = "fp32", value_parser = parse_format)]
+        dtype: RowFormat,
     },
     /// Print one click probability per input line, in input order.
     Predict {
@@ -50,14 +54,46 @@ enum Cmd {
     },
     /// Measure throughput, latency and per-stage time on synthetic inputs.
     Bench(bench::BenchArgs),
+    /// Convert a model's tables to another row format; prints each table's row error.
+    Quantize {
+        #[arg(long)]
+        model: PathBuf,
+        /// fp16, int8, int4 (or fp32)
+        #[arg(long, value_parser = parse_format)]
+        dtype: RowFormat,
+        /// only these tables (comma-separated indices); default all
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<usize>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score the same samples with two models: max/mean absolute score difference, and the
+    /// AUC of each when the samples carry "label".
+    Compare {
+        /// two model directories: --model A --model B
+        #[arg(long, num_args = 1, required = true)]
+        model: Vec<PathBuf>,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn parse_format(s: &str) -> Result<RowFormat, String> {
+    RowFormat::parse(s).ok_or_else(|| format!("`{s}` is not a row format (fp32, fp16, int8, int4)"))
 }
 
 fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Init { preset, out, seed, rows_cap } => init(&preset, &out, seed, rows_cap),
+        Cmd::Init { preset, out, seed, rows_cap, dtype } => init(&preset, &out, seed, rows_cap, dtype),
         Cmd::Predict { model, input, batch, threads } => predict(&model, &input, batch, threads),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Quantize { model, dtype, tables, out } => quantize(&model, dtype, &tables, &out),
+        Cmd::Compare { model, input, threads, json } => compare(&model, &input, threads, json),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
@@ -65,7 +101,7 @@ fn main() {
     }
 }
 
-fn init(name: &str, out: &Path, seed: u64, rows_cap: Option<usize>) -> Result<()> {
+fn init(name: &str, out: &Path, seed: u64, rows_cap: Option<usize>, dtype: RowFormat) -> Result<()> {
     let mut p = presets::preset(name)?;
     if let Some(cap) = rows_cap {
         if cap == 0 {
@@ -74,18 +110,94 @@ fn init(name: &str, out: &Path, seed: u64, rows_cap: Option<usize>) -> Result<()
         p.config.tables.iter_mut().for_each(|r| *r = (*r).min(cap));
     }
     let t0 = Instant::now();
-    let model = Model::random(p.config, seed)?;
+    let model = Model::random(p.config.with_format(dtype), seed)?;
     let built = t0.elapsed();
     model.save(out).with_context(|| format!("writing {}", out.display()))?;
-    let bytes: usize = model.weights.tables.iter().map(|t| t.bytes()).sum();
+    let bytes: usize = model.weights.tables.iter().map(|t| t.size_bytes()).sum();
     eprintln!(
-        "wrote {}: preset {name}, {} tables, {:.2} GB of embeddings (built in {:.2} s, written in {:.2} s)",
+        "wrote {}: preset {name}, {} {} tables, {:.2} GB of embeddings (built in {:.2} s, written in {:.2} s)",
         out.display(),
         model.config.n_tables(),
+        dtype.name(),
         bytes as f64 / 1e9,
         built.as_secs_f64(),
         (t0.elapsed() - built).as_secs_f64()
     );
+    Ok(())
+}
+
+fn quantize(dir: &Path, dtype: RowFormat, tables: &[usize], out: &Path) -> Result<()> {
+    if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(dir).ok() {
+        bail!("--out must differ from --model (the source model is left as it is)");
+    }
+    let mut model = Model::load(dir)?;
+    let report = model.convert_tables(dtype, tables)?;
+    model.save(out).with_context(|| format!("writing {}", out.display()))?;
+    println!("table\trows\tdtype\tstride_bytes\tmax_abs_error\tmean_abs_error");
+    for (t, max, mean) in report {
+        let tb = &model.weights.tables[t];
+        println!("{t}\t{}\t{}\t{}\t{max:.3e}\t{mean:.3e}", tb.rows(), dtype.name(), tb.stride());
+    }
+    Ok(())
+}
+
+/// Reads every sample of a JSON Lines file (errors name the line and field).
+fn read_samples(path: &Path, model: &Model) -> Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            parse_sample(l, &model.config).map_err(|e| e.at_line(i + 1)).with_context(|| path.display().to_string())
+        })
+        .collect()
+}
+
+fn score_all(model: &Model, samples: &[Sample], exec: &Executor) -> Result<Vec<f32>> {
+    let mut ws = Workspace::default();
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(256) {
+        let mut b = Batch::empty(&model.config);
+        for s in chunk {
+            b.push(&model.config, s)?;
+        }
+        out.extend_from_slice(model.forward(&b, &mut ws, exec));
+    }
+    Ok(out)
+}
+
+fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result<()> {
+    if dirs.len() != 2 {
+        bail!("compare takes exactly two --model directories, got {}", dirs.len());
+    }
+    let a = Model::load(&dirs[0])?;
+    let b = Model::load(&dirs[1])?;
+    let (ca, cb) = (a.config.clone().with_format(RowFormat::F32), b.config.clone().with_format(RowFormat::F32));
+    if ca != cb {
+        bail!("the two models have different architectures (only row formats may differ)");
+    }
+    let exec = Executor::new(threads)?;
+    let samples = read_samples(input, &a)?;
+    let sa = score_all(&a, &samples, &exec)?;
+    let sb = score_all(&b, &samples, &exec)?;
+    let diffs: Vec<f64> = sa.iter().zip(&sb).map(|(x, y)| (x - y).abs() as f64).collect();
+    let max = diffs.iter().cloned().fold(0.0, f64::max);
+    let mean = diffs.iter().sum::<f64>() / diffs.len().max(1) as f64;
+    let labels: Option<Vec<f32>> = samples.iter().map(|s| s.label).collect();
+    let aucs = labels.as_ref().map(|l| (auc(&sa, l), auc(&sb, l)));
+    if json {
+        let v = serde_json::json!({
+            "samples": samples.len(), "max_abs_diff": max, "mean_abs_diff": mean,
+            "auc_a": aucs.and_then(|x| x.0), "auc_b": aucs.and_then(|x| x.1),
+        });
+        println!("{v}");
+    } else {
+        println!("samples {}  max |a-b| {max:.3e}  mean |a-b| {mean:.3e}", samples.len());
+        match aucs {
+            Some((Some(x), Some(y))) => println!("AUC a {x:.6}  b {y:.6}  (b - a {:+.6})", y - x),
+            Some(_) => println!("AUC undefined: the labels hold one class only"),
+            None => println!("AUC: not every sample carries a label"),
+        }
+    }
     Ok(())
 }
 

@@ -114,3 +114,53 @@ fn bench_preset_small_and_errors() {
     let o = dlrs(&["bench", "--model", "rmc1", "--dist", "zipf:-1"]);
     assert!(stderr(&o).contains("zipf:S"), "{}", stderr(&o));
 }
+
+#[test]
+fn quantize_compare_and_bench_dtypes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("criteo-kaggle-cap1000");
+    let out = dir.path().join("int8");
+    let o = dlrs(&["quantize", "--model", src.to_str().unwrap(), "--dtype", "int8", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = stdout(&o);
+    assert_eq!(report.lines().count(), 27, "a header and one line per table: {report}");
+    assert!(report.lines().nth(1).unwrap().starts_with("0\t1000\tint8\t"), "{report}");
+    // labelled samples: the fixture's inputs with alternating labels
+    let inputs = std::fs::read_to_string(src.join("inputs.jsonl")).unwrap();
+    let labelled: String = inputs
+        .lines()
+        .enumerate()
+        .map(|(i, l)| format!("{}, \"label\": {}}}\n", &l[..l.len() - 1], i % 2))
+        .collect();
+    let f = dir.path().join("labelled.jsonl");
+    std::fs::write(&f, labelled).unwrap();
+    let o = dlrs(&["compare", "--model", src.to_str().unwrap(), "--model", out.to_str().unwrap(),
+                   "--input", f.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let max = v["max_abs_diff"].as_f64().unwrap();
+    assert!(max > 0.0 && max < 1e-2, "int8 drift {max}");
+    assert_eq!(v["samples"], 64);
+    assert!(v["auc_a"].as_f64().is_some() && v["auc_b"].as_f64().is_some(), "{v}");
+    // the quantized model predicts
+    let o = dlrs(&["predict", "--model", out.to_str().unwrap(), "--input", src.join("inputs.jsonl").to_str().unwrap()]);
+    assert!(o.status.success() && stdout(&o).lines().count() == 64, "{}", stderr(&o));
+    // partial quantization keeps the other tables fp32
+    let part = dir.path().join("part");
+    let o = dlrs(&["quantize", "--model", src.to_str().unwrap(), "--dtype", "int4", "--tables", "2,11",
+                   "--out", part.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = std::fs::read_to_string(part.join("config.json")).unwrap();
+    assert!(cfg.contains("\"int4\"") && cfg.contains("\"fp32\""), "{cfg}");
+    let o = dlrs(&["quantize", "--model", src.to_str().unwrap(), "--dtype", "int3", "--out", "x"]);
+    assert!(stderr(&o).contains("not a row format"), "{}", stderr(&o));
+
+    for dtype in ["fp16", "int8", "int4"] {
+        let o = dlrs(&["bench", "--model", "rmc1", "--rows-cap", "2000", "--batch", "8", "--dtype", dtype,
+                       "--seconds", "0.05", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["dtype"], dtype);
+        assert_eq!(v["cache_lines_per_row"], 1.0, "{v}");
+    }
+}

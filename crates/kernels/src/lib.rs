@@ -21,3 +21,4 @@ pub mod cpu;
 pub mod embedding;
 pub mod interaction;
 pub mod mlp;
+pub mod rowwise;

@@ -13,7 +13,7 @@ fn main() {
     let pool: usize = args.get(3).map_or(80, |v| v.parse().unwrap());
     let threads: usize = args.get(4).map_or(1, |v| v.parse().unwrap());
     let rows = (gib * (1u64 << 30) as f64) as usize / (dim * 4);
-    let t = EmbeddingTable::random(rows, dim, 1).unwrap();
+    let t = EmbeddingTable::random(rows, dim, dlrs_model::RowFormat::F32, 1).unwrap();
     let n = (1usize << 22) / pool * pool;
     let mut rng = SmallRng::seed_from_u64(5);
     let ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..rows as u32)).collect();

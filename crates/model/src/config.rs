@@ -9,7 +9,14 @@
 //! `arch_mlp_bot` starts with the number of dense features; `arch_mlp_top` leaves out its
 //! input width (the interaction width, which is prepended as the reference does).
 //! Unknown fields and inconsistent values are errors naming the field.
+//!
+//! One field is dlrs's own: `"dlrs_embedding_dtype"`, the row format of the embedding
+//! tables, either one name for all tables (`"int8"`) or one per table
+//! (`["fp32", "int4", ...]`); names are `fp32`, `fp16`, `int8`, `int4`. Absent means fp32,
+//! and dlrs writes the field only for models that are not all fp32, so an fp32 model's
+//! config.json stays the reference's.
 
+pub use dlrs_kernels::rowwise::RowFormat;
 use serde_json::{Map, Value, json};
 
 use crate::error::{ModelError, Result};
@@ -46,15 +53,21 @@ pub struct DlrmConfig {
     pub interaction: Interaction,
     /// include the diagonal of T T^T (`dot` only)
     pub interaction_itself: bool,
+    /// row format of each table (same length as `tables`)
+    pub table_formats: Vec<RowFormat>,
 }
 
-const FIELDS: [&str; 6] = [
+/// The dlrs extension field naming the tables' row formats.
+pub const DTYPE_FIELD: &str = "dlrs_embedding_dtype";
+
+const FIELDS: [&str; 7] = [
     "arch_mlp_bot",
     "arch_mlp_top",
     "arch_embedding_size",
     "arch_sparse_feature_size",
     "arch_interaction_op",
     "arch_interaction_itself",
+    DTYPE_FIELD,
 ];
 
 /// Ids are stored as u32, so a table holds at most 2^32 rows.
@@ -127,7 +140,25 @@ impl DlrmConfig {
                 return Err(ModelError::config("arch_interaction_itself", format!("expected true or false, got {other}")));
             }
         };
-        let c = DlrmConfig { bot, top, tables, dim, interaction, interaction_itself };
+        let parse_fmt = |v: &Value| -> Result<RowFormat> {
+            v.as_str().and_then(RowFormat::parse).ok_or_else(|| {
+                ModelError::config(DTYPE_FIELD, format!("`{v}` is not a row format (fp32, fp16, int8, int4)"))
+            })
+        };
+        let table_formats = match map.get(DTYPE_FIELD) {
+            None | Some(Value::Null) => vec![RowFormat::F32; tables.len()],
+            Some(Value::Array(a)) => {
+                if a.len() != tables.len() {
+                    return Err(ModelError::config(
+                        DTYPE_FIELD,
+                        format!("{} formats for {} tables", a.len(), tables.len()),
+                    ));
+                }
+                a.iter().map(parse_fmt).collect::<Result<Vec<_>>>()?
+            }
+            Some(v) => vec![parse_fmt(v)?; tables.len()],
+        };
+        let c = DlrmConfig { bot, top, tables, dim, interaction, interaction_itself, table_formats };
         c.validate()?;
         Ok(c)
     }
@@ -167,6 +198,9 @@ impl DlrmConfig {
                 "arch_sparse_feature_size",
                 format!("is {} but the last bottom MLP width (arch_mlp_bot) is {bot_out}; they must be equal", self.dim),
             ));
+        }
+        if self.table_formats.len() != self.tables.len() {
+            return Err(ModelError::config(DTYPE_FIELD, "needs one row format per table"));
         }
         if self.interaction_itself && self.interaction == Interaction::Cat {
             return Err(ModelError::config("arch_interaction_itself", "applies only to arch_interaction_op \"dot\""));
@@ -220,9 +254,15 @@ impl DlrmConfig {
         v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")
     }
 
-    /// config.json text (the reference flags).
+    /// Sets every table's row format.
+    pub fn with_format(mut self, fmt: RowFormat) -> Self {
+        self.table_formats = vec![fmt; self.tables.len()];
+        self
+    }
+
+    /// config.json text (the reference flags, plus the row formats when not all fp32).
     pub fn to_json_string(&self) -> String {
-        let v = json!({
+        let mut v = json!({
             "arch_mlp_bot": Self::dash(&self.bot),
             "arch_mlp_top": Self::dash(&self.top),
             "arch_embedding_size": Self::dash(&self.tables),
@@ -230,6 +270,14 @@ impl DlrmConfig {
             "arch_interaction_op": self.interaction.name(),
             "arch_interaction_itself": self.interaction_itself,
         });
+        if self.table_formats.iter().any(|f| *f != RowFormat::F32) {
+            let first = self.table_formats[0];
+            v[DTYPE_FIELD] = if self.table_formats.iter().all(|f| *f == first) {
+                json!(first.name())
+            } else {
+                json!(self.table_formats.iter().map(|f| f.name()).collect::<Vec<_>>())
+            };
+        }
         serde_json::to_string_pretty(&v).expect("a JSON value serializes") + "\n"
     }
 }
@@ -267,6 +315,21 @@ mod tests {
         assert!(err(&OK.replace("\"arch_mlp_bot\": \"13-512-256-64-16\",", "")).contains("`arch_mlp_bot`: missing"));
         assert!(err("[1]").contains("JSON object"));
         assert!(err("{").contains("<json>"));
+    }
+
+    #[test]
+    fn row_formats_one_or_per_table() {
+        let all = DlrmConfig::from_json_str(&OK.replace("\"arch_interaction_itself\": false", "\"dlrs_embedding_dtype\": \"int8\"")).unwrap();
+        assert_eq!(all.table_formats, vec![RowFormat::Int8; 3]);
+        assert!(all.to_json_string().contains("\"dlrs_embedding_dtype\": \"int8\""));
+        let per = OK.replace("\"arch_interaction_itself\": false", "\"dlrs_embedding_dtype\": [\"fp32\", \"int4\", \"fp16\"]");
+        let per = DlrmConfig::from_json_str(&per).unwrap();
+        assert_eq!(per.table_formats, vec![RowFormat::F32, RowFormat::Int4, RowFormat::F16]);
+        assert_eq!(DlrmConfig::from_json_str(&per.to_json_string()).unwrap(), per);
+        let fp32 = DlrmConfig::from_json_str(OK).unwrap();
+        assert!(!fp32.to_json_string().contains("dlrs_embedding_dtype"));
+        assert!(err(&OK.replace("\"arch_interaction_itself\": false", "\"dlrs_embedding_dtype\": \"int3\"")).contains("dlrs_embedding_dtype"));
+        assert!(err(&OK.replace("\"arch_interaction_itself\": false", "\"dlrs_embedding_dtype\": [\"int8\"]")).contains("1 formats for 3 tables"));
     }
 
     #[test]

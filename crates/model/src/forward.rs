@@ -18,13 +18,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use dlrs_kernels::embedding::bag_sum_f32;
 use dlrs_kernels::interaction::{DotShape, dot_interaction};
 use dlrs_kernels::mlp::{Activation, LinearShape, linear};
 use rayon::prelude::*;
 
 use crate::batch::Batch;
-use crate::config::{DlrmConfig, Interaction};
+use crate::config::{DlrmConfig, Interaction, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::presets::{Preset, preset};
 use crate::weights::{Layer, Weights, atomic_write_bytes};
@@ -150,6 +149,42 @@ impl Model {
         atomic_write_bytes(&dir.join(CONFIG_FILE), self.config.to_json_string().as_bytes())
     }
 
+    /// Converts tables to `format` (all when `tables` is empty), returning per converted
+    /// table `(index, max abs error, mean abs error)` of the new values against the old.
+    pub fn convert_tables(&mut self, format: RowFormat, tables: &[usize]) -> Result<Vec<(usize, f64, f64)>> {
+        let n = self.config.n_tables();
+        if let Some(t) = tables.iter().find(|&&t| t >= n) {
+            return Err(ModelError::input("tables", format!("table {t} does not exist (the model has {n})")));
+        }
+        let chosen: Vec<usize> = if tables.is_empty() { (0..n).collect() } else { tables.to_vec() };
+        let mut report = Vec::new();
+        for t in chosen {
+            let old = &self.weights.tables[t];
+            let new = old.convert(format).map_err(|e| ModelError::io(format!("<table {t}>"), e))?;
+            let dim = old.dim();
+            let (max, sum) = (0..old.rows())
+                .into_par_iter()
+                .fold(
+                    || (0.0f64, 0.0f64, vec![0.0f32; dim], vec![0.0f32; dim]),
+                    |(mx, sm, mut a, mut b), r| {
+                        old.row_f32(r, &mut a);
+                        new.row_f32(r, &mut b);
+                        let (m2, s2) = a.iter().zip(&b).fold((mx, sm), |(m, s), (x, y)| {
+                            let d = (x - y).abs() as f64;
+                            (m.max(d), s + d)
+                        });
+                        (m2, s2, a, b)
+                    },
+                )
+                .map(|(m, s, _, _)| (m, s))
+                .reduce(|| (0.0, 0.0), |x, y| (x.0.max(y.0), x.1 + y.1));
+            report.push((t, max, sum / (old.rows() * dim) as f64));
+            self.weights.tables[t] = new;
+            self.config.table_formats[t] = format;
+        }
+        Ok(report)
+    }
+
     /// Click probabilities `[B]` for a validated batch.
     pub fn forward<'w>(&self, batch: &Batch, ws: &'w mut Workspace, exec: &Executor) -> &'w [f32] {
         let b = batch.size();
@@ -191,7 +226,7 @@ impl Model {
 
         // embedding bags, pooled straight into their column of `features`
         for (t, (table, bags)) in self.weights.tables.iter().zip(batch.bags()).enumerate() {
-            bag_sum_f32(table.data(), d, &bags.offsets[r0..=r1], &bags.ids, &mut buf.features[(t + 1) * d..], fw);
+            table.bag_sum(&bags.offsets[r0..=r1], &bags.ids, &mut buf.features[(t + 1) * d..], fw);
         }
         let t1 = Instant::now();
 

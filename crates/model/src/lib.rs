@@ -21,12 +21,13 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod metrics;
 pub mod presets;
 pub mod synth;
 pub mod table;
 pub mod weights;
 
 pub use batch::{Bags, Batch, Sample};
-pub use config::{DlrmConfig, Interaction};
+pub use config::{DlrmConfig, Interaction, RowFormat};
 pub use error::ModelError;
 pub use forward::{Executor, Model, StageTimes, Workspace};

@@ -1,6 +1,6 @@
 //! Built-in model shapes: the DeepRecSys RMC classes and the reference Criteo Kaggle recipe.
 
-use crate::config::{DlrmConfig, Interaction};
+use crate::config::{DlrmConfig, Interaction, RowFormat};
 use crate::error::{ModelError, Result};
 
 /// A preset: an architecture plus the number of ids per table per sample its synthetic
@@ -26,6 +26,7 @@ pub fn names() -> Vec<&'static str> {
 
 fn cfg(bot: &[usize], top: &[usize], tables: Vec<usize>, dim: usize, op: Interaction) -> DlrmConfig {
     DlrmConfig {
+        table_formats: vec![RowFormat::F32; tables.len()],
         bot: bot.to_vec(),
         top: top.to_vec(),
         tables,

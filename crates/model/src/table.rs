@@ -1,7 +1,11 @@
-//! Embedding table storage: fp32 rows in one anonymous mapping with transparent huge
-//! pages requested (`MADV_HUGEPAGE`). On this machine class THP is madvise-only, and random
-//! row gathers run about 2x faster on huge pages (fewer TLB misses per lookup).
+//! Embedding table storage: rows of one [`RowFormat`] (fp32, fp16, int8 or int4 row-wise,
+//! FBGEMM's fused layouts) at a fixed byte stride, in one anonymous mapping with
+//! transparent huge pages requested (`MADV_HUGEPAGE`). On this machine class THP is
+//! madvise-only, and random row gathers run about 2x faster on huge pages (fewer TLB misses
+//! per lookup).
 
+use dlrs_kernels::embedding::bag_sum_f32;
+use dlrs_kernels::rowwise::{RowFormat, bag_sum_rows, dequantize_row, quantize_row};
 use memmap2::{Advice, MmapMut, MmapOptions};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
@@ -9,7 +13,7 @@ use rayon::prelude::*;
 
 const HUGE_PAGE: usize = 2 << 20;
 
-/// A zero-initialised f32 buffer, 2 MiB aligned, with huge pages requested.
+/// A zero-initialised byte buffer, 2 MiB aligned when large, with huge pages requested.
 pub struct HugeBuf {
     map: MmapMut,
     offset: usize,
@@ -18,61 +22,126 @@ pub struct HugeBuf {
 
 impl HugeBuf {
     pub fn zeroed(len: usize) -> std::io::Result<Self> {
-        let bytes = len.checked_mul(4).ok_or_else(|| std::io::Error::other("table size overflows"))?;
         // over-allocate so the data can start on a 2 MiB boundary: THP only backs aligned 2 MiB spans
-        let slack = if bytes >= HUGE_PAGE { HUGE_PAGE } else { 0 };
-        let map = MmapOptions::new().len((bytes + slack).max(1)).map_anon()?;
+        let slack = if len >= HUGE_PAGE { HUGE_PAGE } else { 0 };
+        let total = len.checked_add(slack).ok_or_else(|| std::io::Error::other("table size overflows"))?;
+        let map = MmapOptions::new().len(total.max(1)).map_anon()?;
         let addr = map.as_ptr() as usize;
         let offset = if slack > 0 { (HUGE_PAGE - addr % HUGE_PAGE) % HUGE_PAGE } else { 0 };
-        if bytes >= HUGE_PAGE {
+        if len >= HUGE_PAGE {
             // a refusal only costs speed; the buffer is valid either way
             let _ = map.advise(Advice::HugePage);
         }
         Ok(HugeBuf { map, offset, len })
     }
 
-    pub fn as_slice(&self) -> &[f32] {
-        // SAFETY: the mapping is page aligned, `offset` is a multiple of 4, and
-        // `offset + 4 * len` bytes lie inside it (allocated with that much slack). Anonymous
-        // mappings are zero-filled, a valid bit pattern for f32.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(self.offset) as *const f32, self.len) }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.map[self.offset..self.offset + self.len]
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        // SAFETY: as in `as_slice`; `&mut self` makes the borrow exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(self.offset) as *mut f32, self.len) }
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map[self.offset..self.offset + self.len]
+    }
+
+    /// The buffer as f32 (its start is page aligned; a trailing partial value is left out).
+    pub fn as_f32(&self) -> &[f32] {
+        let b = self.as_bytes();
+        // SAFETY: the start is page aligned (so 4-byte aligned), the slice covers
+        // `len / 4 * 4 <= len` initialised bytes of the mapping, and every bit pattern is a
+        // valid f32.
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
+    }
+
+    pub fn as_f32_mut(&mut self) -> &mut [f32] {
+        let b = self.as_bytes_mut();
+        // SAFETY: as in `as_f32`; `&mut self` makes the borrow exclusive.
+        unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut f32, b.len() / 4) }
     }
 }
 
-/// One fp32 embedding table, `[rows, dim]` row-major.
+/// One embedding table: `rows` rows of `dim` values in `format`, `stride` bytes apart.
 pub struct EmbeddingTable {
     rows: usize,
     dim: usize,
+    format: RowFormat,
+    stride: usize,
     buf: HugeBuf,
 }
 
-/// Floats filled per RNG stream: fixed, so a seed gives the same table on any thread count.
-const FILL_CHUNK: usize = 1 << 16;
+/// Rows generated per RNG stream: fixed, so a seed gives the same table on any thread count.
+const FILL_ROWS: usize = 1 << 11;
 
 impl EmbeddingTable {
-    pub fn zeroed(rows: usize, dim: usize) -> std::io::Result<Self> {
-        let len = rows.checked_mul(dim).ok_or_else(|| std::io::Error::other("table size overflows"))?;
-        Ok(EmbeddingTable { rows, dim, buf: HugeBuf::zeroed(len)? })
+    /// The row stride of a table: fp32 rows are stored unpadded, exactly as PyTorch's
+    /// `[rows, D]` tensor (so model files stay the reference's); quantized rows are padded to
+    /// [`RowFormat::row_stride`] so a row touches as few cache lines as it can.
+    pub fn stride_for(format: RowFormat, dim: usize) -> usize {
+        match format {
+            RowFormat::F32 => dim * 4,
+            f => f.row_stride(dim),
+        }
     }
 
-    /// A table filled with U(-sqrt(1/rows), sqrt(1/rows)), the reference DLRM's init,
-    /// generated in parallel (deterministic for a given `seed`).
-    pub fn random(rows: usize, dim: usize, seed: u64) -> std::io::Result<Self> {
-        let mut t = Self::zeroed(rows, dim)?;
+    /// A zero-filled table (for fp32; quantized rows of zeros have scale 0 and bias 0).
+    pub fn zeroed(rows: usize, dim: usize, format: RowFormat) -> std::io::Result<Self> {
+        let stride = Self::stride_for(format, dim);
+        let len = rows.checked_mul(stride).ok_or_else(|| std::io::Error::other("table size overflows"))?;
+        Ok(EmbeddingTable { rows, dim, format, stride, buf: HugeBuf::zeroed(len)? })
+    }
+
+    /// A table with U(-sqrt(1/rows), sqrt(1/rows)) values, the reference DLRM's init,
+    /// generated and (for quantized formats) quantized row by row in parallel: memory stays
+    /// at the table's own size. Deterministic for a given `seed` and independent of the
+    /// format (a quantized table holds the quantized fp32 one).
+    pub fn random(rows: usize, dim: usize, format: RowFormat, seed: u64) -> std::io::Result<Self> {
+        let mut t = Self::zeroed(rows, dim, format)?;
         let a = (1.0 / rows as f64).sqrt() as f32;
-        t.buf.as_mut_slice().par_chunks_mut(FILL_CHUNK).enumerate().for_each(|(c, chunk)| {
+        let stride = t.stride;
+        t.buf.as_bytes_mut().par_chunks_mut(FILL_ROWS * stride).enumerate().for_each(|(c, chunk)| {
             let mut rng = SmallRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            for v in chunk {
-                let u = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
-                *v = (2.0 * u - 1.0) * a;
+            let mut row = vec![0.0f32; dim];
+            for dst in chunk.chunks_mut(stride) {
+                for v in row.iter_mut() {
+                    let u = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+                    *v = (2.0 * u - 1.0) * a;
+                }
+                quantize_row(format, &row, &mut dst[..format.row_bytes(dim)]);
             }
         });
         Ok(t)
+    }
+
+    /// This table in another row format (rows dequantized, then quantized), in parallel.
+    pub fn convert(&self, format: RowFormat) -> std::io::Result<Self> {
+        let mut t = Self::zeroed(self.rows, self.dim, format)?;
+        let (dim, src_stride, dst_stride) = (self.dim, self.stride, t.stride);
+        let src = self.buf.as_bytes();
+        t.buf.as_bytes_mut().par_chunks_mut(FILL_ROWS * dst_stride).enumerate().for_each(|(c, chunk)| {
+            let mut row = vec![0.0f32; dim];
+            for (i, dst) in chunk.chunks_mut(dst_stride).enumerate() {
+                let r = c * FILL_ROWS + i;
+                dequantize_row(self.format, &src[r * src_stride..r * src_stride + self.format.row_bytes(dim)], dim, &mut row);
+                quantize_row(format, &row, &mut dst[..format.row_bytes(dim)]);
+            }
+        });
+        Ok(t)
+    }
+
+    /// Row `r` as f32 values.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let b = &self.buf.as_bytes()[r * self.stride..r * self.stride + self.format.row_bytes(self.dim)];
+        dequantize_row(self.format, b, self.dim, out);
+    }
+
+    /// Sum-pooled embedding bags (see `dlrs_kernels::embedding` for the contract).
+    #[inline]
+    pub fn bag_sum(&self, offsets: &[u32], ids: &[u32], out: &mut [f32], out_stride: usize) {
+        match self.format {
+            RowFormat::F32 => {
+                bag_sum_f32(self.buf.as_f32(), self.dim, offsets, ids, out, out_stride)
+            }
+            f => bag_sum_rows(f, self.buf.as_bytes(), self.stride, self.dim, offsets, ids, out, out_stride),
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -81,14 +150,30 @@ impl EmbeddingTable {
     pub fn dim(&self) -> usize {
         self.dim
     }
+    pub fn format(&self) -> RowFormat {
+        self.format
+    }
+    /// Bytes between consecutive rows.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+    /// The stored rows, `rows * stride` bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.as_bytes()
+    }
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.buf.as_bytes_mut()
+    }
+    /// The values of an fp32 table, `[rows, dim]` row-major.
+    ///
+    /// # Panics
+    /// If the table is not fp32.
     pub fn data(&self) -> &[f32] {
-        self.buf.as_slice()
+        assert_eq!(self.format, RowFormat::F32, "data() is for fp32 tables");
+        self.buf.as_f32()
     }
-    pub fn data_mut(&mut self) -> &mut [f32] {
-        self.buf.as_mut_slice()
-    }
-    pub fn bytes(&self) -> usize {
-        self.rows * self.dim * 4
+    pub fn size_bytes(&self) -> usize {
+        self.rows * self.stride
     }
 }
 
@@ -98,14 +183,32 @@ mod tests {
 
     #[test]
     fn random_tables_are_deterministic_and_bounded() {
-        let a = EmbeddingTable::random(100_000, 7, 3).unwrap();
-        let b = EmbeddingTable::random(100_000, 7, 3).unwrap();
+        let a = EmbeddingTable::random(100_000, 7, RowFormat::F32, 3).unwrap();
+        let b = EmbeddingTable::random(100_000, 7, RowFormat::F32, 3).unwrap();
         assert_eq!(a.data(), b.data());
         let bound = (1.0f32 / 100_000.0).sqrt();
         assert!(a.data().iter().all(|v| v.abs() <= bound));
         assert!(a.data().iter().any(|v| *v != 0.0));
         let big = HugeBuf::zeroed(3 << 20).unwrap();
-        assert_eq!(big.as_slice().as_ptr() as usize % HUGE_PAGE, 0);
-        assert!(EmbeddingTable::zeroed(1, 1).unwrap().data() == [0.0]);
+        assert_eq!(big.as_bytes().as_ptr() as usize % HUGE_PAGE, 0);
+        assert!(EmbeddingTable::zeroed(1, 1, RowFormat::F32).unwrap().data() == [0.0]);
+    }
+
+    #[test]
+    fn quantized_random_is_the_quantized_fp32_table() {
+        for fmt in [RowFormat::F16, RowFormat::Int8, RowFormat::Int4] {
+            let f = EmbeddingTable::random(5000, 13, RowFormat::F32, 9).unwrap();
+            let q = EmbeddingTable::random(5000, 13, fmt, 9).unwrap();
+            let c = f.convert(fmt).unwrap();
+            assert_eq!(q.bytes(), c.bytes(), "{fmt:?}");
+            assert_eq!(q.stride(), fmt.row_stride(13));
+            let (mut x, mut y) = (vec![0.0; 13], vec![0.0; 13]);
+            f.row_f32(4999, &mut x);
+            q.row_f32(4999, &mut y);
+            let scale = (1.0f32 / 5000.0).sqrt() * 2.0 / if fmt == RowFormat::Int4 { 15.0 } else { 255.0 };
+            for (a, b) in x.iter().zip(&y) {
+                assert!((a - b).abs() <= scale.max(1e-3 * a.abs()), "{fmt:?}: {a} vs {b}");
+            }
+        }
     }
 }

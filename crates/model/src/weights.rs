@@ -2,6 +2,9 @@
 //! `emb_l.{t}.weight` `[rows, D]`, `bot_l.{2i}.weight` `[out, in]`, `bot_l.{2i}.bias` `[out]`,
 //! `top_l.{2i}.weight`, `top_l.{2i}.bias` (the odd indices are the activations of the
 //! reference's `nn.Sequential`, which hold no tensors).
+//!
+//! A table in a quantized row format is stored as `emb_l.{t}.weight` of dtype U8 and shape
+//! `[rows, stride]`: each row its fused bytes (FBGEMM layout) padded to the stride.
 
 use std::fs::File;
 use std::io::Write;
@@ -13,7 +16,7 @@ use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::config::DlrmConfig;
+use crate::config::{DlrmConfig, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::table::EmbeddingTable;
 
@@ -34,16 +37,20 @@ pub struct Weights {
     pub top: Vec<Layer>,
 }
 
-/// The expected tensors of a config: `(key, shape)` in state-dict order.
-pub fn expected_tensors(cfg: &DlrmConfig) -> Vec<(String, Vec<usize>)> {
+/// The expected tensors of a config: `(key, shape, dtype)` in state-dict order.
+pub fn expected_tensors(cfg: &DlrmConfig) -> Vec<(String, Vec<usize>, Dtype)> {
     let mut v = Vec::new();
-    for (t, &rows) in cfg.tables.iter().enumerate() {
-        v.push((format!("emb_l.{t}.weight"), vec![rows, cfg.dim]));
+    for (t, (&rows, &fmt)) in cfg.tables.iter().zip(&cfg.table_formats).enumerate() {
+        let name = format!("emb_l.{t}.weight");
+        match fmt {
+            RowFormat::F32 => v.push((name, vec![rows, cfg.dim], Dtype::F32)),
+            f => v.push((name, vec![rows, EmbeddingTable::stride_for(f, cfg.dim)], Dtype::U8)),
+        }
     }
     for (prefix, ws) in [("bot_l", cfg.bot.clone()), ("top_l", cfg.top_full())] {
         for (i, p) in ws.windows(2).enumerate() {
-            v.push((format!("{prefix}.{}.weight", 2 * i), vec![p[1], p[0]]));
-            v.push((format!("{prefix}.{}.bias", 2 * i), vec![p[1]]));
+            v.push((format!("{prefix}.{}.weight", 2 * i), vec![p[1], p[0]], Dtype::F32));
+            v.push((format!("{prefix}.{}.bias", 2 * i), vec![p[1]], Dtype::F32));
         }
     }
     v
@@ -78,7 +85,7 @@ impl Weights {
         for (t, &rows) in cfg.tables.iter().enumerate() {
             let table_seed = seed.wrapping_add(1 + t as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
             tables.push(
-                EmbeddingTable::random(rows, cfg.dim, table_seed)
+                EmbeddingTable::random(rows, cfg.dim, cfg.table_formats[t], table_seed)
                     .map_err(|e| ModelError::io(format!("<table {t}: {} MB>", rows * cfg.dim * 4 >> 20), e))?,
             );
         }
@@ -98,7 +105,7 @@ impl Weights {
         let tensor_err = |tensor: &str, msg: String| ModelError::Tensor { path: path.into(), tensor: tensor.into(), msg };
 
         let mut unexpected: Vec<&str> =
-            st.names().into_iter().filter(|n| !expected.iter().any(|(k, _)| k == n)).collect();
+            st.names().into_iter().filter(|n| !expected.iter().any(|(k, _, _)| k == n)).collect();
         if !unexpected.is_empty() {
             unexpected.sort();
             return Err(tensor_err(
@@ -108,10 +115,13 @@ impl Weights {
             ));
         }
         let mut views = Vec::with_capacity(expected.len());
-        for (name, shape) in &expected {
+        for (name, shape, dtype) in &expected {
             let v = st.tensor(name).map_err(|_| tensor_err(name, "missing".into()))?;
-            if v.dtype() != Dtype::F32 {
-                return Err(tensor_err(name, format!("dtype {:?}, expected F32", v.dtype())));
+            if v.dtype() != *dtype {
+                return Err(tensor_err(
+                    name,
+                    format!("dtype {:?}, expected {dtype:?} for the row format in config.json", v.dtype()),
+                ));
             }
             if v.shape() != shape.as_slice() {
                 return Err(tensor_err(name, format!("shape {:?}, expected {:?} from config.json", v.shape(), shape)));
@@ -121,9 +131,9 @@ impl Weights {
         let n_tables = cfg.tables.len();
         let mut tables = Vec::with_capacity(n_tables);
         for (t, v) in views[..n_tables].iter().enumerate() {
-            let mut table =
-                EmbeddingTable::zeroed(cfg.tables[t], cfg.dim).map_err(|e| ModelError::io(path, e))?;
-            copy_le_f32(v.data(), table.data_mut());
+            let mut table = EmbeddingTable::zeroed(cfg.tables[t], cfg.dim, cfg.table_formats[t])
+                .map_err(|e| ModelError::io(path, e))?;
+            copy_bytes(v.data(), table.bytes_mut());
             tables.push(table);
         }
         let mut layers = views[n_tables..].chunks(2).map(|wb| {
@@ -143,14 +153,14 @@ impl Weights {
     pub fn save_safetensors(&self, path: &Path, cfg: &DlrmConfig) -> Result<()> {
         let mut named: Vec<(String, TensorView<'_>)> = Vec::new();
         let expected = expected_tensors(cfg);
-        let mut datas: Vec<&[f32]> = self.tables.iter().map(|t| t.data()).collect();
+        let mut datas: Vec<&[u8]> = self.tables.iter().map(|t| t.bytes()).collect();
         for l in self.bot.iter().chain(&self.top) {
-            datas.push(&l.weight);
-            datas.push(&l.bias);
+            datas.push(f32_bytes(&l.weight));
+            datas.push(f32_bytes(&l.bias));
         }
         assert_eq!(datas.len(), expected.len(), "weights do not match their config");
-        for ((name, shape), data) in expected.into_iter().zip(datas) {
-            let view = TensorView::new(Dtype::F32, shape, f32_bytes(data))
+        for ((name, shape, dtype), data) in expected.into_iter().zip(datas) {
+            let view = TensorView::new(dtype, shape, data)
                 .map_err(|e| ModelError::Tensor { path: path.into(), tensor: name.clone(), msg: e.to_string() })?;
             named.push((name, view));
         }
@@ -166,18 +176,19 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
-/// Copies little-endian f32 bytes (any alignment) into `dst`, in parallel for big tensors.
+#[cfg(not(target_endian = "little"))]
+compile_error!("dlrs reads little-endian tensors in place: big-endian targets are not supported");
+
+/// Copies bytes in parallel (tables are GBs; one core alone cannot saturate memory).
+fn copy_bytes(src: &[u8], dst: &mut [u8]) {
+    assert_eq!(src.len(), dst.len());
+    const CHUNK: usize = 4 << 20;
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+/// Copies little-endian f32 bytes (any alignment) into `dst`.
 fn copy_le_f32(src: &[u8], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len() * 4);
-    const CHUNK: usize = 1 << 20;
-    #[cfg(target_endian = "little")]
-    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK * 4)).for_each(|(d, s)| {
-        // SAFETY: `d` covers exactly `s.len()` bytes of initialised f32 memory; any byte
-        // pattern is a valid f32, and the two slices do not overlap (one is the mapping).
-        let db = unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr() as *mut u8, d.len() * 4) };
-        db.copy_from_slice(s);
-    });
-    #[cfg(target_endian = "big")]
     for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
         *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
     }

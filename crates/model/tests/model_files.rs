@@ -41,7 +41,7 @@ fn write_with(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usi
     std::fs::write(dir.join("config.json"), c.to_json_string()).unwrap();
     let mut t: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = expected_tensors(&c)
         .into_iter()
-        .map(|(k, shape)| {
+        .map(|(k, shape, _)| {
             let n: usize = shape.iter().product();
             (k, (Dtype::F32, shape, vec![0u8; n * 4]))
         })
@@ -98,4 +98,46 @@ fn broken_files_are_clean_errors() {
     std::fs::write(dir.path().join("config.json"), "{\"arch_mlp_bot\": 1}").unwrap();
     let e = Model::load(dir.path()).err().unwrap().to_string();
     assert!(e.contains("config.json") && e.contains("arch_mlp_bot"), "{e}");
+}
+
+#[test]
+fn mixed_row_formats_round_trip_and_stay_close_to_fp32() {
+    use dlrs_model::RowFormat;
+    let dir = tempfile::tempdir().unwrap();
+    let fp32 = Model::random(cfg(), 4).unwrap();
+    let mut m = Model::random(cfg(), 4).unwrap();
+    let report = m.convert_tables(RowFormat::Int8, &[0]).unwrap();
+    assert_eq!(report.len(), 1);
+    m.convert_tables(RowFormat::Int4, &[1]).unwrap();
+    m.convert_tables(RowFormat::F16, &[2]).unwrap();
+    assert!(m.convert_tables(RowFormat::F16, &[3]).unwrap_err().to_string().contains("table 3 does not exist"));
+    m.save(dir.path()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    assert!(text.contains(r#""dlrs_embedding_dtype": ["#), "{text}");
+    let back = Model::load(dir.path()).unwrap();
+    assert_eq!(back.config.table_formats, vec![RowFormat::Int8, RowFormat::Int4, RowFormat::F16]);
+    for (a, b) in m.weights.tables.iter().zip(&back.weights.tables) {
+        assert_eq!(a.bytes(), b.bytes());
+    }
+    let batch = synth_batch(&m.config, 50, 3, IdDist::Uniform, 8).unwrap();
+    let exec = Executor::new(1).unwrap();
+    let (mut w1, mut w2, mut w3) = (Workspace::default(), Workspace::default(), Workspace::default());
+    let q = m.forward(&batch, &mut w1, &exec).to_vec();
+    assert_eq!(q, back.forward(&batch, &mut w2, &exec));
+    let f = fp32.forward(&batch, &mut w3, &exec);
+    let max = q.iter().zip(f).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(max > 0.0 && max < 2e-2, "quantized scores drift by {max}");
+}
+
+#[test]
+fn quantized_table_with_wrong_dtype_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Model::random(cfg(), 4).unwrap();
+    m.convert_tables(dlrs_model::RowFormat::Int8, &[0]).unwrap();
+    m.save(dir.path()).unwrap();
+    // a config that says fp32 over a file holding int8 rows
+    let fp32_cfg = m.config.clone().with_format(dlrs_model::RowFormat::F32);
+    std::fs::write(dir.path().join("config.json"), fp32_cfg.to_json_string()).unwrap();
+    let e = Model::load(dir.path()).err().unwrap().to_string();
+    assert!(e.contains("`emb_l.0.weight`: dtype U8, expected F32"), "{e}");
 }
