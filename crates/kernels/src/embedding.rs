@@ -88,24 +88,11 @@ pub fn bag_sum_f32_ref(table: &[f32], dim: usize, offsets: &[u32], ids: &[u32], 
     }
 }
 
-/// How many ids ahead the fast kernels prefetch rows by default. Random row gathers are
-/// bound by DRAM latency; keeping this many rows in flight per core covers it.
-pub const PREFETCH_DISTANCE: usize = 48;
-
-/// The prefetch distance in use: [`PREFETCH_DISTANCE`], or `DLRS_PREFETCH` (read once) for
-/// tuning on another machine.
-pub fn prefetch_distance() -> usize {
-    static PF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PF.get_or_init(|| {
-        std::env::var("DLRS_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(PREFETCH_DISTANCE)
-    })
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::prefetch_distance;
+    use crate::prefetch;
 
     /// Column blocks of up to 8 vectors (64 floats) keep the accumulators in registers.
     const BLOCK_VECS: usize = 8;
@@ -121,22 +108,25 @@ mod x86 {
         out: &mut [f32],
         out_stride: usize,
     ) {
+        let start = offsets[0] as usize;
+        let end = offsets[offsets.len() - 1] as usize;
+        prefetch::prologue(table.as_ptr() as *const u8, dim * 4, dim * 4, &ids[start..end], prefetch::distance());
         let mut c0 = 0;
         while c0 < dim {
             let width = (dim - c0).min(BLOCK_VECS * 8);
-            let prefetch = c0 == 0;
+            let do_prefetch = c0 == 0;
             // SAFETY (all arms): forwarded from this function's contract; `c0 + width <= dim`.
             unsafe {
                 match width / 8 {
-                    0 => block::<0>(table, dim, c0, width, prefetch, offsets, ids, out, out_stride),
-                    1 => block::<1>(table, dim, c0, width, prefetch, offsets, ids, out, out_stride),
-                    2 => block::<2>(table, dim, c0, width, prefetch, offsets, ids, out, out_stride),
-                    3 => block::<3>(table, dim, c0, width, prefetch, offsets, ids, out, out_stride),
-                    4 => block::<4>(table, dim, c0, width, prefetch, offsets, ids, out, out_stride),
-                    5 => block::<5>(table, dim, c0, width, prefetch, offsets, ids, out, out_stride),
-                    6 => block::<6>(table, dim, c0, width, prefetch, offsets, ids, out, out_stride),
-                    7 => block::<7>(table, dim, c0, width, prefetch, offsets, ids, out, out_stride),
-                    _ => block::<8>(table, dim, c0, width, prefetch, offsets, ids, out, out_stride),
+                    0 => block::<0>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
+                    1 => block::<1>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
+                    2 => block::<2>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
+                    3 => block::<3>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
+                    4 => block::<4>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
+                    5 => block::<5>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
+                    6 => block::<6>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
+                    7 => block::<7>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
+                    _ => block::<8>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
                 }
             }
             c0 += width;
@@ -161,7 +151,7 @@ mod x86 {
         dim: usize,
         c0: usize,
         width: usize,
-        prefetch: bool,
+        do_prefetch: bool,
         offsets: &[u32],
         ids: &[u32],
         out: &mut [f32],
@@ -173,9 +163,9 @@ mod x86 {
         let base = table.as_ptr();
         let row_bytes = dim * 4;
         let end_all = offsets[offsets.len() - 1] as usize;
-        let pf = prefetch_distance();
+        let pf = prefetch::distance();
         // ids[i + pf] exists for i < pf_end
-        let pf_end = if prefetch { end_all.saturating_sub(pf) } else { 0 };
+        let pf_end = if do_prefetch { end_all.saturating_sub(pf) } else { 0 };
         for (b, w) in offsets.windows(2).enumerate() {
             let mut acc = [_mm256_setzero_ps(); NV];
             let mut acc_t = _mm256_setzero_ps();
@@ -183,20 +173,7 @@ mod x86 {
                 if i < pf_end {
                     // SAFETY: i + pf < end_all <= ids.len() (checked by `check_args`).
                     let pid = unsafe { *ids.get_unchecked(i + pf) } as usize;
-                    // A prefetch never faults and dereferences nothing; `wrapping_add` keeps
-                    // the address arithmetic defined even for an id that later fails its check.
-                    let first = base.wrapping_add(pid * dim) as *const i8;
-                    // the row's first and last cache line (all of a row of <= 128 bytes),
-                    // then any lines between
-                    _mm_prefetch::<_MM_HINT_T0>(first);
-                    _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(row_bytes - 1));
-                    if row_bytes > 128 {
-                        let mut off = 64;
-                        while off < row_bytes - 1 {
-                            _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(off));
-                            off += 64;
-                        }
-                    }
+                    prefetch::row(base as *const u8, pid, row_bytes, row_bytes);
                 }
                 // SAFETY: i < offsets[B] <= ids.len() (checked by `check_args`).
                 let id = unsafe { *ids.get_unchecked(i) } as usize;

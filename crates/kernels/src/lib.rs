@@ -21,4 +21,5 @@ pub mod cpu;
 pub mod embedding;
 pub mod interaction;
 pub mod mlp;
+pub mod prefetch;
 pub mod rowwise;

@@ -378,7 +378,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::RowFormat;
-    use crate::embedding::prefetch_distance;
+    use crate::prefetch;
 
     /// Column blocks of up to 8 vectors (64 floats) keep the accumulators in registers.
     const BLOCK_VECS: usize = 8;
@@ -415,7 +415,9 @@ mod x86 {
         out: &mut [f32],
         out_stride: usize,
     ) {
-        let pf = prefetch_distance();
+        let pf = prefetch::distance();
+        let (start, end) = (offsets[0] as usize, offsets[offsets.len() - 1] as usize);
+        prefetch::prologue(table.as_ptr(), stride, fmt.row_bytes(dim), &ids[start..end], pf);
         let g = Gather {
             base: table.as_ptr(),
             rows: table.len() / stride,
@@ -581,20 +583,7 @@ mod x86 {
                 if i < pf_end {
                     // SAFETY: i + pf < offsets[B] <= ids.len() (checked by `check_args`).
                     let pid = unsafe { *g.ids.get_unchecked(i + g.pf) } as usize;
-                    // A prefetch never faults and dereferences nothing; `wrapping_*` keeps the
-                    // address arithmetic defined even for an id that later fails its check.
-                    let first = base.wrapping_add(pid.wrapping_mul(stride)) as *const i8;
-                    // the row's first and last cache line (all of a row of <= 128 bytes),
-                    // then any lines between
-                    _mm_prefetch::<_MM_HINT_T0>(first);
-                    _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(row_bytes - 1));
-                    if row_bytes > 128 {
-                        let mut off = 64;
-                        while off < row_bytes - 1 {
-                            _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(off));
-                            off += 64;
-                        }
-                    }
+                    prefetch::row(base, pid, stride, row_bytes);
                 }
                 // SAFETY: i < w[1] <= offsets[B] <= ids.len() (checked by `check_args`).
                 let id = unsafe { *g.ids.get_unchecked(i) } as usize;
