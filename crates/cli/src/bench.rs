@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 use dlrs_model::synth::{IdDist, synth_batch};
-use dlrs_model::{Executor, Model, RowFormat, StageTimes, Workspace, presets};
+use dlrs_model::{Executor, Model, RowFormat, StageTimes, TableMode, Workspace, presets};
 use serde_json::json;
 
 #[derive(Args)]
@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// cap every table of a preset at this many rows
     #[arg(long)]
     rows_cap: Option<usize>,
+    /// how a model directory's tables are held: mmap (page cache) or ram (huge pages)
+    #[arg(long, default_value = "mmap", value_parser = crate::parse_mode)]
+    tables: TableMode,
     /// row format of the tables (a preset is built in it; a model directory is converted)
     #[arg(long, value_parser = crate::parse_format)]
     dtype: Option<RowFormat>,
@@ -94,7 +97,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let exec = Executor::new(a.threads)?;
     let t0 = Instant::now();
     let (model, name, preset_ids) = if Path::new(&a.model).is_dir() {
-        let mut m = Model::load(Path::new(&a.model))?;
+        let mut m = Model::load_with(Path::new(&a.model), a.tables)?;
         if let Some(f) = a.dtype {
             exec.install(|| m.convert_tables(f, &[]))?;
         }
@@ -118,7 +121,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     let mut ws = Workspace::default();
     for b in pool.iter().take(3) {
-        model.forward(b, &mut ws, &exec);
+        model.forward(b, &mut ws, &exec)?;
     }
     let mut lat = Vec::new();
     let mut stages = StageTimes::default();
@@ -128,7 +131,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     while Instant::now() < end || lat.len() < 10 {
         let b = &pool[i % pool.len()];
         let s = Instant::now();
-        let scores = model.forward(b, &mut ws, &exec);
+        let scores = model.forward(b, &mut ws, &exec)?;
         lat.push(s.elapsed().as_secs_f64());
         checksum += scores[0] as f64;
         stages.accumulate(&ws.times);
@@ -149,6 +152,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let flops = cfg.mlp_flops_per_sample() * a.batch as f64;
     let report = json!({
         "engine": "dlrs",
+        "tables": if model.weights.tables.iter().any(|t| t.is_mapped()) { "mmap" } else { "ram" },
         "model": name,
         "batch": a.batch,
         "threads": a.threads,
@@ -158,6 +162,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "isa": dlrs_kernels::cpu::isa().name(),
         "dtype": formats_name(&model),
         "row_bytes": row_bytes,
+        "row_stride": tables.iter().map(|t| t.stride()).max().unwrap_or(0),
         "cache_lines_per_row": lines_per_row,
         "embedding_bytes": tables.iter().map(|t| t.size_bytes()).sum::<usize>(),
         "build_s": build_s,

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use dlrs_model::batch::parse_sample;
 use dlrs_model::metrics::auc;
-use dlrs_model::{Batch, Executor, Model, RowFormat, Sample, Workspace, presets};
+use dlrs_model::{Batch, Executor, Model, RowFormat, Sample, TableMode, Workspace, presets};
 
 #[derive(Parser)]
 #[command(name = "dlrs", version, about = "Deep-learning recommendation model (DLRM) engine")]
@@ -51,6 +51,9 @@ enum Cmd {
         batch: usize,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// mmap: map the model file (instant start, page cache); ram: copy tables into huge pages
+        #[arg(long, default_value = "mmap", value_parser = parse_mode)]
+        tables: TableMode,
     },
     /// Measure throughput, latency and per-stage time on synthetic inputs.
     Bench(bench::BenchArgs),
@@ -80,6 +83,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check every checksum of a model directory (exit status 1 on any mismatch).
+    Verify {
+        #[arg(long)]
+        model: PathBuf,
+    },
+    /// Add (or renew) the checksum manifest of a model directory, e.g. one exported from
+    /// PyTorch. An existing manifest is verified first.
+    Manifest {
+        #[arg(long)]
+        model: PathBuf,
+    },
+}
+
+pub(crate) fn parse_mode(s: &str) -> Result<TableMode, String> {
+    TableMode::parse(s).ok_or_else(|| format!("`{s}`: expected mmap or ram"))
 }
 
 pub(crate) fn parse_format(s: &str) -> Result<RowFormat, String> {
@@ -90,10 +108,12 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Init { preset, out, seed, rows_cap, dtype } => init(&preset, &out, seed, rows_cap, dtype),
-        Cmd::Predict { model, input, batch, threads } => predict(&model, &input, batch, threads),
+        Cmd::Predict { model, input, batch, threads, tables } => predict(&model, &input, batch, threads, tables),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Quantize { model, dtype, tables, out } => quantize(&model, dtype, &tables, &out),
         Cmd::Compare { model, input, threads, json } => compare(&model, &input, threads, json),
+        Cmd::Verify { model } => verify(&model),
+        Cmd::Manifest { model } => manifest(&model),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
@@ -160,7 +180,7 @@ fn score_all(model: &Model, samples: &[Sample], exec: &Executor) -> Result<Vec<f
         for s in chunk {
             b.push(&model.config, s)?;
         }
-        out.extend_from_slice(model.forward(&b, &mut ws, exec));
+        out.extend_from_slice(model.forward(&b, &mut ws, exec)?);
     }
     Ok(out)
 }
@@ -201,11 +221,35 @@ fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result
     Ok(())
 }
 
-fn predict(dir: &Path, input: &Path, batch_size: usize, threads: usize) -> Result<()> {
+fn verify(dir: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    // loading verifies config, shapes and the MLP checksums; then every table shard
+    let model = Model::load_with(dir, TableMode::Mmap)?;
+    if !model.weights.has_manifest {
+        bail!("{}: no checksum manifest (a plain safetensors file); add one with `dlrs manifest --model {}`",
+              dir.join("model.safetensors").display(), dir.display());
+    }
+    model.verify_tables()?;
+    let bytes: usize = model.weights.tables.iter().map(|t| t.size_bytes()).sum();
+    println!("{}: ok ({} tables, {:.2} GB verified in {:.2} s)", dir.display(), model.config.n_tables(),
+             bytes as f64 / 1e9, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn manifest(dir: &Path) -> Result<()> {
+    let model = Model::load_with(dir, TableMode::Mmap)?;
+    model.verify_tables()?;
+    // the new file is written beside the old and renamed over it; the mapping keeps the old
+    model.save(dir).with_context(|| format!("writing {}", dir.display()))?;
+    println!("{}: manifest written", dir.display());
+    Ok(())
+}
+
+fn predict(dir: &Path, input: &Path, batch_size: usize, threads: usize, mode: TableMode) -> Result<()> {
     if batch_size == 0 {
         bail!("--batch must be positive");
     }
-    let model = Model::load(dir)?;
+    let model = Model::load_with(dir, mode)?;
     let exec = Executor::new(threads)?;
     let reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
@@ -218,7 +262,7 @@ fn predict(dir: &Path, input: &Path, batch_size: usize, threads: usize) -> Resul
     let mut ws = Workspace::default();
     let mut batch = Batch::empty(&model.config);
     let flush = |batch: &mut Batch, ws: &mut Workspace, out: &mut BufWriter<_>| -> Result<()> {
-        for s in model.forward(batch, ws, &exec) {
+        for s in model.forward(batch, ws, &exec)? {
             writeln!(out, "{s}")?;
         }
         batch.clear();

@@ -164,3 +164,54 @@ fn quantize_compare_and_bench_dtypes() {
         assert_eq!(v["cache_lines_per_row"], 1.0, "{v}");
     }
 }
+
+#[test]
+fn verify_manifest_and_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    let src = fixture("cat-odd");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), m.join(f)).unwrap();
+    }
+    let ms = m.to_str().unwrap();
+    let o = dlrs(&["verify", "--model", ms]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no checksum manifest") && stderr(&o).contains("dlrs manifest"), "{}", stderr(&o));
+    let o = dlrs(&["manifest", "--model", ms]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dlrs(&["verify", "--model", ms]);
+    assert!(o.status.success() && stdout(&o).contains(": ok"), "{}", stderr(&o));
+    // the model still predicts what the reference did
+    check_predict_dir(&m, &src);
+
+    // one flipped bit in the last table's rows
+    let path = m.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let (start, _) = meta.tensors()["emb_l.3.weight"].data_offsets;
+    bytes[8 + n + start + 5] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let o = dlrs(&["verify", "--model", ms]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("`emb_l.3.weight`") && stderr(&o).contains("checksum"), "{}", stderr(&o));
+    let input = src.join("inputs.jsonl");
+    for mode in ["mmap", "ram"] {
+        let o = dlrs(&["predict", "--model", ms, "--input", input.to_str().unwrap(), "--tables", mode]);
+        assert_eq!(o.status.code(), Some(1), "{mode}");
+        let err = stderr(&o);
+        assert!(err.contains("`emb_l.3.weight`") && !err.contains("panicked"), "{mode}: {err}");
+    }
+}
+
+fn check_predict_dir(model: &Path, fixture_dir: &Path) {
+    let input = fixture_dir.join("inputs.jsonl");
+    let o = dlrs(&["predict", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--tables", "ram"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want: Vec<f32> =
+        std::fs::read_to_string(fixture_dir.join("expected.txt")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let got: Vec<f32> = stdout(&o).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-5));
+}

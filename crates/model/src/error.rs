@@ -13,6 +13,10 @@ pub enum ModelError {
     #[error("{path}: tensor `{tensor}`: {msg}")]
     Tensor { path: PathBuf, tensor: String, msg: String },
 
+    /// A tensor's bytes do not match the checksum its manifest recorded.
+    #[error("{path}: tensor `{tensor}`: {msg} (the file is corrupt; its rows are not served)")]
+    Corrupt { path: PathBuf, tensor: String, msg: String },
+
     /// The file is not a readable safetensors file.
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },

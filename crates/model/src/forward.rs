@@ -15,7 +15,7 @@
 //! GEMMs of the other), writing into buffers owned by that range. A batch too small to
 //! split runs on the calling thread, and its GEMMs may use the pool instead.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dlrs_kernels::interaction::{DotShape, dot_interaction};
@@ -26,7 +26,7 @@ use crate::batch::Batch;
 use crate::config::{DlrmConfig, Interaction, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::presets::{Preset, preset};
-use crate::weights::{Layer, Weights, atomic_write_bytes};
+use crate::weights::{Layer, TableMode, Weights, atomic_write_bytes};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -35,6 +35,8 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub struct Model {
     pub config: DlrmConfig,
     pub weights: Weights,
+    /// the directory it was loaded from, if any (named in errors)
+    pub dir: Option<PathBuf>,
 }
 
 /// Seconds spent per stage (for a batch: mean over the threads that worked on it).
@@ -118,16 +120,47 @@ pub struct Workspace {
 }
 
 impl Model {
-    /// Loads a model directory (`config.json` + `model.safetensors`).
+    /// Loads a model directory (`config.json` + `model.safetensors`) with its tables
+    /// memory-mapped ([`TableMode::Mmap`]).
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, TableMode::Mmap)
+    }
+
+    /// Loads a model directory, holding the tables as `mode` says. A mapped model with a
+    /// manifest starts a background thread that verifies every table shard (rows of a shard
+    /// that fails are never served: `forward` returns an error naming it).
+    pub fn load_with(dir: &Path, mode: TableMode) -> Result<Self> {
         let cpath = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
         let config = DlrmConfig::from_json_str(&text).map_err(|e| match e {
             ModelError::Config { field, msg } => ModelError::Config { field, msg: format!("{msg} (in {})", cpath.display()) },
             other => other,
         })?;
-        let weights = Weights::load_safetensors(&dir.join(WEIGHTS_FILE), &config)?;
-        Ok(Model { config, weights })
+        let weights = Weights::load_safetensors(&dir.join(WEIGHTS_FILE), &config, mode)?;
+        let jobs: Vec<_> = weights.tables.iter().filter_map(|t| t.background_verifier()).collect();
+        if !jobs.is_empty() {
+            std::thread::Builder::new()
+                .name("dlrs-verify".into())
+                .spawn(move || jobs.into_iter().for_each(|j| j()))
+                .map_err(|e| ModelError::io("<verify thread>", e))?;
+        }
+        Ok(Model { config, weights, dir: Some(dir.to_path_buf()) })
+    }
+
+    /// Verifies every shard of every checked table now; errors name the first bad one.
+    pub fn verify_tables(&self) -> Result<()> {
+        for t in 0..self.weights.tables.len() {
+            self.weights.tables[t].verify_all().map_err(|k| self.corrupt(t, k))?;
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self, t: usize, shard: usize) -> ModelError {
+        ModelError::Corrupt {
+            path: self.dir.as_ref().map_or_else(|| PathBuf::from("<model>"), |d| d.join(WEIGHTS_FILE)),
+            tensor: format!("emb_l.{t}.weight"),
+            msg: format!("shard {shard} does not match its checksum"),
+        }
     }
 
     /// A preset with random weights (tables built in parallel on the current rayon pool).
@@ -139,7 +172,7 @@ impl Model {
     pub fn random(config: DlrmConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let weights = Weights::random(&config, seed)?;
-        Ok(Model { config, weights })
+        Ok(Model { config, weights, dir: None })
     }
 
     /// Writes the model directory; each file atomically.
@@ -185,8 +218,12 @@ impl Model {
         Ok(report)
     }
 
-    /// Click probabilities `[B]` for a validated batch.
-    pub fn forward<'w>(&self, batch: &Batch, ws: &'w mut Workspace, exec: &Executor) -> &'w [f32] {
+    /// Click probabilities `[B]` for a validated batch. Fails only when the batch touches a
+    /// table shard whose checksum does not match (rows of a corrupt file are never served).
+    pub fn forward<'w>(&self, batch: &Batch, ws: &'w mut Workspace, exec: &Executor) -> Result<&'w [f32]> {
+        for (t, (table, bags)) in self.weights.tables.iter().zip(batch.bags()).enumerate() {
+            table.verify_rows(&bags.ids).map_err(|k| self.corrupt(t, k))?;
+        }
         let b = batch.size();
         let n_ranges = exec.threads.min(b / MIN_ROWS_PER_THREAD).max(1);
         if ws.ranges.len() < n_ranges {
@@ -211,7 +248,7 @@ impl Model {
             ws.scores.extend_from_slice(&r.scores);
             ws.times.add(&r.times, 1.0 / n_ranges as f64);
         }
-        &ws.scores
+        Ok(&ws.scores)
     }
 
     /// All four stages for rows `r0..r1` of the batch.

@@ -13,13 +13,14 @@
 //! let mut batch = Batch::empty(&model.config);
 //! let s = parse_sample(r#"{"dense": [0.5, 1.0], "sparse": [[3, 7], []]}"#, &model.config)?;
 //! batch.push(&model.config, &s)?;
-//! let scores = model.forward(&batch, &mut Workspace::default(), &Executor::new(1)?);
+//! let scores = model.forward(&batch, &mut Workspace::default(), &Executor::new(1)?)?;
 //! # Ok::<(), dlrs_model::ModelError>(())
 //! ```
 
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod format;
 pub mod forward;
 pub mod metrics;
 pub mod presets;
@@ -31,3 +32,4 @@ pub use batch::{Bags, Batch, Sample};
 pub use config::{DlrmConfig, Interaction, RowFormat};
 pub use error::ModelError;
 pub use forward::{Executor, Model, StageTimes, Workspace};
+pub use weights::TableMode;

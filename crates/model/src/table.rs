@@ -4,9 +4,13 @@
 //! madvise-only, and random row gathers run about 2x faster on huge pages (fewer TLB misses
 //! per lookup).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
 use dlrs_kernels::embedding::bag_sum_f32;
 use dlrs_kernels::rowwise::{RowFormat, bag_sum_rows, dequantize_row, quantize_row};
-use memmap2::{Advice, MmapMut, MmapOptions};
+use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
+use xxhash_rust::xxh3::xxh3_64;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
@@ -42,21 +46,59 @@ impl HugeBuf {
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         &mut self.map[self.offset..self.offset + self.len]
     }
+}
 
-    /// The buffer as f32 (its start is page aligned; a trailing partial value is left out).
-    pub fn as_f32(&self) -> &[f32] {
-        let b = self.as_bytes();
-        // SAFETY: the start is page aligned (so 4-byte aligned), the slice covers
-        // `len / 4 * 4 <= len` initialised bytes of the mapping, and every bit pattern is a
-        // valid f32.
-        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
+/// Where a table's rows live.
+enum Storage {
+    /// in anonymous huge-page memory
+    Owned(HugeBuf),
+    /// inside a read-only mapping of the model file: the page cache is the tier
+    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
+}
+
+/// Per-shard checksums of a mapped table, verified on first touch (and by a background
+/// pass): rows of a shard whose checksum fails are never served.
+pub struct ShardCheck {
+    shard_bytes: usize,
+    sums: Vec<u64>,
+    state: Vec<OnceLock<bool>>,
+    verified: AtomicUsize,
+    all_ok: AtomicBool,
+}
+
+impl ShardCheck {
+    pub fn new(shard_bytes: usize, sums: Vec<u64>) -> Self {
+        let state = (0..sums.len()).map(|_| OnceLock::new()).collect();
+        ShardCheck { shard_bytes, sums, state, verified: AtomicUsize::new(0), all_ok: AtomicBool::new(false) }
     }
 
-    pub fn as_f32_mut(&mut self) -> &mut [f32] {
-        let b = self.as_bytes_mut();
-        // SAFETY: as in `as_f32`; `&mut self` makes the borrow exclusive.
-        unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut f32, b.len() / 4) }
+    /// Whether shard `k` of `bytes` matches its checksum (hashed once, then remembered).
+    fn ensure(&self, bytes: &[u8], k: usize) -> bool {
+        *self.state[k].get_or_init(|| {
+            let end = ((k + 1) * self.shard_bytes).min(bytes.len());
+            let ok = xxh3_64(&bytes[k * self.shard_bytes..end]) == self.sums[k];
+            if ok && self.verified.fetch_add(1, Ordering::AcqRel) + 1 == self.sums.len() {
+                self.all_ok.store(true, Ordering::Release);
+            }
+            ok
+        })
     }
+
+    /// Verifies every shard; the first failing shard's index on error.
+    fn ensure_all(&self, bytes: &[u8]) -> Result<(), usize> {
+        match (0..self.sums.len()).find(|&k| !self.ensure(bytes, k)) {
+            Some(k) => Err(k),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Bytes as f32 values (a trailing partial value is left out).
+fn as_f32(b: &[u8]) -> &[f32] {
+    assert_eq!(b.as_ptr() as usize % 4, 0);
+    // SAFETY: the start is 4-byte aligned (asserted), the slice covers `len / 4 * 4 <= len`
+    // initialised bytes, and every bit pattern is a valid f32.
+    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
 }
 
 /// One embedding table: `rows` rows of `dim` values in `format`, `stride` bytes apart.
@@ -65,7 +107,8 @@ pub struct EmbeddingTable {
     dim: usize,
     format: RowFormat,
     stride: usize,
-    buf: HugeBuf,
+    storage: Storage,
+    check: Option<Arc<ShardCheck>>,
 }
 
 /// Rows generated per RNG stream: fixed, so a seed gives the same table on any thread count.
@@ -86,7 +129,80 @@ impl EmbeddingTable {
     pub fn zeroed(rows: usize, dim: usize, format: RowFormat) -> std::io::Result<Self> {
         let stride = Self::stride_for(format, dim);
         let len = rows.checked_mul(stride).ok_or_else(|| std::io::Error::other("table size overflows"))?;
-        Ok(EmbeddingTable { rows, dim, format, stride, buf: HugeBuf::zeroed(len)? })
+        Ok(EmbeddingTable { rows, dim, format, stride, storage: Storage::Owned(HugeBuf::zeroed(len)?), check: None })
+    }
+
+    /// A table whose rows are `map[offset .. offset + rows * stride]`, verified against
+    /// `check` shard by shard on first touch when given.
+    pub fn mapped(
+        rows: usize,
+        dim: usize,
+        format: RowFormat,
+        map: Arc<Mmap>,
+        offset: usize,
+        check: Option<ShardCheck>,
+    ) -> Self {
+        let stride = Self::stride_for(format, dim);
+        let len = rows * stride;
+        assert!(offset + len <= map.len(), "mapped table outside its file");
+        if let Some(c) = &check {
+            assert_eq!(c.shard_bytes % stride, 0, "shards hold whole rows");
+        }
+        EmbeddingTable { rows, dim, format, stride, storage: Storage::Mapped { map, offset, len }, check: check.map(Arc::new) }
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.storage, Storage::Mapped { .. })
+    }
+
+    /// Checks that the shards holding `ids` match their checksums (hashing each shard the
+    /// first time it is touched). `Err(shard)` names the first failing shard. Free once every
+    /// shard has been verified.
+    pub fn verify_rows(&self, ids: &[u32]) -> Result<(), usize> {
+        let Some(c) = &self.check else { return Ok(()) };
+        if c.all_ok.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let rows_per_shard = c.shard_bytes / self.stride;
+        let bytes = self.bytes();
+        let mut last = usize::MAX;
+        for &id in ids {
+            let k = id as usize / rows_per_shard;
+            if k != last {
+                if !c.ensure(bytes, k) {
+                    return Err(k);
+                }
+                last = k;
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies every shard now (`dlrs verify`, and the background pass after a load).
+    pub fn verify_all(&self) -> Result<(), usize> {
+        match &self.check {
+            Some(c) => c.ensure_all(self.bytes()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether every shard of a checked table has been verified (true for unchecked tables).
+    pub fn fully_verified(&self) -> bool {
+        self.check.as_ref().is_none_or(|c| c.all_ok.load(Ordering::Acquire))
+    }
+
+    /// A `'static` job that verifies every shard of a mapped, checked table, for a
+    /// background thread (the results land in the table's shard states).
+    pub fn background_verifier(&self) -> Option<impl FnOnce() + Send + 'static> {
+        match (&self.storage, &self.check) {
+            (Storage::Mapped { map, offset, len }, Some(c)) => {
+                let (map, c, offset, len) = (Arc::clone(map), Arc::clone(c), *offset, *len);
+                Some(move || {
+                    let _ = c.ensure_all(&map[offset..offset + len]);
+                })
+            }
+            _ => None,
+        }
     }
 
     /// A table with U(-sqrt(1/rows), sqrt(1/rows)) values, the reference DLRM's init,
@@ -97,7 +213,7 @@ impl EmbeddingTable {
         let mut t = Self::zeroed(rows, dim, format)?;
         let a = (1.0 / rows as f64).sqrt() as f32;
         let stride = t.stride;
-        t.buf.as_bytes_mut().par_chunks_mut(FILL_ROWS * stride).enumerate().for_each(|(c, chunk)| {
+        t.bytes_mut().par_chunks_mut(FILL_ROWS * stride).enumerate().for_each(|(c, chunk)| {
             let mut rng = SmallRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut row = vec![0.0f32; dim];
             for dst in chunk.chunks_mut(stride) {
@@ -115,8 +231,8 @@ impl EmbeddingTable {
     pub fn convert(&self, format: RowFormat) -> std::io::Result<Self> {
         let mut t = Self::zeroed(self.rows, self.dim, format)?;
         let (dim, src_stride, dst_stride) = (self.dim, self.stride, t.stride);
-        let src = self.buf.as_bytes();
-        t.buf.as_bytes_mut().par_chunks_mut(FILL_ROWS * dst_stride).enumerate().for_each(|(c, chunk)| {
+        let src = self.bytes();
+        t.bytes_mut().par_chunks_mut(FILL_ROWS * dst_stride).enumerate().for_each(|(c, chunk)| {
             let mut row = vec![0.0f32; dim];
             for (i, dst) in chunk.chunks_mut(dst_stride).enumerate() {
                 let r = c * FILL_ROWS + i;
@@ -129,18 +245,19 @@ impl EmbeddingTable {
 
     /// Row `r` as f32 values.
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
-        let b = &self.buf.as_bytes()[r * self.stride..r * self.stride + self.format.row_bytes(self.dim)];
+        let b = &self.bytes()[r * self.stride..r * self.stride + self.format.row_bytes(self.dim)];
         dequantize_row(self.format, b, self.dim, out);
     }
 
     /// Sum-pooled embedding bags (see `dlrs_kernels::embedding` for the contract).
     #[inline]
     pub fn bag_sum(&self, offsets: &[u32], ids: &[u32], out: &mut [f32], out_stride: usize) {
+        let bytes = self.bytes();
         match self.format {
-            RowFormat::F32 => {
-                bag_sum_f32(self.buf.as_f32(), self.dim, offsets, ids, out, out_stride)
+            RowFormat::F32 if bytes.as_ptr() as usize % 4 == 0 => {
+                bag_sum_f32(as_f32(bytes), self.dim, offsets, ids, out, out_stride)
             }
-            f => bag_sum_rows(f, self.buf.as_bytes(), self.stride, self.dim, offsets, ids, out, out_stride),
+            f => bag_sum_rows(f, bytes, self.stride, self.dim, offsets, ids, out, out_stride),
         }
     }
 
@@ -159,18 +276,32 @@ impl EmbeddingTable {
     }
     /// The stored rows, `rows * stride` bytes.
     pub fn bytes(&self) -> &[u8] {
-        self.buf.as_bytes()
+        match &self.storage {
+            Storage::Owned(b) => b.as_bytes(),
+            Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+        }
     }
+
+    /// The rows, writable.
+    ///
+    /// # Panics
+    /// On a mapped table: those are read-only views of the model file.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        self.buf.as_bytes_mut()
+        match &mut self.storage {
+            Storage::Owned(b) => b.as_bytes_mut(),
+            Storage::Mapped { .. } => panic!("a memory-mapped table is read-only"),
+        }
     }
+
     /// The values of an fp32 table, `[rows, dim]` row-major.
     ///
     /// # Panics
-    /// If the table is not fp32.
+    /// If the table is not fp32, or (a file from another writer) not 4-byte aligned.
     pub fn data(&self) -> &[f32] {
         assert_eq!(self.format, RowFormat::F32, "data() is for fp32 tables");
-        self.buf.as_f32()
+        let b = self.bytes();
+        assert_eq!(b.as_ptr() as usize % 4, 0, "fp32 table not 4-byte aligned");
+        as_f32(b)
     }
     pub fn size_bytes(&self) -> usize {
         self.rows * self.stride

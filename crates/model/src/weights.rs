@@ -9,16 +9,19 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{DlrmConfig, RowFormat};
 use crate::error::{ModelError, Result};
-use crate::table::EmbeddingTable;
+use crate::format::{TensorOut, read_manifest, shard_bytes_for, shard_sums, write_model_file};
+use crate::table::{EmbeddingTable, ShardCheck};
 
 /// One fully connected layer in `nn.Linear` layout.
 #[derive(Clone, Debug)]
@@ -35,6 +38,8 @@ pub struct Weights {
     pub tables: Vec<EmbeddingTable>,
     pub bot: Vec<Layer>,
     pub top: Vec<Layer>,
+    /// whether the file these came from carried a checksum manifest
+    pub has_manifest: bool,
 }
 
 /// The expected tensors of a config: `(key, shape, dtype)` in state-dict order.
@@ -89,25 +94,36 @@ impl Weights {
                     .map_err(|e| ModelError::io(format!("<table {t}: {} MB>", rows * cfg.dim * 4 >> 20), e))?,
             );
         }
-        Ok(Weights { tables, bot, top })
+        Ok(Weights { tables, bot, top, has_manifest: false })
     }
 
-    /// Loads `model.safetensors`, checking every tensor against the config.
-    pub fn load_safetensors(path: &Path, cfg: &DlrmConfig) -> Result<Self> {
+    /// Loads `model.safetensors`, checking every tensor against the config and, when the
+    /// file carries a manifest, every checksum: all of them now in [`TableMode::Ram`]; the
+    /// MLPs now and the tables shard by shard on first touch in [`TableMode::Mmap`].
+    pub fn load_safetensors(path: &Path, cfg: &DlrmConfig, mode: TableMode) -> Result<Self> {
         let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        // SAFETY: the file is mapped read-only and only read while this function runs;
-        // dlrs writes model files by rename, never in place. A concurrent in-place
-        // truncation by another program could fault (SIGBUS), as with any mmap reader.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        let st = SafeTensors::deserialize(&map)
-            .map_err(|e| ModelError::Format { path: path.into(), msg: format!("not a valid safetensors file: {e}") })?;
+        // SAFETY: the file is mapped read-only. dlrs replaces model files by rename, never
+        // in place, so a mapping keeps seeing the file it opened; another program truncating
+        // the file in place while it is mapped would fault (SIGBUS), as with any mmap reader.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?);
+        let format_err = |e: safetensors::SafeTensorError| ModelError::Format {
+            path: path.into(),
+            msg: format!("not a valid safetensors file: {e}"),
+        };
+        let (_, meta) = SafeTensors::read_metadata(&map).map_err(format_err)?;
+        let manifest = read_manifest(path, &meta)?;
+        let st = SafeTensors::deserialize(&map).map_err(format_err)?;
         let expected = expected_tensors(cfg);
         let tensor_err = |tensor: &str, msg: String| ModelError::Tensor { path: path.into(), tensor: tensor.into(), msg };
 
         let mut unexpected: Vec<&str> =
             st.names().into_iter().filter(|n| !expected.iter().any(|(k, _, _)| k == n)).collect();
+        if let Some(m) = &manifest {
+            unexpected.extend(m.tensors.keys().map(String::as_str).filter(|n| !expected.iter().any(|(k, _, _)| k == n)));
+        }
         if !unexpected.is_empty() {
             unexpected.sort();
+            unexpected.dedup();
             return Err(tensor_err(
                 &unexpected.join(", "),
                 "not part of the architecture in config.json (a different model, or a config that does not match)"
@@ -115,7 +131,7 @@ impl Weights {
             ));
         }
         let mut views = Vec::with_capacity(expected.len());
-        for (name, shape, dtype) in &expected {
+        for (i, (name, shape, dtype)) in expected.iter().enumerate() {
             let v = st.tensor(name).map_err(|_| tensor_err(name, "missing".into()))?;
             if v.dtype() != *dtype {
                 return Err(tensor_err(
@@ -126,32 +142,74 @@ impl Weights {
             if v.shape() != shape.as_slice() {
                 return Err(tensor_err(name, format!("shape {:?}, expected {:?} from config.json", v.shape(), shape)));
             }
-            views.push(v);
+            let sums = match &manifest {
+                Some(m) => {
+                    let e = &m.tensors[name.as_str()];
+                    let code = cfg.table_formats.get(i).filter(|_| i < cfg.tables.len()).map(|f| f.code());
+                    let row = code.map(|_| EmbeddingTable::stride_for(cfg.table_formats[i], cfg.dim));
+                    if e.shape != *shape || e.dtype_code != code || e.shard_bytes != shard_bytes_for(v.data().len(), row) {
+                        return Err(tensor_err(
+                            name,
+                            "the manifest's shape, row format or shard size disagrees with the tensor".into(),
+                        ));
+                    }
+                    Some(m.sums(path, name, v.data().len())?)
+                }
+                None => None,
+            };
+            views.push((v, sums));
         }
+        let corrupt = |tensor: &str, shard: usize, n: usize| ModelError::Corrupt {
+            path: path.into(),
+            tensor: tensor.into(),
+            msg: format!("shard {shard} of {n} does not match its checksum"),
+        };
         let n_tables = cfg.tables.len();
         let mut tables = Vec::with_capacity(n_tables);
-        for (t, v) in views[..n_tables].iter().enumerate() {
-            let mut table = EmbeddingTable::zeroed(cfg.tables[t], cfg.dim, cfg.table_formats[t])
-                .map_err(|e| ModelError::io(path, e))?;
-            copy_bytes(v.data(), table.bytes_mut());
-            tables.push(table);
+        for (t, (v, sums)) in views[..n_tables].iter().enumerate() {
+            let (rows, fmt) = (cfg.tables[t], cfg.table_formats[t]);
+            match mode {
+                TableMode::Mmap => {
+                    let offset = v.data().as_ptr() as usize - map.as_ptr() as usize;
+                    let check = sums.as_ref().map(|(sb, s)| ShardCheck::new(*sb, s.clone()));
+                    if let Some((sb, _)) = sums {
+                        if sb % EmbeddingTable::stride_for(fmt, cfg.dim) != 0 {
+                            return Err(tensor_err(&expected[t].0, format!("manifest shards of {sb} bytes split rows")));
+                        }
+                    }
+                    tables.push(EmbeddingTable::mapped(rows, cfg.dim, fmt, Arc::clone(&map), offset, check));
+                }
+                TableMode::Ram => {
+                    let mut table = EmbeddingTable::zeroed(rows, cfg.dim, fmt).map_err(|e| ModelError::io(path, e))?;
+                    copy_verified(v.data(), table.bytes_mut(), sums.as_ref())
+                        .map_err(|k| corrupt(&expected[t].0, k, sums.as_ref().map_or(0, |s| s.1.len())))?;
+                    tables.push(table);
+                }
+            }
         }
-        let mut layers = views[n_tables..].chunks(2).map(|wb| {
-            let (w, b) = (&wb[0], &wb[1]);
+        let mut layers = Vec::new();
+        for (pair, names) in views[n_tables..].chunks(2).zip(expected[n_tables..].chunks(2)) {
+            let ((w, ws), (b, bs)) = (&pair[0], &pair[1]);
+            for (view, sums, name) in [(w, ws, &names[0].0), (b, bs, &names[1].0)] {
+                if let Some((sb, s)) = sums {
+                    if let Some(k) = shard_sums(view.data(), *sb).iter().zip(s).position(|(a, b)| a != b) {
+                        return Err(corrupt(name, k, s.len()));
+                    }
+                }
+            }
             let mut weight = vec![0.0; w.shape().iter().product()];
             let mut bias = vec![0.0; b.shape()[0]];
             copy_le_f32(w.data(), &mut weight);
             copy_le_f32(b.data(), &mut bias);
-            Layer { in_w: w.shape()[1], out_w: w.shape()[0], weight, bias }
-        });
-        let bot = layers.by_ref().take(cfg.bot.len() - 1).collect();
-        let top = layers.collect();
-        Ok(Weights { tables, bot, top })
+            layers.push(Layer { in_w: w.shape()[1], out_w: w.shape()[0], weight, bias });
+        }
+        let top = layers.split_off(cfg.bot.len() - 1);
+        Ok(Weights { tables, bot: layers, top, has_manifest: manifest.is_some() })
     }
 
-    /// Writes `model.safetensors` atomically (temp file, fsync, rename, fsync the directory).
+    /// Writes `model.safetensors` with its manifest, streaming (bounded memory), atomically
+    /// (temp file, fsync, rename, fsync the directory).
     pub fn save_safetensors(&self, path: &Path, cfg: &DlrmConfig) -> Result<()> {
-        let mut named: Vec<(String, TensorView<'_>)> = Vec::new();
         let expected = expected_tensors(cfg);
         let mut datas: Vec<&[u8]> = self.tables.iter().map(|t| t.bytes()).collect();
         for l in self.bot.iter().chain(&self.top) {
@@ -159,15 +217,70 @@ impl Weights {
             datas.push(f32_bytes(&l.bias));
         }
         assert_eq!(datas.len(), expected.len(), "weights do not match their config");
-        for ((name, shape, dtype), data) in expected.into_iter().zip(datas) {
-            let view = TensorView::new(dtype, shape, data)
-                .map_err(|e| ModelError::Tensor { path: path.into(), tensor: name.clone(), msg: e.to_string() })?;
-            named.push((name, view));
-        }
-        atomic_write(path, |tmp| {
-            safetensors::tensor::serialize_to_file(named, None, tmp).map_err(|e| std::io::Error::other(e.to_string()))
+        let n_tables = self.tables.len();
+        let outs: Vec<TensorOut> = expected
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, shape, dtype))| {
+                let bytes = datas[i].len();
+                let (code, row) = if i < n_tables {
+                    (Some(cfg.table_formats[i].code()), Some(self.tables[i].stride()))
+                } else {
+                    (None, None)
+                };
+                TensorOut { name, dtype, shape, dtype_code: code, shard_bytes: shard_bytes_for(bytes, row) }
+            })
+            .collect();
+        write_model_file(path, &outs, |i, w| {
+            for chunk in datas[i].chunks(8 << 20) {
+                w.write_all(chunk)?;
+            }
+            Ok(())
         })
     }
+}
+
+/// How a model's tables are held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TableMode {
+    /// Map the model file; the page cache holds the rows (start-up independent of table
+    /// size; a model larger than RAM still serves). Checksums verified shard by shard on
+    /// first touch and by a background pass.
+    #[default]
+    Mmap,
+    /// Copy every table into huge-page memory at load, verifying as it copies (slower to
+    /// start, faster random gathers: 2 MiB pages mean fewer TLB misses).
+    Ram,
+}
+
+impl TableMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "mmap" => Some(TableMode::Mmap),
+            "ram" => Some(TableMode::Ram),
+            _ => None,
+        }
+    }
+}
+
+/// Copies `src` into `dst` shard by shard in parallel, checking each shard's checksum
+/// when given; the first failing shard's index on error.
+fn copy_verified(src: &[u8], dst: &mut [u8], sums: Option<&(usize, Vec<u64>)>) -> std::result::Result<(), usize> {
+    assert_eq!(src.len(), dst.len());
+    let shard = sums.map_or(4 << 20, |s| s.0);
+    let bad: Vec<usize> = dst
+        .par_chunks_mut(shard)
+        .zip(src.par_chunks(shard))
+        .enumerate()
+        .filter_map(|(k, (d, s))| {
+            d.copy_from_slice(s);
+            match sums {
+                Some((_, v)) if xxh3_64(d) != v[k] => Some(k),
+                _ => None,
+            }
+        })
+        .collect();
+    bad.first().map_or(Ok(()), |&k| Err(k))
 }
 
 fn f32_bytes(v: &[f32]) -> &[u8] {
@@ -178,13 +291,6 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("dlrs reads little-endian tensors in place: big-endian targets are not supported");
-
-/// Copies bytes in parallel (tables are GBs; one core alone cannot saturate memory).
-fn copy_bytes(src: &[u8], dst: &mut [u8]) {
-    assert_eq!(src.len(), dst.len());
-    const CHUNK: usize = 4 << 20;
-    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
-}
 
 /// Copies little-endian f32 bytes (any alignment) into `dst`.
 fn copy_le_f32(src: &[u8], dst: &mut [f32]) {

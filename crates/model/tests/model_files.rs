@@ -29,7 +29,7 @@ fn save_load_round_trip_is_exact() {
     let batch = synth_batch(&m.config, 33, 4, IdDist::Zipf(1.1), 2).unwrap();
     let exec = Executor::new(2).unwrap();
     let (mut w1, mut w2) = (Workspace::default(), Workspace::default());
-    assert_eq!(m.forward(&batch, &mut w1, &exec), back.forward(&batch, &mut w2, &exec));
+    assert_eq!(m.forward(&batch, &mut w1, &exec).unwrap(), back.forward(&batch, &mut w2, &exec).unwrap());
     // no temp files left behind by the atomic writes
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
@@ -89,7 +89,7 @@ fn broken_files_are_clean_errors() {
     let good = std::fs::read(&path).unwrap();
     Model::load(dir.path()).unwrap();
     for cut in [0, 7, 8, 100, good.len() / 2, good.len() - 1] {
-        std::fs::write(&path, &good[..cut]).unwrap();
+        replace(&path, &good[..cut]);
         let e = Model::load(dir.path()).err().expect("truncated file loaded").to_string();
         assert!(e.contains("model.safetensors"), "cut at {cut}: {e}");
     }
@@ -122,9 +122,9 @@ fn mixed_row_formats_round_trip_and_stay_close_to_fp32() {
     let batch = synth_batch(&m.config, 50, 3, IdDist::Uniform, 8).unwrap();
     let exec = Executor::new(1).unwrap();
     let (mut w1, mut w2, mut w3) = (Workspace::default(), Workspace::default(), Workspace::default());
-    let q = m.forward(&batch, &mut w1, &exec).to_vec();
-    assert_eq!(q, back.forward(&batch, &mut w2, &exec));
-    let f = fp32.forward(&batch, &mut w3, &exec);
+    let q = m.forward(&batch, &mut w1, &exec).unwrap().to_vec();
+    assert_eq!(q, back.forward(&batch, &mut w2, &exec).unwrap());
+    let f = fp32.forward(&batch, &mut w3, &exec).unwrap();
     let max = q.iter().zip(f).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(max > 0.0 && max < 2e-2, "quantized scores drift by {max}");
 }
@@ -140,4 +140,88 @@ fn quantized_table_with_wrong_dtype_is_named() {
     std::fs::write(dir.path().join("config.json"), fp32_cfg.to_json_string()).unwrap();
     let e = Model::load(dir.path()).err().unwrap().to_string();
     assert!(e.contains("`emb_l.0.weight`: dtype U8, expected F32"), "{e}");
+}
+
+fn small_cfg() -> DlrmConfig {
+    DlrmConfig::from_json_str(
+        r#"{"arch_mlp_bot":"3-8-4","arch_mlp_top":"5-1","arch_embedding_size":"10-1-300",
+            "arch_sparse_feature_size":4,"arch_interaction_op":"dot","arch_interaction_itself":true}"#,
+    )
+    .unwrap()
+}
+
+/// Replaces a file the way every dlrs writer does: a new file renamed over the old one. (A
+/// mapped model file rewritten in place, truncated, would fault its readers with SIGBUS:
+/// dlrs never does that, and neither may anyone else while a model is being served.)
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Loading `dir` must fail in RAM mode, and in mmap mode fail at load or at verification.
+fn assert_rejected(dir: &Path, what: &str) {
+    use dlrs_model::TableMode;
+    assert!(Model::load_with(dir, TableMode::Ram).is_err(), "{what}: loaded in RAM mode");
+    if let Ok(m) = Model::load_with(dir, TableMode::Mmap) {
+        assert!(m.verify_tables().is_err(), "{what}: mapped model verified");
+    }
+}
+
+#[test]
+fn every_bit_flip_and_truncation_ends_in_a_clean_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Model::random(small_cfg(), 5).unwrap();
+    m.convert_tables(dlrs_model::RowFormat::Int8, &[0]).unwrap();
+    m.convert_tables(dlrs_model::RowFormat::Int4, &[2]).unwrap();
+    m.save(dir.path()).unwrap();
+    let path = dir.path().join("model.safetensors");
+    let good = std::fs::read(&path).unwrap();
+    Model::load_with(dir.path(), dlrs_model::TableMode::Ram).unwrap();
+    Model::load(dir.path()).unwrap().verify_tables().unwrap();
+    for pos in 0..good.len() {
+        let mut bad = good.clone();
+        bad[pos] ^= 1 << (pos % 8);
+        replace(&path, &bad);
+        assert_rejected(dir.path(), &format!("bit {} of byte {pos} flipped", pos % 8));
+    }
+    for cut in 0..good.len() {
+        replace(&path, &good[..cut]);
+        assert_rejected(dir.path(), &format!("truncated to {cut} bytes"));
+    }
+}
+
+#[test]
+fn a_corrupt_shard_is_never_served_from_a_mapped_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Model::random(small_cfg(), 5).unwrap();
+    m.save(dir.path()).unwrap();
+    let path = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // flip a bit inside table 2's rows (its tensor is the largest; find it from the header)
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let (start, _) = meta.tensors()["emb_l.2.weight"].data_offsets;
+    bytes[8 + n + start + 100] ^= 0x10;
+    replace(&path, &bytes);
+    let mapped = Model::load(dir.path()).unwrap();
+    let exec = Executor::new(1).unwrap();
+    let mut ws = Workspace::default();
+    let ok = synth_batch(&mapped.config, 4, 2, IdDist::Uniform, 1).unwrap();
+    let e = mapped.forward(&ok, &mut ws, &exec).unwrap_err().to_string();
+    assert!(e.contains("emb_l.2.weight") && e.contains("shard 0"), "{e}");
+    let e = Model::load_with(dir.path(), dlrs_model::TableMode::Ram).err().unwrap().to_string();
+    assert!(e.contains("emb_l.2.weight") && e.contains("checksum"), "{e}");
+}
+
+#[test]
+fn plain_pytorch_files_load_and_gain_a_manifest() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity/dot-odd");
+    let m = Model::load(&src).unwrap();
+    assert!(!m.weights.has_manifest, "fixtures are PyTorch's own files");
+    let dir = tempfile::tempdir().unwrap();
+    m.save(dir.path()).unwrap();
+    let back = Model::load(dir.path()).unwrap();
+    assert!(back.weights.has_manifest);
+    back.verify_tables().unwrap();
 }

@@ -50,7 +50,7 @@ fn matches_reference_pytorch_within_1e5() {
             let mut ws = Workspace::default();
             let mut got = Vec::new();
             for b in &batches {
-                got.extend_from_slice(model.forward(b, &mut ws, &exec));
+                got.extend_from_slice(model.forward(b, &mut ws, &exec).unwrap());
             }
             assert_eq!(got.len(), 3 * expected.len());
             for (i, (g, w)) in got.iter().zip(expected.iter().cycle()).enumerate() {
