@@ -80,8 +80,10 @@ pub fn read_manifest(path: &Path, meta: &safetensors::tensor::Metadata) -> Resul
 }
 /// Version of the manifest layout; readers refuse versions they do not know.
 pub const FORMAT_VERSION: u32 = 1;
-/// Target shard size of table tensors (rounded down to whole rows).
-pub const SHARD_BYTES: usize = 64 << 20;
+/// Target shard size of table tensors (rounded down to whole rows). Small, because a mapped
+/// table verifies a shard the first time one of its rows is read: one cold sample of RMC1
+/// touches 640 random rows, so its first prediction hashes 640 shards (40 MB at 64 KiB).
+pub const SHARD_BYTES: usize = 64 << 10;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

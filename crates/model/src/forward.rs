@@ -126,9 +126,10 @@ impl Model {
         Self::load_with(dir, TableMode::Mmap)
     }
 
-    /// Loads a model directory, holding the tables as `mode` says. A mapped model with a
-    /// manifest starts a background thread that verifies every table shard (rows of a shard
-    /// that fails are never served: `forward` returns an error naming it).
+    /// Loads a model directory, holding the tables as `mode` says. Mapped tables with a
+    /// manifest are verified shard by shard the first time a batch touches a shard (rows of
+    /// a shard that fails are never served: `forward` returns an error naming it); see
+    /// [`Model::verify_in_background`] to verify them all ahead of traffic.
     pub fn load_with(dir: &Path, mode: TableMode) -> Result<Self> {
         let cpath = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
@@ -137,14 +138,21 @@ impl Model {
             other => other,
         })?;
         let weights = Weights::load_safetensors(&dir.join(WEIGHTS_FILE), &config, mode)?;
-        let jobs: Vec<_> = weights.tables.iter().filter_map(|t| t.background_verifier()).collect();
+        Ok(Model { config, weights, dir: Some(dir.to_path_buf()) })
+    }
+
+    /// Starts a thread that verifies every shard of every mapped table (reading the whole
+    /// file once), so corruption is found before traffic reaches it. A server calls this
+    /// after loading; a one-shot `predict` does not, to keep start-up independent of size.
+    pub fn verify_in_background(&self) -> Result<()> {
+        let jobs: Vec<_> = self.weights.tables.iter().filter_map(|t| t.background_verifier()).collect();
         if !jobs.is_empty() {
             std::thread::Builder::new()
                 .name("dlrs-verify".into())
                 .spawn(move || jobs.into_iter().for_each(|j| j()))
                 .map_err(|e| ModelError::io("<verify thread>", e))?;
         }
-        Ok(Model { config, weights, dir: Some(dir.to_path_buf()) })
+        Ok(())
     }
 
     /// Verifies every shard of every checked table now; errors name the first bad one.
