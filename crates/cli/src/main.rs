@@ -130,18 +130,25 @@ fn init(name: &str, out: &Path, seed: u64, rows_cap: Option<usize>, dtype: RowFo
         p.config.tables.iter_mut().for_each(|r| *r = (*r).min(cap));
     }
     let t0 = Instant::now();
-    let model = Model::random(p.config.with_format(dtype), seed)?;
-    let built = t0.elapsed();
-    model.save(out).with_context(|| format!("writing {}", out.display()))?;
-    let bytes: usize = model.weights.tables.iter().map(|t| t.size_bytes()).sum();
+    let config = p.config.with_format(dtype);
+    let bytes: usize =
+        config.tables.iter().map(|&r| r * dlrs_model::table::EmbeddingTable::stride_for(dtype, config.dim)).sum();
+    let bar = indicatif::ProgressBar::new(bytes as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("init {name} {}", dtype.name()));
+    // streamed: rows go from the generator to the file a window at a time (bounded memory)
+    Model::write_random(&config, seed, out, |n| bar.inc(n)).with_context(|| format!("writing {}", out.display()))?;
+    bar.finish_and_clear();
     eprintln!(
-        "wrote {}: preset {name}, {} {} tables, {:.2} GB of embeddings (built in {:.2} s, written in {:.2} s)",
+        "wrote {}: preset {name}, {} {} tables, {:.2} GB of embeddings in {:.1} s",
         out.display(),
-        model.config.n_tables(),
+        config.n_tables(),
         dtype.name(),
         bytes as f64 / 1e9,
-        built.as_secs_f64(),
-        (t0.elapsed() - built).as_secs_f64()
+        t0.elapsed().as_secs_f64()
     );
     Ok(())
 }

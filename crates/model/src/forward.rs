@@ -183,6 +183,15 @@ impl Model {
         Ok(Model { config, weights, dir: None })
     }
 
+    /// Writes the model directory of [`Model::random`]`(config, seed)` without building its
+    /// tables in memory (see [`Weights::write_random`]); each file atomically.
+    pub fn write_random(config: &DlrmConfig, seed: u64, dir: &Path, progress: impl FnMut(u64)) -> Result<()> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        Weights::write_random(&dir.join(WEIGHTS_FILE), config, seed, progress)?;
+        atomic_write_bytes(&dir.join(CONFIG_FILE), config.to_json_string().as_bytes())
+    }
+
     /// Writes the model directory; each file atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;

@@ -18,7 +18,14 @@ pub const CRITEO_KAGGLE_TABLES: [usize; 26] = [
     2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 ];
 
-const NAMES: [&str; 4] = ["rmc1", "rmc2", "rmc3", "criteo-kaggle"];
+/// Criteo Terabyte table sizes as the MLPerf DLRM v1 recipe produces them (days 0-23,
+/// `--max-ind-range=40000000`): 187,767,399 rows in all.
+pub const CRITEO_TERABYTE_TABLES: [usize; 26] = [
+    39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10, 2208, 11938, 155, 4, 976,
+    14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
+];
+
+const NAMES: [&str; 5] = ["rmc1", "rmc2", "rmc3", "criteo-kaggle", "criteo-terabyte"];
 
 pub fn names() -> Vec<&'static str> {
     NAMES.to_vec()
@@ -47,6 +54,12 @@ pub fn preset(name: &str) -> Result<Preset> {
             1,
             "criteo-kaggle",
         ),
+        // MLPerf DLRM v1: ~24 billion parameters, ~96 GB in fp32, ~12.8 GB in int4
+        "criteo-terabyte" => (
+            cfg(&[13, 512, 256, 128], &[1024, 1024, 512, 256, 1], CRITEO_TERABYTE_TABLES.to_vec(), 128, Interaction::Dot),
+            1,
+            "criteo-terabyte",
+        ),
         other => return Err(ModelError::UnknownPreset(other.to_string())),
     };
     config.validate().expect("presets are valid");
@@ -69,5 +82,11 @@ mod tests {
         // ~6.4 MFLOP per sample, as the issue states
         assert!((r3.mlp_flops_per_sample() / 1e6 - 6.4).abs() < 0.2, "{}", r3.mlp_flops_per_sample());
         assert!(preset("rmc9").unwrap_err().to_string().contains("rmc1"));
+        let tb = preset("criteo-terabyte").unwrap().config;
+        assert_eq!(tb.tables.iter().sum::<usize>(), 187_767_399);
+        assert!((tb.embedding_params() as f64 / 1e9 - 24.0).abs() < 0.1);
+        let int4 = tb.with_format(crate::RowFormat::Int4);
+        let bytes: usize = int4.tables.iter().map(|r| r * crate::table::EmbeddingTable::stride_for(crate::RowFormat::Int4, 128)).sum();
+        assert!((bytes as f64 / 1e9 - 12.8).abs() < 0.1, "{bytes}");
     }
 }

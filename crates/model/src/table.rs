@@ -127,7 +127,32 @@ pub struct EmbeddingTable {
 }
 
 /// Rows generated per RNG stream: fixed, so a seed gives the same table on any thread count.
-const FILL_ROWS: usize = 1 << 11;
+pub const FILL_ROWS: usize = 1 << 11;
+
+/// Fills `out` (whole rows at the table's stride, starting at row `first_row`, a multiple
+/// of [`FILL_ROWS`]) with the rows [`EmbeddingTable::random`] gives a table of `rows` rows:
+/// U(-sqrt(1/rows), sqrt(1/rows)), quantized to `format`, in parallel. Streaming writers
+/// call it window by window and get the same bytes as the in-memory table.
+pub fn random_rows(rows: usize, dim: usize, format: RowFormat, seed: u64, first_row: usize, out: &mut [u8]) {
+    assert_eq!(first_row % FILL_ROWS, 0, "windows start on a fill chunk");
+    let stride = EmbeddingTable::stride_for(format, dim);
+    let a = (1.0 / rows as f64).sqrt() as f32;
+    let c0 = first_row / FILL_ROWS;
+    out.par_chunks_mut(FILL_ROWS * stride).enumerate().for_each(|(c, chunk)| {
+        let c = (c0 + c) as u64;
+        let mut rng = SmallRng::seed_from_u64(seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut row = vec![0.0f32; dim];
+        for dst in chunk.chunks_mut(stride) {
+            for v in row.iter_mut() {
+                let u = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+                *v = (2.0 * u - 1.0) * a;
+            }
+            let (payload, padding) = dst.split_at_mut(format.row_bytes(dim));
+            quantize_row(format, &row, payload);
+            padding.fill(0);
+        }
+    });
+}
 
 impl EmbeddingTable {
     /// The row stride of a table: fp32 rows are stored unpadded, exactly as PyTorch's
@@ -226,19 +251,7 @@ impl EmbeddingTable {
     /// format (a quantized table holds the quantized fp32 one).
     pub fn random(rows: usize, dim: usize, format: RowFormat, seed: u64) -> std::io::Result<Self> {
         let mut t = Self::zeroed(rows, dim, format)?;
-        let a = (1.0 / rows as f64).sqrt() as f32;
-        let stride = t.stride;
-        t.bytes_mut().par_chunks_mut(FILL_ROWS * stride).enumerate().for_each(|(c, chunk)| {
-            let mut rng = SmallRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut row = vec![0.0f32; dim];
-            for dst in chunk.chunks_mut(stride) {
-                for v in row.iter_mut() {
-                    let u = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
-                    *v = (2.0 * u - 1.0) * a;
-                }
-                quantize_row(format, &row, &mut dst[..format.row_bytes(dim)]);
-            }
-        });
+        random_rows(rows, dim, format, seed, 0, t.bytes_mut());
         Ok(t)
     }
 

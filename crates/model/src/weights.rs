@@ -21,7 +21,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::config::{DlrmConfig, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::format::{TensorOut, read_manifest, shard_bytes_for, shard_sums, write_model_file};
-use crate::table::{EmbeddingTable, ShardCheck};
+use crate::table::{EmbeddingTable, FILL_ROWS, ShardCheck, random_rows};
 
 /// One fully connected layer in `nn.Linear` layout.
 #[derive(Clone, Debug)]
@@ -83,18 +83,56 @@ impl Weights {
     /// N(0, sqrt(2/(in+out))), biases N(0, sqrt(1/out)), tables U(±sqrt(1/rows)).
     /// Tables are filled in parallel; the result depends only on `seed`.
     pub fn random(cfg: &DlrmConfig, seed: u64) -> Result<Self> {
-        let mut rng = SmallRng::seed_from_u64(seed);
-        let bot = random_mlp(&cfg.bot, &mut rng);
-        let top = random_mlp(&cfg.top_full(), &mut rng);
+        let (bot, top) = random_mlps(cfg, seed);
         let mut tables = Vec::with_capacity(cfg.tables.len());
         for (t, &rows) in cfg.tables.iter().enumerate() {
-            let table_seed = seed.wrapping_add(1 + t as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
             tables.push(
-                EmbeddingTable::random(rows, cfg.dim, cfg.table_formats[t], table_seed)
+                EmbeddingTable::random(rows, cfg.dim, cfg.table_formats[t], table_seed(seed, t))
                     .map_err(|e| ModelError::io(format!("<table {t}: {} MB>", rows * cfg.dim * 4 >> 20), e))?,
             );
         }
         Ok(Weights { tables, bot, top, has_manifest: false })
+    }
+
+    /// Writes the model file of [`Weights::random`]`(cfg, seed)` without holding its tables:
+    /// rows are generated a window at a time straight into the (checksummed, atomic) file, so
+    /// memory stays bounded whatever the table sizes. `progress(bytes)` is called as bytes
+    /// are written.
+    pub fn write_random(path: &Path, cfg: &DlrmConfig, seed: u64, mut progress: impl FnMut(u64)) -> Result<()> {
+        let (bot, top) = random_mlps(cfg, seed);
+        let expected = expected_tensors(cfg);
+        let n_tables = cfg.tables.len();
+        let outs = tensor_outs(cfg, expected, |i| {
+            if i < n_tables {
+                cfg.tables[i] * EmbeddingTable::stride_for(cfg.table_formats[i], cfg.dim)
+            } else {
+                let l = if i - n_tables < 2 * bot.len() { &bot[(i - n_tables) / 2] } else { &top[(i - n_tables) / 2 - bot.len()] };
+                4 * if (i - n_tables) % 2 == 0 { l.weight.len() } else { l.bias.len() }
+            }
+        });
+        // 256 fill chunks a window: a few MB to a few hundred MB for the widest fp32 rows
+        const WINDOW_ROWS: usize = 256 * FILL_ROWS;
+        let mut buf = Vec::new();
+        write_model_file(path, &outs, |i, w| {
+            if i < n_tables {
+                let (rows, fmt) = (cfg.tables[i], cfg.table_formats[i]);
+                let stride = EmbeddingTable::stride_for(fmt, cfg.dim);
+                let mut r = 0;
+                while r < rows {
+                    let n = WINDOW_ROWS.min(rows - r);
+                    buf.resize(n * stride, 0);
+                    random_rows(rows, cfg.dim, fmt, table_seed(seed, i), r, &mut buf);
+                    w.write_all(&buf)?;
+                    progress(buf.len() as u64);
+                    r += n;
+                }
+            } else {
+                let j = i - n_tables;
+                let l = if j < 2 * bot.len() { &bot[j / 2] } else { &top[j / 2 - bot.len()] };
+                w.write_all(f32_bytes(if j % 2 == 0 { &l.weight } else { &l.bias }))?;
+            }
+            Ok(())
+        })
     }
 
     /// Loads `model.safetensors`, checking every tensor against the config and, when the
@@ -213,20 +251,7 @@ impl Weights {
             datas.push(f32_bytes(&l.bias));
         }
         assert_eq!(datas.len(), expected.len(), "weights do not match their config");
-        let n_tables = self.tables.len();
-        let outs: Vec<TensorOut> = expected
-            .into_iter()
-            .enumerate()
-            .map(|(i, (name, shape, dtype))| {
-                let bytes = datas[i].len();
-                let (code, row) = if i < n_tables {
-                    (Some(cfg.table_formats[i].code()), Some(self.tables[i].stride()))
-                } else {
-                    (None, None)
-                };
-                TensorOut { name, dtype, shape, dtype_code: code, shard_bytes: shard_bytes_for(bytes, row) }
-            })
-            .collect();
+        let outs = tensor_outs(cfg, expected, |i| datas[i].len());
         write_model_file(path, &outs, |i, w| {
             for chunk in datas[i].chunks(8 << 20) {
                 w.write_all(chunk)?;
@@ -234,6 +259,40 @@ impl Weights {
             Ok(())
         })
     }
+}
+
+/// The tensors of a model file in order, with their shard sizes (`bytes(i)`: tensor i's size).
+fn tensor_outs(
+    cfg: &DlrmConfig,
+    expected: Vec<(String, Vec<usize>, Dtype)>,
+    bytes: impl Fn(usize) -> usize,
+) -> Vec<TensorOut> {
+    let n_tables = cfg.tables.len();
+    expected
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape, dtype))| {
+            let (code, row) = if i < n_tables {
+                (Some(cfg.table_formats[i].code()), Some(EmbeddingTable::stride_for(cfg.table_formats[i], cfg.dim)))
+            } else {
+                (None, None)
+            };
+            TensorOut { name, dtype, shape, dtype_code: code, shard_bytes: shard_bytes_for(bytes(i), row) }
+        })
+        .collect()
+}
+
+/// The MLPs of [`Weights::random`]: bottom then top, from one RNG stream.
+fn random_mlps(cfg: &DlrmConfig, seed: u64) -> (Vec<Layer>, Vec<Layer>) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let bot = random_mlp(&cfg.bot, &mut rng);
+    let top = random_mlp(&cfg.top_full(), &mut rng);
+    (bot, top)
+}
+
+/// The seed of table `t`'s rows.
+fn table_seed(seed: u64, t: usize) -> u64 {
+    seed.wrapping_add(1 + t as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
 }
 
 /// How a model's tables are held.

@@ -225,3 +225,23 @@ fn plain_pytorch_files_load_and_gain_a_manifest() {
     assert!(back.weights.has_manifest);
     back.verify_tables().unwrap();
 }
+
+#[test]
+fn streamed_random_model_equals_the_in_memory_one() {
+    use dlrs_model::RowFormat;
+    let mut c = small_cfg();
+    c.tables = vec![10, 5000, 300];
+    c.table_formats = vec![RowFormat::Int4, RowFormat::F32, RowFormat::Int8];
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut written = 0;
+    Model::write_random(&c, 11, a.path(), |n| written += n).unwrap();
+    Model::random(c.clone(), 11).unwrap().save(b.path()).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        let (x, y) = (std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap());
+        let first = x.iter().zip(&y).position(|(p, q)| p != q);
+        let show = |v: &[u8]| String::from_utf8_lossy(&v[..200.min(v.len())]).into_owned();
+        assert!(x == y, "{f} differs: lengths {} {}, first difference at {first:?}\n{}\n{}", x.len(), y.len(), show(&x), show(&y));
+    }
+    let table_bytes: usize = Model::load(a.path()).unwrap().weights.tables.iter().map(|t| t.size_bytes()).sum();
+    assert_eq!(written, table_bytes as u64);
+}
