@@ -48,8 +48,9 @@ pub struct BenchArgs {
 /// Bytes of embedding rows the default pool of batches spans: well past the last-level cache.
 const COLD_POOL_BYTES: usize = 256 << 20;
 
-/// Peak resident set size (VmHWM) and current anonymous huge-page bytes of this process.
-fn memory() -> (u64, u64) {
+/// Peak resident set size (VmHWM), current anonymous huge-page bytes, and current resident
+/// anonymous and file-backed (mapped model file, reclaimable page cache) bytes.
+fn memory() -> (u64, u64, u64, u64) {
     let field = |text: &str, key: &str| -> u64 {
         text.lines()
             .find(|l| l.starts_with(key))
@@ -59,7 +60,7 @@ fn memory() -> (u64, u64) {
     };
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let smaps = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    (field(&status, "VmHWM:"), field(&smaps, "AnonHugePages:"))
+    (field(&status, "VmHWM:"), field(&smaps, "AnonHugePages:"), field(&status, "RssAnon:"), field(&status, "RssFile:"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -140,7 +141,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let n = lat.len() as f64;
     let total: f64 = lat.iter().sum();
     lat.sort_by(|x, y| x.total_cmp(y));
-    let (rss, huge) = memory();
+    let (rss, huge, rss_anon, rss_file) = memory();
     // bytes and cache lines a lookup reads, averaged over the tables
     let tables = &model.weights.tables;
     let row_bytes = tables.iter().map(|t| t.format().row_bytes(cfg.dim)).sum::<usize>() as f64 / tables.len() as f64;
@@ -178,6 +179,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "batches": lat.len(),
         "rss_bytes": rss,
         "anon_huge_page_bytes": huge,
+        "rss_anon_bytes": rss_anon,
+        "rss_file_bytes": rss_file,
         "checksum": checksum,
     });
     if a.json {
@@ -211,8 +214,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
         println!("  MLPs           {:.1} GFLOP/s", r["mlp_gflop_per_s"].as_f64().unwrap_or(0.0));
         println!(
-            "  memory         peak RSS {:.2} GB, huge pages {:.2} GB; model built in {:.2} s",
+            "  memory         peak RSS {:.2} GB (now {:.2} GB anonymous, {:.2} GB mapped file), huge pages {:.2} GB; model ready in {:.2} s",
             rss as f64 / 1e9,
+            rss_anon as f64 / 1e9,
+            rss_file as f64 / 1e9,
             huge as f64 / 1e9,
             build_s
         );

@@ -44,27 +44,50 @@ impl DotShape {
     }
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // eight independent partial sums: LLVM turns this into one vector accumulator
+/// `a . b` with eight independent partial sums (LLVM keeps them in one vector register);
+/// fused multiply-adds when `FMA` (only inside an FMA-enabled function: elsewhere
+/// `mul_add` is a slow libm call).
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let madd = |x: f32, y: f32, acc: f32| if FMA { x.mul_add(y, acc) } else { x * y + acc };
     let mut acc = [0.0f32; 8];
     let (ca, ra) = a.as_chunks::<8>();
     let (cb, rb) = b.as_chunks::<8>();
     for (x, y) in ca.iter().zip(cb) {
         for l in 0..8 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
+            acc[l] = madd(x[l], y[l], acc[l]);
         }
     }
     let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for (x, y) in ra.iter().zip(rb) {
-        s = x.mul_add(*y, s);
+        s = madd(*x, *y, s);
     }
     s
 }
 
-/// The fast path: the lower triangle of `T T^T` only, with vectorised dot products.
+/// The fast path: the lower triangle of `T T^T` only, with vectorised dot products
+/// (compiled twice: with AVX2+FMA, picked at run time, and for baseline x86-64, where
+/// `mul_add` would be a libm call, as plain multiply-adds).
 pub fn dot_interaction(t: &[f32], out: &mut [f32], shape: DotShape) {
     shape.check(t, out);
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::isa() == crate::cpu::Isa::Avx2 {
+        // SAFETY: `isa()` found AVX2 and FMA on this CPU; `shape.check` validated the slices.
+        return unsafe { dot_interaction_avx2(t, out, shape) };
+    }
+    dot_interaction_body::<false>(t, out, shape)
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_interaction_avx2(t: &[f32], out: &mut [f32], shape: DotShape) {
+    dot_interaction_body::<true>(t, out, shape)
+}
+
+#[inline(always)]
+fn dot_interaction_body<const FMA: bool>(t: &[f32], out: &mut [f32], shape: DotShape) {
     let DotShape { batch, features, dim, itself, t_stride, out_stride } = shape;
     let extra = usize::from(itself);
     for b in 0..batch {
@@ -74,7 +97,7 @@ pub fn dot_interaction(t: &[f32], out: &mut [f32], shape: DotShape) {
         for i in 0..features {
             let ti = &tb[i * dim..i * dim + dim];
             for j in 0..i + extra {
-                ob[p] = dot(ti, &tb[j * dim..j * dim + dim]);
+                ob[p] = dot::<FMA>(ti, &tb[j * dim..j * dim + dim]);
                 p += 1;
             }
         }
