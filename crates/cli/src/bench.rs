@@ -40,6 +40,13 @@ pub struct BenchArgs {
     /// >= 256 MB, so small batches are not served from cache; the PyTorch peer uses 8)
     #[arg(long)]
     pool: Option<usize>,
+    /// hot-row cache budget for the tables (e.g. 512M, 2G; 0 = none), filled from a separate
+    /// set of observed batches of the same distribution before timing
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    row_cache: usize,
+    /// samples of observed traffic that fill the row cache
+    #[arg(long, default_value_t = 1_000_000)]
+    cache_observe: usize,
     /// print exactly one JSON object on stdout
     #[arg(long)]
     json: bool,
@@ -90,6 +97,20 @@ fn formats_name(m: &Model) -> String {
     }
 }
 
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1usize << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| (v * mul as f64) as usize)
+        .ok_or_else(|| format!("`{s}`: expected a size like 512M or 2G"))
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be positive");
@@ -97,7 +118,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let dist = IdDist::parse(&a.dist)?;
     let exec = Executor::new(a.threads)?;
     let t0 = Instant::now();
-    let (model, name, preset_ids) = if Path::new(&a.model).is_dir() {
+    let (mut model, name, preset_ids) = if Path::new(&a.model).is_dir() {
         let mut m = Model::load_with(Path::new(&a.model), a.tables)?;
         if let Some(f) = a.dtype {
             exec.install(|| m.convert_tables(f, &[]))?;
@@ -120,6 +141,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         .map(|i| synth_batch(cfg, a.batch, ids, dist, 1 + i as u64))
         .collect::<Result<_, _>>()?;
 
+    let mut cache_share = None;
+    if a.row_cache > 0 {
+        let mut traffic = dlrs_model::cache::TrafficCounter::default();
+        for i in 0..a.cache_observe.div_ceil(a.batch) {
+            traffic.observe(&synth_batch(cfg, a.batch, ids, dist, 1_000_000 + i as u64)?);
+        }
+        cache_share = Some(model.build_row_caches(&traffic, a.row_cache)?);
+    }
+    let model = model;
+    let cfg = &model.config;
     let mut ws = Workspace::default();
     for b in pool.iter().take(3) {
         model.forward(b, &mut ws, &exec)?;
@@ -142,6 +173,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let total: f64 = lat.iter().sum();
     lat.sort_by(|x, y| x.total_cmp(y));
     let (rss, huge, rss_anon, rss_file) = memory();
+    let (hits, lookups) = ws.cache_counts();
+    let hit_share = (lookups > 0).then(|| hits as f64 / lookups as f64);
     // bytes and cache lines a lookup reads, averaged over the tables
     let tables = &model.weights.tables;
     let row_bytes = tables.iter().map(|t| t.format().row_bytes(cfg.dim)).sum::<usize>() as f64 / tables.len() as f64;
@@ -182,6 +215,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "rss_anon_bytes": rss_anon,
         "rss_file_bytes": rss_file,
         "checksum": checksum,
+        "row_cache_bytes": model.row_cache_bytes(),
+        "row_cache_observed_hit_share": cache_share,
+        "row_cache_hit_share": hit_share,
     });
     if a.json {
         println!("{report}");
@@ -213,6 +249,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             r["embedding_gb_per_s_wall"].as_f64().unwrap_or(0.0)
         );
         println!("  MLPs           {:.1} GFLOP/s", r["mlp_gflop_per_s"].as_f64().unwrap_or(0.0));
+        if let Some(share) = cache_share {
+            println!(
+                "  row cache      {:.2} GB: {:.1}% of the observed lookups, {:.1}% of the timed ones",
+                model.row_cache_bytes() as f64 / 1e9,
+                share * 100.0,
+                hit_share.unwrap_or(0.0) * 100.0
+            );
+        }
         println!(
             "  memory         peak RSS {:.2} GB (now {:.2} GB anonymous, {:.2} GB mapped file), huge pages {:.2} GB; model ready in {:.2} s",
             rss as f64 / 1e9,

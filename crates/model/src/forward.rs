@@ -23,6 +23,7 @@ use dlrs_kernels::mlp::{Activation, LinearShape, linear};
 use rayon::prelude::*;
 
 use crate::batch::Batch;
+use crate::cache::{CacheScratch, RowCache, TrafficCounter, build_caches};
 use crate::config::{DlrmConfig, Interaction, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::presets::{Preset, preset};
@@ -37,6 +38,8 @@ pub struct Model {
     pub weights: Weights,
     /// the directory it was loaded from, if any (named in errors)
     pub dir: Option<PathBuf>,
+    /// hot-row caches, one slot per table (see [`Model::build_row_caches`])
+    pub row_caches: Vec<Option<RowCache>>,
 }
 
 /// Seconds spent per stage (for a batch: mean over the threads that worked on it).
@@ -107,6 +110,7 @@ struct RangeBuffers {
     interaction: Vec<f32>,
     hidden: [Vec<f32>; 2],
     scores: Vec<f32>,
+    cache_scratch: CacheScratch,
     times: StageTimes,
 }
 
@@ -117,6 +121,13 @@ pub struct Workspace {
     scores: Vec<f32>,
     /// stage times of the last batch
     pub times: StageTimes,
+}
+
+impl Workspace {
+    /// Row-cache hits and lookups through caches, over every batch run with this workspace.
+    pub fn cache_counts(&self) -> (u64, u64) {
+        self.ranges.iter().fold((0, 0), |(h, l), r| (h + r.cache_scratch.hits, l + r.cache_scratch.lookups))
+    }
 }
 
 impl Model {
@@ -138,7 +149,7 @@ impl Model {
             other => other,
         })?;
         let weights = Weights::load_safetensors(&dir.join(WEIGHTS_FILE), &config, mode)?;
-        Ok(Model { config, weights, dir: Some(dir.to_path_buf()) })
+        Ok(Model { config, weights, dir: Some(dir.to_path_buf()), row_caches: Vec::new() })
     }
 
     /// Starts a thread that verifies every shard of every mapped table (reading the whole
@@ -153,6 +164,25 @@ impl Model {
                 .map_err(|e| ModelError::io("<verify thread>", e))?;
         }
         Ok(())
+    }
+
+    /// Fills hot-row caches (rows plus index within `budget_bytes`) from observed traffic;
+    /// returns the share of the observed lookups the cached rows serve. A budget of 0
+    /// removes the caches.
+    pub fn build_row_caches(&mut self, traffic: &TrafficCounter, budget_bytes: usize) -> Result<f64> {
+        if budget_bytes == 0 {
+            self.row_caches.clear();
+            return Ok(0.0);
+        }
+        let (caches, share) = build_caches(&self.weights.tables, traffic, budget_bytes)
+            .map_err(|e| ModelError::io("<row cache>", e))?;
+        self.row_caches = caches;
+        Ok(share)
+    }
+
+    /// Bytes the row caches take.
+    pub fn row_cache_bytes(&self) -> usize {
+        self.row_caches.iter().flatten().map(|c| c.bytes()).sum()
     }
 
     /// Verifies every shard of every checked table now; errors name the first bad one.
@@ -180,7 +210,7 @@ impl Model {
     pub fn random(config: DlrmConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let weights = Weights::random(&config, seed)?;
-        Ok(Model { config, weights, dir: None })
+        Ok(Model { config, weights, dir: None, row_caches: Vec::new() })
     }
 
     /// Writes the model directory of [`Model::random`]`(config, seed)` without building its
@@ -280,7 +310,11 @@ impl Model {
 
         // embedding bags, pooled straight into their column of `features`
         for (t, (table, bags)) in self.weights.tables.iter().zip(batch.bags()).enumerate() {
-            table.bag_sum(&bags.offsets[r0..=r1], &bags.ids, &mut buf.features[(t + 1) * d..], fw);
+            let (offsets, out) = (&bags.offsets[r0..=r1], &mut buf.features[(t + 1) * d..]);
+            match self.row_caches.get(t) {
+                Some(Some(cache)) => cache.bag_sum(table, offsets, &bags.ids, out, fw, &mut buf.cache_scratch),
+                _ => table.bag_sum(offsets, &bags.ids, out, fw),
+            }
         }
         let t1 = Instant::now();
 
