@@ -83,6 +83,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a model over HTTP (KServe v2 / Open Inference Protocol, and plain JSON) with
+    /// dynamic batching, deadlines, metrics and hot reload.
+    Serve(dlrs_serve::ServeArgs),
     /// Check every checksum of a model directory (exit status 1 on any mismatch).
     Verify {
         #[arg(long)]
@@ -112,6 +115,7 @@ fn main() {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Quantize { model, dtype, tables, out } => quantize(&model, dtype, &tables, &out),
         Cmd::Compare { model, input, threads, json } => compare(&model, &input, threads, json),
+        Cmd::Serve(a) => dlrs_serve::run(a),
         Cmd::Verify { model } => verify(&model),
         Cmd::Manifest { model } => manifest(&model),
     };

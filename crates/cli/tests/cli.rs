@@ -215,3 +215,47 @@ fn check_predict_dir(model: &Path, fixture_dir: &Path) {
     assert_eq!(got.len(), want.len());
     assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-5));
 }
+
+#[test]
+fn serve_answers_then_drains_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let model = fixture("criteo-kaggle-cap1000");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlrs"))
+        .args(["serve", "--model", model.to_str().unwrap(), "--name", "ck", "--addr", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "server exited before listening");
+        if let Some(i) = line.find("http://") {
+            break line[i..].trim().to_string();
+        }
+    };
+    let sample = std::fs::read_to_string(model.join("inputs.jsonl")).unwrap().lines().next().unwrap().to_string();
+    let want: f32 = std::fs::read_to_string(model.join("expected.txt")).unwrap().lines().next().unwrap().parse().unwrap();
+    let body = format!("{{\"samples\": [{sample}]}}");
+    let mut resp = ureq::post(&format!("{url}/v1/models/ck/predict"))
+        .header("content-type", "application/json")
+        .send(body.as_bytes())
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let got = v["scores"][0].as_f64().unwrap() as f32;
+    assert!((got - want).abs() <= 1e-5, "{got} vs {want}");
+    // SIGTERM: the server drains and exits 0
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed().as_secs() < 30, "server did not exit after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,138 @@
+//! Errors of the server and the HTTP status each one maps to (see the crate docs' table).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dlrs_model::ModelError;
+
+/// A request's failure; the message names the offending field, tensor or header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400: the request is malformed or does not fit the model.
+    BadRequest(String),
+    /// 404: unknown model, model version or path.
+    NotFound(String),
+    /// 405: known path, wrong method.
+    MethodNotAllowed(String),
+    /// 408: the body did not arrive in time.
+    BodyTimeout(String),
+    /// 413: the body or the request is larger than the server takes.
+    TooLarge(String),
+    /// 500: the computation of the request's batch failed or panicked.
+    Internal(String),
+    /// 500: a reload was refused; the old version keeps serving.
+    ReloadFailed(String),
+    /// 503 with `Retry-After: 1`: the queue is full.
+    Overloaded(String),
+    /// 503 with `Retry-After: 1`: the server is shutting down.
+    ShuttingDown(String),
+    /// 504: the deadline passed before the request was computed.
+    DeadlineExceeded(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ReloadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for the statuses that have one.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::Overloaded(_) | ApiError::ShuttingDown(_) => Some(1),
+            ApiError::BadRequest(_)
+            | ApiError::NotFound(_)
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::BodyTimeout(_)
+            | ApiError::TooLarge(_)
+            | ApiError::Internal(_)
+            | ApiError::ReloadFailed(_)
+            | ApiError::DeadlineExceeded(_) => None,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::MethodNotAllowed(m)
+            | ApiError::BodyTimeout(m)
+            | ApiError::TooLarge(m)
+            | ApiError::Internal(m)
+            | ApiError::ReloadFailed(m)
+            | ApiError::Overloaded(m)
+            | ApiError::ShuttingDown(m)
+            | ApiError::DeadlineExceeded(m) => m,
+        }
+    }
+
+    /// An error of the request's input (its batch failed validation).
+    pub fn from_input(e: ModelError) -> Self {
+        match &e {
+            ModelError::Input { .. } => ApiError::BadRequest(e.to_string()),
+            ModelError::Config { .. }
+            | ModelError::Tensor { .. }
+            | ModelError::Corrupt { .. }
+            | ModelError::Format { .. }
+            | ModelError::Io { .. }
+            | ModelError::UnknownPreset(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+
+    /// An error of a batch's forward pass (its input was validated already, so every kind
+    /// is the server's fault: e.g. table rows failing their checksum).
+    pub fn from_compute(e: ModelError) -> Self {
+        match &e {
+            ModelError::Corrupt { .. }
+            | ModelError::Input { .. }
+            | ModelError::Config { .. }
+            | ModelError::Tensor { .. }
+            | ModelError::Format { .. }
+            | ModelError::Io { .. }
+            | ModelError::UnknownPreset(_) => ApiError::Internal(format!("computing the batch failed: {e}")),
+        }
+    }
+
+    /// An error loading a new model version.
+    pub fn from_load(e: ModelError, still_serving: u64) -> Self {
+        let why = match &e {
+            ModelError::Config { .. } => "its config.json is invalid",
+            ModelError::Tensor { .. } => "a tensor of its model.safetensors does not fit the config",
+            ModelError::Corrupt { .. } => "its model.safetensors is corrupt",
+            ModelError::Format { .. } => "its model.safetensors is not a safetensors file",
+            ModelError::Io { .. } => "its files cannot be read",
+            ModelError::Input { .. } | ModelError::UnknownPreset(_) => "it failed",
+        };
+        ApiError::ReloadFailed(format!(
+            "new version refused because {why}: {e}; still serving version {still_serving}"
+        ))
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status().as_u16(), self.message())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message() });
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

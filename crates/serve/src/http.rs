@@ -1,0 +1,315 @@
+//! Routes and handlers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use serde_json::json;
+
+use crate::batcher::{Job, Reply};
+use crate::error::ApiError;
+use crate::kserve;
+use crate::state::{AppState, Version};
+
+type St = State<Arc<AppState>>;
+
+/// The header carrying a request's deadline, in milliseconds from its arrival.
+pub const DEADLINE_HEADER: &str = "x-dlrs-deadline-ms";
+/// The binary tensor data extension's header: length of the JSON part of the body.
+pub const HEADER_LEN: &str = "inference-header-content-length";
+
+/// Bodies at least this large are parsed on a blocking thread, not on the HTTP workers.
+const PARSE_OFFLOAD_BYTES: usize = 64 << 10;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata_v))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_v))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
+        .route("/v1/models/{name}/predict", post(predict))
+        .route("/v2/repository/models/{name}/load", post(load))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
+        .with_state(state)
+}
+
+/// Counts every answered request by route and status.
+async fn count(State(st): St, req: Request, next: Next) -> Response {
+    let endpoint = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    st.metrics.request(&endpoint, resp.status().as_u16(), t0.elapsed());
+    resp
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.uri().path()))
+}
+
+async fn server_metadata() -> Response {
+    axum::Json(json!({
+        "name": "dlrs",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "model_repository"],
+    }))
+    .into_response()
+}
+
+async fn live() -> Response {
+    axum::Json(json!({"live": true})).into_response()
+}
+
+async fn ready(State(st): St) -> Response {
+    let r = st.ready();
+    let status = if r { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({"ready": r}))).into_response()
+}
+
+fn metadata_of(st: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let v = st.check_model(name, version)?;
+    Ok(axum::Json(kserve::metadata(&st.name, v.number, &v.model.config)).into_response())
+}
+
+async fn model_metadata(State(st): St, Path(name): Path<String>) -> Result<Response, ApiError> {
+    metadata_of(&st, &name, None)
+}
+
+async fn model_metadata_v(State(st): St, Path((name, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+    metadata_of(&st, &name, Some(&version))
+}
+
+fn ready_of(st: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    st.check_model(name, version)?;
+    let r = st.ready();
+    let status = if r { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((status, axum::Json(json!({"name": st.name, "ready": r}))).into_response())
+}
+
+async fn model_ready(State(st): St, Path(name): Path<String>) -> Result<Response, ApiError> {
+    ready_of(&st, &name, None)
+}
+
+async fn model_ready_v(State(st): St, Path((name, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+    ready_of(&st, &name, Some(&version))
+}
+
+async fn metrics(State(st): St) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
+}
+
+async fn load(State(st): St, Path(name): Path<String>) -> Result<Response, ApiError> {
+    st.check_model(&name, None)?;
+    let number = st.reload(false).await?;
+    Ok(axum::Json(json!({"name": st.name, "version": number.to_string()})).into_response())
+}
+
+/// The deadline of a request that arrived at `t0`.
+fn deadline(st: &AppState, headers: &HeaderMap, t0: Instant) -> Result<Instant, ApiError> {
+    let ms = match headers.get(DEADLINE_HEADER) {
+        None => st.args.default_deadline_ms as f64,
+        Some(v) => {
+            let text = v.to_str().unwrap_or("<not text>").trim();
+            match text.parse::<f64>() {
+                Ok(ms) if ms.is_finite() && ms >= 0.0 => ms,
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "header {DEADLINE_HEADER}: `{text}` is not a non-negative number of milliseconds"
+                    )));
+                }
+            }
+        }
+    };
+    // a year is as good as forever and keeps Instant arithmetic from overflowing
+    Ok(t0 + Duration::from_secs_f64((ms / 1000.0).min(3.15e7)))
+}
+
+/// Reads the body: 413 before reading when `Content-Length` is over the limit, or as soon as
+/// a streamed body crosses it; 408 when it has not all arrived within `--body-timeout-ms`.
+async fn read_body(st: &AppState, headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, ApiError> {
+    let limit = st.args.max_body_bytes;
+    let too_large = |n: String| {
+        ApiError::TooLarge(format!("request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"))
+    };
+    let declared = match headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(n) => Some(n),
+            None => return Err(ApiError::BadRequest("header Content-Length: not a number".into())),
+        },
+    };
+    if let Some(n) = declared {
+        if n > limit as u64 {
+            return Err(too_large(n.to_string()));
+        }
+    }
+    let timeout = Duration::from_millis(st.args.body_timeout_ms);
+    let until = tokio::time::Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    loop {
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::BodyTimeout(format!(
+                    "the request body did not arrive within {} ms ({} bytes received)",
+                    timeout.as_millis(),
+                    buf.len()
+                )));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large(format!("more than {limit}")));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    V2,
+    V1,
+}
+
+async fn infer(State(st): St, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    run_inference(st, Protocol::V2, name, None, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn infer_v(
+    State(st): St,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run_inference(st, Protocol::V2, name, Some(version), headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn predict(State(st): St, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    run_inference(st, Protocol::V1, name, None, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What a parsed request needs to be answered.
+enum Parsed {
+    V2(kserve::InferRequest),
+    V1(dlrs_model::Batch),
+}
+
+fn parse(proto: Protocol, body: &[u8], header_len: Option<usize>, v: &Version) -> Result<Parsed, ApiError> {
+    match proto {
+        Protocol::V2 => kserve::parse_infer(body, header_len, &v.model.config).map(Parsed::V2),
+        Protocol::V1 => kserve::parse_predict(body, &v.model.config).map(Parsed::V1),
+    }
+}
+
+async fn run_inference(
+    st: Arc<AppState>,
+    proto: Protocol,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let t0 = Instant::now();
+    let _inflight = st.enter()?;
+    st.check_model(&name, version.as_deref())?;
+    let deadline = deadline(&st, &headers, t0)?;
+    let header_len = match headers.get(HEADER_LEN) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
+            ApiError::BadRequest("header Inference-Header-Content-Length: not a non-negative integer".into())
+        })?),
+    };
+    if header_len.is_some() && matches!(proto, Protocol::V1) {
+        return Err(ApiError::BadRequest("header Inference-Header-Content-Length: /v1 predict takes JSON only".into()));
+    }
+    let body = read_body(&st, &headers, body).await?;
+    // the version serving now; the request runs on it even if a reload swaps in another
+    let v = st.current();
+    let parsed = if body.len() >= PARSE_OFFLOAD_BYTES {
+        let v = Arc::clone(&v);
+        tokio::task::spawn_blocking(move || parse(proto, &body, header_len, &v))
+            .await
+            .map_err(|e| ApiError::Internal(format!("parsing the request failed: {e}")))??
+    } else {
+        parse(proto, &body, header_len, &v)?
+    };
+    let (batch, answer, deadline) = match parsed {
+        Parsed::V2(r) => {
+            let timeout = r.timeout_us.and_then(|us| t0.checked_add(Duration::from_micros(us)));
+            let until = timeout.map_or(deadline, |t| deadline.min(t));
+            (r.batch, Answer::V2 { id: r.id, binary: r.binary_output }, until)
+        }
+        Parsed::V1(b) => (b, Answer::V1, deadline),
+    };
+    let scores = if batch.size() == 0 {
+        Vec::new()
+    } else {
+        if Instant::now() >= deadline {
+            return Err(ApiError::DeadlineExceeded("deadline passed before the request was queued".into()));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        st.queue.submit(Job::new(Arc::clone(&v), batch, deadline, tx))?;
+        wait(rx, deadline).await?
+    };
+    Ok(match answer {
+        Answer::V2 { id, binary } => {
+            let (body, json_len) = kserve::infer_response(&st.name, v.number, id.as_deref(), &scores, binary);
+            match json_len {
+                None => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                Some(h) => (
+                    [
+                        (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                        (HeaderName::from_static(HEADER_LEN), HeaderValue::from(h)),
+                    ],
+                    body,
+                )
+                    .into_response(),
+            }
+        }
+        Answer::V1 => axum::Json(kserve::PredictResponse { scores: &scores }).into_response(),
+    })
+}
+
+/// How to answer a request once its scores are known.
+enum Answer {
+    V2 { id: Option<String>, binary: bool },
+    V1,
+}
+
+/// Waits for the batcher's answer, or answers 504 at the deadline.
+async fn wait(rx: tokio::sync::oneshot::Receiver<Reply>, deadline: Instant) -> Result<Vec<f32>, ApiError> {
+    tokio::select! {
+        biased;
+        r = rx => match r {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::Internal("the batcher dropped the request".into())),
+        },
+        _ = tokio::time::sleep_until(deadline.into()) => {
+            Err(ApiError::DeadlineExceeded("deadline passed before the request was answered".into()))
+        }
+    }
+}

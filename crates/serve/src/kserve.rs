@@ -1,0 +1,595 @@
+//! The KServe v2 inference request and response, and the plain `/v1` predict format:
+//! parsing into a validated [`Batch`], every error naming the tensor and field.
+
+use std::fmt;
+
+use dlrs_model::batch::parse_sample;
+use dlrs_model::{Bags, Batch, DlrmConfig, ModelError};
+use serde::de::{self, DeserializeSeed, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+pub const DENSE: &str = "dense";
+pub const LENGTHS: &str = "lengths";
+pub const INDICES: &str = "indices";
+pub const SCORE: &str = "score";
+
+/// The model metadata of `GET /v2/models/{name}`.
+pub fn metadata(name: &str, version: u64, cfg: &DlrmConfig) -> Value {
+    let nd = cfg.n_dense() as i64;
+    let nt = cfg.n_tables() as i64;
+    serde_json::json!({
+        "name": name,
+        "versions": [version.to_string()],
+        "platform": "dlrs",
+        "inputs": [
+            {"name": DENSE, "datatype": "FP32", "shape": [-1, nd]},
+            {"name": LENGTHS, "datatype": "INT32", "shape": [-1, nt]},
+            {"name": INDICES, "datatype": "INT64", "shape": [-1]},
+        ],
+        "outputs": [{"name": SCORE, "datatype": "FP32", "shape": [-1, 1]}],
+    })
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+/// A serde_json error of the request's top-level structure.
+fn json_error(what: &str, e: serde_json::Error) -> ApiError {
+    match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof | serde_json::error::Category::Io => {
+            bad(format!("malformed JSON{what}: {e}"))
+        }
+        serde_json::error::Category::Data => bad(format!("invalid request{what}: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(borrow)]
+    inputs: Vec<&'a RawValue>,
+    #[serde(default, borrow)]
+    outputs: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// A parsed inference request.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub batch: Batch,
+    pub id: Option<String>,
+    /// answer `score` with the binary tensor data extension
+    pub binary_output: bool,
+    /// Triton's request parameter `timeout`, in microseconds
+    pub timeout_us: Option<u64>,
+}
+
+/// An element type of a tensor.
+trait Elem: Sized + Copy {
+    const DATATYPE: &'static str;
+    const SIZE: usize;
+    fn from_i64(v: i64) -> Result<Self, String>;
+    fn from_u64(v: u64) -> Result<Self, String>;
+    fn from_f64(v: f64) -> Result<Self, String>;
+    fn from_le(b: &[u8]) -> Self;
+}
+
+impl Elem for f32 {
+    const DATATYPE: &'static str = "FP32";
+    const SIZE: usize = 4;
+    fn from_i64(v: i64) -> Result<Self, String> {
+        Ok(v as f32)
+    }
+    fn from_u64(v: u64) -> Result<Self, String> {
+        Ok(v as f32)
+    }
+    /// Values beyond f32's range become infinite here and are refused as not finite by
+    /// `Batch::from_parts`, which names the sample and feature.
+    fn from_f64(v: f64) -> Result<Self, String> {
+        Ok(v as f32)
+    }
+    fn from_le(b: &[u8]) -> Self {
+        f32::from_le_bytes(b.try_into().expect("4 bytes"))
+    }
+}
+
+fn integral(v: f64, dt: &str) -> Result<i64, String> {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 { Ok(v as i64) } else { Err(format!("{v} is not an {dt} integer")) }
+}
+
+impl Elem for i32 {
+    const DATATYPE: &'static str = "INT32";
+    const SIZE: usize = 4;
+    fn from_i64(v: i64) -> Result<Self, String> {
+        i32::try_from(v).map_err(|_| format!("{v} is out of range for INT32"))
+    }
+    fn from_u64(v: u64) -> Result<Self, String> {
+        i32::try_from(v).map_err(|_| format!("{v} is out of range for INT32"))
+    }
+    fn from_f64(v: f64) -> Result<Self, String> {
+        Self::from_i64(integral(v, Self::DATATYPE)?)
+    }
+    fn from_le(b: &[u8]) -> Self {
+        i32::from_le_bytes(b.try_into().expect("4 bytes"))
+    }
+}
+
+impl Elem for i64 {
+    const DATATYPE: &'static str = "INT64";
+    const SIZE: usize = 8;
+    fn from_i64(v: i64) -> Result<Self, String> {
+        Ok(v)
+    }
+    fn from_u64(v: u64) -> Result<Self, String> {
+        i64::try_from(v).map_err(|_| format!("{v} is out of range for INT64"))
+    }
+    fn from_f64(v: f64) -> Result<Self, String> {
+        integral(v, Self::DATATYPE)
+    }
+    fn from_le(b: &[u8]) -> Self {
+        i64::from_le_bytes(b.try_into().expect("8 bytes"))
+    }
+}
+
+/// Deserializes tensor data, flat or nested to any depth, into one flat vector.
+struct Flat<'v, T> {
+    out: &'v mut Vec<T>,
+    depth: u32,
+}
+
+impl<'de, T: Elem> DeserializeSeed<'de> for Flat<'_, T> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<T: Elem> Flat<'_, T> {
+    fn push<E: de::Error>(self, v: Result<T, String>) -> Result<(), E> {
+        let i = self.out.len();
+        self.out.push(v.map_err(|m| E::custom(format!("data element {i}: {m}")))?);
+        Ok(())
+    }
+    fn not_a_number<E: de::Error>(self, what: fmt::Arguments<'_>) -> Result<(), E> {
+        Err(E::custom(format!("data element {}: {what} is not a number", self.out.len())))
+    }
+}
+
+impl<'de, T: Elem> Visitor<'de> for Flat<'_, T> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of {} numbers (flat or nested)", T::DATATYPE)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(T::from_i64(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(T::from_u64(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(T::from_f64(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.not_a_number(format_args!("{v:?}"))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.not_a_number(format_args!("{v}"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.not_a_number(format_args!("null"))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.not_a_number(format_args!("an object"))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= 16 {
+            return Err(de::Error::custom("data nested deeper than 16 levels"));
+        }
+        let (out, depth) = (self.out, self.depth + 1);
+        while seq.next_element_seed(Flat { out: &mut *out, depth })?.is_some() {}
+        Ok(())
+    }
+}
+
+/// One input's header, checked, with where its data is.
+struct Input<'a> {
+    index: usize,
+    name: &'static str,
+    shape: Vec<usize>,
+    data: Data<'a>,
+}
+
+enum Data<'a> {
+    Json(&'a RawValue),
+    Binary(&'a [u8]),
+}
+
+impl Input<'_> {
+    fn label(&self) -> String {
+        format!("inputs[{}] \"{}\"", self.index, self.name)
+    }
+    fn count(&self) -> usize {
+        self.shape.iter().product()
+    }
+    fn shape_str(&self) -> String {
+        format!("{:?}", self.shape)
+    }
+
+    fn values<T: Elem>(&self) -> Result<Vec<T>, ApiError> {
+        let n = self.count();
+        match self.data {
+            Data::Binary(bytes) => {
+                if bytes.len() != n * T::SIZE {
+                    return Err(bad(format!(
+                        "{}: binary_data_size {} bytes for shape {} of {} ({} bytes expected)",
+                        self.label(),
+                        bytes.len(),
+                        self.shape_str(),
+                        T::DATATYPE,
+                        n * T::SIZE
+                    )));
+                }
+                Ok(bytes.chunks_exact(T::SIZE).map(T::from_le).collect())
+            }
+            Data::Json(raw) => {
+                let mut out = Vec::with_capacity(n.min(raw.get().len() / 2 + 1));
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                Flat { out: &mut out, depth: 0 }
+                    .deserialize(&mut de)
+                    .map_err(|e| bad(format!("{}: {e}", self.label())))?;
+                if out.len() != n {
+                    return Err(bad(format!(
+                        "{}: {} values in \"data\" for shape {} ({n} expected)",
+                        self.label(),
+                        out.len(),
+                        self.shape_str()
+                    )));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn expected_datatype(name: &str) -> &'static str {
+    match name {
+        DENSE => "FP32",
+        LENGTHS => "INT32",
+        _ => "INT64",
+    }
+}
+
+fn bool_param(params: &Option<Map<String, Value>>, key: &str, what: &str) -> Result<bool, ApiError> {
+    match params.as_ref().and_then(|p| p.get(key)) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(bad(format!("{what}: parameter \"{key}\" must be true or false, got {other}"))),
+    }
+}
+
+/// Parses a KServe v2 inference request. `header_len` is the `Inference-Header-Content-Length`
+/// header (the binary tensor data extension): the JSON is that many leading bytes, the
+/// binary data of the inputs follows in input order.
+pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> Result<InferRequest, ApiError> {
+    let (json, mut binary) = match header_len {
+        Some(l) if l > body.len() => {
+            return Err(bad(format!(
+                "header Inference-Header-Content-Length: {l} is larger than the body ({} bytes)",
+                body.len()
+            )));
+        }
+        Some(l) => body.split_at(l),
+        None => (body, &[][..]),
+    };
+    let req: RawRequest = serde_json::from_slice(json).map_err(|e| json_error("", e))?;
+
+    // input headers: names, datatypes, shapes, where the data is
+    let mut slots: [Option<Input>; 3] = [None, None, None];
+    for (i, raw) in req.inputs.iter().enumerate() {
+        let inp: RawInput = serde_json::from_str(raw.get()).map_err(|e| json_error(&format!(" in inputs[{i}]"), e))?;
+        let (slot, name) = match inp.name.as_str() {
+            DENSE => (0, DENSE),
+            LENGTHS => (1, LENGTHS),
+            INDICES => (2, INDICES),
+            other => {
+                return Err(bad(format!(
+                    "inputs[{i}]: unknown input {other:?} (the model takes \"dense\", \"lengths\", \"indices\")"
+                )));
+            }
+        };
+        if let Some(prev) = &slots[slot] {
+            return Err(bad(format!("inputs[{i}]: duplicate input \"{name}\" (also inputs[{}])", prev.index)));
+        }
+        let label = format!("inputs[{i}] \"{name}\"");
+        let want = expected_datatype(name);
+        if inp.datatype != want {
+            return Err(bad(format!("{label}: datatype {}, expected {want}", inp.datatype)));
+        }
+        if let Some(d) = inp.shape.iter().find(|&&d| d < 0) {
+            return Err(bad(format!("{label}: shape {:?} has a negative dimension {d}", inp.shape)));
+        }
+        let shape: Vec<usize> = inp.shape.iter().map(|&d| d as usize).collect();
+        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if count.is_none_or(|c| c > body.len()) {
+            return Err(bad(format!("{label}: shape {shape:?} has more elements than the body could hold")));
+        }
+        let binary_size = match inp.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+            None => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                bad(format!("{label}: parameter \"binary_data_size\" must be a non-negative integer, got {v}"))
+            })? as usize),
+        };
+        let data = match (binary_size, inp.data) {
+            (Some(_), Some(_)) => {
+                return Err(bad(format!("{label}: has both \"data\" and parameter \"binary_data_size\"")));
+            }
+            (Some(n), None) => {
+                if header_len.is_none() {
+                    return Err(bad(format!(
+                        "{label}: parameter \"binary_data_size\" needs the Inference-Header-Content-Length header"
+                    )));
+                }
+                if n > binary.len() {
+                    return Err(bad(format!(
+                        "{label}: binary_data_size {n} but only {} bytes of binary data are left",
+                        binary.len()
+                    )));
+                }
+                let (mine, rest) = binary.split_at(n);
+                binary = rest;
+                Data::Binary(mine)
+            }
+            (None, Some(raw)) => Data::Json(raw),
+            (None, None) => return Err(bad(format!("{label}: missing \"data\""))),
+        };
+        slots[slot] = Some(Input { index: i, name, shape, data });
+    }
+    if !binary.is_empty() {
+        return Err(bad(format!("{} bytes of binary data after the last binary input", binary.len())));
+    }
+    let [Some(dense_in), Some(lengths_in), Some(indices_in)] = slots else {
+        let missing: Vec<&str> =
+            [DENSE, LENGTHS, INDICES].into_iter().zip(&slots).filter(|(_, s)| s.is_none()).map(|(n, _)| n).collect();
+        let s = if missing.len() > 1 { "s" } else { "" };
+        return Err(bad(format!("missing input{s} \"{}\"", missing.join("\", \""))));
+    };
+
+    // shapes against the model
+    let nd = cfg.n_dense();
+    let nt = cfg.n_tables();
+    if dense_in.shape.len() != 2 || dense_in.shape[1] != nd {
+        return Err(bad(format!("{}: shape {} does not match [B, {nd}]", dense_in.label(), dense_in.shape_str())));
+    }
+    let b = dense_in.shape[0];
+    if lengths_in.shape != [b, nt] {
+        return Err(bad(format!(
+            "{}: shape {} does not match [{b}, {nt}] ([B, n_tables], B = {b} from \"dense\")",
+            lengths_in.label(),
+            lengths_in.shape_str()
+        )));
+    }
+    if indices_in.shape.len() != 1 {
+        return Err(bad(format!("{}: shape {} does not match [N]", indices_in.label(), indices_in.shape_str())));
+    }
+
+    // data
+    let dense: Vec<f32> = dense_in.values()?;
+    let lengths: Vec<i32> = lengths_in.values()?;
+    let indices: Vec<i64> = indices_in.values()?;
+    let mut total: usize = 0;
+    for (k, &l) in lengths.iter().enumerate() {
+        if l < 0 {
+            return Err(bad(format!("{}: lengths[{}][{}] = {l} is negative", lengths_in.label(), k / nt, k % nt)));
+        }
+        total += l as usize;
+    }
+    if total != indices.len() {
+        return Err(bad(format!(
+            "{}: {} values but lengths sum to {total}",
+            indices_in.label(),
+            indices.len()
+        )));
+    }
+    let mut bags: Vec<Bags> = (0..nt).map(|_| Bags { offsets: Vec::with_capacity(b + 1), ids: Vec::new() }).collect();
+    for bag in &mut bags {
+        bag.offsets.push(0);
+    }
+    let mut at = 0usize;
+    for s in 0..b {
+        for (t, bag) in bags.iter_mut().enumerate() {
+            let l = lengths[s * nt + t] as usize;
+            let rows = cfg.tables[t];
+            for (j, &id) in indices[at..at + l].iter().enumerate() {
+                if id < 0 || id as u64 >= rows as u64 {
+                    return Err(bad(format!(
+                        "{}: indices[{}] = {id} (sample {s}, table {t}): out of range for table {t} with {rows} rows",
+                        indices_in.label(),
+                        at + j
+                    )));
+                }
+                bag.ids.push(id as u32);
+            }
+            at += l;
+            if bag.ids.len() > u32::MAX as usize {
+                return Err(bad(format!("{}: more than 2^32 ids for table {t}", indices_in.label())));
+            }
+            bag.offsets.push(bag.ids.len() as u32);
+        }
+    }
+    let batch = Batch::from_parts(cfg, b, dense, bags).map_err(|e| {
+        let label = match &e {
+            ModelError::Input { field, .. } if field.starts_with("dense") => dense_in.label(),
+            _ => indices_in.label(),
+        };
+        match ApiError::from_input(e) {
+            ApiError::BadRequest(m) => bad(format!("{label}: {m}")),
+            other => other,
+        }
+    })?;
+
+    // requested outputs
+    let mut binary_output = bool_param(&req.parameters, "binary_data_output", "parameters")?;
+    for (i, raw) in req.outputs.iter().flatten().enumerate() {
+        let out: RawOutput = serde_json::from_str(raw.get()).map_err(|e| json_error(&format!(" in outputs[{i}]"), e))?;
+        if out.name != SCORE {
+            return Err(bad(format!("outputs[{i}]: unknown output {:?} (the model has \"score\")", out.name)));
+        }
+        if out.parameters.as_ref().is_some_and(|p| p.contains_key("binary_data")) {
+            binary_output = bool_param(&out.parameters, "binary_data", &format!("outputs[{i}] \"score\""))?;
+        }
+    }
+    let timeout_us = match req.parameters.as_ref().and_then(|p| p.get("timeout")) {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            bad(format!("parameters: \"timeout\" must be a non-negative integer of microseconds, got {v}"))
+        })?),
+    };
+    Ok(InferRequest { batch, id: req.id, binary_output, timeout_us })
+}
+
+#[derive(Serialize)]
+struct OutputTensor<'a> {
+    name: &'static str,
+    datatype: &'static str,
+    shape: [usize; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a [f32]>,
+}
+
+#[derive(Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: [OutputTensor<'a>; 1],
+}
+
+/// The response body, and the JSON header length when the scores follow it in binary.
+pub fn infer_response(model: &str, version: u64, id: Option<&str>, scores: &[f32], binary: bool) -> (Vec<u8>, Option<usize>) {
+    let out = OutputTensor {
+        name: SCORE,
+        datatype: "FP32",
+        shape: [scores.len(), 1],
+        parameters: binary.then(|| serde_json::json!({"binary_data_size": scores.len() * 4})),
+        data: (!binary).then_some(scores),
+    };
+    let resp = InferResponse { model_name: model, model_version: version.to_string(), id, outputs: [out] };
+    let mut body = serde_json::to_vec(&resp).expect("serializable");
+    if !binary {
+        return (body, None);
+    }
+    let header = body.len();
+    body.reserve(scores.len() * 4);
+    for s in scores {
+        body.extend_from_slice(&s.to_le_bytes());
+    }
+    (body, Some(header))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest<'a> {
+    #[serde(borrow)]
+    samples: Vec<&'a RawValue>,
+}
+
+/// Parses `{"samples": [<predict-format samples>]}`; errors name the sample and field.
+pub fn parse_predict(body: &[u8], cfg: &DlrmConfig) -> Result<Batch, ApiError> {
+    let req: PredictRequest = serde_json::from_slice(body).map_err(|e| json_error("", e))?;
+    let mut batch = Batch::empty(cfg);
+    for (i, raw) in req.samples.iter().enumerate() {
+        let prefix = |e| match ApiError::from_input(e) {
+            ApiError::BadRequest(m) => bad(format!("samples[{i}]: {m}")),
+            other => other,
+        };
+        let s = parse_sample(raw.get(), cfg).map_err(prefix)?;
+        batch.push(cfg, &s).map_err(prefix)?;
+    }
+    Ok(batch)
+}
+
+#[derive(Serialize)]
+pub struct PredictResponse<'a> {
+    pub scores: &'a [f32],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> DlrmConfig {
+        DlrmConfig::from_json_str(
+            r#"{"arch_mlp_bot":"2-4","arch_mlp_top":"3-1","arch_embedding_size":"5-3",
+                "arch_sparse_feature_size":4,"arch_interaction_op":"cat"}"#,
+        )
+        .unwrap()
+    }
+
+    fn req(dense: &str, lengths: &str, indices: &str, n: usize) -> String {
+        format!(
+            r#"{{"inputs": [
+                {{"name": "dense", "datatype": "FP32", "shape": [2, 2], "data": {dense}}},
+                {{"name": "lengths", "datatype": "INT32", "shape": [2, 2], "data": {lengths}}},
+                {{"name": "indices", "datatype": "INT64", "shape": [{n}], "data": {indices}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn flat_and_nested_data_give_the_same_batch() {
+        let flat = parse_infer(req("[1, 2.5, 3, 4]", "[2, 0, 1, 1]", "[4, 0, 3, 2]", 4).as_bytes(), None, &cfg()).unwrap();
+        let nested =
+            parse_infer(req("[[1, 2.5], [3, 4]]", "[[2, 0], [1, 1]]", "[4, 0, 3, 2]", 4).as_bytes(), None, &cfg()).unwrap();
+        assert_eq!(flat.batch, nested.batch);
+        let b = &flat.batch;
+        assert_eq!(b.dense(), &[1.0, 2.5, 3.0, 4.0]);
+        // bag (b, t) takes the next lengths[b][t] ids, row-major
+        assert_eq!(b.bags()[0], Bags { offsets: vec![0, 2, 3], ids: vec![4, 0, 3] });
+        assert_eq!(b.bags()[1], Bags { offsets: vec![0, 0, 1], ids: vec![2] });
+        assert!(!flat.binary_output);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let e = parse_infer(req(&deep, "[2, 0, 1, 1]", "[4, 0, 3, 2]", 4).as_bytes(), None, &cfg()).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.message().contains("inputs[0] \"dense\""), "{e}");
+    }
+
+    #[test]
+    fn binary_header_length_past_the_body_is_400() {
+        let e = parse_infer(b"{}", Some(10), &cfg()).unwrap_err();
+        assert!(e.message().contains("Inference-Header-Content-Length: 10"), "{e}");
+    }
+}

@@ -1,0 +1,292 @@
+//! `dlrs serve`: a DLRM inference server speaking the KServe v2 (Open Inference Protocol)
+//! HTTP/JSON protocol, with dynamic batching, a bounded queue, per-request deadlines,
+//! Prometheus metrics, hot reload and graceful shutdown.
+//!
+//! # Endpoints
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /v2/health/live` | 200 `{"live": true}` |
+//! | `GET /v2/health/ready` | 200 `{"ready": true}`; 503 `{"ready": false}` once shutting down |
+//! | `GET /v2` | server metadata (`name`, `version`, `extensions`) |
+//! | `GET /v2/models/{name}[/versions/{v}]` | model metadata: `name`, `versions`, `platform: "dlrs"`, `inputs`, `outputs` |
+//! | `GET /v2/models/{name}[/versions/{v}]/ready` | 200 `{"name", "ready": true}`; 503 once shutting down |
+//! | `POST /v2/models/{name}[/versions/{v}]/infer` | KServe v2 inference (below) |
+//! | `POST /v1/models/{name}/predict` | `{"samples": [{"dense": [..], "sparse": [[..], ..]}, ..]}` → `{"scores": [..]}` |
+//! | `POST /v2/repository/models/{name}/load` | reloads the model directory and swaps it in (below) |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! `{name}` is `--name` (default: the model directory's file name); another name is 404.
+//! `{v}` must be the version being served (1 at start, +1 per successful reload).
+//!
+//! ## KServe v2 inference
+//!
+//! Inputs (all three required, any order, no others):
+//!
+//! - `dense`, `FP32`, shape `[B, n_dense]`;
+//! - `lengths`, `INT32`, shape `[B, n_tables]`: `lengths[b][t]` ids in the bag of sample `b`,
+//!   table `t`;
+//! - `indices`, `INT64`, shape `[N]`, `N` = the sum of `lengths`: row-major, bag `(b, t)` takes
+//!   the next `lengths[b][t]` ids. Ids are row indices of table `t`, never clamped or remapped.
+//!
+//! The output is `score`, `FP32`, shape `[B, 1]` (click probabilities); `"id"` is echoed.
+//! Tensor `data` may be flat or nested. The binary tensor data extension is supported both
+//! ways: an input with `"parameters": {"binary_data_size": n}` takes its data (little-endian)
+//! from the bytes after the JSON header, whose length the `Inference-Header-Content-Length`
+//! header gives; an output requested with `"parameters": {"binary_data": true}` (or a request
+//! with `"parameters": {"binary_data_output": true}`) comes back the same way.
+//!
+//! # Batching
+//!
+//! An inference request is parsed and validated in full (every error names the tensor or
+//! field), then enters a queue bounded in *samples* (`--max-queue`). One batcher thread owns
+//! an [`Executor`](dlrs_model::Executor) with `--threads` threads and a
+//! [`Workspace`](dlrs_model::Workspace). It takes the oldest request, then keeps taking
+//! requests until the batch holds `--max-batch` samples, the next request does not fit, or
+//! `--max-queue-delay-us` has passed since the oldest request was queued (a request that
+//! already waited that long while the previous batch computed is batched with whatever is
+//! queued, without waiting further). Requests are merged whole and in arrival order; a
+//! request larger than `--max-batch` is split into chunks of `--max-batch` samples, computed
+//! in consecutive batches and answered once all are done. A request larger than the whole
+//! queue (`--max-queue`) can never be admitted and gets 413. Requests parsed against
+//! different model versions (around a reload) are never merged: each batch runs on the
+//! version its requests were validated against.
+//!
+//! # Deadlines
+//!
+//! A request's deadline is the `x-dlrs-deadline-ms` header (milliseconds from the moment the
+//! request's headers were read; fractional values allowed) or `--default-deadline-ms`; a v2
+//! request's Triton-style `"parameters": {"timeout": us}` (microseconds) shortens it. A
+//! request is answered by its deadline: with its scores, or with 504. The batcher drops
+//! requests whose deadline passed (or whose client went away) before it computes them, so
+//! no computation starts for an expired request; a deadline of 0 is answered 504 at once.
+//!
+//! # Status codes
+//!
+//! Every error body is JSON `{"error": "..."}` naming the offending field, tensor or header.
+//!
+//! | status | when |
+//! |---|---|
+//! | 400 | malformed JSON; unknown, missing or duplicate input; wrong datatype or shape; data count not matching the shape; negative lengths; lengths not summing to the ids; id out of range (names sample and table); non-finite dense value; unknown output; bad `x-dlrs-deadline-ms` |
+//! | 404 | unknown model name or version; unknown path |
+//! | 405 | known path, wrong method |
+//! | 408 | the body did not arrive within `--body-timeout-ms` (slow clients) |
+//! | 413 | body over `--max-body-bytes` (refused from `Content-Length` before it is read, or as soon as a streamed body crosses it); a request of more samples than `--max-queue` |
+//! | 500 | a panic or error while computing the request's batch (that batch only; the server keeps serving); a reload that failed (the old version keeps serving) |
+//! | 503 | queue full (`Retry-After: 1`, answered at once); shutting down (`Retry-After: 1`) |
+//! | 504 | deadline passed before the request was computed or answered |
+//!
+//! # Reload
+//!
+//! `POST /v2/repository/models/{name}/load` loads the model directory again beside the
+//! serving version and swaps it in atomically; requests already parsed finish on the version
+//! they were parsed against, so no request fails during a reload. A version that fails to
+//! load is refused (500, naming the file and field) and the old version keeps serving. The
+//! directory is also watched: every `--watch-interval-ms` (default 1000, 0 = off) the
+//! server stats `config.json` and `model.safetensors` (device, inode, size, mtime, ctime;
+//! symlinks followed) and reloads the same way when they changed, e.g. after an atomic
+//! rename of new files or a symlink swap. A broken version found by the watcher is logged
+//! and not retried until the files change again.
+//!
+//! # Shutdown
+//!
+//! On SIGTERM or SIGINT ([`run`]) or when the `shutdown` future completes ([`serve`]):
+//! readiness turns false (503), new inference requests get 503, the listener keeps
+//! answering until the requests in flight have finished (at most `--drain-timeout-ms`),
+//! then the server stops accepting, closes idle connections and returns.
+//!
+//! # Metrics
+//!
+//! `dlrs_requests_total{endpoint, status}`, `dlrs_request_duration_seconds{endpoint}`,
+//! `dlrs_queue_depth_samples`, `dlrs_inflight_requests`, `dlrs_batch_size` (samples per
+//! computed batch), `dlrs_queue_wait_seconds` (queued → computing), `dlrs_compute_seconds`
+//! (one batch's forward pass), `dlrs_expired_requests_total`, `dlrs_model_reloads_total{result}`,
+//! `dlrs_model_version`.
+
+mod batcher;
+mod error;
+mod http;
+mod kserve;
+mod metrics;
+mod state;
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use dlrs_model::{Batch, TableMode};
+
+pub use error::ApiError;
+
+/// Options of `dlrs serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// model directory (config.json + model.safetensors)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// model name in URLs (default: the directory's file name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// address to listen on
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub addr: String,
+    /// most samples computed in one batch (larger requests are split)
+    #[arg(long, default_value_t = 256)]
+    pub max_batch: usize,
+    /// longest a queued request waits for more requests to batch with, in microseconds
+    #[arg(long, default_value_t = 500)]
+    pub max_queue_delay_us: u64,
+    /// most samples waiting in the queue; beyond it requests get 503 at once
+    #[arg(long, default_value_t = 4096)]
+    pub max_queue: usize,
+    /// threads of the forward pass
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// mmap: map the model file; ram: copy tables into huge pages
+    #[arg(long, default_value = "ram", value_parser = parse_table_mode)]
+    pub tables: TableMode,
+    /// deadline of requests without an x-dlrs-deadline-ms header, in milliseconds
+    #[arg(long, default_value_t = 1000)]
+    pub default_deadline_ms: u64,
+    /// largest request body; larger ones get 413 before they are read
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// time allowed to receive a request body, in milliseconds (then 408)
+    #[arg(long, default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// how often to check the model files for a new version, in milliseconds (0: never)
+    #[arg(long, default_value_t = 1000)]
+    pub watch_interval_ms: u64,
+    /// on shutdown, longest wait for requests in flight, in milliseconds
+    #[arg(long, default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
+    /// test hooks (not a command-line option)
+    #[arg(skip)]
+    #[doc(hidden)]
+    pub hooks: Hooks,
+}
+
+fn parse_table_mode(s: &str) -> Result<TableMode, String> {
+    TableMode::parse(s).ok_or_else(|| format!("`{s}`: expected mmap or ram"))
+}
+
+impl ServeArgs {
+    /// The options `dlrs serve --model DIR` gets (every other option at its default).
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let model: PathBuf = model.into();
+        let argv = [std::ffi::OsString::from("serve"), "--model".into(), model.into_os_string()];
+        <Cli as clap::Parser>::try_parse_from(argv).expect("defaults parse").args
+    }
+
+    /// The model name used in URLs.
+    pub fn model_name(&self) -> String {
+        // the path's own last component (a symlink's name, not its target's), else the
+        // canonical directory's (for `.` and the like)
+        let own = self.model.file_name().map(|n| n.to_string_lossy().into_owned());
+        self.name.clone().or(own).unwrap_or_else(|| {
+            let dir = std::fs::canonicalize(&self.model).unwrap_or_else(|_| self.model.clone());
+            dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned())
+        })
+    }
+}
+
+/// Fault-injection points for tests. Not part of the command line.
+#[derive(Clone, Default)]
+#[doc(hidden)]
+pub struct Hooks {
+    /// Runs on the batcher thread just before each batch's forward pass, inside the panic
+    /// guard (a test can block here to hold a batch, or panic to simulate a crash).
+    pub before_forward: Option<BatchHook>,
+}
+
+/// A function run on a batch (see [`Hooks`]).
+#[doc(hidden)]
+pub type BatchHook = Arc<dyn Fn(&Batch) + Send + Sync>;
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks").field("before_forward", &self.before_forward.is_some()).finish()
+    }
+}
+
+/// Runs the server on `args.addr` until SIGTERM or SIGINT, then drains and returns.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dlrs-http")
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .with_context(|| format!("listening on {}", args.addr))?;
+        serve(args, listener, shutdown_signal()).await
+    })
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            eprintln!("dlrs serve: cannot watch SIGTERM ({e}); only SIGINT shuts down");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains (see the crate docs) and
+/// returns. Loads the model first; a model that does not load is an error.
+pub async fn serve(
+    args: ServeArgs,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
+    anyhow::ensure!(args.max_queue >= 1, "--max-queue must be at least 1");
+    let state = state::AppState::start(args).await?;
+    let addr = listener.local_addr().context("reading the listener's address")?;
+    eprintln!(
+        "dlrs serve: model \"{}\" (version 1) from {} on http://{addr}",
+        state.name,
+        state.dir.display()
+    );
+
+    let background = state.spawn_background();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drainer = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            shutdown.await;
+            state.drain().await;
+            let _ = stop_tx.send(());
+        })
+    };
+    let app = http::router(Arc::clone(&state));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        })
+        .await;
+    drainer.abort();
+    for task in background {
+        task.abort();
+    }
+    state.stop().await;
+    served.context("serving HTTP")?;
+    eprintln!("dlrs serve: stopped");
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Prometheus metrics, kept in a recorder owned by the server (not the process-global one,
+//! so several servers in one process, as in tests, keep separate counts).
+
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub queue_depth: Gauge,
+    pub inflight: Gauge,
+    pub batch_size: Histogram,
+    pub queue_wait: Histogram,
+    pub compute: Histogram,
+    pub expired: Counter,
+    pub model_version: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut b = PrometheusBuilder::new();
+        for (name, buckets) in [
+            ("dlrs_batch_size", BATCH_BUCKETS),
+            ("dlrs_queue_wait_seconds", LATENCY_BUCKETS),
+            ("dlrs_compute_seconds", LATENCY_BUCKETS),
+            ("dlrs_request_duration_seconds", LATENCY_BUCKETS),
+        ] {
+            b = b.set_buckets_for_metric(Matcher::Full(name.into()), buckets).expect("non-empty buckets");
+        }
+        let recorder = b.build_recorder();
+        let handle = recorder.handle();
+        let describe = [
+            ("dlrs_requests_total", None, "HTTP requests answered, by endpoint (route) and status"),
+            ("dlrs_request_duration_seconds", Some(Unit::Seconds), "HTTP request duration by endpoint"),
+            ("dlrs_queue_depth_samples", None, "samples admitted and waiting to be computed"),
+            ("dlrs_inflight_requests", None, "inference requests being handled"),
+            ("dlrs_batch_size", None, "samples per computed batch"),
+            ("dlrs_queue_wait_seconds", Some(Unit::Seconds), "time from admission to the start of computation"),
+            ("dlrs_compute_seconds", Some(Unit::Seconds), "forward pass time per batch"),
+            ("dlrs_expired_requests_total", None, "requests dropped unanswered by their deadline or client"),
+            ("dlrs_model_reloads_total", None, "model reloads by result"),
+            ("dlrs_model_version", None, "version of the model being served"),
+        ];
+        for (name, unit, help) in describe {
+            recorder.describe_counter(name.into(), unit, help.into());
+        }
+        let gauge = |n: &'static str| recorder.register_gauge(&Key::from_static_name(n), &META);
+        let hist = |n: &'static str| recorder.register_histogram(&Key::from_static_name(n), &META);
+        Metrics {
+            queue_depth: gauge("dlrs_queue_depth_samples"),
+            inflight: gauge("dlrs_inflight_requests"),
+            batch_size: hist("dlrs_batch_size"),
+            queue_wait: hist("dlrs_queue_wait_seconds"),
+            compute: hist("dlrs_compute_seconds"),
+            expired: recorder.register_counter(&Key::from_static_name("dlrs_expired_requests_total"), &META),
+            model_version: gauge("dlrs_model_version"),
+            recorder,
+            handle,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, endpoint: &str, status: u16, took: Duration) {
+        let ep = Label::new("endpoint", endpoint.to_string());
+        let key = Key::from_parts("dlrs_requests_total", vec![ep.clone(), Label::new("status", status.to_string())]);
+        self.recorder.register_counter(&key, &META).increment(1);
+        let key = Key::from_parts("dlrs_request_duration_seconds", vec![ep]);
+        self.recorder.register_histogram(&key, &META).record(took.as_secs_f64());
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let key = Key::from_parts("dlrs_model_reloads_total", vec![Label::new("result", if ok { "ok" } else { "error" })]);
+        self.recorder.register_counter(&key, &META).increment(1);
+    }
+
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets (bounded memory between scrapes).
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep()
+    }
+}

@@ -1,0 +1,256 @@
+//! The server's shared state: the model being served (swapped atomically on reload), the
+//! queue, readiness, the directory watcher and the shutdown sequence.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dlrs_model::forward::{CONFIG_FILE, WEIGHTS_FILE};
+use dlrs_model::{Executor, Model, TableMode};
+use tokio::task::JoinHandle;
+
+use crate::ServeArgs;
+use crate::batcher::{self, BatcherConfig, Queue};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// One loaded version of the model.
+pub struct Version {
+    pub model: Model,
+    /// 1 for the version loaded at start, +1 per successful reload
+    pub number: u64,
+}
+
+/// What identifies the files of a model directory on disk: per file (device, inode, size,
+/// mtime, ctime), symlinks followed. `None` while a file is missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint(Vec<(u64, u64, u64, i64, i64, i64, i64)>);
+
+fn fingerprint(dir: &Path) -> Option<Fingerprint> {
+    let mut v = Vec::new();
+    for f in [CONFIG_FILE, WEIGHTS_FILE] {
+        let m = std::fs::metadata(dir.join(f)).ok()?;
+        v.push((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()));
+    }
+    Some(Fingerprint(v))
+}
+
+struct ReloadState {
+    /// the files the serving version was loaded from
+    loaded: Option<Fingerprint>,
+    /// the files of the last version that failed to load (not retried by the watcher)
+    failed: Option<Fingerprint>,
+    next_number: u64,
+}
+
+pub struct AppState {
+    pub name: String,
+    pub dir: PathBuf,
+    pub args: ServeArgs,
+    mode: TableMode,
+    current: RwLock<Arc<Version>>,
+    reload: tokio::sync::Mutex<ReloadState>,
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    inflight: AtomicUsize,
+    batcher: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Counts an inference request in flight while it lives.
+pub struct InflightGuard(Arc<AppState>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.inflight.decrement(1.0);
+    }
+}
+
+impl AppState {
+    /// Loads the model and starts the batcher thread.
+    pub async fn start(args: ServeArgs) -> anyhow::Result<Arc<Self>> {
+        let dir = args.model.clone();
+        let mode = args.tables;
+        let fp = fingerprint(&dir);
+        let model = {
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || load(&d, mode))
+                .await
+                .context("loading the model")?
+                .with_context(|| format!("loading the model from {}", dir.display()))?
+        };
+        let metrics = Arc::new(Metrics::new());
+        metrics.model_version.set(1.0);
+        let exec = Executor::new(args.threads).context("starting the compute threads")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let queue = Arc::new(Queue::new(tx, args.max_queue, Arc::clone(&metrics)));
+        let cfg = BatcherConfig {
+            max_batch: args.max_batch,
+            max_delay: Duration::from_micros(args.max_queue_delay_us),
+            hooks: args.hooks.clone(),
+        };
+        let batcher = {
+            let (queue, metrics) = (Arc::clone(&queue), Arc::clone(&metrics));
+            std::thread::Builder::new()
+                .name("dlrs-batcher".into())
+                .spawn(move || batcher::run(rx, queue, exec, cfg, metrics))
+                .context("starting the batcher thread")?
+        };
+        Ok(Arc::new(AppState {
+            name: args.model_name(),
+            dir,
+            mode,
+            current: RwLock::new(Arc::new(Version { model, number: 1 })),
+            reload: tokio::sync::Mutex::new(ReloadState { loaded: fp, failed: None, next_number: 2 }),
+            queue,
+            metrics,
+            draining: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            batcher: std::sync::Mutex::new(Some(batcher)),
+            args,
+        }))
+    }
+
+    /// The version serving now.
+    pub fn current(&self) -> Arc<Version> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// 404 unless `name` (and `version`, when given) is what this server serves.
+    pub fn check_model(&self, name: &str, version: Option<&str>) -> Result<Arc<Version>, ApiError> {
+        if name != self.name {
+            return Err(ApiError::NotFound(format!("unknown model \"{name}\" (this server serves \"{}\")", self.name)));
+        }
+        let v = self.current();
+        if let Some(ver) = version {
+            if ver != v.number.to_string() {
+                return Err(ApiError::NotFound(format!(
+                    "model \"{name}\" has no version \"{ver}\" (serving version {})",
+                    v.number
+                )));
+            }
+        }
+        Ok(v)
+    }
+
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Registers an inference request in flight; refused once shutting down.
+    pub fn enter(self: &Arc<Self>) -> Result<InflightGuard, ApiError> {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        self.metrics.inflight.increment(1.0);
+        let guard = InflightGuard(Arc::clone(self));
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(ApiError::ShuttingDown("the server is shutting down".into()));
+        }
+        Ok(guard)
+    }
+
+    /// Loads the directory again and swaps the new version in. With `only_if_changed`, does
+    /// nothing when the files are those of the serving version or of the last failure.
+    pub async fn reload(&self, only_if_changed: bool) -> Result<u64, ApiError> {
+        let mut rs = self.reload.lock().await;
+        let fp = fingerprint(&self.dir);
+        if only_if_changed && (fp.is_none() || fp == rs.loaded || fp == rs.failed) {
+            return Ok(self.current().number);
+        }
+        let (dir, mode) = (self.dir.clone(), self.mode);
+        let loaded = tokio::task::spawn_blocking(move || load(&dir, mode)).await;
+        let serving = self.current().number;
+        match loaded {
+            Ok(Ok(model)) => {
+                let number = rs.next_number;
+                rs.next_number += 1;
+                rs.loaded = fp;
+                rs.failed = None;
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Version { model, number });
+                self.metrics.reload(true);
+                self.metrics.model_version.set(number as f64);
+                eprintln!("dlrs serve: model \"{}\": now serving version {number} from {}", self.name, self.dir.display());
+                Ok(number)
+            }
+            Ok(Err(e)) => {
+                rs.failed = fp;
+                self.metrics.reload(false);
+                let err = ApiError::from_load(e, serving);
+                eprintln!("dlrs serve: model \"{}\": reload failed: {}", self.name, err.message());
+                Err(err)
+            }
+            Err(join) => {
+                rs.failed = fp;
+                self.metrics.reload(false);
+                Err(ApiError::ReloadFailed(format!(
+                    "loading the new version panicked ({join}); still serving version {serving}"
+                )))
+            }
+        }
+    }
+
+    /// Starts the directory watcher and the metrics upkeep.
+    pub fn spawn_background(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        let every = self.args.watch_interval_ms;
+        if every > 0 {
+            let st = Arc::clone(self);
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(every));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let _ = st.reload(true).await;
+                }
+            }));
+        }
+        let st = Arc::clone(self);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                st.metrics.upkeep();
+            }
+        }));
+        tasks
+    }
+
+    /// Shutdown, first half: readiness false, new requests refused, wait for those in
+    /// flight (at most `--drain-timeout-ms`).
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let n = self.inflight.load(Ordering::SeqCst);
+        eprintln!("dlrs serve: shutting down; waiting for {n} requests in flight");
+        let until = Instant::now() + Duration::from_millis(self.args.drain_timeout_ms);
+        while self.inflight.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= until {
+                eprintln!(
+                    "dlrs serve: {} requests still in flight after --drain-timeout-ms; stopping anyway",
+                    self.inflight.load(Ordering::SeqCst)
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Shutdown, second half: closes the queue and waits for the batcher to finish.
+    pub async fn stop(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.queue.close();
+        let handle = self.batcher.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+/// Loads a model version; mapped tables with checksums are then verified on a background
+/// thread ahead of traffic (first touch verifies them anyway: a bad shard is never served).
+fn load(dir: &std::path::Path, mode: dlrs_model::TableMode) -> Result<Model, dlrs_model::ModelError> {
+    let model = Model::load_with(dir, mode)?;
+    model.verify_in_background()?;
+    Ok(model)
+}
