@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The test suite: the doc examples, then every crate's unit, property and integration
-# tests (nextest). Needs only the Rust toolchain: the parity fixtures are committed.
+# The test suite: the doc examples, a stock tritonclient against `dlrs serve` (installs
+# tritonclient[http] from PyPI into .venv-tritonclient on first use), then every crate's
+# unit, property and integration tests (nextest). The parity fixtures are committed: no
+# PyTorch needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --release --doc
+scripts/test-tritonclient.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --release --no-fail-fast
 else
