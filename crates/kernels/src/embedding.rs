@@ -60,6 +60,12 @@ pub fn bag_sum_f32_with(
 fn check_args(table: &[f32], dim: usize, offsets: &[u32], ids: &[u32], out: &[f32], out_stride: usize) {
     assert!(dim > 0, "embedding dim must be positive");
     assert!(table.len() % dim == 0, "table length {} is not a multiple of D = {dim}", table.len());
+    check_bags(dim, offsets, ids, out, out_stride);
+}
+
+/// The bag half of every gather kernel's argument check: offsets well formed and inside the
+/// ids, and an output long enough for `B` rows of `dim` at `out_stride`.
+pub(crate) fn check_bags(dim: usize, offsets: &[u32], ids: &[u32], out: &[f32], out_stride: usize) {
     assert!(!offsets.is_empty(), "offsets need B + 1 entries");
     let bags = offsets.len() - 1;
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "offsets must be non-decreasing");
@@ -209,15 +215,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn paths() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        if isa() == Isa::Avx2 {
-            v.push(Isa::Avx2);
-        }
-        v
-    }
-
-    const SENTINEL: f32 = -12345.5;
+    use crate::testutil::{SENTINEL, paths};
 
     fn case() -> impl Strategy<Value = (usize, usize, Vec<Vec<u32>>, usize)> {
         (1usize..150, 1usize..40).prop_flat_map(|(dim, rows)| {

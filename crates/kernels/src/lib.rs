@@ -23,3 +23,20 @@ pub mod interaction;
 pub mod mlp;
 pub mod prefetch;
 pub mod rowwise;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use crate::cpu::{Isa, isa};
+
+    /// Every dispatch path this CPU can run: the reference, and AVX2 where present.
+    pub fn paths() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        if isa() == Isa::Avx2 {
+            v.push(Isa::Avx2);
+        }
+        v
+    }
+
+    /// Written past the end of output rows; a kernel that overruns changes it.
+    pub const SENTINEL: f32 = -12345.5;
+}

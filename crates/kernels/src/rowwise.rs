@@ -335,14 +335,7 @@ fn check_args(
     let row_bytes = fmt.row_bytes(dim);
     assert!(stride >= row_bytes, "row stride {stride} < {row_bytes} bytes of an {} row of D = {dim}", fmt.name());
     assert!(table.len() % stride == 0, "table length {} is not a multiple of the row stride {stride}", table.len());
-    assert!(!offsets.is_empty(), "offsets need B + 1 entries");
-    let bags = offsets.len() - 1;
-    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "offsets must be non-decreasing");
-    assert!(offsets[bags] as usize <= ids.len(), "offsets run past the ids");
-    if bags > 0 {
-        assert!(out_stride >= dim, "output stride {out_stride} < D = {dim}");
-        assert!(out.len() >= (bags - 1) * out_stride + dim, "output too short for {bags} bags");
-    }
+    crate::embedding::check_bags(dim, offsets, ids, out, out_stride);
 }
 
 /// The scalar reference: the oracle for every fast path, and the fallback. Sums
@@ -679,15 +672,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn paths() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        if isa() == Isa::Avx2 {
-            v.push(Isa::Avx2);
-        }
-        v
-    }
-
-    const SENTINEL: f32 = -12345.5;
+    use crate::testutil::{SENTINEL, paths};
 
     /// splitmix64: deterministic test data from one seed.
     fn rng(seed: u64) -> impl FnMut() -> f32 {
