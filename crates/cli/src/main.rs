@@ -86,6 +86,13 @@ enum Cmd {
     /// Serve a model over HTTP (KServe v2 / Open Inference Protocol, and plain JSON) with
     /// dynamic batching, deadlines, metrics and hot reload.
     Serve(dlrs_serve::ServeArgs),
+    /// Open-loop Poisson load against a `dlrs serve` endpoint: latency percentiles from the
+    /// scheduled send time, errors by status; with --target-p99-ms, the latency-bounded
+    /// throughput search and its curve.
+    Loadgen(dlrs_loadgen::LoadgenArgs),
+    /// The same load in-process (batching queue + forward, no HTTP): the serving overhead
+    /// becomes a number.
+    Twin(dlrs_loadgen::TwinArgs),
     /// Check every checksum of a model directory (exit status 1 on any mismatch).
     Verify {
         #[arg(long)]
@@ -116,6 +123,8 @@ fn main() {
         Cmd::Quantize { model, dtype, tables, out } => quantize(&model, dtype, &tables, &out),
         Cmd::Compare { model, input, threads, json } => compare(&model, &input, threads, json),
         Cmd::Serve(a) => dlrs_serve::run(a),
+        Cmd::Loadgen(a) => dlrs_loadgen::run(a),
+        Cmd::Twin(a) => dlrs_loadgen::run_twin(a),
         Cmd::Verify { model } => verify(&model),
         Cmd::Manifest { model } => manifest(&model),
     };

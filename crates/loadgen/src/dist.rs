@@ -1,0 +1,223 @@
+//! The load's random parts: Poisson arrival times and the query-size distribution.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail, ensure};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Exp, LogNormal, Normal};
+
+/// Largest query (samples), as DeepRecSys caps its production-like size distribution.
+pub const MAX_QUERY_SIZE: usize = 1024;
+
+/// Most queries one measurement may schedule (bounds the schedule's and the results' memory).
+pub const MAX_QUERIES: usize = 10_000_000;
+
+/// Arrival offsets (seconds from the start) of a Poisson process of rate `qps` on
+/// `[0, duration_s)`: exponential inter-arrival times of mean `1 / qps`, drawn from `seed`.
+pub fn poisson_schedule(qps: f64, duration_s: f64, seed: u64) -> anyhow::Result<Vec<f64>> {
+    ensure!(
+        qps.is_finite() && qps > 0.0,
+        "--qps must be a positive number, got {qps}"
+    );
+    ensure!(
+        duration_s.is_finite() && duration_s > 0.0,
+        "--duration must be a positive number of seconds, got {duration_s}"
+    );
+    let expected = qps * duration_s;
+    ensure!(
+        expected <= MAX_QUERIES as f64 / 2.0,
+        "{qps} QPS for {duration_s} s is {expected:.0} queries; at most {} per measurement",
+        MAX_QUERIES / 2
+    );
+    let exp = Exp::new(qps).context("an exponential distribution of rate --qps")?;
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_a771_0000_0001);
+    let mut out = Vec::with_capacity(expected as usize + 16);
+    let mut t = 0.0;
+    loop {
+        t += exp.sample(&mut rng);
+        if t >= duration_s || out.len() >= MAX_QUERIES {
+            return Ok(out);
+        }
+        out.push(t);
+    }
+}
+
+/// How many samples a query carries (`--query-size`). Every draw is rounded to an integer
+/// and clamped to `1..=MAX_QUERY_SIZE`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QuerySize {
+    /// `fixed:N`
+    Fixed(usize),
+    /// `normal:MU,SIGMA`: a normal of mean MU and standard deviation SIGMA
+    Normal { mu: f64, sigma: f64 },
+    /// `lognormal:MU,SIGMA`: `exp(N(MU, SIGMA))`, i.e. MU and SIGMA of the size's logarithm
+    /// (numpy's and rand_distr's convention)
+    LogNormal { mu: f64, sigma: f64 },
+    /// `file:PATH`: the empirical distribution of a file of sizes (see [`QuerySize::parse`])
+    File {
+        path: PathBuf,
+        sizes: Vec<usize>,
+        cumulative: Vec<f64>,
+    },
+}
+
+fn two_numbers(kind: &str, s: &str) -> anyhow::Result<(f64, f64)> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let bad = || {
+        anyhow::anyhow!(
+            "--query-size {kind}:{s}: expected {kind}:MU,SIGMA with finite MU and SIGMA >= 0"
+        )
+    };
+    let [mu, sigma] = parts[..] else {
+        return Err(bad());
+    };
+    let (mu, sigma): (f64, f64) = (
+        mu.parse().map_err(|_| bad())?,
+        sigma.parse().map_err(|_| bad())?,
+    );
+    if !mu.is_finite() || !sigma.is_finite() || sigma < 0.0 {
+        return Err(bad());
+    }
+    Ok((mu, sigma))
+}
+
+impl QuerySize {
+    /// Parses `fixed:N`, `normal:MU,SIGMA`, `lognormal:MU,SIGMA` or `file:PATH`.
+    ///
+    /// A size file holds one entry per line: `N` (one observed query of N samples) or
+    /// `N WEIGHT` (N samples with relative frequency WEIGHT); blank lines and lines starting
+    /// with `#` are skipped, commas count as spaces. Sizes above [`MAX_QUERY_SIZE`] are
+    /// capped when drawn.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        if let Some(n) = s.strip_prefix("fixed:") {
+            let n: usize = n
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--query-size {s}: expected fixed:N with N >= 1"))?;
+            ensure!(n >= 1, "--query-size {s}: a query has at least 1 sample");
+            return Ok(QuerySize::Fixed(n.min(MAX_QUERY_SIZE)));
+        }
+        if let Some(rest) = s.strip_prefix("normal:") {
+            let (mu, sigma) = two_numbers("normal", rest)?;
+            return Ok(QuerySize::Normal { mu, sigma });
+        }
+        if let Some(rest) = s.strip_prefix("lognormal:") {
+            let (mu, sigma) = two_numbers("lognormal", rest)?;
+            return Ok(QuerySize::LogNormal { mu, sigma });
+        }
+        if let Some(path) = s.strip_prefix("file:") {
+            return Self::from_file(Path::new(path));
+        }
+        bail!(
+            "--query-size `{s}`: expected fixed:N, normal:MU,SIGMA, lognormal:MU,SIGMA or file:PATH"
+        )
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading query sizes from {}", path.display()))?;
+        let mut sizes = Vec::new();
+        let mut cumulative = Vec::new();
+        let mut total = 0.0;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = || format!("{}: line {}", path.display(), i + 1);
+            let fields: Vec<&str> = line
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|f| !f.is_empty())
+                .collect();
+            let (n, w) = match fields[..] {
+                [n] => (n, "1"),
+                [n, w] => (n, w),
+                _ => bail!("{}: expected `N` or `N WEIGHT`, got `{line}`", at()),
+            };
+            let n: usize = n.parse().map_err(|_| {
+                anyhow::anyhow!("{}: `{n}` is not a query size (an integer >= 1)", at())
+            })?;
+            ensure!(n >= 1, "{}: a query has at least 1 sample, got {n}", at());
+            let w: f64 = w
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{}: `{w}` is not a weight", at()))?;
+            ensure!(
+                w.is_finite() && w >= 0.0,
+                "{}: weight {w} must be finite and >= 0",
+                at()
+            );
+            if w == 0.0 {
+                continue;
+            }
+            total += w;
+            sizes.push(n.min(MAX_QUERY_SIZE));
+            cumulative.push(total);
+        }
+        ensure!(
+            total > 0.0,
+            "{}: no query sizes (one `N` or `N WEIGHT` per line)",
+            path.display()
+        );
+        Ok(QuerySize::File {
+            path: path.to_path_buf(),
+            sizes,
+            cumulative,
+        })
+    }
+
+    /// The `--query-size` text this was parsed from (files by path).
+    pub fn name(&self) -> String {
+        match self {
+            QuerySize::Fixed(n) => format!("fixed:{n}"),
+            QuerySize::Normal { mu, sigma } => format!("normal:{mu},{sigma}"),
+            QuerySize::LogNormal { mu, sigma } => format!("lognormal:{mu},{sigma}"),
+            QuerySize::File { path, .. } => format!("file:{}", path.display()),
+        }
+    }
+
+    /// One query size, in `1..=MAX_QUERY_SIZE`.
+    pub fn sample(&self, rng: &mut impl Rng) -> usize {
+        let clamp = |x: f64| -> usize {
+            if x.is_nan() {
+                1
+            } else {
+                x.round().clamp(1.0, MAX_QUERY_SIZE as f64) as usize
+            }
+        };
+        match self {
+            QuerySize::Fixed(n) => *n,
+            QuerySize::Normal { mu, sigma } => clamp(
+                Normal::new(*mu, *sigma)
+                    .expect("sigma >= 0 checked")
+                    .sample(rng),
+            ),
+            QuerySize::LogNormal { mu, sigma } => clamp(
+                LogNormal::new(*mu, *sigma)
+                    .expect("sigma >= 0 checked")
+                    .sample(rng),
+            ),
+            QuerySize::File {
+                sizes, cumulative, ..
+            } => {
+                let total = *cumulative.last().expect("at least one size");
+                let u = rng.random::<f64>() * total;
+                let i = cumulative.partition_point(|&c| c <= u).min(sizes.len() - 1);
+                sizes[i]
+            }
+        }
+    }
+
+    /// `n` sizes from `seed`.
+    pub fn draw(&self, n: usize, seed: u64) -> Vec<usize> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        (0..n).map(|_| self.sample(&mut rng)).collect()
+    }
+}
+
+impl std::str::FromStr for QuerySize {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Self::parse(s)
+    }
+}

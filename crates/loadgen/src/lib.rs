@@ -1,0 +1,560 @@
+//! `dlrs loadgen` and its in-process twin: open-loop load for latency-bounded throughput.
+//!
+//! # The load
+//!
+//! Queries arrive as a Poisson process of rate `--qps` (exponential inter-arrival times drawn
+//! from `--seed`) for `--duration` seconds. A dispatcher thread releases each query at its
+//! scheduled instant, whatever happened to earlier ones (open loop), and **latency counts from
+//! the scheduled instant**: a query that waits for a free connection, or is released late
+//! because the client fell behind, carries that wait in its latency, so coordinated omission
+//! cannot hide a stall. After the last arrival the run waits at most `--drain` seconds
+//! (default 5) for answers; queries still unanswered then count as timeouts.
+//!
+//! Each query carries a number of samples drawn from `--query-size` (`fixed:N`,
+//! `normal:MU,SIGMA` (default `normal:165,16`, DeepRecSys' production-like size),
+//! `lognormal:MU,SIGMA` (of the size's logarithm) or `file:PATH` (one `N` or `N WEIGHT` per
+//! line)), rounded and clamped to `1..=1024` as DeepRecSys caps it. Samples are synthetic:
+//! standard-normal dense features and `--ids-per-table` ids per bag drawn by `--dist`
+//! (`uniform` or `zipf:S`, [`dlrs_model::synth`]). A pool of `--pool` distinct queries
+//! (default 2048; fewer if their batches would take over 256 MB) is generated and encoded before the
+//! clock starts; query `i` is pool entry `i mod pool`, so generation never sits on the send
+//! path. The HTTP load and the twin draw
+//! the same pool and the same arrivals from the same seed.
+//!
+//! # HTTP (`dlrs loadgen`)
+//!
+//! `--url http://HOST:PORT` (only the address given is contacted), `--model NAME`. The model's
+//! dense and table counts come from its KServe v2 metadata (`GET /v2/models/{name}`: `dense`
+//! `[-1, n_dense]`, `lengths` `[-1, n_tables]`); the metadata carries no table row counts, so
+//! `--model-dir DIR` gives them (`DIR/config.json`, checked against the metadata). Queries go as
+//! `POST /v2/models/{name}/infer` with `dense`/`lengths`/`indices` (`--protocol v2`, the
+//! default; JSON tensor data, or with `--binary` the binary tensor data extension) or as
+//! `POST /v1/models/{name}/predict` (`--protocol v1`), over `--connections` keep-alive
+//! HTTP/1.1 connections (default 64) opened before the clock starts. A 200 answer counts as ok
+//! when it carries one score per sample.
+//!
+//! # Twin (`dlrs twin`)
+//!
+//! The same arrivals and queries against the model in process (`--model DIR`, tables in RAM):
+//! a batcher thread merges queued queries in arrival order up to `--max-batch` samples,
+//! waiting at most `--max-queue-delay-us` after the oldest one arrived (larger queries are
+//! split into chunks, as `dlrs serve` does), and runs the forward pass on `--threads` threads.
+//! HTTP's share of the latency ("serving overhead") is the difference between the two at the
+//! same target.
+//!
+//! # Output
+//!
+//! Offered and achieved QPS, samples/s, latency p50/p95/p99/p99.9/max/mean in ms of the
+//! queries answered ok, and failures: by HTTP status, bad answers, transport errors,
+//! timeouts. With `--json`, exactly one JSON object on stdout (progress goes to stderr):
+//!
+//! - always: `mode` (`"http"` or `"twin"`), `query_size`, `dist`, `ids_per_table`, `seed`,
+//!   `pool` (the pool's actual size), `warmup_s`, `drain_s`; HTTP: `url`, `model`, `model_dir`, `protocol`, `binary`,
+//!   `connections`; twin: `model_dir`, `threads`, `max_batch`, `max_queue_delay_us`;
+//! - one measurement: `offered_qps`, `duration_s`, `queries`, `ok`, `ok_samples`,
+//!   `achieved_qps`, `samples_per_s`, `mean_query_size`, `latency_ms.{p50, p95, p99, p999,
+//!   max, mean}` (null without ok answers), `errors.{by_status, bad_response, transport,
+//!   timeout, failed, total}`;
+//! - a search (`--target-p99-ms X`): `target_p99_ms`, `step_duration_s`, `points` (each a
+//!   measurement as above plus `step` and `meets_target`), `latency_bounded` (`offered_qps`,
+//!   `achieved_qps`, `samples_per_s`, `p50_ms`, `p99_ms` of the best point, or null), `plot`.
+//!
+//! # Search (`--target-p99-ms X`)
+//!
+//! Latency-bounded throughput: starting at `--qps`, the rate doubles while the target holds
+//! (halves while it does not), then bisects between the best passing and the lowest failing
+//! rate until they are within 5% or `--max-steps` (default 12) measurements of `--duration`
+//! seconds each were taken. A point meets the target when no query failed and its p99 <= X.
+//! Every point is printed; `--plot FILE.svg|FILE.png` draws p99 and p50 against the offered
+//! rate with the target as a horizontal line.
+
+pub mod dist;
+pub mod driver;
+pub mod http;
+pub mod payload;
+pub mod plot;
+pub mod search;
+pub mod stats;
+pub mod twin;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use dlrs_model::synth::IdDist;
+use dlrs_model::{Batch, Executor, Model, TableMode, Workspace};
+use serde_json::{Map, Value, json};
+
+use crate::dist::QuerySize;
+use crate::driver::Measure;
+use crate::payload::{Protocol, Workload};
+use crate::search::{Point, SearchPlan};
+use crate::stats::{Report, ms};
+
+fn parse_dist(s: &str) -> Result<IdDist, String> {
+    IdDist::parse(s).map_err(|e| e.to_string())
+}
+
+/// The load's options, shared by `dlrs loadgen` and `dlrs twin`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Poisson arrival rate, queries per second (with --target-p99-ms: the first rate tried)
+    #[arg(long, default_value_t = 100.0)]
+    pub qps: f64,
+    /// seconds of arrivals (with --target-p99-ms: of each step)
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// samples per query: fixed:N, normal:MU,SIGMA, lognormal:MU,SIGMA (of ln size) or
+    /// file:PATH (`N` or `N WEIGHT` per line); capped at 1024
+    #[arg(long, default_value = "normal:165,16", value_parser = QuerySize::parse)]
+    pub query_size: QuerySize,
+    /// how ids are drawn over a table's rows: uniform or zipf:S
+    #[arg(long, default_value = "uniform", value_parser = parse_dist)]
+    pub dist: IdDist,
+    /// ids per bag (every sample, every table)
+    #[arg(long, default_value_t = 1)]
+    pub ids_per_table: usize,
+    /// search for the highest QPS whose p99 stays at or under this many milliseconds
+    #[arg(long)]
+    pub target_p99_ms: Option<f64>,
+    /// most measurements of a search
+    #[arg(long, default_value_t = 12)]
+    pub max_steps: usize,
+    /// print exactly one JSON object on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// draw the search's curve to FILE.svg or FILE.png (needs --target-p99-ms)
+    #[arg(long, requires = "target_p99_ms")]
+    pub plot: Option<PathBuf>,
+    /// seed of the arrivals, query sizes and samples
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// seconds of load at --qps before measuring, not reported (0: none)
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// longest wait for answers after the last arrival, seconds; then they time out
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// distinct queries generated before the run (query i is pool entry i mod pool)
+    #[arg(long, default_value_t = 2048)]
+    pub pool: usize,
+}
+
+/// Options of `dlrs loadgen`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadgenArgs {
+    /// the server, http://HOST:PORT (e.g. http://127.0.0.1:8000)
+    #[arg(long)]
+    pub url: String,
+    /// the model's name on the server
+    #[arg(long)]
+    pub model: String,
+    /// the served model's directory (its config.json gives the tables' row counts, which the
+    /// server's metadata does not carry)
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// v2: KServe v2 infer (dense/lengths/indices); v1: /v1/models/{name}/predict
+    #[arg(long, default_value = "v2", value_parser = Protocol::parse)]
+    pub protocol: Protocol,
+    /// send v2 tensors with the binary tensor data extension instead of JSON
+    #[arg(long)]
+    pub binary: bool,
+    /// keep-alive connections (a query waits while all are busy; the wait counts)
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// Options of `dlrs twin`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TwinArgs {
+    /// model directory (config.json + model.safetensors), tables loaded into RAM
+    #[arg(long)]
+    pub model: PathBuf,
+    /// threads of the forward pass
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// most samples computed in one batch (larger queries are split)
+    #[arg(long, default_value_t = 256)]
+    pub max_batch: usize,
+    /// longest the oldest queued query waits for more queries to batch with, microseconds
+    #[arg(long, default_value_t = 500)]
+    pub max_queue_delay_us: u64,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+impl LoadArgs {
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.qps.is_finite() && self.qps > 0.0,
+            "--qps must be positive"
+        );
+        ensure!(
+            self.duration.is_finite() && self.duration > 0.0,
+            "--duration must be positive"
+        );
+        ensure!(
+            self.warmup.is_finite() && self.warmup >= 0.0,
+            "--warmup must be >= 0"
+        );
+        ensure!(
+            self.drain.is_finite() && self.drain >= 0.0,
+            "--drain must be >= 0"
+        );
+        ensure!(self.pool >= 1, "--pool must be at least 1");
+        ensure!(self.max_steps >= 1, "--max-steps must be at least 1");
+        if let Some(t) = self.target_p99_ms {
+            ensure!(t.is_finite() && t > 0.0, "--target-p99-ms must be positive");
+        }
+        Ok(())
+    }
+
+    fn workload(&self) -> Workload {
+        Workload {
+            query_size: self.query_size.clone(),
+            dist: self.dist,
+            ids_per_table: self.ids_per_table,
+            pool: self.pool,
+            seed: self.seed,
+        }
+    }
+
+    fn header(&self) -> Map<String, Value> {
+        let v = json!({
+            "query_size": self.query_size.name(),
+            "dist": self.dist.name(),
+            "ids_per_table": self.ids_per_table,
+            "seed": self.seed,
+            "pool": self.pool,
+            "warmup_s": self.warmup,
+            "drain_s": self.drain,
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("an object"),
+        }
+    }
+}
+
+/// Where progress lines go: stdout, or stderr when stdout carries the JSON object.
+struct Out {
+    json: bool,
+}
+
+impl Out {
+    fn line(&self, s: &str) {
+        if self.json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    }
+}
+
+fn report_lines(r: &Report) -> [String; 3] {
+    let l = &r.latency_ms;
+    [
+        format!(
+            "  offered   {:.1} QPS for {} s: {} queries, {} ok; errors: {}",
+            r.offered_qps,
+            r.duration_s,
+            r.queries,
+            r.ok,
+            r.errors_line()
+        ),
+        format!(
+            "  achieved  {:.1} QPS, {:.0} samples/s (mean {:.1} samples per query)",
+            r.achieved_qps, r.samples_per_s, r.mean_query_size
+        ),
+        format!(
+            "  latency   p50 {} ms, p95 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+            ms(l.p50),
+            ms(l.p95),
+            ms(l.p99),
+            ms(l.p999),
+            ms(l.max)
+        ),
+    ]
+}
+
+fn point_line(p: &Point) -> String {
+    let r = &p.report;
+    format!(
+        "step {:>2}: {:>9.1} QPS offered, {:>9.1} achieved, {:>9.0} samples/s, p50 {:>8} ms, p99 {:>8} ms, errors: {} -> {}",
+        p.step,
+        r.offered_qps,
+        r.achieved_qps,
+        r.samples_per_s,
+        ms(r.latency_ms.p50),
+        ms(r.latency_ms.p99),
+        r.errors_line(),
+        if p.meets_target {
+            "meets the target"
+        } else {
+            "misses the target"
+        }
+    )
+}
+
+fn merge(mut header: Map<String, Value>, v: Value) -> Value {
+    if let Value::Object(m) = v {
+        header.extend(m);
+    }
+    Value::Object(header)
+}
+
+/// Runs the measurement(s) `load` asks for with `measure(qps, seconds, seed)`, prints the
+/// report for people (to stderr with `--json`), draws the plot and returns the JSON object.
+fn drive(
+    load: &LoadArgs,
+    header: Map<String, Value>,
+    title: &str,
+    plot_title: &str,
+    measure: &mut dyn FnMut(f64, f64, u64) -> anyhow::Result<Report>,
+) -> anyhow::Result<Value> {
+    let out = Out { json: load.json };
+    out.line(title);
+    if load.warmup > 0.0 {
+        let r = measure(load.qps, load.warmup, load.seed.wrapping_add(1_000_003))?;
+        out.line(&format!(
+            "warmup: {} s at {} QPS ({} queries, {} errors), not reported",
+            load.warmup, load.qps, r.queries, r.errors.total
+        ));
+    }
+    let Some(target) = load.target_p99_ms else {
+        let r = measure(load.qps, load.duration, load.seed)?;
+        for l in report_lines(&r) {
+            out.line(&l);
+        }
+        return Ok(merge(header, serde_json::to_value(&r)?));
+    };
+
+    out.line(&format!(
+        "search: highest QPS with p99 <= {target} ms, from {} QPS, {} s per step, at most {} steps",
+        load.qps, load.duration, load.max_steps
+    ));
+    let plan = SearchPlan::new(target, load.qps, load.max_steps);
+    let s = search::search(
+        plan,
+        |step, qps| measure(qps, load.duration, load.seed.wrapping_add(step as u64)),
+        |p| out.line(&point_line(p)),
+    )?;
+    let best = s.best();
+    match best {
+        Some(b) => out.line(&format!(
+            "latency-bounded throughput (p99 <= {target} ms): {:.1} QPS, {:.0} samples/s (offered {:.1} QPS; p50 {} ms, p99 {} ms)",
+            b.report.achieved_qps,
+            b.report.samples_per_s,
+            b.report.offered_qps,
+            ms(b.report.latency_ms.p50),
+            ms(b.report.latency_ms.p99)
+        )),
+        None => out.line(&format!("latency-bounded throughput (p99 <= {target} ms): none; no rate tried met the target")),
+    }
+    if let Some(path) = &load.plot {
+        plot::plot(path, &s, plot_title)?;
+        out.line(&format!("plot: {}", path.display()));
+    }
+    Ok(merge(
+        header,
+        json!({
+            "target_p99_ms": target,
+            "step_duration_s": load.duration,
+            "points": s.points,
+            "latency_bounded": best.map(|b| json!({
+                "offered_qps": b.report.offered_qps,
+                "achieved_qps": b.report.achieved_qps,
+                "samples_per_s": b.report.samples_per_s,
+                "p50_ms": b.report.latency_ms.p50,
+                "p99_ms": b.report.latency_ms.p99,
+            })),
+            "plot": load.plot.as_ref().map(|p| p.display().to_string()),
+        }),
+    ))
+}
+
+/// Prints `v` as the one JSON object on stdout when `json`.
+fn emit(json: bool, v: anyhow::Result<Value>) -> anyhow::Result<()> {
+    let v = v?;
+    if json {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{v}")?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+/// `dlrs loadgen`: open-loop Poisson load against a `dlrs serve` over HTTP (see the crate
+/// docs); with `--target-p99-ms`, the latency-bounded throughput search. With `--json` the
+/// result object goes to stdout.
+pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    let json = args.load.json;
+    emit(json, loadgen_json(args))
+}
+
+/// `dlrs twin`: the same load as `dlrs loadgen` against the model in process, batched like
+/// `dlrs serve` (see the crate docs). With `--json` the result object goes to stdout.
+pub fn run_twin(args: TwinArgs) -> anyhow::Result<()> {
+    let json = args.load.json;
+    emit(json, twin_json(args))
+}
+
+/// [`run`] without printing the JSON object: returns it (the report for people is printed,
+/// to stderr with `--json`).
+pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
+    args.load.check()?;
+    ensure!(args.connections >= 1, "--connections must be at least 1");
+    ensure!(
+        !(args.binary && args.protocol == Protocol::V1),
+        "--binary needs --protocol v2"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dlrs-loadgen")
+        .build()
+        .context("starting the tokio runtime")?;
+    let ep = Arc::new(rt.block_on(http::Endpoint::resolve(
+        &args.url,
+        &args.model,
+        args.protocol,
+    ))?);
+    let cfg = rt.block_on(ep.model_config(args.model_dir.as_deref()))?;
+
+    let t0 = Instant::now();
+    let bodies = args
+        .load
+        .workload()
+        .bodies(&cfg, args.protocol, args.binary)?;
+    let bytes: usize = bodies.iter().map(|b| b.bytes.len()).sum();
+    let bodies = Arc::new(bodies);
+    let out = Out {
+        json: args.load.json,
+    };
+    out.line(&format!(
+        "generated {} queries ({:.1} MB of request bodies) in {:.2} s",
+        bodies.len(),
+        bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64()
+    ));
+
+    let mut header = Map::new();
+    header.insert("mode".into(), json!("http"));
+    header.insert("url".into(), json!(args.url));
+    header.insert("model".into(), json!(args.model));
+    header.insert(
+        "model_dir".into(),
+        json!(args.model_dir.as_ref().map(|p| p.display().to_string())),
+    );
+    header.insert("protocol".into(), json!(args.protocol.name()));
+    header.insert("binary".into(), json!(args.binary));
+    header.insert("connections".into(), json!(args.connections));
+    header.extend(args.load.header());
+    header.insert("pool".into(), json!(bodies.len()));
+    let title = format!(
+        "dlrs loadgen: {} model \"{}\" ({}{}, {} connections), query size {}, ids {} x{}",
+        args.url,
+        args.model,
+        args.protocol.name(),
+        if args.binary { " binary" } else { " JSON" },
+        args.connections,
+        args.load.query_size.name(),
+        args.load.dist.name(),
+        args.load.ids_per_table
+    );
+    let drain_s = args.load.drain;
+    let mut measure = |qps: f64, duration_s: f64, seed: u64| {
+        http::measure(
+            &rt,
+            &ep,
+            args.connections,
+            &bodies,
+            &Measure {
+                qps,
+                duration_s,
+                drain_s,
+                seed,
+            },
+        )
+    };
+    let plot_title = format!(
+        "HTTP {} \"{}\" ({}): p99 / p50 vs QPS",
+        args.url,
+        args.model,
+        args.protocol.name()
+    );
+    drive(&args.load, header, &title, &plot_title, &mut measure)
+}
+
+/// [`run_twin`] without printing the JSON object: returns it.
+pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
+    args.load.check()?;
+    ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
+    let model = Model::load_with(&args.model, TableMode::Ram)
+        .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let exec = Executor::new(args.threads)?;
+    let mut ws = Workspace::default();
+    let t0 = Instant::now();
+    let queries = Arc::new(args.load.workload().batches(&model.config)?);
+    let out = Out {
+        json: args.load.json,
+    };
+    out.line(&format!(
+        "generated {} queries in {:.2} s",
+        queries.len(),
+        t0.elapsed().as_secs_f64()
+    ));
+
+    let mut header = Map::new();
+    header.insert("mode".into(), json!("twin"));
+    header.insert("model_dir".into(), json!(args.model.display().to_string()));
+    header.insert("threads".into(), json!(args.threads));
+    header.insert("max_batch".into(), json!(args.max_batch));
+    header.insert("max_queue_delay_us".into(), json!(args.max_queue_delay_us));
+    header.extend(args.load.header());
+    header.insert("pool".into(), json!(queries.len()));
+    let title = format!(
+        "dlrs twin: {} in process ({} threads, max batch {}, max queue delay {} us), query size {}, ids {} x{}",
+        args.model.display(),
+        args.threads,
+        args.max_batch,
+        args.max_queue_delay_us,
+        args.load.query_size.name(),
+        args.load.dist.name(),
+        args.load.ids_per_table
+    );
+    let batching = twin::Batching {
+        max_batch: args.max_batch,
+        max_queue_delay: Duration::from_micros(args.max_queue_delay_us),
+    };
+    let drain_s = args.load.drain;
+    let cfg = model.config.clone();
+    let mut compute =
+        |b: &Batch| -> anyhow::Result<usize> { Ok(model.forward(b, &mut ws, &exec)?.len()) };
+    let mut measure = |qps: f64, duration_s: f64, seed: u64| {
+        twin::measure(
+            &cfg,
+            &queries,
+            batching,
+            &mut compute,
+            &Measure {
+                qps,
+                duration_s,
+                drain_s,
+                seed,
+            },
+        )
+    };
+    let name = args.model.file_name().map_or_else(
+        || args.model.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let plot_title = format!(
+        "twin {name} ({} thr, batch {}, delay {} us): p99 / p50 vs QPS",
+        args.threads, args.max_batch, args.max_queue_delay_us
+    );
+    drive(&args.load, header, &title, &plot_title, &mut measure)
+}

@@ -1,0 +1,205 @@
+//! Outcomes of queries, percentiles and the report of one measurement.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// What became of one query.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Status {
+    /// answered 200 with one score per sample
+    Ok,
+    /// answered with another HTTP status
+    Http(u16),
+    /// answered 200 but not with one score per sample (or not parseable)
+    BadResponse,
+    /// the connection failed (refused, reset, closed mid-answer)
+    Transport,
+    /// not answered by the end of the drain
+    Timeout,
+    /// the in-process forward pass returned an error (twin only)
+    Failed,
+}
+
+/// One query's outcome: its status and its latency in seconds, measured from its
+/// *scheduled* send time (for a timeout: until the drain ended).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outcome {
+    pub status: Status,
+    pub latency_s: f64,
+}
+
+/// The `q`-th percentile (0 < q <= 100) of `values` by the nearest-rank method: the
+/// smallest value that at least `q`% of the values are less than or equal to, i.e.
+/// `sorted[ceil(q / 100 * n) - 1]`. `None` for no values. Reorders `values`.
+pub fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let n = values.len();
+    let rank = ((q / 100.0) * n as f64).ceil() as usize;
+    let k = rank.clamp(1, n) - 1;
+    let (_, v, _) = values.select_nth_unstable_by(k, f64::total_cmp);
+    Some(*v)
+}
+
+/// Latency percentiles in milliseconds (of the queries answered 200).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+}
+
+impl Latency {
+    /// Percentiles of `seconds`, reported in milliseconds.
+    pub fn of(seconds: &[f64]) -> Self {
+        if seconds.is_empty() {
+            return Latency::default();
+        }
+        let mut v: Vec<f64> = seconds.iter().map(|s| s * 1e3).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let mut p = |q| percentile(&mut v, q);
+        Latency {
+            p50: p(50.0),
+            p95: p(95.0),
+            p99: p(99.0),
+            p999: p(99.9),
+            max: p(100.0),
+            mean: Some(mean),
+        }
+    }
+}
+
+/// Failed queries, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Errors {
+    /// answers other than 200, by status code
+    pub by_status: BTreeMap<String, u64>,
+    /// 200 answers without one score per sample
+    pub bad_response: u64,
+    /// connection failures
+    pub transport: u64,
+    /// not answered by the end of the drain
+    pub timeout: u64,
+    /// forward passes that failed (twin only)
+    pub failed: u64,
+    /// all of the above
+    pub total: u64,
+}
+
+/// The report of one measurement (one offered rate for one duration).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// the Poisson arrival rate asked for
+    pub offered_qps: f64,
+    /// the arrival window, seconds
+    pub duration_s: f64,
+    /// queries scheduled (all of them are sent or time out)
+    pub queries: u64,
+    /// queries answered 200
+    pub ok: u64,
+    /// samples of the queries answered 200
+    pub ok_samples: u64,
+    /// `ok / window`, where the window is the duration or, if later, the last answer
+    pub achieved_qps: f64,
+    /// `ok_samples / window`
+    pub samples_per_s: f64,
+    /// mean samples per scheduled query
+    pub mean_query_size: f64,
+    /// of the queries answered 200, from their scheduled send time
+    pub latency_ms: Latency,
+    pub errors: Errors,
+}
+
+impl Report {
+    /// Summarizes `outcomes` (one per scheduled query, with `sizes[i]` samples each) of a
+    /// measurement whose arrivals spanned `duration_s`; `last_answer_s` is when the last
+    /// answer came, from the start.
+    pub fn new(
+        offered_qps: f64,
+        duration_s: f64,
+        outcomes: &[Outcome],
+        sizes: &[usize],
+        last_answer_s: f64,
+    ) -> Self {
+        assert_eq!(outcomes.len(), sizes.len());
+        let mut errors = Errors::default();
+        let mut ok_lat = Vec::with_capacity(outcomes.len());
+        let mut ok_samples = 0u64;
+        for (o, &n) in outcomes.iter().zip(sizes) {
+            match o.status {
+                Status::Ok => {
+                    ok_lat.push(o.latency_s);
+                    ok_samples += n as u64;
+                }
+                Status::Http(code) => *errors.by_status.entry(code.to_string()).or_default() += 1,
+                Status::BadResponse => errors.bad_response += 1,
+                Status::Transport => errors.transport += 1,
+                Status::Timeout => errors.timeout += 1,
+                Status::Failed => errors.failed += 1,
+            }
+        }
+        errors.total = outcomes.len() as u64 - ok_lat.len() as u64;
+        let window = duration_s.max(last_answer_s);
+        let total_samples: u64 = sizes.iter().map(|&n| n as u64).sum();
+        Report {
+            offered_qps,
+            duration_s,
+            queries: outcomes.len() as u64,
+            ok: ok_lat.len() as u64,
+            ok_samples,
+            achieved_qps: ok_lat.len() as f64 / window,
+            samples_per_s: ok_samples as f64 / window,
+            mean_query_size: if sizes.is_empty() {
+                0.0
+            } else {
+                total_samples as f64 / sizes.len() as f64
+            },
+            latency_ms: Latency::of(&ok_lat),
+            errors,
+        }
+    }
+
+    /// Whether this point keeps the target: no failed query and p99 <= `target_ms`.
+    pub fn meets(&self, target_ms: f64) -> bool {
+        self.errors.total == 0 && self.ok > 0 && self.latency_ms.p99.is_some_and(|p| p <= target_ms)
+    }
+
+    /// The error counts in one line (`none` without errors).
+    pub fn errors_line(&self) -> String {
+        let e = &self.errors;
+        if e.total == 0 {
+            return "none".into();
+        }
+        let mut parts: Vec<String> = e
+            .by_status
+            .iter()
+            .map(|(k, v)| format!("HTTP {k}: {v}"))
+            .collect();
+        for (name, n) in [
+            ("bad response", e.bad_response),
+            ("transport", e.transport),
+            ("timeout", e.timeout),
+            ("failed", e.failed),
+        ] {
+            if n > 0 {
+                parts.push(format!("{name}: {n}"));
+            }
+        }
+        parts.join(", ")
+    }
+}
+
+/// Formats milliseconds for people (`-` for none).
+pub fn ms(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v < 10.0 => format!("{v:.3}"),
+        Some(v) if v < 1000.0 => format!("{v:.2}"),
+        Some(v) => format!("{v:.0}"),
+    }
+}

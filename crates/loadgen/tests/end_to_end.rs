@@ -1,0 +1,372 @@
+//! End to end: `dlrs serve` on 127.0.0.1:0 with a tiny model, the load generator against it
+//! over both protocols; the twin on the same model; the search on the twin with a plot.
+
+mod common;
+
+use common::{ModelDir, NAME, Server, loadgen_args, try_loadgen_args, twin_args};
+use serde_json::Value;
+
+const RUN_KEYS: [&str; 10] = [
+    "offered_qps",
+    "duration_s",
+    "queries",
+    "ok",
+    "ok_samples",
+    "achieved_qps",
+    "samples_per_s",
+    "mean_query_size",
+    "latency_ms",
+    "errors",
+];
+
+/// The checks every clean single measurement passes.
+fn assert_clean_run(v: &Value, qps: f64, secs: f64) {
+    for k in RUN_KEYS.iter().chain(&[
+        "query_size",
+        "dist",
+        "ids_per_table",
+        "seed",
+        "pool",
+        "mode",
+    ]) {
+        assert!(v.get(k).is_some(), "no key {k} in {v}");
+    }
+    for k in ["p50", "p95", "p99", "p999", "max", "mean"] {
+        assert!(
+            v["latency_ms"][k].is_number(),
+            "latency_ms.{k} missing in {v}"
+        );
+    }
+    for k in [
+        "by_status",
+        "bad_response",
+        "transport",
+        "timeout",
+        "failed",
+        "total",
+    ] {
+        assert!(v["errors"].get(k).is_some(), "errors.{k} missing in {v}");
+    }
+    assert_eq!(v["errors"]["total"], 0, "errors: {}", v["errors"]);
+    let queries = v["queries"].as_u64().unwrap();
+    assert_eq!(v["ok"].as_u64().unwrap(), queries);
+    // a Poisson count of mean qps * secs: far from 0, not wildly above
+    let want = qps * secs;
+    assert!(
+        queries as f64 > want * 0.4 && (queries as f64) < want * 2.0,
+        "{queries} queries, expected about {want}"
+    );
+    let l = |k: &str| v["latency_ms"][k].as_f64().unwrap();
+    assert!(
+        l("p50") > 0.0
+            && l("p50") <= l("p95")
+            && l("p95") <= l("p99")
+            && l("p99") <= l("p999")
+            && l("p999") <= l("max"),
+        "{v}"
+    );
+    assert!(
+        l("max") < 2000.0,
+        "a tiny model at low QPS answers within 2 s: {v}"
+    );
+    let achieved = v["achieved_qps"].as_f64().unwrap();
+    assert!(
+        achieved > 0.3 * qps && achieved < 2.0 * qps,
+        "achieved {achieved} of {qps}"
+    );
+    let mean_size = v["mean_query_size"].as_f64().unwrap();
+    let sps = v["samples_per_s"].as_f64().unwrap();
+    assert!(
+        (sps / achieved - mean_size).abs() < 0.2 * mean_size + 1.0,
+        "{sps} samples/s at {achieved} QPS, mean size {mean_size}"
+    );
+}
+
+#[test]
+fn loadgen_against_dlrs_serve() {
+    let m = ModelDir::new(1);
+    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
+    sa.watch_interval_ms = 0;
+    let server = Server::start(sa);
+    let url = server.url();
+    let dir = m.dir();
+    let dir = dir.to_str().unwrap();
+
+    // v2 with JSON tensors, the default
+    let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
+        "--url",
+        &url,
+        "--model",
+        NAME,
+        "--model-dir",
+        dir,
+        "--qps",
+        "40",
+        "--duration",
+        "1",
+        "--query-size",
+        "normal:20,4",
+        "--json",
+        "--warmup",
+        "0",
+        "--connections",
+        "4",
+    ]))
+    .unwrap();
+    assert_clean_run(&v, 40.0, 1.0);
+    assert_eq!(v["mode"], "http");
+    assert_eq!(v["protocol"], "v2");
+    assert_eq!(v["url"], url.as_str());
+    assert_eq!(v["connections"], 4);
+    assert_eq!(v["query_size"], "normal:20,4");
+    let mean = v["mean_query_size"].as_f64().unwrap();
+    assert!((mean - 20.0).abs() < 3.0, "mean query size {mean}");
+
+    // v2 binary tensors, zipf ids, several ids per bag
+    let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
+        "--url",
+        &url,
+        "--model",
+        NAME,
+        "--model-dir",
+        dir,
+        "--qps",
+        "40",
+        "--duration",
+        "0.7",
+        "--binary",
+        "--dist",
+        "zipf:1.1",
+        "--ids-per-table",
+        "3",
+        "--json",
+        "--warmup",
+        "0.2",
+        "--query-size",
+        "fixed:1024",
+    ]))
+    .unwrap();
+    assert_clean_run(&v, 40.0, 0.7);
+    assert_eq!(v["binary"], true);
+    assert_eq!(
+        v["mean_query_size"], 1024.0,
+        "a query larger than --max-batch is split by the server and still answered"
+    );
+
+    // v1 predict
+    let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
+        "--url",
+        &url,
+        "--model",
+        NAME,
+        "--model-dir",
+        dir,
+        "--qps",
+        "40",
+        "--duration",
+        "0.7",
+        "--protocol",
+        "v1",
+        "--json",
+        "--warmup",
+        "0",
+        "--query-size",
+        "fixed:3",
+    ]))
+    .unwrap();
+    assert_clean_run(&v, 40.0, 0.7);
+    assert_eq!(v["protocol"], "v1");
+    assert_eq!(
+        v["ok_samples"].as_u64().unwrap(),
+        3 * v["ok"].as_u64().unwrap()
+    );
+
+    // a wrong model name: the metadata request already gets 404, and the error says so
+    let e = dlrs_loadgen::loadgen_json(loadgen_args(&[
+        "--url",
+        &url,
+        "--model",
+        "nope",
+        "--model-dir",
+        dir,
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0",
+    ]))
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("404"), "{e:#}");
+
+    // without --model-dir the table sizes are unknown: the error says what to pass
+    let e = dlrs_loadgen::loadgen_json(loadgen_args(&[
+        "--url",
+        &url,
+        "--model",
+        NAME,
+        "--duration",
+        "0.2",
+    ]))
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("--model-dir"), "{e:#}");
+}
+
+#[test]
+fn http_errors_are_counted_by_status() {
+    // a server whose queue holds 2 samples: queries of 3 samples are refused (413) every time
+    let m = ModelDir::new(2);
+    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
+    sa.watch_interval_ms = 0;
+    sa.max_queue = 2;
+    let server = Server::start(sa);
+    let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
+        "--url",
+        &server.url(),
+        "--model",
+        NAME,
+        "--model-dir",
+        m.dir().to_str().unwrap(),
+        "--qps",
+        "30",
+        "--duration",
+        "0.5",
+        "--query-size",
+        "fixed:3",
+        "--warmup",
+        "0",
+        "--json",
+    ]))
+    .unwrap();
+    let q = v["queries"].as_u64().unwrap();
+    assert!(q > 0);
+    assert_eq!(v["errors"]["by_status"]["413"].as_u64(), Some(q), "{v}");
+    assert_eq!(v["errors"]["total"].as_u64(), Some(q));
+    assert_eq!(v["ok"], 0);
+    assert!(
+        v["latency_ms"]["p99"].is_null(),
+        "no ok answer, no percentile: {v}"
+    );
+}
+
+#[test]
+fn twin_on_the_same_model() {
+    let m = ModelDir::new(1);
+    let v = dlrs_loadgen::twin_json(twin_args(&[
+        "--model",
+        m.dir().to_str().unwrap(),
+        "--qps",
+        "60",
+        "--duration",
+        "1",
+        "--query-size",
+        "normal:20,4",
+        "--json",
+        "--warmup",
+        "0.2",
+        "--threads",
+        "1",
+        "--max-batch",
+        "64",
+        "--max-queue-delay-us",
+        "200",
+    ]))
+    .unwrap();
+    assert_clean_run(&v, 60.0, 1.0);
+    assert_eq!(v["mode"], "twin");
+    assert_eq!(
+        (
+            v["threads"].as_u64(),
+            v["max_batch"].as_u64(),
+            v["max_queue_delay_us"].as_u64()
+        ),
+        (Some(1), Some(64), Some(200))
+    );
+}
+
+#[test]
+fn search_on_the_twin_finds_a_rate_under_a_generous_target_and_plots_it() {
+    let m = ModelDir::new(1);
+    let out = tempfile::tempdir().unwrap();
+    for ext in ["svg", "png"] {
+        let plot = out.path().join(format!("curve.{ext}"));
+        let v = dlrs_loadgen::twin_json(twin_args(&[
+            "--model",
+            m.dir().to_str().unwrap(),
+            "--qps",
+            "20",
+            "--duration",
+            "0.5",
+            "--query-size",
+            "fixed:8",
+            "--target-p99-ms",
+            "250",
+            "--max-steps",
+            "4",
+            "--json",
+            "--warmup",
+            "0",
+            "--plot",
+            plot.to_str().unwrap(),
+            "--threads",
+            "1",
+        ]))
+        .unwrap();
+        let points = v["points"].as_array().unwrap();
+        assert!(!points.is_empty() && points.len() <= 4, "{v}");
+        for p in points {
+            for k in RUN_KEYS.iter().chain(&["step", "meets_target"]) {
+                assert!(p.get(k).is_some(), "no key {k} in point {p}");
+            }
+        }
+        assert_eq!(v["target_p99_ms"], 250.0);
+        let best = &v["latency_bounded"];
+        assert!(
+            best.is_object(),
+            "a tiny model meets 250 ms at 20+ QPS: {v}"
+        );
+        let p99 = best["p99_ms"].as_f64().unwrap();
+        assert!(p99 <= 250.0, "{p99}");
+        assert!(best["offered_qps"].as_f64().unwrap() >= 20.0);
+        assert!(points.iter().any(|p| p["meets_target"] == true));
+        assert_eq!(v["plot"], plot.to_str().unwrap());
+        let bytes = std::fs::read(&plot).unwrap();
+        if ext == "svg" {
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(
+                text.contains("<svg") && text.contains("p99") && text.contains("target p99 250 ms"),
+                "{}",
+                &text[..200.min(text.len())]
+            );
+        } else {
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+            assert!(bytes.len() > 2000, "an empty PNG? {} bytes", bytes.len());
+        }
+    }
+}
+
+#[test]
+fn flags_parse_with_the_documented_defaults() {
+    let a = loadgen_args(&["--url", "http://127.0.0.1:1", "--model", "m"]);
+    assert_eq!(a.connections, 64);
+    assert_eq!(a.protocol, dlrs_loadgen::payload::Protocol::V2);
+    assert_eq!(
+        a.load.query_size,
+        dlrs_loadgen::dist::QuerySize::Normal {
+            mu: 165.0,
+            sigma: 16.0
+        }
+    );
+    assert_eq!(a.load.ids_per_table, 1);
+    assert!(a.load.target_p99_ms.is_none() && !a.load.json);
+    assert!(
+        try_loadgen_args(&["--url", "u", "--model", "m", "--plot", "x.svg"]).is_err(),
+        "--plot needs --target-p99-ms"
+    );
+    assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--query-size", "gamma:1"]).is_err());
+    assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--dist", "zipf:0"]).is_err());
+    assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--protocol", "v3"]).is_err());
+    let t = twin_args(&["--model", "/x"]);
+    assert_eq!(
+        (t.threads, t.max_batch, t.max_queue_delay_us),
+        (2, 256, 500)
+    );
+}

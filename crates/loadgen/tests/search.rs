@@ -1,0 +1,91 @@
+//! The latency-bounded throughput search, on a synthetic system with a known capacity.
+
+use dlrs_loadgen::search::{SearchPlan, search};
+use dlrs_loadgen::stats::{Outcome, Report, Status};
+
+/// A system of capacity `cap` QPS: below it p99 grows like an M/M/1 queue, above it
+/// queries time out.
+fn system(cap: f64, qps: f64) -> Report {
+    let n = 200;
+    let outcomes: Vec<Outcome> = if qps < cap {
+        let p = 1.0 / (cap - qps); // mean sojourn, s
+        (0..n)
+            .map(|i| Outcome {
+                status: Status::Ok,
+                latency_s: p * (1.0 + 4.0 * i as f64 / n as f64),
+            })
+            .collect()
+    } else {
+        (0..n)
+            .map(|_| Outcome {
+                status: Status::Timeout,
+                latency_s: 5.0,
+            })
+            .collect()
+    };
+    Report::new(qps, 1.0, &outcomes, &vec![1; n], 1.0)
+}
+
+#[test]
+fn finds_the_rate_where_p99_crosses_the_target() {
+    // p99 ~ 5 / (cap - qps) s; with cap 1000 and target 50 ms: qps < 900
+    let mut seen = Vec::new();
+    let s = search(
+        SearchPlan::new(50.0, 10.0, 30),
+        |_, q| Ok(system(1000.0, q)),
+        |p| seen.push(p.report.offered_qps),
+    )
+    .unwrap();
+    let best = s.best().expect("a passing rate");
+    let q = best.report.offered_qps;
+    assert!(
+        (900.0 / 1.05 - 1.0..=900.0).contains(&q),
+        "best {q}, want just under 900"
+    );
+    assert_eq!(seen.len(), s.points.len(), "every point is reported");
+    assert_eq!(s.points[0].report.offered_qps, 10.0);
+    assert_eq!(s.points[1].report.offered_qps, 20.0, "the ramp doubles");
+    assert!(
+        s.points
+            .iter()
+            .all(|p| p.meets_target == (p.report.offered_qps < 900.0))
+    );
+    assert!(
+        s.points.len() < 30,
+        "stops once within 5%: {} steps",
+        s.points.len()
+    );
+}
+
+#[test]
+fn ramps_down_when_the_first_rate_misses() {
+    let s = search(
+        SearchPlan::new(50.0, 5000.0, 30),
+        |_, q| Ok(system(1000.0, q)),
+        |_| {},
+    )
+    .unwrap();
+    assert!(!s.points[0].meets_target);
+    assert_eq!(s.points[1].report.offered_qps, 2500.0, "halves");
+    let q = s.best().unwrap().report.offered_qps;
+    assert!((850.0..=900.0).contains(&q), "{q}");
+}
+
+#[test]
+fn respects_max_steps_and_reports_no_rate_when_none_passes() {
+    let s = search(
+        SearchPlan::new(50.0, 10.0, 3),
+        |_, q| Ok(system(1000.0, q)),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(s.points.len(), 3);
+    let none = search(
+        SearchPlan::new(50.0, 10.0, 50),
+        |_, q| Ok(system(0.0, q)),
+        |_| {},
+    )
+    .unwrap();
+    assert!(none.best().is_none());
+    assert!(none.points.len() < 50, "gives up below the minimum rate");
+}
