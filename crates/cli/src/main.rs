@@ -93,6 +93,14 @@ enum Cmd {
     /// The same load in-process (batching queue + forward, no HTTP): the serving overhead
     /// becomes a number.
     Twin(dlrs_loadgen::TwinArgs),
+    /// Train a DLRM on CPU (sparse embedding updates; sgd, adagrad, row-wise Adagrad, adam),
+    /// streaming JSON Lines or Criteo TSV, with evals and resumable checkpoints.
+    Train(dlrs_train::TrainArgs),
+    /// AUC, log loss, normalized entropy and calibration of a model on labelled data.
+    Eval(dlrs_train::EvalArgs),
+    /// Labelled samples from a random teacher DLRM (power-law ids): a learnable signal
+    /// without a download.
+    Synth(dlrs_train::SynthArgs),
     /// Check every checksum of a model directory (exit status 1 on any mismatch).
     Verify {
         #[arg(long)]
@@ -123,6 +131,9 @@ fn main() {
         Cmd::Quantize { model, dtype, tables, out } => quantize(&model, dtype, &tables, &out),
         Cmd::Compare { model, input, threads, json } => compare(&model, &input, threads, json),
         Cmd::Serve(a) => dlrs_serve::run(a),
+        Cmd::Train(a) => dlrs_train::train(a),
+        Cmd::Eval(a) => dlrs_train::eval(a),
+        Cmd::Synth(a) => dlrs_train::synth(a),
         Cmd::Loadgen(a) => dlrs_loadgen::run(a),
         Cmd::Twin(a) => dlrs_loadgen::run_twin(a),
         Cmd::Verify { model } => verify(&model),

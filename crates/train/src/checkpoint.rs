@@ -1,0 +1,298 @@
+//! Checkpoints: a training output directory that is at every moment either the previous
+//! complete checkpoint or the new one.
+//!
+//! `OUT/` holds `config.json` + `model.safetensors` (a model directory `dlrs predict` and
+//! PyTorch load), `optimizer.safetensors` (the optimizer state, keys `{param}.{slot}`) and
+//! `train_state.json` (where in the data the run is, and the settings it was run with). A
+//! checkpoint is written into a sibling temp directory `.OUT.ckpt-PID` (every file fsynced),
+//! which then replaces `OUT` in one step: `renameat2(RENAME_EXCHANGE)` swaps the two
+//! directories atomically, and the old contents, now in the temp directory, are removed.
+//! On file systems without RENAME_EXCHANGE it falls back to two renames (`OUT` ->
+//! `.OUT.old-PID`, temp -> `OUT`), and [`resolve_resume`] finds `.OUT.old-*` if a crash fell
+//! between them.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use dlrs_model::Model;
+use serde_json::{Value, json};
+
+use crate::optim::Optimizer;
+
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "train_state.json";
+
+/// Where a run is, and the settings that must not change across a resume.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// epochs finished
+    pub epoch: u64,
+    /// samples of the current epoch already trained on
+    pub samples_in_epoch: u64,
+    /// optimizer steps taken
+    pub step: u64,
+    /// samples trained on over the whole run
+    pub samples_total: u64,
+    pub settings: Settings,
+}
+
+/// Settings that define the sequence of updates: a resume must use the same.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub batch: usize,
+    pub lr: f32,
+    pub optimizer: String,
+    pub dense_optimizer: String,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub shuffle_window: usize,
+}
+
+impl TrainState {
+    pub fn to_json(&self) -> Value {
+        let s = &self.settings;
+        json!({
+            "format": "dlrs-train-state",
+            "version": 1,
+            "epoch": self.epoch,
+            "samples_in_epoch": self.samples_in_epoch,
+            "step": self.step,
+            "samples_total": self.samples_total,
+            "settings": {
+                "batch": s.batch,
+                "lr": s.lr.to_string(),
+                "optimizer": s.optimizer,
+                "dense_optimizer": s.dense_optimizer,
+                "seed": s.seed,
+                "shuffle": s.shuffle,
+                "shuffle_window": s.shuffle_window,
+            }
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Result<Self> {
+        if v["format"] != "dlrs-train-state" {
+            bail!("not a dlrs training state");
+        }
+        let u = |v: &Value, k: &str| {
+            v[k].as_u64()
+                .with_context(|| format!("field `{k}` missing or not an integer"))
+        };
+        let st = &v["settings"];
+        let s = |k: &str| {
+            st[k]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("field `settings.{k}` missing"))
+        };
+        Ok(TrainState {
+            epoch: u(v, "epoch")?,
+            samples_in_epoch: u(v, "samples_in_epoch")?,
+            step: u(v, "step")?,
+            samples_total: u(v, "samples_total")?,
+            settings: Settings {
+                batch: u(st, "batch")? as usize,
+                lr: s("lr")?.parse().context("field `settings.lr`")?,
+                optimizer: s("optimizer")?,
+                dense_optimizer: s("dense_optimizer")?,
+                seed: u(st, "seed")?,
+                shuffle: st["shuffle"]
+                    .as_bool()
+                    .context("field `settings.shuffle`")?,
+                shuffle_window: u(st, "shuffle_window")? as usize,
+            },
+        })
+    }
+}
+
+impl Settings {
+    /// An error naming each setting that differs from the checkpoint's.
+    pub fn check_same(&self, ckpt: &Settings) -> Result<()> {
+        let mut diffs = Vec::new();
+        let mut cmp = |flag: &str, a: String, b: String| {
+            if a != b {
+                diffs.push(format!("--{flag} {a} (the checkpoint has {b})"));
+            }
+        };
+        cmp("batch", self.batch.to_string(), ckpt.batch.to_string());
+        cmp("lr", self.lr.to_string(), ckpt.lr.to_string());
+        cmp("optimizer", self.optimizer.clone(), ckpt.optimizer.clone());
+        cmp(
+            "dense-optimizer",
+            self.dense_optimizer.clone(),
+            ckpt.dense_optimizer.clone(),
+        );
+        cmp("seed", self.seed.to_string(), ckpt.seed.to_string());
+        cmp(
+            "shuffle",
+            self.shuffle.to_string(),
+            ckpt.shuffle.to_string(),
+        );
+        if self.shuffle {
+            cmp(
+                "shuffle-window",
+                self.shuffle_window.to_string(),
+                ckpt.shuffle_window.to_string(),
+            );
+        }
+        if !diffs.is_empty() {
+            bail!(
+                "a resumed run must use the settings it was started with: {}",
+                diffs.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
+
+fn sibling(out: &Path, tag: &str) -> Result<PathBuf> {
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a directory path", out.display()))?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(parent.join(format!(
+        ".{}.{tag}-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Atomically swaps two directory entries (Linux `renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    let ca = CString::new(a.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let cb = CString::new(b.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: both paths are valid NUL-terminated C strings that outlive the call; the
+    // syscall only reads them. AT_FDCWD resolves relative paths against the working directory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Writes a complete checkpoint to `out` (replacing the previous one atomically).
+pub fn write(out: &Path, model: &Model, opt: &Optimizer, state: &TrainState) -> Result<()> {
+    let tmp = sibling(out, "ckpt")?;
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    model.save(&tmp)?;
+    opt.save(model, &tmp.join(OPTIMIZER_FILE))?;
+    let text = serde_json::to_string_pretty(&state.to_json())? + "\n";
+    dlrs_model::weights::atomic_write_bytes(&tmp.join(STATE_FILE), text.as_bytes())?;
+    fsync_dir(&tmp).with_context(|| format!("fsync {}", tmp.display()))?;
+    let parent = tmp.parent().expect("a sibling has a parent").to_path_buf();
+    if out.exists() {
+        match exchange(&tmp, out) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+                ) =>
+            {
+                let old = sibling(out, "old")?;
+                std::fs::rename(out, &old)
+                    .with_context(|| format!("renaming {}", out.display()))?;
+                std::fs::rename(&tmp, out)
+                    .with_context(|| format!("renaming {}", tmp.display()))?;
+                fsync_dir(&parent)?;
+                std::fs::remove_dir_all(&old)
+                    .with_context(|| format!("removing {}", old.display()))?;
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("replacing {} with {}", out.display(), tmp.display()));
+            }
+        }
+        fsync_dir(&parent)?;
+        // `tmp` now holds the previous checkpoint
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    } else {
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+        fsync_dir(&parent)?;
+    }
+    Ok(())
+}
+
+/// Removes temp directories a killed run left beside `out` (`.OUT.ckpt-*`).
+pub fn clean_stale(out: &Path) {
+    let (Some(name), parent) = (
+        out.file_name(),
+        out.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    ) else {
+        return;
+    };
+    let prefix = format!(".{}.ckpt-", name.to_string_lossy());
+    if let Ok(rd) = std::fs::read_dir(parent) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// The directory to resume from: `dir` itself, or, when a crash fell between the two
+/// renames of the fallback path and `dir` is missing, the `.DIR.old-*` it left.
+pub fn resolve_resume(dir: &Path) -> Result<PathBuf> {
+    if dir.join(STATE_FILE).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    if !dir.exists() {
+        if let (Some(name), parent) = (
+            dir.file_name(),
+            dir.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        ) {
+            let prefix = format!(".{}.old-", name.to_string_lossy());
+            if let Ok(rd) = std::fs::read_dir(parent) {
+                for e in rd.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&prefix)
+                        && e.path().join(STATE_FILE).is_file()
+                    {
+                        return Ok(e.path());
+                    }
+                }
+            }
+        }
+    }
+    bail!(
+        "{}: not a training checkpoint (no {STATE_FILE})",
+        dir.display()
+    )
+}
+
+/// Reads `train_state.json` of a checkpoint directory.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let p = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+    TrainState::from_json(&v).with_context(|| p.display().to_string())
+}

@@ -1,0 +1,459 @@
+//! Labelled training data, read streaming with bounded memory.
+//!
+//! Two formats, told apart by the first byte of the (decompressed) content: `{` is JSON
+//! Lines, anything else is Criteo TSV.
+//!
+//! - **JSON Lines**: the predict format with a label,
+//!   `{"dense": [..], "sparse": [[ids], ..], "label": 0|1}`; ids are row indices. A missing
+//!   label is an error naming the line.
+//! - **Criteo TSV** (the Kaggle / Terabyte click logs): `label \t I1..I13 \t C1..C26`, that is
+//!   one label, `n_dense` integer features and `n_tables` categorical features as hex
+//!   strings (the column count follows the model: 1 + 13 + 26 = 40 for the Criteo shapes).
+//!   Empty fields are allowed. The reference preprocessing: a dense value `x` becomes
+//!   `ln(max(x, 0) + 1)` (an empty one is 0); a categorical value is hashed into its table:
+//!   `id = xxh3_64_with_seed(v.to_le_bytes(), seed = table index) mod rows`, where `v` is the
+//!   hex string's value as a u64 (1 to 16 hex digits, either case). An empty categorical
+//!   is the "missing" category of its table: `id = xxh3_64_with_seed(b"", table index) mod rows`
+//!   (the hash of the empty byte string). Each categorical gives a bag of exactly one id.
+//!
+//! Input compressed with gzip or zstd is recognised by its magic bytes and decompressed on
+//! the fly. A bad line (malformed JSON, a wrong column count, a non-integer dense value, a
+//! non-hex categorical, a label outside {0, 1}, an id out of range) is an error naming the
+//! file, the line and the column or field; with `skip_bad` it is skipped and counted
+//! instead (the count is reported, never silent). Blank lines are ignored.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result, anyhow};
+use dlrs_model::batch::parse_sample;
+use dlrs_model::{Batch, DlrmConfig, Sample};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// The input format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataFormat {
+    /// by content: JSON Lines when the first byte is `{`, else Criteo TSV
+    Auto,
+    Jsonl,
+    Criteo,
+}
+
+/// Counts bytes read from the underlying file (progress and ETA).
+struct Counting<R> {
+    inner: R,
+    n: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n.fetch_add(k as u64, Ordering::Relaxed);
+        Ok(k)
+    }
+}
+
+/// A zstd stream of one or more frames (ruzstd decodes one frame per decoder).
+struct Zstd<R: Read> {
+    src: Option<R>,
+    dec: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+}
+
+impl<R: BufRead> Read for Zstd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(d) = &mut self.dec {
+                let k = d.read(buf)?;
+                if k > 0 || buf.is_empty() {
+                    return Ok(k);
+                }
+                let d = self.dec.take().expect("a decoder");
+                self.src = Some(d.into_inner());
+            }
+            let Some(mut src) = self.src.take() else {
+                return Ok(0);
+            };
+            if src.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.dec =
+                Some(ruzstd::decoding::StreamingDecoder::new(src).map_err(std::io::Error::other)?);
+        }
+    }
+}
+
+/// Opens a file (or `-` for stdin), decompressing gzip/zstd by magic bytes. The counter
+/// receives the bytes read from the file itself.
+pub fn open_input(path: &Path, counter: Arc<AtomicU64>) -> Result<Box<dyn BufRead + Send>> {
+    let raw: Box<dyn Read + Send> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)
+    };
+    let mut r = BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: raw,
+            n: counter,
+        },
+    );
+    let head = r
+        .fill_buf()
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            flate2::read::MultiGzDecoder::new(r),
+        ))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            Zstd {
+                src: Some(r),
+                dec: None,
+            },
+        ))
+    } else {
+        Box::new(r)
+    })
+}
+
+/// The row of a Criteo categorical value in a table of `rows` rows (see the module doc).
+pub fn criteo_hash(field: &str, table: usize, rows: usize) -> Result<u32, String> {
+    let h = if field.is_empty() {
+        xxh3_64_with_seed(b"", table as u64)
+    } else {
+        if field.len() > 16 || !field.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("`{field}` is not a hex string of 1 to 16 digits"));
+        }
+        let v = u64::from_str_radix(field, 16).map_err(|e| format!("`{field}`: {e}"))?;
+        xxh3_64_with_seed(&v.to_le_bytes(), table as u64)
+    };
+    Ok((h % rows as u64) as u32)
+}
+
+/// Parses one Criteo TSV line into `s` (bags of one id each). Errors name the column
+/// (1-based) and what was wrong.
+pub fn parse_criteo(line: &str, cfg: &DlrmConfig, s: &mut Sample) -> Result<(), String> {
+    let nd = cfg.n_dense();
+    let nt = cfg.n_tables();
+    let want = 1 + nd + nt;
+    let n = line.split('\t').count();
+    if n != want {
+        return Err(format!(
+            "{n} columns, expected {want} (label, {nd} integer features, {nt} categorical features)"
+        ));
+    }
+    let mut cols = line.split('\t');
+    let label = cols.next().unwrap_or("");
+    s.label = Some(match label {
+        "0" => 0.0,
+        "1" => 1.0,
+        other => return Err(format!("column 1 (label): `{other}` is not 0 or 1")),
+    });
+    s.dense.clear();
+    for j in 0..nd {
+        let f = cols.next().unwrap_or("");
+        let v = if f.is_empty() {
+            0.0
+        } else {
+            let x: i64 = f
+                .parse()
+                .map_err(|_| format!("column {} (dense {j}): `{f}` is not an integer", j + 2))?;
+            (x.max(0) as f32 + 1.0).ln()
+        };
+        s.dense.push(v);
+    }
+    s.sparse.resize_with(nt, Vec::new);
+    for (t, bag) in s.sparse.iter_mut().enumerate() {
+        let f = cols.next().unwrap_or("");
+        let id = criteo_hash(f, t, cfg.tables[t])
+            .map_err(|e| format!("column {} (categorical {t}): {e}", t + 2 + nd))?;
+        bag.clear();
+        bag.push(id);
+    }
+    Ok(())
+}
+
+/// Reads labelled samples one at a time.
+pub struct SampleReader {
+    input: Box<dyn BufRead + Send>,
+    path: PathBuf,
+    cfg: DlrmConfig,
+    format: DataFormat,
+    skip_bad: bool,
+    line_no: usize,
+    buf: String,
+    /// bad lines skipped (with `skip_bad`)
+    pub skipped: u64,
+    /// the first few skipped lines' errors, for the report
+    pub skipped_examples: Vec<String>,
+    /// bytes read from the file
+    pub bytes: Arc<AtomicU64>,
+}
+
+impl SampleReader {
+    pub fn open(path: &Path, cfg: &DlrmConfig, format: DataFormat, skip_bad: bool) -> Result<Self> {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let mut input = open_input(path, Arc::clone(&bytes))?;
+        let format = match format {
+            DataFormat::Auto => {
+                let head = input
+                    .fill_buf()
+                    .with_context(|| format!("reading {}", path.display()))?;
+                match head.iter().find(|c| !c.is_ascii_whitespace()) {
+                    Some(b'{') => DataFormat::Jsonl,
+                    _ => DataFormat::Criteo,
+                }
+            }
+            f => f,
+        };
+        Ok(SampleReader {
+            input,
+            path: path.to_path_buf(),
+            cfg: cfg.clone(),
+            format,
+            skip_bad,
+            line_no: 0,
+            buf: String::new(),
+            skipped: 0,
+            skipped_examples: Vec::new(),
+            bytes,
+        })
+    }
+
+    pub fn format(&self) -> DataFormat {
+        self.format
+    }
+
+    /// The next sample into `s`; `false` at the end of the input.
+    pub fn next_into(&mut self, s: &mut Sample) -> Result<bool> {
+        loop {
+            self.buf.clear();
+            let n = self.input.read_line(&mut self.buf).with_context(|| {
+                format!(
+                    "{}: line {}: read error",
+                    self.path.display(),
+                    self.line_no + 1
+                )
+            })?;
+            if n == 0 {
+                return Ok(false);
+            }
+            self.line_no += 1;
+            let line = self.buf.trim_end_matches(['\n', '\r']);
+            if line.trim().is_empty() {
+                continue;
+            }
+            let res = match self.format {
+                DataFormat::Criteo => parse_criteo(line, &self.cfg, s),
+                _ => match parse_sample(line, &self.cfg) {
+                    Ok(p) if p.label.is_none() => {
+                        Err("field `label`: missing (training and evaluation data need \"label\": 0 or 1)".into())
+                    }
+                    Ok(p) => {
+                        *s = p;
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            match res {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    let msg = format!("{}: line {}: {e}", self.path.display(), self.line_no);
+                    if !self.skip_bad {
+                        return Err(anyhow!(msg));
+                    }
+                    self.skipped += 1;
+                    if self.skipped_examples.len() < 5 {
+                        self.skipped_examples.push(msg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A batch with its labels.
+pub struct LabelledBatch {
+    pub batch: Batch,
+    pub labels: Vec<f32>,
+}
+
+/// How a stream of batches is read.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    pub batch: usize,
+    pub format: DataFormat,
+    pub skip_bad: bool,
+    /// buffered shuffle: `(seed, window)`; `None` keeps file order
+    pub shuffle: Option<(u64, usize)>,
+    /// samples (after shuffling) to drop before the first batch: a resumed epoch
+    pub skip_samples: u64,
+}
+
+/// Progress counters shared with the reader thread.
+#[derive(Default)]
+pub struct StreamStats {
+    pub bytes: Arc<AtomicU64>,
+    pub skipped: AtomicU64,
+    pub samples: AtomicU64,
+}
+
+/// Batches read by a background thread (bounded queue of a few batches: memory stays
+/// bounded, parsing overlaps training).
+pub struct BatchStream {
+    rx: Receiver<Result<LabelledBatch>>,
+    handle: Option<JoinHandle<Vec<String>>>,
+    pub stats: Arc<StreamStats>,
+    /// total bytes of the input file, when known (for the progress bar)
+    pub file_bytes: Option<u64>,
+    /// errors of the first skipped lines, filled when the stream ends
+    pub skipped_examples: Vec<String>,
+}
+
+impl BatchStream {
+    pub fn open(path: &Path, cfg: &DlrmConfig, opts: StreamOptions) -> Result<Self> {
+        assert!(opts.batch > 0, "batch size must be positive");
+        let mut reader = SampleReader::open(path, cfg, opts.format, opts.skip_bad)?;
+        let stats = Arc::new(StreamStats {
+            bytes: Arc::clone(&reader.bytes),
+            ..Default::default()
+        });
+        let file_bytes = std::fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        let (tx, rx) = sync_channel(4);
+        let cfg = cfg.clone();
+        let st = Arc::clone(&stats);
+        let handle = std::thread::Builder::new()
+            .name("dlrs-reader".into())
+            .spawn(move || {
+                let _ = produce(&mut reader, &cfg, &opts, &tx, &st);
+                reader.skipped_examples
+            })
+            .context("starting the reader thread")?;
+        Ok(BatchStream {
+            rx,
+            handle: Some(handle),
+            stats,
+            file_bytes,
+            skipped_examples: Vec::new(),
+        })
+    }
+
+    /// The next batch; `None` at the end.
+    pub fn next_batch(&mut self) -> Result<Option<LabelledBatch>> {
+        match self.rx.recv() {
+            Ok(r) => r.map(Some),
+            Err(_) => {
+                if let Some(h) = self.handle.take() {
+                    self.skipped_examples = h
+                        .join()
+                        .map_err(|_| anyhow!("the reader thread panicked"))?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    pub fn skipped(&self) -> u64 {
+        self.stats.skipped.load(Ordering::Relaxed)
+    }
+}
+
+/// The reader thread: samples -> (shuffle buffer) -> skip -> batches -> channel.
+fn produce(
+    reader: &mut SampleReader,
+    cfg: &DlrmConfig,
+    opts: &StreamOptions,
+    tx: &SyncSender<Result<LabelledBatch>>,
+    st: &StreamStats,
+) -> std::result::Result<(), ()> {
+    let mut cur = LabelledBatch {
+        batch: Batch::empty(cfg),
+        labels: Vec::with_capacity(opts.batch),
+    };
+    let mut skip = opts.skip_samples;
+    let path = reader.path.display().to_string();
+    let mut emit = |s: &Sample, cur: &mut LabelledBatch| -> std::result::Result<(), ()> {
+        if skip > 0 {
+            skip -= 1;
+            return Ok(());
+        }
+        if let Err(e) = cur.batch.push(cfg, s) {
+            // parse_criteo / parse_sample validated already: a bug if reached
+            let _ = tx.send(Err(anyhow!("{path}: {e}")));
+            return Err(());
+        }
+        cur.labels.push(s.label.unwrap_or(0.0));
+        if cur.labels.len() == opts.batch {
+            let full = std::mem::replace(
+                cur,
+                LabelledBatch {
+                    batch: Batch::empty(cfg),
+                    labels: Vec::with_capacity(opts.batch),
+                },
+            );
+            tx.send(Ok(full)).map_err(|_| ())?;
+        }
+        Ok(())
+    };
+    let mut rng = opts.shuffle.map(|(seed, _)| SmallRng::seed_from_u64(seed));
+    let window = opts.shuffle.map_or(0, |(_, w)| w.max(1));
+    let mut pool: Vec<Sample> = Vec::new();
+    let mut s = Sample {
+        dense: Vec::new(),
+        sparse: Vec::new(),
+        label: None,
+    };
+    loop {
+        let more = match reader.next_into(&mut s) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return Err(());
+            }
+        };
+        st.skipped.store(reader.skipped, Ordering::Relaxed);
+        if !more {
+            break;
+        }
+        st.samples.fetch_add(1, Ordering::Relaxed);
+        match &mut rng {
+            None => emit(&s, &mut cur)?,
+            Some(rng) => {
+                if pool.len() < window {
+                    pool.push(s.clone());
+                } else {
+                    let k = rng.random_range(0..window);
+                    emit(&pool[k], &mut cur)?;
+                    pool[k] = s.clone();
+                }
+            }
+        }
+    }
+    if let Some(rng) = &mut rng {
+        // drain the window in a random order (Fisher-Yates)
+        for i in (1..pool.len()).rev() {
+            let j = rng.random_range(0..=i);
+            pool.swap(i, j);
+        }
+        for p in &pool {
+            emit(p, &mut cur)?;
+        }
+    }
+    if !cur.labels.is_empty() {
+        tx.send(Ok(cur)).map_err(|_| ())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! End to end through the command functions: synth -> train -> eval, metrics, resume.
+
+use std::path::{Path, PathBuf};
+
+use dlrs_model::{DlrmConfig, Model, TableMode};
+use dlrs_train::metrics::EvalMetrics;
+use dlrs_train::optim::{DenseOptimizer, SparseOptimizer};
+use dlrs_train::{EvalArgs, SynthArgs, TrainArgs, run_eval, run_synth, run_train};
+
+const TINY: &str = r#"{"arch_mlp_bot":"4-16-8","arch_mlp_top":"16-1","arch_embedding_size":"200-50-1000",
+    "arch_sparse_feature_size":8,"arch_interaction_op":"dot"}"#;
+
+fn write_model(dir: &Path, cfg: &str, seed: u64) -> PathBuf {
+    let m = Model::random(DlrmConfig::from_json_str(cfg).unwrap(), seed).unwrap();
+    m.save(dir).unwrap();
+    dir.to_path_buf()
+}
+
+fn synth_args(model: &Path, teacher: u64, rows: u64, out: &Path, dist: &str) -> SynthArgs {
+    SynthArgs {
+        preset: None,
+        rows_cap: None,
+        model: Some(model.to_path_buf()),
+        use_weights: false,
+        teacher,
+        rows,
+        out: out.to_path_buf(),
+        dist: dist.into(),
+        ids_per_table: Some(2),
+        threads: 1,
+        save_teacher: None,
+        emb_scale: 1.0,
+        logit_scale: 2.0,
+        ctr: 0.25,
+    }
+}
+
+fn train_args(model: &Path, train: &Path, out: &Path) -> TrainArgs {
+    TrainArgs {
+        model: Some(model.to_path_buf()),
+        preset: None,
+        rows_cap: None,
+        resume: None,
+        train: train.to_path_buf(),
+        eval: None,
+        out: out.to_path_buf(),
+        epochs: 1,
+        batch: 64,
+        lr: 0.1,
+        optimizer: SparseOptimizer::Sgd,
+        dense_optimizer: DenseOptimizer::Sgd,
+        threads: 1,
+        seed: 0,
+        json: true,
+        shuffle: false,
+        shuffle_window: 1 << 16,
+        skip_bad: false,
+        format: dlrs_train::data::DataFormat::Auto,
+        checkpoint_every: None,
+        eval_every: None,
+        max_steps: None,
+    }
+}
+
+fn eval_args(model: &Path, data: &Path) -> EvalArgs {
+    EvalArgs {
+        model: model.to_path_buf(),
+        data: data.to_path_buf(),
+        batch: 512,
+        threads: 1,
+        format: dlrs_train::data::DataFormat::Auto,
+        skip_bad: false,
+        json: true,
+    }
+}
+
+#[test]
+fn metrics_against_hand_computed_values() {
+    let m = EvalMetrics::compute(&[0.9, 0.2, 0.6, 0.4], &[1.0, 0.0, 0.0, 1.0], 2.0);
+    // positives {0.9, 0.4} over negatives {0.2, 0.6}: 3 of 4 pairs ordered
+    assert_eq!(m.auc, Some(0.75));
+    // -(ln 0.9 + ln 0.8 + ln 0.4 + ln 0.4) / 4
+    assert!((m.log_loss - 0.540_271_4).abs() < 1e-6, "{}", m.log_loss);
+    // base rate 0.5: entropy ln 2
+    assert!((m.ne.unwrap() - 0.540_271_4 / std::f64::consts::LN_2).abs() < 1e-6);
+    assert!((m.calibration.unwrap() - 1.05).abs() < 1e-6);
+    assert_eq!(m.samples_per_s, 2.0);
+    assert_eq!(m.ctr, 0.5);
+    // all one class: no AUC, no NE
+    let one = EvalMetrics::compute(&[0.3, 0.7], &[1.0, 1.0], 1.0);
+    assert_eq!((one.auc, one.ne), (None, None));
+    assert!((one.calibration.unwrap() - 0.5).abs() < 1e-12);
+    let none = EvalMetrics::compute(&[0.3, 0.7], &[0.0, 0.0], 1.0);
+    assert_eq!(none.calibration, None);
+    // a saturated wrong prediction costs 100 (torch's clamp), not infinity
+    let sat = EvalMetrics::compute(&[1.0, 0.0], &[0.0, 0.0], 1.0);
+    assert_eq!(sat.log_loss, 50.0);
+}
+
+#[test]
+fn synth_is_deterministic_and_carries_the_teachers_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = write_model(&dir.path().join("arch"), TINY, 5);
+    let a = dir.path().join("a.jsonl");
+    let b = dir.path().join("b.jsonl.gz");
+    let teacher = dir.path().join("teacher");
+    let mut sa = synth_args(&arch, 7, 3000, &a, "zipf:1.1");
+    sa.save_teacher = Some(teacher.clone());
+    run_synth(&sa, &mut Vec::new()).unwrap();
+    run_synth(&synth_args(&arch, 7, 3000, &b, "zipf:1.1"), &mut Vec::new()).unwrap();
+    let text = std::fs::read_to_string(&a).unwrap();
+    assert_eq!(text.lines().count(), 3000);
+    // zipf: the hottest row of table 2 (1000 rows) is far above uniform's 1/1000
+    let hot = text
+        .lines()
+        .filter(|l| {
+            l.contains("\"sparse\":[[")
+                && l.split("],[")
+                    .nth(2)
+                    .is_some_and(|s| s.starts_with("0,") || s.starts_with("0]"))
+        })
+        .count();
+    assert!(hot > 300, "rank-1 id in {hot} of 3000 samples");
+    // the gzip file decodes to the same samples (eval reads both)
+    let mut out = Vec::new();
+    let ma = run_eval(&eval_args(&teacher, &a), &mut out).unwrap();
+    let mb = run_eval(&eval_args(&teacher, &b), &mut out).unwrap();
+    assert_eq!(ma.samples, 3000);
+    assert_eq!((ma.auc, ma.log_loss), (mb.auc, mb.log_loss));
+    // the teacher scores its own labels well above chance, and is calibrated
+    assert!(ma.auc.unwrap() > 0.65, "teacher AUC {:?}", ma.auc);
+    assert!(
+        (ma.calibration.unwrap() - 1.0).abs() < 0.1,
+        "teacher calibration {:?}",
+        ma.calibration
+    );
+    let line = String::from_utf8(out).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(v["samples"], 3000);
+}
+
+#[test]
+fn training_on_synth_data_learns_the_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = write_model(&dir.path().join("arch"), TINY, 5);
+    let train = dir.path().join("train.jsonl");
+    let eval = dir.path().join("eval.jsonl");
+    let teacher = dir.path().join("teacher");
+    let mut ta = synth_args(&arch, 11, 40_000, &train, "zipf:1.05");
+    ta.save_teacher = Some(teacher.clone());
+    run_synth(&ta, &mut Vec::new()).unwrap();
+    // eval samples: the same teacher, other draws
+    let mut ea = synth_args(&teacher, 11, 5_000, &eval, "zipf:1.05");
+    ea.use_weights = true;
+    ea.teacher = 12;
+    run_synth(&ea, &mut Vec::new()).unwrap();
+
+    let before = run_eval(&eval_args(&arch, &eval), &mut Vec::new()).unwrap();
+    let best = run_eval(&eval_args(&teacher, &eval), &mut Vec::new()).unwrap();
+    let out = dir.path().join("out");
+    let mut args = train_args(&arch, &train, &out);
+    args.eval = Some(eval.clone());
+    args.epochs = 2;
+    args.optimizer = SparseOptimizer::RowwiseAdagrad;
+    args.dense_optimizer = DenseOptimizer::Adam;
+    args.lr = 0.01;
+    args.threads = 2;
+    let mut log = Vec::new();
+    let rep = run_train(&args, &mut log).unwrap();
+    let after = rep.eval.clone().unwrap();
+    eprintln!(
+        "AUC before {:?}, after {:?}, teacher {:?}; log loss {} -> {} (teacher {})",
+        before.auc, after.auc, best.auc, before.log_loss, after.log_loss, best.log_loss
+    );
+    assert!(
+        after.auc.unwrap() > 0.6,
+        "AUC after training {:?}",
+        after.auc
+    );
+    assert!(after.auc.unwrap() > before.auc.unwrap() + 0.05);
+    assert!(after.log_loss < before.log_loss);
+    // one JSON object per eval (after epoch 1) and a final one
+    let text = String::from_utf8(log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["event"], "eval");
+    assert!(lines[0]["auc"].as_f64().is_some() && lines[0]["ne"].as_f64().is_some());
+    assert_eq!(lines[1]["event"], "final");
+    assert_eq!(lines[1]["steps"], 2 * 40_000u64.div_ceil(64));
+    // the output is a model directory the inference path loads, with the same eval metrics
+    let again = run_eval(&eval_args(&out, &eval), &mut Vec::new()).unwrap();
+    assert_eq!(again.auc, after.auc);
+    assert!(Model::load(&out).is_ok());
+}
+
+fn file_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn resumed_run_ends_with_the_same_bytes_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = write_model(&dir.path().join("arch"), TINY, 5);
+    let train = dir.path().join("train.jsonl");
+    run_synth(
+        &synth_args(&arch, 3, 2_000, &train, "zipf:1.05"),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    for (opt, dense, shuffle) in [
+        (SparseOptimizer::RowwiseAdagrad, DenseOptimizer::Adam, true),
+        (SparseOptimizer::Adagrad, DenseOptimizer::Adagrad, false),
+        (SparseOptimizer::Sgd, DenseOptimizer::Sgd, false),
+    ] {
+        let straight = dir.path().join(format!("straight-{}", opt.name()));
+        let mut a = train_args(&arch, &train, &straight);
+        a.epochs = 2;
+        a.batch = 50;
+        a.optimizer = opt;
+        a.dense_optimizer = dense;
+        a.shuffle = shuffle;
+        a.shuffle_window = 300;
+        a.seed = 4;
+        a.threads = 2;
+        a.lr = 0.05;
+        let rep = run_train(&a, &mut Vec::new()).unwrap();
+        assert_eq!(rep.steps, 80);
+
+        // killed at step 55 (mid second epoch; a checkpoint every 5 steps): the last
+        // checkpoint is step 55, then resumed
+        let split = dir.path().join(format!("split-{}", opt.name()));
+        let mut b = a.clone();
+        b.out = split.clone();
+        b.max_steps = Some(55);
+        b.checkpoint_every = Some(5);
+        let rep = run_train(&b, &mut Vec::new()).unwrap();
+        assert!(rep.stopped_early);
+        assert_eq!(rep.steps, 55);
+        let mid = file_bytes(&split.join("model.safetensors"));
+        let mut c = a.clone();
+        c.model = None;
+        c.resume = Some(split.clone());
+        c.out = split.clone();
+        let rep = run_train(&c, &mut Vec::new()).unwrap();
+        assert_eq!(rep.steps, 80);
+        assert_eq!(
+            rep.samples,
+            2 * 2000 - 55 * 50,
+            "the resumed run trains only what was left"
+        );
+        for f in ["model.safetensors", "optimizer.safetensors", "config.json"] {
+            assert!(
+                file_bytes(&straight.join(f)) == file_bytes(&split.join(f)),
+                "{}: {f} differs",
+                opt.name()
+            );
+        }
+        assert!(mid != file_bytes(&split.join("model.safetensors")));
+        // no temp directories left beside the output
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.file_name())
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+#[test]
+fn resume_refuses_changed_settings_and_out_guards() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = write_model(&dir.path().join("arch"), TINY, 5);
+    let train = dir.path().join("train.jsonl");
+    run_synth(
+        &synth_args(&arch, 3, 300, &train, "uniform"),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let a = train_args(&arch, &train, &out);
+    run_train(&a, &mut Vec::new()).unwrap();
+    // starting again over a checkpoint without --resume is refused
+    let err = run_train(&a, &mut Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("--resume"), "{err}");
+    let mut r = a.clone();
+    r.model = None;
+    r.resume = Some(out.clone());
+    r.lr = 0.2;
+    r.batch = 32;
+    let err = run_train(&r, &mut Vec::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("--batch 32 (the checkpoint has 64)") && err.contains("--lr 0.2"),
+        "{err}"
+    );
+    // a directory that is not a model is never replaced
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "keep").unwrap();
+    let err = run_train(&train_args(&arch, &train, &other), &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a model directory"), "{err}");
+    assert!(other.join("notes.txt").exists());
+    // quantized tables are refused with a clear message
+    let q = dir.path().join("q");
+    let mut m = Model::load_with(&arch, TableMode::Ram).unwrap();
+    m.convert_tables(dlrs_model::RowFormat::Int8, &[1]).unwrap();
+    m.save(&q).unwrap();
+    let err = run_train(
+        &train_args(&q, &train, &dir.path().join("qout")),
+        &mut Vec::new(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("table 1 is int8: training needs fp32 tables"),
+        "{err}"
+    );
+}
+
+/// A Criteo-format file (with a bad line) trains a capped criteo-kaggle preset; the bad line
+/// stops the run with its line number, or is skipped and counted with --skip-bad; eval reads
+/// the same data gzip-compressed.
+#[test]
+fn criteo_tsv_trains_with_skip_bad() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let tsv = dir.path().join("day_0.tsv");
+    let mut text = String::new();
+    for i in 0..600u64 {
+        if i == 250 {
+            text += "1\t2\t3\n";
+            continue;
+        }
+        // clicks follow categorical 0 and dense 0: a learnable signal
+        let c0 = i % 4;
+        let label = u64::from(c0 == 0 || (c0 == 1 && i % 3 == 0));
+        let mut f = vec![label.to_string(), (c0 * 10).to_string()];
+        f.extend((1..13).map(|j| {
+            if (i + j) % 4 == 0 {
+                String::new()
+            } else {
+                ((i * j) % 50).to_string()
+            }
+        }));
+        f.push(format!("{:08x}", 0xabc0 + c0));
+        f.extend((1..26).map(|t| {
+            if (i + t) % 9 == 0 {
+                String::new()
+            } else {
+                format!("{:x}", (i * 31 + t * 7) % 200)
+            }
+        }));
+        text += &(f.join("\t") + "\n");
+    }
+    std::fs::write(&tsv, &text).unwrap();
+    let gz = dir.path().join("day_0.tsv.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+
+    let out = dir.path().join("out");
+    let mut a = train_args(Path::new("unused"), &tsv, &out);
+    a.model = None;
+    a.preset = Some("criteo-kaggle".into());
+    a.rows_cap = Some(1000);
+    a.batch = 32;
+    a.epochs = 3;
+    a.optimizer = SparseOptimizer::RowwiseAdagrad;
+    a.dense_optimizer = DenseOptimizer::Adam;
+    a.lr = 0.01;
+    let err = run_train(&a, &mut Vec::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("day_0.tsv: line 251: 3 columns, expected 40"),
+        "{err}"
+    );
+    a.skip_bad = true;
+    a.eval = Some(gz.clone());
+    let rep = run_train(&a, &mut Vec::new()).unwrap();
+    assert_eq!(rep.skipped, 3, "one bad line per epoch");
+    assert_eq!(rep.samples, 3 * 599);
+    let m = rep.eval.unwrap();
+    assert_eq!(m.samples, 599);
+    assert!(m.auc.unwrap() > 0.9, "{:?}", m.auc);
+    let mut e = eval_args(&out, &gz);
+    e.skip_bad = true;
+    let mut log = Vec::new();
+    let again = run_eval(&e, &mut log).unwrap();
+    assert_eq!(again.auc, m.auc);
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8(log).unwrap().trim()).unwrap();
+    assert_eq!(v["skipped"], 1);
+}
