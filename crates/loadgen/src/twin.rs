@@ -38,24 +38,7 @@ type Segment = (usize, usize, usize);
 /// The next batch: whole queries in arrival order (the first one's next chunk if it is
 /// larger than a batch) and whether the batch is full (nothing more can join).
 fn plan(pending: &VecDeque<Pending>, max: usize) -> (Vec<Segment>, bool) {
-    let mut segs = Vec::new();
-    let mut size = 0;
-    for (i, p) in pending.iter().enumerate() {
-        let left = p.size - p.dispatched;
-        let take = if size == 0 {
-            left.min(max)
-        } else if size + left <= max {
-            left
-        } else {
-            return (segs, true);
-        };
-        segs.push((i, p.dispatched, p.dispatched + take));
-        size += take;
-        if size >= max {
-            return (segs, true);
-        }
-    }
-    (segs, false)
+    dlrs_serve::plan_batch(pending.iter().map(|p| (p.size, p.dispatched, true)), max)
 }
 
 /// The rows of `segments` as one batch (borrowed when it is one whole query).

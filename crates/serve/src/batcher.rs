@@ -181,29 +181,11 @@ impl Batcher {
     /// job larger than a batch is cut into `max_batch` chunks), and whether it is full
     /// (nothing more could join it).
     fn plan(&self) -> (Vec<Segment>, bool) {
-        let max = self.cfg.max_batch;
-        let mut segs = Vec::new();
-        let mut size = 0;
-        let Some(first) = self.pending.front() else { return (segs, false) };
-        for (i, job) in self.pending.iter().enumerate() {
-            if !Arc::ptr_eq(&job.model, &first.model) {
-                return (segs, true);
-            }
-            let left = job.len() - job.dispatched;
-            let take = if size == 0 {
-                left.min(max)
-            } else if size + left <= max {
-                left
-            } else {
-                return (segs, true);
-            };
-            segs.push((i, job.dispatched, job.dispatched + take));
-            size += take;
-            if size >= max {
-                return (segs, true);
-            }
-        }
-        (segs, false)
+        let Some(first) = self.pending.front() else { return (Vec::new(), false) };
+        plan_batch(
+            self.pending.iter().map(|job| (job.len(), job.dispatched, Arc::ptr_eq(&job.model, &first.model))),
+            self.cfg.max_batch,
+        )
     }
 
     /// Answers 504 to (or forgets, when the client went away) every job whose deadline has
@@ -327,6 +309,35 @@ fn assemble<'a>(cfg: &DlrmConfig, pending: &'a VecDeque<Job>, segments: &[Segmen
         }
     }
     Batch::from_parts(cfg, size, dense, bags).map(Cow::Owned).map_err(ApiError::from_compute)
+}
+
+/// The batching rule, shared by the server and its in-process twin (`dlrs twin`): given the
+/// queued requests in arrival order as `(samples, samples already dispatched, same model
+/// version as the first)`, the next batch as `(request index, first row, end row)` segments
+/// (whole requests; a request larger than `max` is cut into `max`-sample chunks; a request
+/// of another version ends the batch), and whether the batch is full (nothing more could join).
+pub fn plan_batch(queued: impl IntoIterator<Item = (usize, usize, bool)>, max: usize) -> (Vec<Segment>, bool) {
+    let mut segs = Vec::new();
+    let mut size = 0;
+    for (i, (len, dispatched, same_version)) in queued.into_iter().enumerate() {
+        if !same_version {
+            return (segs, true);
+        }
+        let left = len - dispatched;
+        let take = if size == 0 {
+            left.min(max)
+        } else if size + left <= max {
+            left
+        } else {
+            return (segs, true);
+        };
+        segs.push((i, dispatched, dispatched + take));
+        size += take;
+        if size >= max {
+            return (segs, true);
+        }
+    }
+    (segs, false)
 }
 
 #[cfg(test)]

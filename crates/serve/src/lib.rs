@@ -118,6 +118,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use dlrs_model::{Batch, TableMode};
 
+pub use batcher::plan_batch;
 pub use error::ApiError;
 
 /// Options of `dlrs serve`.
