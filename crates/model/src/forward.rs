@@ -330,18 +330,7 @@ impl Model {
             Interaction::Dot => {
                 let iw = cfg.interaction_width();
                 buf.interaction.resize(m * iw, 0.0);
-                for i in 0..m {
-                    buf.interaction[i * iw..i * iw + d].copy_from_slice(&buf.features[i * fw..i * fw + d]);
-                }
-                let shape = DotShape {
-                    batch: m,
-                    features: cfg.n_tables() + 1,
-                    dim: d,
-                    itself: cfg.interaction_itself,
-                    t_stride: fw,
-                    out_stride: iw,
-                };
-                dot_interaction(&buf.features, &mut buf.interaction[d..], shape);
+                dot_top_input(cfg, &buf.features, m, &mut buf.interaction);
                 (&buf.interaction, iw)
             }
         };
@@ -357,6 +346,25 @@ impl Model {
             top_mlp: (t4 - t3).as_secs_f64(),
         };
     }
+}
+
+/// The `dot` interaction's top-MLP input for `m` rows: row `i` of `out` (stride
+/// `cfg.interaction_width()`) is `[x_i, Z_i[j][k] for the config's pairs]`, from row `i` of
+/// `features` = `[x, e_1, .., e_k]` (stride `cfg.features_width()`). Training runs the same.
+pub fn dot_top_input(cfg: &DlrmConfig, features: &[f32], m: usize, out: &mut [f32]) {
+    let (d, fw, iw) = (cfg.dim, cfg.features_width(), cfg.interaction_width());
+    for i in 0..m {
+        out[i * iw..i * iw + d].copy_from_slice(&features[i * fw..i * fw + d]);
+    }
+    let shape = DotShape {
+        batch: m,
+        features: cfg.n_tables() + 1,
+        dim: d,
+        itself: cfg.interaction_itself,
+        t_stride: fw,
+        out_stride: iw,
+    };
+    dot_interaction(features, &mut out[d..], shape);
 }
 
 /// An MLP over `m` rows: ReLU between layers, `last` after the final one, whose output

@@ -26,10 +26,10 @@
 //! then summed in range order, so a step is deterministic for a given thread count.
 
 use anyhow::{Result, bail};
-use dlrs_kernels::interaction::{DotShape, dot_interaction};
 use dlrs_kernels::mlp::{Activation, LinearShape, linear};
 use dlrs_model::config::{Interaction, RowFormat};
 use dlrs_model::weights::Layer;
+use dlrs_model::forward::dot_top_input;
 use dlrs_model::{Batch, DlrmConfig, Model};
 use rayon::prelude::*;
 
@@ -532,18 +532,7 @@ fn micro_batch(
     // interaction
     if cfg.interaction == Interaction::Dot {
         ensure(&mut tb.inter, m * iw);
-        for i in 0..m {
-            tb.inter[i * iw..i * iw + d].copy_from_slice(&tb.features[i * fw..i * fw + d]);
-        }
-        let shape = DotShape {
-            batch: m,
-            features: cfg.n_tables() + 1,
-            dim: d,
-            itself: cfg.interaction_itself,
-            t_stride: fw,
-            out_stride: iw,
-        };
-        dot_interaction(&tb.features, &mut tb.inter[d..], shape);
+        dot_top_input(cfg, &tb.features, m, &mut tb.inter);
     }
     // top MLP: ReLU between layers, sigmoid at the end
     for (l, layer) in w.top.iter().enumerate() {
@@ -612,33 +601,9 @@ fn micro_batch(
         } else {
             (&tb.top_acts[l - 1], layer.in_w)
         };
-        grad_weight(
-            &tb.dz,
-            layer.out_w,
-            src,
-            ld,
-            m,
-            layer.out_w,
-            layer.in_w,
-            &mut tb.top[l].dw,
-            accumulate,
-            threads,
-        );
-        grad_bias(&tb.dz, layer.out_w, m, &mut tb.top[l].db, accumulate);
-        if l > 0 {
-            grad_input(
-                &tb.dz,
-                layer.out_w,
-                &layer.weight,
-                m,
-                layer.out_w,
-                layer.in_w,
-                &mut tb.da,
-                layer.in_w,
-                threads,
-            );
-            relu_back(&mut tb.dz, &tb.da, &tb.top_acts[l - 1], m * layer.in_w);
-        } else {
+        let prev = if l > 0 { Some(tb.top_acts[l - 1].as_slice()) } else { None };
+        layer_backward(layer, src, ld, m, prev, &mut tb.dz, &mut tb.da, &mut tb.top[l], accumulate, threads);
+        if l == 0 {
             match cfg.interaction {
                 Interaction::Cat => grad_input(
                     &tb.dz,
@@ -698,33 +663,32 @@ fn micro_batch(
         } else {
             (&tb.bot_acts[l - 1], layer.in_w)
         };
-        grad_weight(
-            &tb.dz,
-            layer.out_w,
-            src,
-            ld,
-            m,
-            layer.out_w,
-            layer.in_w,
-            &mut tb.bot[l].dw,
-            accumulate,
-            threads,
-        );
-        grad_bias(&tb.dz, layer.out_w, m, &mut tb.bot[l].db, accumulate);
-        if l > 0 {
-            grad_input(
-                &tb.dz,
-                layer.out_w,
-                &layer.weight,
-                m,
-                layer.out_w,
-                layer.in_w,
-                &mut tb.da,
-                layer.in_w,
-                threads,
-            );
-            relu_back(&mut tb.dz, &tb.da, &tb.bot_acts[l - 1], m * layer.in_w);
-        }
+        let prev = if l > 0 { Some(tb.bot_acts[l - 1].as_slice()) } else { None };
+        layer_backward(layer, src, ld, m, prev, &mut tb.dz, &mut tb.da, &mut tb.bot[l], accumulate, threads);
+    }
+}
+
+/// One `nn.Linear` backward: `dW` and `db` from `dz` and the layer's input `src` (row stride
+/// `ld`); then, for a hidden layer whose input came out of a ReLU (`prev` = that ReLU's
+/// output), the input gradient through that ReLU, left in `dz` for the layer below.
+#[allow(clippy::too_many_arguments)]
+fn layer_backward(
+    layer: &Layer,
+    src: &[f32],
+    ld: usize,
+    m: usize,
+    prev: Option<&[f32]>,
+    dz: &mut Vec<f32>,
+    da: &mut Vec<f32>,
+    g: &mut LayerGrad,
+    accumulate: bool,
+    threads: usize,
+) {
+    grad_weight(dz, layer.out_w, src, ld, m, layer.out_w, layer.in_w, &mut g.dw, accumulate, threads);
+    grad_bias(dz, layer.out_w, m, &mut g.db, accumulate);
+    if let Some(a) = prev {
+        grad_input(dz, layer.out_w, &layer.weight, m, layer.out_w, layer.in_w, da, layer.in_w, threads);
+        relu_back(dz, da, a, m * layer.in_w);
     }
 }
 
