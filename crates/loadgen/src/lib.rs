@@ -35,10 +35,10 @@
 //!
 //! # Twin (`dlrs twin`)
 //!
-//! The same arrivals and queries against the model in process (`--model DIR`, tables in RAM):
-//! a batcher thread merges queued queries in arrival order up to `--max-batch` samples,
-//! waiting at most `--max-queue-delay-us` after the oldest one arrived (larger queries are
-//! split into chunks, as `dlrs serve` does), and runs the forward pass on `--threads` threads.
+//! The same arrivals and queries against the model in process (`--model DIR`, tables in RAM),
+//! submitted straight into `dlrs serve`'s own queue and compute instances (the same code:
+//! batching up to `--max-batch` samples within `--max-queue-delay-us`, `--max-queue`
+//! admission with 503, `--deadline-ms` expiry with 504, `--instances` over `--threads`).
 //! HTTP's share of the latency ("serving overhead") is the difference between the two at the
 //! same target.
 //!
@@ -50,7 +50,8 @@
 //!
 //! - always: `mode` (`"http"` or `"twin"`), `query_size`, `dist`, `ids_per_table`, `seed`,
 //!   `pool` (the pool's actual size), `warmup_s`, `drain_s`; HTTP: `url`, `model`, `model_dir`, `protocol`, `binary`,
-//!   `connections`; twin: `model_dir`, `threads`, `max_batch`, `max_queue_delay_us`;
+//!   `connections`; twin: `model_dir`, `threads`, `instances`, `max_batch`,
+//!   `max_queue_delay_us`, `max_queue`, `deadline_ms`;
 //! - one measurement: `offered_qps`, `duration_s`, `queries`, `ok`, `ok_samples`,
 //!   `achieved_qps`, `samples_per_s`, `mean_query_size`, `latency_ms.{p50, p95, p99, p999,
 //!   max, mean}` (null without ok answers), `errors.{by_status, bad_response, transport,
@@ -84,7 +85,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use dlrs_model::synth::IdDist;
-use dlrs_model::{Batch, Executor, Model, TableMode, Workspace};
+use dlrs_model::{Batch, Model, TableMode};
 use serde_json::{Map, Value, json};
 
 use crate::dist::QuerySize;
@@ -174,15 +175,25 @@ pub struct TwinArgs {
     /// model directory (config.json + model.safetensors), tables loaded into RAM
     #[arg(long)]
     pub model: PathBuf,
-    /// threads of the forward pass
+    /// threads of the forward pass, over all instances
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// compute instances, as `dlrs serve --instances` (default: one per thread)
+    #[arg(long)]
+    pub instances: Option<usize>,
     /// most samples computed in one batch (larger queries are split)
     #[arg(long, default_value_t = 256)]
     pub max_batch: usize,
     /// longest the oldest queued query waits for more queries to batch with, microseconds
     #[arg(long, default_value_t = 500)]
     pub max_queue_delay_us: u64,
+    /// most samples waiting; beyond it a query is refused (503), as `dlrs serve --max-queue`
+    #[arg(long, default_value_t = 4096)]
+    pub max_queue: usize,
+    /// a query not computed this many milliseconds after it was queued gets 504, as
+    /// `dlrs serve --default-deadline-ms`
+    #[arg(long, default_value_t = 1000)]
+    pub deadline_ms: u64,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -493,12 +504,19 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
 pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
     args.load.check()?;
     ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
+    let (instances, threads) = dlrs_serve::compute_layout(args.threads, args.instances)?;
     let model = Model::load_with(&args.model, TableMode::Ram)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
-    let exec = Executor::new(args.threads)?;
-    let mut ws = Workspace::default();
     let t0 = Instant::now();
-    let queries = Arc::new(args.load.workload().batches(&model.config)?);
+    let queries: Arc<Vec<Arc<Batch>>> = Arc::new(
+        args.load
+            .workload()
+            .batches(&model.config)?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+    );
+    let version = Arc::new(dlrs_serve::Version { model, number: 1 });
     let out = Out {
         json: args.load.json,
     };
@@ -512,12 +530,15 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
     header.insert("mode".into(), json!("twin"));
     header.insert("model_dir".into(), json!(args.model.display().to_string()));
     header.insert("threads".into(), json!(args.threads));
+    header.insert("instances".into(), json!(instances));
     header.insert("max_batch".into(), json!(args.max_batch));
     header.insert("max_queue_delay_us".into(), json!(args.max_queue_delay_us));
+    header.insert("max_queue".into(), json!(args.max_queue));
+    header.insert("deadline_ms".into(), json!(args.deadline_ms));
     header.extend(args.load.header());
     header.insert("pool".into(), json!(queries.len()));
     let title = format!(
-        "dlrs twin: {} in process ({} threads, max batch {}, max queue delay {} us), query size {}, ids {} x{}",
+        "dlrs twin: {} in process ({} threads in {instances} instances, max batch {}, max queue delay {} us), query size {}, ids {} x{}",
         args.model.display(),
         args.threads,
         args.max_batch,
@@ -529,17 +550,19 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
     let batching = twin::Batching {
         max_batch: args.max_batch,
         max_queue_delay: Duration::from_micros(args.max_queue_delay_us),
+        max_queue: args.max_queue,
+        deadline: Duration::from_millis(args.deadline_ms),
+        instances,
+        threads,
     };
     let drain_s = args.load.drain;
-    let cfg = model.config.clone();
-    let mut compute =
-        |b: &Batch| -> anyhow::Result<usize> { Ok(model.forward(b, &mut ws, &exec)?.len()) };
+    let hooks = dlrs_serve::Hooks::default();
     let mut measure = |qps: f64, duration_s: f64, seed: u64| {
         twin::measure(
-            &cfg,
+            &version,
             &queries,
-            batching,
-            &mut compute,
+            &batching,
+            &hooks,
             &Measure {
                 qps,
                 duration_s,
@@ -553,7 +576,7 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         |n| n.to_string_lossy().into_owned(),
     );
     let plot_title = format!(
-        "twin {name} ({} thr, batch {}, delay {} us): p99 / p50 vs QPS",
+        "twin {name} ({} thr / {instances} inst, batch {}, delay {} us): p99 / p50 vs QPS",
         args.threads, args.max_batch, args.max_queue_delay_us
     );
     drive(&args.load, header, &title, &plot_title, &mut measure)

@@ -157,30 +157,48 @@ fn http_latency_counts_the_wait_behind_a_stalled_connection() {
     assert_stall_is_measured(&r, qps);
 }
 
-#[test]
-fn twin_latency_counts_the_wait_behind_a_stalled_batch() {
+/// The tiny model as a served version, and the workload's queries.
+fn twin_setup() -> (Arc<dlrs_serve::Version>, Arc<Vec<Arc<dlrs_model::Batch>>>) {
     let cfg = common::config();
-    let queries = Arc::new(workload().batches(&cfg).unwrap());
-    let t0 = Instant::now();
-    let mut stalled = false;
-    let mut compute = |b: &dlrs_model::Batch| -> anyhow::Result<usize> {
-        if !stalled && t0.elapsed() >= STALL_AFTER {
-            stalled = true;
-            std::thread::sleep(STALL);
-        }
-        Ok(b.size())
-    };
-    let qps = 200.0;
-    // batches of one query: the stall is one forward pass that takes STALL
-    let batching = Batching {
+    let queries = workload().batches(&cfg).unwrap().into_iter().map(Arc::new).collect();
+    let model = dlrs_model::Model::random(cfg, 3).unwrap();
+    (Arc::new(dlrs_serve::Version { model, number: 1 }), Arc::new(queries))
+}
+
+/// Batches of one query on one instance: a stall is one forward pass that takes long.
+fn one_query_batches() -> Batching {
+    Batching {
         max_batch: 4,
         max_queue_delay: Duration::ZERO,
-    };
+        max_queue: 1 << 20,
+        deadline: Duration::from_secs(60),
+        instances: 1,
+        threads: 1,
+    }
+}
+
+/// Hooks that sleep `stall` in the first forward pass that starts `after` the start.
+fn stall_once(after: Duration, stall: Duration) -> dlrs_serve::Hooks {
+    let t0 = Instant::now();
+    let once = std::sync::atomic::AtomicBool::new(false);
+    dlrs_serve::Hooks {
+        before_forward: Some(Arc::new(move |_: &dlrs_model::Batch| {
+            if t0.elapsed() >= after && !once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(stall);
+            }
+        })),
+    }
+}
+
+#[test]
+fn twin_latency_counts_the_wait_behind_a_stalled_batch() {
+    let (version, queries) = twin_setup();
+    let qps = 200.0;
     let r = twin::measure(
-        &cfg,
+        &version,
         &queries,
-        batching,
-        &mut compute,
+        &one_query_batches(),
+        &stall_once(STALL_AFTER, STALL),
         &Measure {
             qps,
             duration_s: 1.5,
@@ -194,28 +212,14 @@ fn twin_latency_counts_the_wait_behind_a_stalled_batch() {
 
 #[test]
 fn unanswered_queries_time_out_after_the_drain() {
-    let cfg = common::config();
-    let queries = Arc::new(workload().batches(&cfg).unwrap());
-    let t0 = Instant::now();
+    let (version, queries) = twin_setup();
     // compute hangs for 3 s once, the drain is 0.5 s: the queries behind it time out
-    let mut once = false;
-    let mut compute = |b: &dlrs_model::Batch| -> anyhow::Result<usize> {
-        if !once && t0.elapsed() >= Duration::from_millis(100) {
-            once = true;
-            std::thread::sleep(Duration::from_secs(3));
-        }
-        Ok(b.size())
-    };
-    let batching = Batching {
-        max_batch: 4,
-        max_queue_delay: Duration::ZERO,
-    };
     let started = Instant::now();
     let r = twin::measure(
-        &cfg,
+        &version,
         &queries,
-        batching,
-        &mut compute,
+        &one_query_batches(),
+        &stall_once(Duration::from_millis(100), Duration::from_secs(3)),
         &Measure {
             qps: 100.0,
             duration_s: 1.0,
@@ -229,4 +233,30 @@ fn unanswered_queries_time_out_after_the_drain() {
     assert_eq!(r.errors.timeout + r.ok, r.queries);
     // bounded: the drain ends the run, the hung batch is only waited for, not its backlog
     assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+/// The twin answers like the server: 503 when the queue is full, 504 past the deadline.
+#[test]
+fn twin_refuses_over_the_queue_bound_and_expires_past_the_deadline() {
+    let (version, queries) = twin_setup();
+    let mut b = one_query_batches();
+    b.max_queue = 8;
+    b.deadline = Duration::from_millis(200);
+    let r = twin::measure(
+        &version,
+        &queries,
+        &b,
+        &stall_once(Duration::from_millis(100), Duration::from_millis(600)),
+        &Measure {
+            qps: 200.0,
+            duration_s: 1.0,
+            drain_s: 2.0,
+            seed: 3,
+        },
+    )
+    .unwrap();
+    let by = &r.errors.by_status;
+    assert!(by.get("503").copied().unwrap_or(0) > 0, "{r:?}");
+    assert!(by.get("504").copied().unwrap_or(0) > 0, "{r:?}");
+    assert!(r.ok > 0, "{r:?}");
 }

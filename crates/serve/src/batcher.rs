@@ -1,12 +1,19 @@
-//! The bounded queue and the batcher thread: merges queued requests into batches, runs the
-//! forward pass behind a panic guard and hands each request its scores.
+//! The bounded queue and the compute instances: each instance is a thread that takes the next
+//! batch from the shared queue (merging queued requests), runs the forward pass behind a panic
+//! guard on its own executor and hands each request its scores.
+//!
+//! Several instances (`--instances`, like Triton's `instance_group.count`) compute different
+//! batches at once, each on `--threads / --instances` threads: a batch split across threads
+//! waits for its slowest part, so when the HTTP threads preempt one compute thread the other
+//! one idles; independent batches do not wait for each other. A request larger than a batch
+//! is cut into chunks that may run on different instances; its answer is sent when the last
+//! chunk is scored. The in-process twin (`dlrs twin`) runs this same code.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dlrs_model::{Bags, Batch, DlrmConfig, Executor, Workspace};
@@ -19,284 +26,379 @@ use crate::state::Version;
 
 pub type Reply = Result<Vec<f32>, ApiError>;
 
-/// One admitted request.
+/// Where a request's answer goes.
+pub enum ReplyTo {
+    /// an HTTP handler waiting on the channel (a closed channel means the client went away:
+    /// its queued samples are dropped, not computed)
+    Channel(oneshot::Sender<Reply>),
+    /// a function called with the answer on the compute thread (the in-process twin)
+    Call(Box<dyn FnOnce(Reply) + Send>),
+}
+
+impl ReplyTo {
+    fn is_closed(&self) -> bool {
+        match self {
+            ReplyTo::Channel(tx) => tx.is_closed(),
+            ReplyTo::Call(_) => false,
+        }
+    }
+    fn send(self, r: Reply) {
+        match self {
+            ReplyTo::Channel(tx) => {
+                let _ = tx.send(r);
+            }
+            ReplyTo::Call(f) => f(r),
+        }
+    }
+}
+
+/// One request to admit.
 pub struct Job {
     /// the model version its batch was validated against (and will run on)
     pub model: Arc<Version>,
-    pub batch: Batch,
+    pub batch: Arc<Batch>,
     pub deadline: Instant,
-    pub enqueued: Instant,
-    pub reply: oneshot::Sender<Reply>,
-    /// samples handed to a batch so far (a request larger than a batch goes in chunks)
-    dispatched: usize,
-    scores: Vec<f32>,
+    pub reply: ReplyTo,
 }
 
-impl Job {
-    pub fn new(model: Arc<Version>, batch: Batch, deadline: Instant, reply: oneshot::Sender<Reply>) -> Self {
-        Job { model, batch, deadline, enqueued: Instant::now(), reply, dispatched: 0, scores: Vec::new() }
-    }
+/// An admitted request, shared by the queue and the batches computing its chunks.
+struct Entry {
+    model: Arc<Version>,
+    batch: Arc<Batch>,
+    deadline: Instant,
+    enqueued: Instant,
+    out: Mutex<Out>,
+}
+
+struct Out {
+    /// `None` once answered (scores, error, expiry)
+    reply: Option<ReplyTo>,
+    scores: Vec<f32>,
+    /// samples not scored yet
+    left: usize,
+}
+
+impl Entry {
     fn len(&self) -> usize {
         self.batch.size()
     }
+    fn out(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Stores the scores of rows `r0..` and answers when the request is complete.
+    fn deliver(&self, r0: usize, scores: &[f32]) {
+        let mut o = self.out();
+        if o.reply.is_none() {
+            return;
+        }
+        if o.scores.len() != self.len() {
+            o.scores = vec![0.0; self.len()];
+        }
+        o.scores[r0..r0 + scores.len()].copy_from_slice(scores);
+        o.left -= scores.len();
+        if o.left == 0 {
+            let scores = std::mem::take(&mut o.scores);
+            let reply = o.reply.take().expect("checked above");
+            drop(o);
+            reply.send(Ok(scores));
+        }
+    }
+    /// Answers `err` unless already answered; true if this call answered.
+    fn fail(&self, err: ApiError) -> bool {
+        let reply = self.out().reply.take();
+        reply.map(|r| r.send(Err(err))).is_some()
+    }
 }
 
-/// The admission side of the queue: counts waiting samples against the capacity.
+impl Drop for Entry {
+    /// A request dropped unanswered (a bug path: a panic outside the forward pass' guard)
+    /// still gets an answer.
+    fn drop(&mut self) {
+        let reply = self.out.get_mut().unwrap_or_else(|p| p.into_inner()).reply.take();
+        if let Some(r) = reply {
+            r.send(Err(ApiError::Internal("the request was dropped by a failed batch".into())));
+        }
+    }
+}
+
+struct Pending {
+    entry: Arc<Entry>,
+    /// samples handed to batches so far
+    dispatched: usize,
+}
+
+/// The batching rules.
+#[derive(Clone, Debug)]
+pub struct BatcherConfig {
+    /// most samples in one forward pass; larger requests are cut into chunks
+    pub max_batch: usize,
+    /// longest the oldest queued request waits for others to join its batch
+    pub max_delay: Duration,
+    /// most samples waiting; beyond it requests are refused at once
+    pub max_queue: usize,
+}
+
+struct State {
+    pending: VecDeque<Pending>,
+    /// samples admitted and not yet handed to a batch
+    waiting: usize,
+    /// no more admissions; instances exit once `pending` is empty
+    closed: bool,
+}
+
+/// The shared queue: admission on one side, batches for the instances on the other.
 pub struct Queue {
-    tx: Mutex<Option<Sender<Job>>>,
-    waiting: AtomicUsize,
-    capacity: usize,
+    state: Mutex<State>,
+    ready: Condvar,
+    cfg: BatcherConfig,
     metrics: Arc<Metrics>,
 }
 
+/// `(request, first row, end row)`: one request's part of a batch.
+type Segment = (Arc<Entry>, usize, usize);
+
 impl Queue {
-    pub fn new(tx: Sender<Job>, capacity: usize, metrics: Arc<Metrics>) -> Self {
-        Queue { tx: Mutex::new(Some(tx)), waiting: AtomicUsize::new(0), capacity, metrics }
+    pub fn new(cfg: BatcherConfig, metrics: Arc<Metrics>) -> Self {
+        let state = State { pending: VecDeque::new(), waiting: 0, closed: false };
+        Queue { state: Mutex::new(state), ready: Condvar::new(), cfg, metrics }
     }
 
-    /// Admits a job or refuses it at once.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a job or refuses it at once (413 larger than the queue, 503 queue full or
+    /// closed).
     pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        let n = job.len();
-        if n > self.capacity {
+        let n = job.batch.size();
+        let capacity = self.cfg.max_queue;
+        if n > capacity {
             return Err(ApiError::TooLarge(format!(
-                "the request has {n} samples; the server queues at most {} (--max-queue)",
-                self.capacity
+                "the request has {n} samples; the server queues at most {capacity} (--max-queue)"
             )));
         }
-        let admitted = self.waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-            (w + n <= self.capacity).then_some(w + n)
-        });
-        if let Err(w) = admitted {
-            return Err(ApiError::Overloaded(format!(
-                "queue full: {w} of {} samples waiting, the request has {n}; retry later",
-                self.capacity
-            )));
-        }
-        self.metrics.queue_depth.increment(n as f64);
-        let sent = match &*self.tx.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(tx) => tx.send(job).is_ok(),
-            None => false,
-        };
-        if !sent {
-            self.release(n);
+        let mut st = self.lock();
+        if st.closed {
             return Err(ApiError::ShuttingDown("the server is shutting down".into()));
         }
+        if st.waiting + n > capacity {
+            return Err(ApiError::Overloaded(format!(
+                "queue full: {} of {capacity} samples waiting, the request has {n}; retry later",
+                st.waiting
+            )));
+        }
+        st.waiting += n;
+        self.metrics.queue_depth.increment(n as f64);
+        let out = Mutex::new(Out { reply: Some(job.reply), scores: Vec::new(), left: n });
+        let entry = Entry { model: job.model, batch: job.batch, deadline: job.deadline, enqueued: Instant::now(), out };
+        st.pending.push_back(Pending { entry: Arc::new(entry), dispatched: 0 });
+        drop(st);
+        self.ready.notify_one();
         Ok(())
     }
 
-    /// Samples left the queue (computed, expired or failed).
-    fn release(&self, n: usize) {
-        if n > 0 {
-            self.waiting.fetch_sub(n, Ordering::AcqRel);
-            self.metrics.queue_depth.decrement(n as f64);
-        }
-    }
-
-    /// Closes the queue: the batcher finishes what it holds and exits.
+    /// Closes the queue: what it holds is still computed, then the instances exit.
     pub fn close(&self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.lock().closed = true;
+        self.ready.notify_all();
     }
-}
 
-pub struct BatcherConfig {
-    pub max_batch: usize,
-    pub max_delay: Duration,
-    pub hooks: Hooks,
-}
-
-/// The batcher thread's body: runs until the queue is closed and drained. A panic outside
-/// the forward pass' own guard (a bug) restarts the loop with fresh state; the requests it
-/// held get 500 (their reply channels drop).
-pub fn run(rx: Receiver<Job>, queue: Arc<Queue>, exec: Executor, cfg: BatcherConfig, metrics: Arc<Metrics>) {
-    let mut b = Batcher { rx, queue, exec, cfg, metrics, ws: Workspace::default(), pending: VecDeque::new() };
-    loop {
-        match catch_unwind(AssertUnwindSafe(|| b.run())) {
-            Ok(()) => return,
-            Err(_) => {
-                eprintln!("dlrs serve: the batcher panicked outside a forward pass; restarting it");
-                for job in std::mem::take(&mut b.pending) {
-                    b.queue.release(job.len() - job.dispatched);
-                }
-                b.ws = Workspace::default();
-            }
+    /// Closes the queue and answers everything still queued with 503 (nothing more is
+    /// computed; batches already computing finish).
+    pub fn abort(&self) {
+        let dropped: Vec<Pending> = {
+            let mut st = self.lock();
+            st.closed = true;
+            let n = st.waiting;
+            st.waiting = 0;
+            self.metrics.queue_depth.decrement(n as f64);
+            st.pending.drain(..).collect()
+        };
+        self.ready.notify_all();
+        for p in dropped {
+            p.entry.fail(ApiError::ShuttingDown("the queue was aborted before the request was computed".into()));
         }
     }
-}
 
-struct Batcher {
-    rx: Receiver<Job>,
-    queue: Arc<Queue>,
-    exec: Executor,
-    cfg: BatcherConfig,
-    metrics: Arc<Metrics>,
-    ws: Workspace,
-    /// jobs taken from the channel and not yet answered, in arrival order; the first may
-    /// be partly computed
-    pending: VecDeque<Job>,
-}
-
-/// `(index into pending, first row, end row)` of one job's part of a batch.
-type Segment = (usize, usize, usize);
-
-impl Batcher {
-    fn run(&mut self) {
-        let mut closed = false;
+    /// The next batch to compute, waiting for one; `None` once the queue is closed and empty.
+    fn next_batch(&self) -> Option<Vec<Segment>> {
+        let mut st = self.lock();
         loop {
-            if self.pending.is_empty() {
-                if closed {
-                    return;
+            self.drop_dead(&mut st);
+            let Some(first) = st.pending.front() else {
+                if st.closed {
+                    return None;
                 }
-                match self.rx.recv() {
-                    Ok(j) => self.pending.push_back(j),
-                    Err(_) => return,
-                }
-            }
-            // gather more until the batch is full or the oldest request waited long enough
-            let window_end = self.pending[0].enqueued + self.cfg.max_delay;
-            while !closed && !self.plan().1 {
-                let now = Instant::now();
-                let got = if now >= window_end {
-                    self.rx.try_recv().map_err(|e| matches!(e, TryRecvError::Disconnected))
-                } else {
-                    self.rx.recv_timeout(window_end - now).map_err(|e| matches!(e, RecvTimeoutError::Disconnected))
-                };
-                match got {
-                    Ok(j) => self.pending.push_back(j),
-                    Err(disconnected) => {
-                        closed = disconnected;
-                        break;
-                    }
-                }
-            }
-            self.drop_expired();
-            if self.pending.is_empty() {
+                st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            let window_end = first.entry.enqueued + self.cfg.max_delay;
+            let (plan, full) = plan_batch(
+                st.pending.iter().map(|p| (p.entry.len(), p.dispatched, Arc::ptr_eq(&p.entry.model, &first.entry.model))),
+                self.cfg.max_batch,
+            );
+            let now = Instant::now();
+            if !(full || st.closed || now >= window_end) {
+                st = self.ready.wait_timeout(st, window_end - now).unwrap_or_else(|p| p.into_inner()).0;
                 continue;
             }
-            let (segments, _) = self.plan();
-            self.compute(&segments);
+            let mut size = 0;
+            let mut segments = Vec::with_capacity(plan.len());
+            for (i, r0, r1) in plan {
+                let p = &mut st.pending[i];
+                if r0 == 0 {
+                    self.metrics.queue_wait.record(now.saturating_duration_since(p.entry.enqueued).as_secs_f64());
+                }
+                p.dispatched = r1;
+                size += r1 - r0;
+                segments.push((Arc::clone(&p.entry), r0, r1));
+            }
+            while st.pending.front().is_some_and(|p| p.dispatched == p.entry.len()) {
+                st.pending.pop_front();
+            }
+            st.waiting -= size;
+            self.metrics.queue_depth.decrement(size as f64);
+            let more = !st.pending.is_empty();
+            drop(st);
+            if more {
+                // another instance may take the rest
+                self.ready.notify_one();
+            }
+            return Some(segments);
         }
     }
 
-    /// The next batch: a prefix of `pending` (same model version; whole jobs, except that a
-    /// job larger than a batch is cut into `max_batch` chunks), and whether it is full
-    /// (nothing more could join it).
-    fn plan(&self) -> (Vec<Segment>, bool) {
-        let Some(first) = self.pending.front() else { return (Vec::new(), false) };
-        plan_batch(
-            self.pending.iter().map(|job| (job.len(), job.dispatched, Arc::ptr_eq(&job.model, &first.model))),
-            self.cfg.max_batch,
-        )
-    }
-
-    /// Answers 504 to (or forgets, when the client went away) every job whose deadline has
-    /// passed, so that no computation starts for it.
-    fn drop_expired(&mut self) {
+    /// Takes out of the queue every request whose deadline passed (answered 504, so that no
+    /// computation starts for it), whose client went away, or that a failed chunk answered.
+    fn drop_dead(&self, st: &mut State) {
         let now = Instant::now();
-        let queue = &self.queue;
-        let metrics = &self.metrics;
-        self.pending.retain_mut(|job| {
-            let gone = job.reply.is_closed();
-            if !gone && job.deadline > now {
+        let mut released = 0;
+        st.pending.retain(|p| {
+            let mut o = p.entry.out();
+            let gone = o.reply.as_ref().is_none_or(ReplyTo::is_closed);
+            if !gone && p.entry.deadline > now {
                 return true;
             }
-            queue.release(job.len() - job.dispatched);
-            metrics.expired.increment(1);
-            if !gone {
-                let reply = std::mem::replace(&mut job.reply, oneshot::channel().0);
-                let _ = reply.send(Err(ApiError::DeadlineExceeded(format!(
-                    "deadline passed after {} ms in the queue; the request was not computed",
-                    job.enqueued.elapsed().as_millis()
-                ))));
+            released += p.entry.len() - p.dispatched;
+            if let Some(reply) = o.reply.take() {
+                drop(o);
+                self.metrics.expired.increment(1);
+                if !reply.is_closed() {
+                    reply.send(Err(ApiError::DeadlineExceeded(format!(
+                        "deadline passed after {} ms in the queue; the request was not computed",
+                        p.entry.enqueued.elapsed().as_millis()
+                    ))));
+                }
             }
             false
         });
-    }
-
-    fn compute(&mut self, segments: &[Segment]) {
-        let start = Instant::now();
-        let size: usize = segments.iter().map(|&(_, r0, r1)| r1 - r0).sum();
-        for &(i, r0, r1) in segments {
-            let job = &mut self.pending[i];
-            if r0 == 0 {
-                self.metrics.queue_wait.record((start - job.enqueued).as_secs_f64());
-            }
-            job.dispatched = r1;
-        }
-        self.queue.release(size);
-        let model = Arc::clone(&self.pending[0].model);
-        let hooks = &self.cfg.hooks;
-        let (pending, ws, exec) = (&self.pending, &mut self.ws, &self.exec);
-        let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Vec<f32>, ApiError> {
-            let batch = assemble(&model.model.config, pending, segments)?;
-            if let Some(h) = &hooks.before_forward {
-                h(&batch);
-            }
-            let scores = model.model.forward(&batch, ws, exec).map_err(ApiError::from_compute)?;
-            Ok(scores.to_vec())
-        }));
-        self.metrics.compute.record(start.elapsed().as_secs_f64());
-        self.metrics.batch_size.record(size as f64);
-        let result = match outcome {
-            Ok(r) => r,
-            Err(panic) => {
-                self.ws = Workspace::default();
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                eprintln!("dlrs serve: a batch of {size} samples panicked: {what}; its requests get 500");
-                Err(ApiError::Internal(format!("the computation of this request's batch panicked: {what}")))
-            }
-        };
-        match result {
-            Ok(scores) if scores.len() == size => {
-                let mut at = 0;
-                for &(i, r0, r1) in segments {
-                    self.pending[i].scores.extend_from_slice(&scores[at..at + r1 - r0]);
-                    at += r1 - r0;
-                }
-                // answer the jobs that are complete (all but possibly a split last one)
-                while self.pending.front().is_some_and(|j| j.scores.len() == j.len()) {
-                    let job = self.pending.pop_front().expect("front exists");
-                    let _ = job.reply.send(Ok(job.scores));
-                }
-            }
-            Ok(scores) => self.fail(
-                segments.len(),
-                ApiError::Internal(format!("the forward pass returned {} scores for {size} samples", scores.len())),
-            ),
-            Err(e) => self.fail(segments.len(), e),
-        }
-    }
-
-    /// Answers the first `n` pending jobs with `err`.
-    fn fail(&mut self, n: usize, err: ApiError) {
-        for job in self.pending.drain(..n) {
-            self.queue.release(job.len() - job.dispatched);
-            let _ = job.reply.send(Err(err.clone()));
+        if released > 0 {
+            st.waiting -= released;
+            self.metrics.queue_depth.decrement(released as f64);
         }
     }
 }
 
-/// The batch of `segments`: the job's own batch when it is one whole job, else the rows of
-/// each segment concatenated (validated again by `Batch::from_parts`).
-fn assemble<'a>(cfg: &DlrmConfig, pending: &'a VecDeque<Job>, segments: &[Segment]) -> Result<Cow<'a, Batch>, ApiError> {
-    if let [(i, 0, r1)] = *segments {
-        if r1 == pending[i].len() {
-            return Ok(Cow::Borrowed(&pending[i].batch));
+/// Starts `instances` compute threads (`dlrs-batcher-{i}`) on `queue`, each with its own
+/// executor of `threads` threads. They run until the queue is closed and drained.
+pub fn spawn(queue: &Arc<Queue>, instances: usize, threads: usize, hooks: &Hooks) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let mut handles = Vec::with_capacity(instances);
+    for i in 0..instances.max(1) {
+        let exec = Executor::new(threads).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (queue, hooks) = (Arc::clone(queue), hooks.clone());
+        let h = std::thread::Builder::new().name(format!("dlrs-batcher-{i}")).spawn(move || run(&queue, &exec, &hooks))?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+/// One instance's body. A panic outside the forward pass' own guard (a bug) restarts the
+/// loop with a fresh workspace; the requests of that batch get 500 (see `Entry`'s drop).
+fn run(queue: &Queue, exec: &Executor, hooks: &Hooks) {
+    let mut ws = Workspace::default();
+    loop {
+        let done = catch_unwind(AssertUnwindSafe(|| {
+            while let Some(segments) = queue.next_batch() {
+                compute(queue, &segments, &mut ws, exec, hooks);
+            }
+        }));
+        match done {
+            Ok(()) => return,
+            Err(_) => {
+                eprintln!("dlrs serve: a batcher panicked outside a forward pass; restarting it");
+                ws = Workspace::default();
+            }
+        }
+    }
+}
+
+fn compute(queue: &Queue, segments: &[Segment], ws: &mut Workspace, exec: &Executor, hooks: &Hooks) {
+    let Some((first, _, _)) = segments.first() else { return };
+    let start = Instant::now();
+    let size: usize = segments.iter().map(|(_, r0, r1)| r1 - r0).sum();
+    let model = &first.model.model;
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Vec<f32>, ApiError> {
+        let batch = assemble(&model.config, segments)?;
+        if let Some(h) = &hooks.before_forward {
+            h(&batch);
+        }
+        let scores = model.forward(&batch, ws, exec).map_err(ApiError::from_compute)?;
+        Ok(scores.to_vec())
+    }));
+    queue.metrics.compute.record(start.elapsed().as_secs_f64());
+    queue.metrics.batch_size.record(size as f64);
+    let result = match outcome {
+        Ok(Ok(scores)) if scores.len() == size => Ok(scores),
+        Ok(Ok(scores)) => {
+            Err(ApiError::Internal(format!("the forward pass returned {} scores for {size} samples", scores.len())))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(panic) => {
+            *ws = Workspace::default();
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            eprintln!("dlrs serve: a batch of {size} samples panicked: {what}; its requests get 500");
+            Err(ApiError::Internal(format!("the computation of this request's batch panicked: {what}")))
+        }
+    };
+    match result {
+        Ok(scores) => {
+            let mut at = 0;
+            for (entry, r0, r1) in segments {
+                entry.deliver(*r0, &scores[at..at + r1 - r0]);
+                at += r1 - r0;
+            }
+        }
+        Err(e) => {
+            for (entry, _, _) in segments {
+                entry.fail(e.clone());
+            }
+        }
+    }
+}
+
+/// The batch of `segments`: the request's own batch when it is one whole request, else the
+/// rows of each segment concatenated (validated again by `Batch::from_parts`).
+fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Batch>, ApiError> {
+    if let [(entry, 0, r1)] = segments {
+        if *r1 == entry.len() {
+            return Ok(Cow::Borrowed(&*entry.batch));
         }
     }
     let nd = cfg.n_dense();
     let nt = cfg.n_tables();
-    let size: usize = segments.iter().map(|&(_, r0, r1)| r1 - r0).sum();
+    let size: usize = segments.iter().map(|(_, r0, r1)| r1 - r0).sum();
     let mut dense = Vec::with_capacity(size * nd);
     let mut bags: Vec<Bags> = (0..nt).map(|_| Bags { offsets: Vec::with_capacity(size + 1), ids: Vec::new() }).collect();
     for b in &mut bags {
         b.offsets.push(0);
     }
-    for &(i, r0, r1) in segments {
-        let src = &pending[i].batch;
+    for (entry, r0, r1) in segments {
+        let (r0, r1) = (*r0, *r1);
+        let src = &entry.batch;
         dense.extend_from_slice(&src.dense()[r0 * nd..r1 * nd]);
         for (dst, s) in bags.iter_mut().zip(src.bags()) {
             let (lo, hi) = (s.offsets[r0] as usize, s.offsets[r1] as usize);
@@ -311,12 +413,15 @@ fn assemble<'a>(cfg: &DlrmConfig, pending: &'a VecDeque<Job>, segments: &[Segmen
     Batch::from_parts(cfg, size, dense, bags).map(Cow::Owned).map_err(ApiError::from_compute)
 }
 
-/// The batching rule, shared by the server and its in-process twin (`dlrs twin`): given the
-/// queued requests in arrival order as `(samples, samples already dispatched, same model
-/// version as the first)`, the next batch as `(request index, first row, end row)` segments
-/// (whole requests; a request larger than `max` is cut into `max`-sample chunks; a request
-/// of another version ends the batch), and whether the batch is full (nothing more could join).
-pub fn plan_batch(queued: impl IntoIterator<Item = (usize, usize, bool)>, max: usize) -> (Vec<Segment>, bool) {
+/// The batching rule: given the queued requests in arrival order as `(samples, samples
+/// already dispatched, same model version as the first)`, the next batch as `(request index,
+/// first row, end row)` segments (whole requests; a request larger than `max` is cut into
+/// `max`-sample chunks; a request of another version ends the batch), and whether the batch
+/// is full (nothing more could join).
+pub fn plan_batch(
+    queued: impl IntoIterator<Item = (usize, usize, bool)>,
+    max: usize,
+) -> (Vec<(usize, usize, usize)>, bool) {
     let mut segs = Vec::new();
     let mut size = 0;
     for (i, (len, dispatched, same_version)) in queued.into_iter().enumerate() {
@@ -344,6 +449,7 @@ pub fn plan_batch(queued: impl IntoIterator<Item = (usize, usize, bool)>, max: u
 mod tests {
     use super::*;
     use dlrs_model::{Model, Sample};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn version() -> Arc<Version> {
         let cfg = DlrmConfig::from_json_str(
@@ -358,52 +464,141 @@ mod tests {
         Sample { dense: vec![i as f32, 0.5], sparse: vec![(0..i % 3).map(|k| (i + k) % 5).collect(), vec![i % 3]], label: None }
     }
 
-    fn job(v: &Arc<Version>, from: u32, n: u32) -> Job {
+    fn batch(v: &Version, from: u32, n: u32) -> Batch {
         let cfg = &v.model.config;
         let mut b = Batch::empty(cfg);
         for i in from..from + n {
             b.push(cfg, &sample(i)).unwrap();
         }
-        Job::new(Arc::clone(v), b, Instant::now() + Duration::from_secs(60), oneshot::channel().0)
+        b
+    }
+
+    fn entry(v: &Arc<Version>, from: u32, n: u32) -> Arc<Entry> {
+        let out = Mutex::new(Out { reply: None, scores: Vec::new(), left: n as usize });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        Arc::new(Entry { model: Arc::clone(v), batch: Arc::new(batch(v, from, n)), deadline, enqueued: Instant::now(), out })
+    }
+
+    fn queue(max_batch: usize, max_delay: Duration, max_queue: usize) -> Arc<Queue> {
+        Arc::new(Queue::new(BatcherConfig { max_batch, max_delay, max_queue }, Arc::new(Metrics::new())))
+    }
+
+    /// Submits `b` and returns the receiver of its answer.
+    fn submit(q: &Queue, v: &Arc<Version>, b: Batch, deadline: Duration) -> Result<oneshot::Receiver<Reply>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job { model: Arc::clone(v), batch: Arc::new(b), deadline: Instant::now() + deadline, reply: ReplyTo::Channel(tx) };
+        q.submit(job).map(|()| rx)
     }
 
     #[test]
     fn assembled_segments_equal_the_samples_pushed_in_order() {
         let v = version();
-        let pending: VecDeque<Job> = [job(&v, 0, 3), job(&v, 3, 4), job(&v, 7, 2)].into();
-        // the tail of job 0, all of job 1, the head of job 2
-        let got = assemble(&v.model.config, &pending, &[(0, 1, 3), (1, 0, 4), (2, 0, 1)]).unwrap();
-        let mut want = Batch::empty(&v.model.config);
-        for i in 1..8 {
-            want.push(&v.model.config, &sample(i)).unwrap();
-        }
-        assert_eq!(*got, want);
-        assert!(matches!(assemble(&v.model.config, &pending, &[(1, 0, 4)]).unwrap(), Cow::Borrowed(_)));
+        let (e0, e1, e2) = (entry(&v, 0, 3), entry(&v, 3, 4), entry(&v, 7, 2));
+        // the tail of request 0, all of request 1, the head of request 2
+        let segs = [(e0, 1, 3), (Arc::clone(&e1), 0, 4), (e2, 0, 1)];
+        let got = assemble(&v.model.config, &segs).unwrap();
+        assert_eq!(*got, batch(&v, 1, 7));
+        assert!(matches!(assemble(&v.model.config, &[(e1, 0, 4)]).unwrap(), Cow::Borrowed(_)));
     }
 
     #[test]
-    fn plan_merges_whole_jobs_splits_big_ones_and_never_mixes_versions() {
-        let (v1, v2) = (version(), version());
-        let metrics = Arc::new(Metrics::new());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let queue = Arc::new(Queue::new(tx, 100, Arc::clone(&metrics)));
-        let cfg = BatcherConfig { max_batch: 4, max_delay: Duration::ZERO, hooks: Hooks::default() };
-        let mut b = Batcher {
-            rx,
-            queue,
-            exec: Executor::new(1).unwrap(),
-            cfg,
-            metrics,
-            ws: Workspace::default(),
-            pending: VecDeque::new(),
+    fn plan_merges_whole_requests_splits_big_ones_and_never_mixes_versions() {
+        let t = |v: &[(usize, usize, bool)]| plan_batch(v.iter().copied(), 4);
+        assert_eq!(t(&[(1, 0, true), (2, 0, true), (2, 0, true)]), (vec![(0, 0, 1), (1, 0, 2)], true), "the third does not fit whole");
+        assert_eq!(t(&[(6, 0, true), (1, 0, true)]), (vec![(0, 0, 4)], true), "a request larger than a batch is cut");
+        assert_eq!(t(&[(6, 4, true), (1, 0, true)]), (vec![(0, 4, 6), (1, 0, 1)], false), "its rest is batched with the next");
+        assert_eq!(t(&[(1, 0, true), (1, 0, false)]), (vec![(0, 0, 1)], true), "another version waits for the next batch");
+    }
+
+    /// Many concurrent requests of every size, some larger than a batch, on 1 to 3
+    /// instances: each gets exactly the scores of its own samples computed alone.
+    #[test]
+    fn concurrent_requests_get_their_own_scores_on_any_number_of_instances() {
+        let v = version();
+        for instances in 1..=3 {
+            let q = queue(5, Duration::from_micros(200), 10_000);
+            let handles = spawn(&q, instances, 1, &Hooks::default()).unwrap();
+            let results: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..4u32)
+                    .map(|t| {
+                        let (q, v) = (&q, &v);
+                        s.spawn(move || {
+                            let mut got = Vec::new();
+                            for k in 0..25u32 {
+                                let (from, n) = (t * 1000 + k * 13, 1 + (k * 7 + t) % 12);
+                                let b = batch(v, from, n);
+                                let want = v.model.forward(&b, &mut Workspace::default(), &Executor::new(1).unwrap()).unwrap().to_vec();
+                                let rx = submit(q, v, b, Duration::from_secs(30)).unwrap();
+                                got.push((rx.blocking_recv().unwrap().unwrap(), want));
+                            }
+                            got
+                        })
+                    })
+                    .collect();
+                workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+            });
+            for (got, want) in results {
+                assert_eq!(got, want, "{instances} instances");
+            }
+            q.close();
+            for h in handles {
+                h.join().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn expired_requests_are_never_computed_and_a_full_queue_refuses_at_once() {
+        let v = version();
+        let q = queue(4, Duration::ZERO, 6);
+        let computed = Arc::new(AtomicUsize::new(0));
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let hold_rx = Mutex::new(hold_rx);
+        let c = Arc::clone(&computed);
+        let hooks = Hooks {
+            before_forward: Some(Arc::new(move |b: &Batch| {
+                // the first batch waits until the test lets it go
+                if c.fetch_add(b.size(), Ordering::SeqCst) == 0 {
+                    let _ = hold_rx.lock().unwrap().recv();
+                }
+            })),
         };
-        b.pending = [job(&v1, 0, 1), job(&v1, 1, 2), job(&v1, 3, 2)].into();
-        assert_eq!(b.plan(), (vec![(0, 0, 1), (1, 0, 2)], true), "the third job does not fit whole");
-        b.pending = [job(&v1, 0, 6), job(&v1, 6, 1)].into();
-        assert_eq!(b.plan(), (vec![(0, 0, 4)], true), "a job larger than a batch is cut");
-        b.pending[0].dispatched = 4;
-        assert_eq!(b.plan(), (vec![(0, 4, 6), (1, 0, 1)], false), "its rest is batched with the next");
-        b.pending = [job(&v1, 0, 1), job(&v2, 1, 1)].into();
-        assert_eq!(b.plan(), (vec![(0, 0, 1)], true), "another version waits for the next batch");
+        let handles = spawn(&q, 1, 1, &hooks).unwrap();
+        let first = submit(&q, &v, batch(&v, 0, 2), Duration::from_secs(30)).unwrap();
+        while computed.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let short = submit(&q, &v, batch(&v, 2, 3), Duration::from_millis(1)).unwrap();
+        let full = submit(&q, &v, batch(&v, 5, 4), Duration::from_secs(30));
+        assert!(matches!(full, Err(ApiError::Overloaded(_))), "3 + 4 > 6 waiting samples");
+        assert!(matches!(submit(&q, &v, batch(&v, 0, 7), Duration::from_secs(1)), Err(ApiError::TooLarge(_))));
+        std::thread::sleep(Duration::from_millis(20));
+        hold_tx.send(()).unwrap();
+        assert_eq!(first.blocking_recv().unwrap().unwrap().len(), 2);
+        assert!(matches!(short.blocking_recv().unwrap(), Err(ApiError::DeadlineExceeded(_))));
+        let after = submit(&q, &v, batch(&v, 0, 4), Duration::from_secs(30)).unwrap();
+        assert_eq!(after.blocking_recv().unwrap().unwrap().len(), 4, "the expired samples left the queue");
+        assert_eq!(computed.load(Ordering::SeqCst), 6, "the expired request was not computed");
+        q.abort();
+        assert!(matches!(submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(1)), Err(ApiError::ShuttingDown(_))));
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_panicking_batch_answers_500_and_the_instance_keeps_serving() {
+        let v = version();
+        let q = queue(8, Duration::ZERO, 100);
+        let hooks = Hooks { before_forward: Some(Arc::new(|b: &Batch| assert!(b.size() != 3, "boom"))) };
+        let handles = spawn(&q, 1, 2, &hooks).unwrap();
+        let bad = submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).unwrap();
+        assert!(matches!(bad.blocking_recv().unwrap(), Err(ApiError::Internal(m)) if m.contains("boom")));
+        let good = submit(&q, &v, batch(&v, 0, 2), Duration::from_secs(30)).unwrap();
+        assert_eq!(good.blocking_recv().unwrap().unwrap().len(), 2);
+        q.close();
+        for h in handles {
+            h.join().unwrap();
+        }
     }
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use crate::batcher::{Job, Reply};
+use crate::batcher::{Job, Reply, ReplyTo};
 use crate::error::ApiError;
 use crate::kserve;
 use crate::state::{AppState, Version};
@@ -272,7 +272,7 @@ async fn run_inference(
             return Err(ApiError::DeadlineExceeded("deadline passed before the request was queued".into()));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        st.queue.submit(Job::new(Arc::clone(&v), batch, deadline, tx))?;
+        st.queue.submit(Job { model: Arc::clone(&v), batch: Arc::new(batch), deadline, reply: ReplyTo::Channel(tx) })?;
         wait(rx, deadline).await?
     };
     Ok(match answer {

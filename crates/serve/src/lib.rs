@@ -39,15 +39,18 @@
 //! # Batching
 //!
 //! An inference request is parsed and validated in full (every error names the tensor or
-//! field), then enters a queue bounded in *samples* (`--max-queue`). One batcher thread owns
-//! an [`Executor`](dlrs_model::Executor) with `--threads` threads and a
-//! [`Workspace`](dlrs_model::Workspace). It takes the oldest request, then keeps taking
-//! requests until the batch holds `--max-batch` samples, the next request does not fit, or
-//! `--max-queue-delay-us` has passed since the oldest request was queued (a request that
-//! already waited that long while the previous batch computed is batched with whatever is
-//! queued, without waiting further). Requests are merged whole and in arrival order; a
-//! request larger than `--max-batch` is split into chunks of `--max-batch` samples, computed
-//! in consecutive batches and answered once all are done. A request larger than the whole
+//! field), then enters a queue bounded in *samples* (`--max-queue`). `--instances` compute
+//! threads (default: one per `--threads`) each own an [`Executor`](dlrs_model::Executor) of
+//! `--threads / --instances` threads and a [`Workspace`](dlrs_model::Workspace), and take
+//! batches from the queue independently (like Triton's instance groups: a batch split across
+//! threads waits for its slowest part, so one instance per thread keeps a compute thread
+//! preempted by HTTP work from idling the other). An instance takes the oldest request, then
+//! keeps taking requests until the batch holds `--max-batch` samples, the next request does
+//! not fit, or `--max-queue-delay-us` has passed since the oldest request was queued (a
+//! request that already waited that long while the instances were busy is batched with
+//! whatever is queued, without waiting further). Requests are merged whole and in arrival
+//! order; a request larger than `--max-batch` is split into chunks of `--max-batch` samples
+//! (which may run on different instances) and answered once all are done. A request larger than the whole
 //! queue (`--max-queue`) can never be admitted and gets 413. Requests parsed against
 //! different model versions (around a reload) are never merged: each batch runs on the
 //! version its requests were validated against.
@@ -118,7 +121,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use dlrs_model::{Batch, TableMode};
 
-pub use batcher::plan_batch;
+pub use batcher::{BatcherConfig, Job, Queue, Reply, ReplyTo, spawn as spawn_instances};
+pub use metrics::Metrics;
+pub use state::Version;
 pub use error::ApiError;
 
 /// Options of `dlrs serve`.
@@ -142,9 +147,13 @@ pub struct ServeArgs {
     /// most samples waiting in the queue; beyond it requests get 503 at once
     #[arg(long, default_value_t = 4096)]
     pub max_queue: usize,
-    /// threads of the forward pass
+    /// threads of the forward pass, over all instances
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// compute instances: batches computed at once, each on --threads / --instances threads
+    /// (default: one per thread)
+    #[arg(long)]
+    pub instances: Option<usize>,
     /// mmap: map the model file; ram: copy tables into huge pages
     #[arg(long, default_value = "ram", value_parser = parse_table_mode)]
     pub tables: TableMode,
@@ -186,6 +195,11 @@ impl ServeArgs {
         <Cli as clap::Parser>::try_parse_from(argv).expect("defaults parse").args
     }
 
+    /// `(instances, threads per instance)` from `--instances` and `--threads`.
+    pub fn compute_layout(&self) -> anyhow::Result<(usize, usize)> {
+        compute_layout(self.threads, self.instances)
+    }
+
     /// The model name used in URLs.
     pub fn model_name(&self) -> String {
         // the path's own last component (a symlink's name, not its target's), else the
@@ -196,6 +210,18 @@ impl ServeArgs {
             dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned())
         })
     }
+}
+
+/// `(instances, threads per instance)`: `threads` split evenly over `instances` (default: one
+/// instance per thread).
+pub fn compute_layout(threads: usize, instances: Option<usize>) -> anyhow::Result<(usize, usize)> {
+    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+    let instances = instances.unwrap_or(threads);
+    anyhow::ensure!(
+        instances >= 1 && threads % instances == 0,
+        "--instances {instances} must divide --threads {threads} (each instance gets the same number of threads)"
+    );
+    Ok((instances, threads / instances))
 }
 
 /// Fault-injection points for tests. Not part of the command line.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dlrs_model::forward::{CONFIG_FILE, WEIGHTS_FILE};
-use dlrs_model::{Executor, Model, TableMode};
+use dlrs_model::{Model, TableMode};
 use tokio::task::JoinHandle;
 
 use crate::ServeArgs;
@@ -57,7 +57,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
     inflight: AtomicUsize,
-    batcher: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    batchers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// Counts an inference request in flight while it lives.
@@ -85,21 +85,14 @@ impl AppState {
         };
         let metrics = Arc::new(Metrics::new());
         metrics.model_version.set(1.0);
-        let exec = Executor::new(args.threads).context("starting the compute threads")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let queue = Arc::new(Queue::new(tx, args.max_queue, Arc::clone(&metrics)));
         let cfg = BatcherConfig {
             max_batch: args.max_batch,
             max_delay: Duration::from_micros(args.max_queue_delay_us),
-            hooks: args.hooks.clone(),
+            max_queue: args.max_queue,
         };
-        let batcher = {
-            let (queue, metrics) = (Arc::clone(&queue), Arc::clone(&metrics));
-            std::thread::Builder::new()
-                .name("dlrs-batcher".into())
-                .spawn(move || batcher::run(rx, queue, exec, cfg, metrics))
-                .context("starting the batcher thread")?
-        };
+        let queue = Arc::new(Queue::new(cfg, Arc::clone(&metrics)));
+        let (instances, threads) = args.compute_layout()?;
+        let batchers = batcher::spawn(&queue, instances, threads, &args.hooks).context("starting the compute threads")?;
         Ok(Arc::new(AppState {
             name: args.model_name(),
             dir,
@@ -110,7 +103,7 @@ impl AppState {
             metrics,
             draining: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
-            batcher: std::sync::Mutex::new(Some(batcher)),
+            batchers: std::sync::Mutex::new(batchers),
             args,
         }))
     }
@@ -236,14 +229,12 @@ impl AppState {
         }
     }
 
-    /// Shutdown, second half: closes the queue and waits for the batcher to finish.
+    /// Shutdown, second half: closes the queue and waits for the compute instances to finish.
     pub async fn stop(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.queue.close();
-        let handle = self.batcher.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
+        let handles = std::mem::take(&mut *self.batchers.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || handles.into_iter().for_each(|h| drop(h.join()))).await;
     }
 }
 

@@ -17,6 +17,8 @@ fn full_queue_is_503_with_retry_after_at_once() {
     args.max_queue = 2;
     args.max_queue_delay_us = 0;
     args.hooks = gate.hook();
+    // one compute instance: the batch held at the gate holds every batch behind it
+    args.instances = Some(1);
     let srv = Server::start(args);
     let mut rng = Lcg(1);
     let (a, b, c) = (samples(&mut rng, 1), samples(&mut rng, 2), samples(&mut rng, 1));
@@ -56,6 +58,8 @@ fn expired_deadline_is_504_and_never_computed() {
     let mut args = md.args();
     args.max_queue_delay_us = 0;
     args.hooks = gate.hook();
+    // one compute instance: the batch held at the gate holds every batch behind it
+    args.instances = Some(1);
     let srv = Server::start(args);
     let path = format!("/v2/models/{NAME}/infer");
     let mut rng = Lcg(2);
