@@ -140,9 +140,14 @@ pub struct SynthArgs {
     pub model: Option<PathBuf>,
     #[arg(long)]
     pub use_weights: bool,
-    /// seed of the teacher's weights and of the samples
+    /// seed of the teacher's weights (with --use-weights: unused), and of the samples
+    /// unless --seed is given
     #[arg(long, default_value_t = 0)]
     pub teacher: u64,
+    /// seed of the samples only (default: --teacher): `--teacher 7 --seed 1` and
+    /// `--teacher 7 --seed 2` are a train set and a held-out set from one teacher
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// number of samples
     #[arg(long)]
     pub rows: u64,
@@ -672,6 +677,7 @@ pub fn run_synth(args: &SynthArgs, log: &mut dyn Write) -> Result<()> {
         (None, 1)
     };
     let ids = args.ids_per_table.unwrap_or(default_ids);
+    let seed = args.seed.unwrap_or(args.teacher);
     let teacher = match random {
         Some(cfg) => {
             let m = exec.install(|| Model::random(cfg, args.teacher))?;
@@ -701,7 +707,7 @@ pub fn run_synth(args: &SynthArgs, log: &mut dyn Write) -> Result<()> {
     let clicks = if to_stdout {
         let stdout = std::io::stdout();
         let mut w = BufWriter::new(stdout.lock());
-        let c = synth::write_samples(&teacher, args.rows, ids, dist, args.teacher, &exec, &mut w)?;
+        let c = synth::write_samples(&teacher, args.rows, ids, dist, seed, &exec, &mut w)?;
         w.flush()?;
         c
     } else {
@@ -709,7 +715,7 @@ pub fn run_synth(args: &SynthArgs, log: &mut dyn Write) -> Result<()> {
         dlrs_model::weights::atomic_write(&args.out, |tmp| {
             let f = BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
             let write = |w: &mut dyn Write| {
-                synth::write_samples(&teacher, args.rows, ids, dist, args.teacher, &exec, w)
+                synth::write_samples(&teacher, args.rows, ids, dist, seed, &exec, w)
                     .map_err(std::io::Error::other)
             };
             if args.out.extension().is_some_and(|e| e == "gz") {

@@ -23,6 +23,7 @@ fn synth_args(model: &Path, teacher: u64, rows: u64, out: &Path, dist: &str) -> 
         model: Some(model.to_path_buf()),
         use_weights: false,
         teacher,
+        seed: None,
         rows,
         out: out.to_path_buf(),
         dist: dist.into(),
@@ -394,4 +395,54 @@ fn criteo_tsv_trains_with_skip_bad() {
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8(log).unwrap().trim()).unwrap();
     assert_eq!(v["skipped"], 1);
+}
+
+fn dir_files_equal(a: &Path, b: &Path) -> bool {
+    ["config.json", "model.safetensors"]
+        .iter()
+        .all(|f| file_bytes(&a.join(f)) == file_bytes(&b.join(f)))
+}
+
+/// `--seed` draws other samples from the same teacher: a train set and a held-out set.
+#[test]
+fn synth_seed_draws_other_samples_from_the_same_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = write_model(&dir.path().join("arch"), TINY, 5);
+    let run = |teacher: u64, seed: Option<u64>, name: &str, save: bool| {
+        let out = dir.path().join(format!("{name}.jsonl"));
+        let mut a = synth_args(&arch, teacher, 3000, &out, "zipf:1.05");
+        a.seed = seed;
+        if save {
+            a.save_teacher = Some(dir.path().join(format!("{name}-teacher")));
+        }
+        run_synth(&a, &mut Vec::new()).unwrap();
+        out
+    };
+    let train = run(7, Some(1), "train", true);
+    let held_out = run(7, Some(2), "eval", true);
+    let again = run(7, Some(1), "again", false);
+    run(8, Some(2), "other", true);
+    let t = |name: &str| dir.path().join(format!("{name}-teacher"));
+    // one teacher, whatever the sample seed; another --teacher is another teacher
+    assert!(dir_files_equal(&t("train"), &t("eval")));
+    assert!(!dir_files_equal(&t("train"), &t("other")));
+    // other samples; the same seed reproduces the same bytes
+    assert!(file_bytes(&train) != file_bytes(&held_out));
+    assert!(file_bytes(&train) == file_bytes(&again));
+    // the held-out labels come from teacher 7: it ranks them well, teacher 8 does not
+    let by_7 = run_eval(&eval_args(&t("train"), &held_out), &mut Vec::new()).unwrap();
+    let by_8 = run_eval(&eval_args(&t("other"), &held_out), &mut Vec::new()).unwrap();
+    assert!(
+        by_7.auc.unwrap() > 0.65,
+        "teacher 7 on its samples: {:?}",
+        by_7.auc
+    );
+    assert!(
+        (by_8.auc.unwrap() - 0.5).abs() < 0.05,
+        "teacher 8 on teacher 7's samples: {:?}",
+        by_8.auc
+    );
+    // without --seed the samples are seeded by --teacher, as before --seed existed
+    let default = file_bytes(&run(7, None, "default", false));
+    assert!(default == file_bytes(&run(7, Some(7), "seven", false)));
 }
