@@ -42,7 +42,10 @@ pub struct TrainState {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub batch: usize,
-    pub lr: f32,
+    /// learning rate of the tables
+    pub sparse_lr: f32,
+    /// learning rate of the MLPs
+    pub dense_lr: f32,
     pub optimizer: String,
     pub dense_optimizer: String,
     pub seed: u64,
@@ -55,14 +58,15 @@ impl TrainState {
         let s = &self.settings;
         json!({
             "format": "dlrs-train-state",
-            "version": 1,
+            "version": 2,
             "epoch": self.epoch,
             "samples_in_epoch": self.samples_in_epoch,
             "step": self.step,
             "samples_total": self.samples_total,
             "settings": {
                 "batch": s.batch,
-                "lr": s.lr.to_string(),
+                "sparse_lr": s.sparse_lr.to_string(),
+                "dense_lr": s.dense_lr.to_string(),
                 "optimizer": s.optimizer,
                 "dense_optimizer": s.dense_optimizer,
                 "seed": s.seed,
@@ -87,6 +91,18 @@ impl TrainState {
                 .map(str::to_string)
                 .with_context(|| format!("field `settings.{k}` missing"))
         };
+        let rate = |k: &str| -> Result<f32> {
+            s(k)?
+                .parse()
+                .with_context(|| format!("field `settings.{k}`"))
+        };
+        // version 1 had one `lr` for tables and MLPs
+        let (sparse_lr, dense_lr) = if st.get("sparse_lr").is_some() {
+            (rate("sparse_lr")?, rate("dense_lr")?)
+        } else {
+            let lr = rate("lr")?;
+            (lr, lr)
+        };
         Ok(TrainState {
             epoch: u(v, "epoch")?,
             samples_in_epoch: u(v, "samples_in_epoch")?,
@@ -94,7 +110,8 @@ impl TrainState {
             samples_total: u(v, "samples_total")?,
             settings: Settings {
                 batch: u(st, "batch")? as usize,
-                lr: s("lr")?.parse().context("field `settings.lr`")?,
+                sparse_lr,
+                dense_lr,
                 optimizer: s("optimizer")?,
                 dense_optimizer: s("dense_optimizer")?,
                 seed: u(st, "seed")?,
@@ -117,7 +134,21 @@ impl Settings {
             }
         };
         cmp("batch", self.batch.to_string(), ckpt.batch.to_string());
-        cmp("lr", self.lr.to_string(), ckpt.lr.to_string());
+        if self.sparse_lr == self.dense_lr && ckpt.sparse_lr == ckpt.dense_lr {
+            // one rate on both sides: name the flag that sets both
+            cmp("lr", self.sparse_lr.to_string(), ckpt.sparse_lr.to_string());
+        } else {
+            cmp(
+                "sparse-lr",
+                self.sparse_lr.to_string(),
+                ckpt.sparse_lr.to_string(),
+            );
+            cmp(
+                "dense-lr",
+                self.dense_lr.to_string(),
+                ckpt.dense_lr.to_string(),
+            );
+        }
         cmp("optimizer", self.optimizer.clone(), ckpt.optimizer.clone());
         cmp(
             "dense-optimizer",

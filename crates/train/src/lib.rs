@@ -64,8 +64,15 @@ pub struct TrainArgs {
     pub epochs: u64,
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    /// learning rate of the tables and the MLPs (--sparse-lr, --dense-lr override it)
     #[arg(long, default_value_t = 0.01)]
     pub lr: f32,
+    /// learning rate of the embedding tables (default: --lr)
+    #[arg(long)]
+    pub sparse_lr: Option<f32>,
+    /// learning rate of the MLPs (default: --lr)
+    #[arg(long)]
+    pub dense_lr: Option<f32>,
     /// optimizer of the embedding tables
     #[arg(long, value_enum, default_value_t = SparseOptimizer::Sgd)]
     pub optimizer: SparseOptimizer,
@@ -140,9 +147,14 @@ pub struct SynthArgs {
     pub model: Option<PathBuf>,
     #[arg(long)]
     pub use_weights: bool,
-    /// seed of the teacher's weights and of the samples
+    /// seed of the teacher's weights (with --use-weights: unused), and of the samples
+    /// unless --seed is given
     #[arg(long, default_value_t = 0)]
     pub teacher: u64,
+    /// seed of the samples only (default: --teacher): `--teacher 7 --seed 1` and
+    /// `--teacher 7 --seed 2` are a train set and a held-out set from one teacher
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// number of samples
     #[arg(long)]
     pub rows: u64,
@@ -311,12 +323,22 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
     if args.batch == 0 {
         bail!("--batch must be positive");
     }
-    if !(args.lr.is_finite() && args.lr > 0.0) {
-        bail!("--lr must be a positive number");
-    }
+    let rate = |flag: &str, v: f32| {
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(anyhow::anyhow!(
+                "--{flag} must be a positive number, got {v}"
+            ))
+        }
+    };
+    rate("lr", args.lr)?;
+    let sparse_lr = rate("sparse-lr", args.sparse_lr.unwrap_or(args.lr))?;
+    let dense_lr = rate("dense-lr", args.dense_lr.unwrap_or(args.lr))?;
     let settings = Settings {
         batch: args.batch,
-        lr: args.lr,
+        sparse_lr,
+        dense_lr,
         optimizer: args.optimizer.name().into(),
         dense_optimizer: args.dense_optimizer.name().into(),
         seed: args.seed,
@@ -336,7 +358,8 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
             &dir.join(checkpoint::OPTIMIZER_FILE),
             args.optimizer,
             args.dense_optimizer,
-            args.lr,
+            sparse_lr,
+            dense_lr,
         )?;
         if opt.step != st.step {
             bail!(
@@ -376,7 +399,13 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
             Model::random(cfg, args.seed)?
         };
         check_trainable(&model)?;
-        let opt = Optimizer::new(&model, args.optimizer, args.dense_optimizer, args.lr);
+        let opt = Optimizer::with_rates(
+            &model,
+            args.optimizer,
+            args.dense_optimizer,
+            sparse_lr,
+            dense_lr,
+        );
         let st = TrainState {
             epoch: 0,
             samples_in_epoch: 0,
@@ -421,11 +450,18 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
         } else {
             None
         };
+        let warning = divergence_warning(train_loss, Some(&m), None, &trainer.opt);
+        if let Some(w) = &warning {
+            eprintln!("warning: epoch {} step {}: {w}", state.epoch, state.step);
+        }
         if args.json {
             let mut v = json!({"event": "eval", "epoch": state.epoch, "step": state.step, "train_loss": train_loss,
                                "train_samples_per_s": train_rate});
             merge(&mut v, m.to_json());
             v["eval_skipped"] = json!(skipped);
+            if let Some(w) = warning {
+                v["warnings"] = json!([w]);
+            }
             writeln!(log, "{v}")?;
         } else {
             let tl = train_loss.map_or_else(|| "n/a".into(), |l| format!("{l:.5}"));
@@ -538,6 +574,19 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
     if let Some(p) = &args.eval {
         report.eval = Some(evaluate(&trainer.model, p, args.format, args.skip_bad, 1024, &exec)?.0);
     }
+    // judged on the training since the last eval, the final eval, or without --eval the
+    // predictions of the last training batch
+    let last_batch = (report.eval.is_none() && report.samples > 0)
+        .then(|| metrics::saturated_fraction(trainer.ws.scores()));
+    let warning = divergence_warning(
+        (window_n > 0).then(|| window_loss / window_n as f64),
+        report.eval.as_ref(),
+        last_batch,
+        &trainer.opt,
+    );
+    if let Some(w) = &warning {
+        eprintln!("warning: at the end (step {}): {w}", state.step);
+    }
     report.steps = state.step;
     report.epochs = state.epoch;
     report.train_loss = if report.samples > 0 {
@@ -564,6 +613,9 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
     if let Some(m) = &report.eval {
         v["eval"] = m.to_json();
     }
+    if let Some(w) = warning {
+        v["warnings"] = json!([w]);
+    }
     if args.json {
         writeln!(log, "{v}")?;
     } else {
@@ -588,6 +640,61 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
     }
     log.flush()?;
     Ok(report)
+}
+
+/// Above this fraction of saturated predictions (see [`metrics::saturated_fraction`]) a run
+/// is taken to have diverged.
+pub const SATURATED_LIMIT: f64 = 0.99;
+
+/// The warning for a run that looks diverged, or `None`: the training loss (since the last
+/// eval) or the eval log loss is not finite, or more than [`SATURATED_LIMIT`] of the eval's
+/// predictions (without an eval: of the last training batch's, `train_saturated`) are
+/// saturated. It names the optimizers and their learning rates and suggests rates ten times
+/// lower.
+pub fn divergence_warning(
+    train_loss: Option<f64>,
+    eval: Option<&EvalMetrics>,
+    train_saturated: Option<f64>,
+    opt: &Optimizer,
+) -> Option<String> {
+    let mut signs = Vec::new();
+    if let Some(l) = train_loss.filter(|l| !l.is_finite()) {
+        signs.push(format!("the training loss is {l}"));
+    }
+    if let Some(m) = eval.filter(|m| !m.log_loss.is_finite()) {
+        signs.push(format!("the eval log loss is {}", m.log_loss));
+    }
+    let saturated = match eval {
+        Some(m) => Some((m.saturated, "eval predictions")),
+        None => train_saturated.map(|f| (f, "predictions of the last training batch")),
+    };
+    if let Some((f, of)) = saturated.filter(|(f, _)| *f > SATURATED_LIMIT) {
+        signs.push(format!(
+            "{:.1}% of the {of} are saturated (below {:e} or above 1 - {:e}, or NaN)",
+            100.0 * f,
+            metrics::SATURATION_EPS,
+            metrics::SATURATION_EPS
+        ));
+    }
+    if signs.is_empty() {
+        return None;
+    }
+    let tenth = |lr: f32| -> String {
+        // three significant digits, shown without an exponent where short
+        let v: f64 = format!("{:.2e}", lr as f64 / 10.0).parse().unwrap_or(0.0);
+        v.to_string()
+    };
+    Some(format!(
+        "training looks diverged: {}; tables: {} at lr {}, MLPs: {} at lr {}; \
+         try lower learning rates, e.g. --sparse-lr {} --dense-lr {}",
+        signs.join("; "),
+        opt.sparse.name(),
+        opt.sparse_lr,
+        opt.dense.name(),
+        opt.dense_lr,
+        tenth(opt.sparse_lr),
+        tenth(opt.dense_lr)
+    ))
 }
 
 fn merge(into: &mut Value, from: Value) {
@@ -672,6 +779,7 @@ pub fn run_synth(args: &SynthArgs, log: &mut dyn Write) -> Result<()> {
         (None, 1)
     };
     let ids = args.ids_per_table.unwrap_or(default_ids);
+    let seed = args.seed.unwrap_or(args.teacher);
     let teacher = match random {
         Some(cfg) => {
             let m = exec.install(|| Model::random(cfg, args.teacher))?;
@@ -701,7 +809,7 @@ pub fn run_synth(args: &SynthArgs, log: &mut dyn Write) -> Result<()> {
     let clicks = if to_stdout {
         let stdout = std::io::stdout();
         let mut w = BufWriter::new(stdout.lock());
-        let c = synth::write_samples(&teacher, args.rows, ids, dist, args.teacher, &exec, &mut w)?;
+        let c = synth::write_samples(&teacher, args.rows, ids, dist, seed, &exec, &mut w)?;
         w.flush()?;
         c
     } else {
@@ -709,7 +817,7 @@ pub fn run_synth(args: &SynthArgs, log: &mut dyn Write) -> Result<()> {
         dlrs_model::weights::atomic_write(&args.out, |tmp| {
             let f = BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
             let write = |w: &mut dyn Write| {
-                synth::write_samples(&teacher, args.rows, ids, dist, args.teacher, &exec, w)
+                synth::write_samples(&teacher, args.rows, ids, dist, seed, &exec, w)
                     .map_err(std::io::Error::other)
             };
             if args.out.extension().is_some_and(|e| e == "gz") {
@@ -739,4 +847,77 @@ pub fn run_synth(args: &SynthArgs, log: &mut dyn Write) -> Result<()> {
         writeln!(log, "{msg}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{DenseOptimizer, SparseOptimizer};
+
+    fn opt() -> Optimizer {
+        let cfg = DlrmConfig::from_json_str(
+            r#"{"arch_mlp_bot":"4-8","arch_mlp_top":"16-1","arch_embedding_size":"10-10",
+                "arch_sparse_feature_size":8,"arch_interaction_op":"dot"}"#,
+        )
+        .unwrap();
+        let m = Model::random(cfg, 0).unwrap();
+        Optimizer::with_rates(
+            &m,
+            SparseOptimizer::Adagrad,
+            DenseOptimizer::Adam,
+            0.05,
+            0.003,
+        )
+    }
+
+    #[test]
+    fn divergence_warning_conditions() {
+        let o = opt();
+        let scores = |sat: usize| -> Vec<f32> {
+            (0..1000)
+                .map(|i| match i {
+                    i if i < sat / 2 => 0.0,
+                    i if i < sat => 1.0,
+                    _ => 0.3,
+                })
+                .collect()
+        };
+        let labels: Vec<f32> = (0..1000).map(|i| (i % 3 == 0) as u8 as f32).collect();
+        let m = |sat| EvalMetrics::compute(&scores(sat), &labels, 1.0);
+        // healthy, and at the limit (99.0% is not above 99%)
+        assert_eq!(divergence_warning(Some(0.5), Some(&m(0)), None, &o), None);
+        assert_eq!(divergence_warning(Some(0.5), Some(&m(990)), None, &o), None);
+        let w = divergence_warning(Some(0.5), Some(&m(995)), None, &o).unwrap();
+        assert!(
+            w.contains("99.5% of the eval predictions are saturated"),
+            "{w}"
+        );
+        assert!(
+            w.contains("tables: adagrad at lr 0.05, MLPs: adam at lr 0.003")
+                && w.contains("--sparse-lr 0.005 --dense-lr 0.0003"),
+            "{w}"
+        );
+        // NaN predictions count as saturated
+        let mut nan = scores(0);
+        nan.iter_mut().take(995).for_each(|p| *p = f32::NAN);
+        let mn = EvalMetrics::compute(&nan, &labels, 1.0);
+        assert!(divergence_warning(None, Some(&mn), None, &o).is_some());
+        // a loss that is not finite
+        let w = divergence_warning(Some(f64::NAN), Some(&m(0)), None, &o).unwrap();
+        assert!(w.contains("the training loss is NaN"), "{w}");
+        let mut inf = m(0);
+        inf.log_loss = f64::INFINITY;
+        assert!(
+            divergence_warning(None, Some(&inf), None, &o)
+                .unwrap()
+                .contains("eval log loss is inf")
+        );
+        // without an eval: the last training batch's predictions
+        let w = divergence_warning(Some(0.7), None, Some(1.0), &o).unwrap();
+        assert!(
+            w.contains("100.0% of the predictions of the last training batch"),
+            "{w}"
+        );
+        assert_eq!(divergence_warning(Some(0.7), None, Some(0.5), &o), None);
+    }
 }

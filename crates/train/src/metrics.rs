@@ -7,10 +7,25 @@
 //!   base click rate `c` (the mean label), `-(c ln c + (1 - c) ln(1 - c))`; below 1 means
 //!   better than always predicting `c`. Undefined when every label is equal.
 //! - calibration: mean prediction / mean label (1 is calibrated). Undefined with no clicks.
+//! - saturated: the fraction of predictions within [`SATURATION_EPS`] of 0 or 1, or not a
+//!   number (a diverged model's; its log loss stays finite because of the clamp).
 
 use serde_json::{Value, json};
 
 use crate::net::bce;
+
+/// A prediction below this, or above `1 - SATURATION_EPS`, counts as saturated.
+pub const SATURATION_EPS: f32 = 1e-6;
+
+/// The fraction of `scores` that are saturated (below [`SATURATION_EPS`], above
+/// `1 - SATURATION_EPS`) or NaN; 0 for no scores.
+pub fn saturated_fraction(scores: &[f32]) -> f64 {
+    let n = scores
+        .iter()
+        .filter(|&&p| !(SATURATION_EPS..=1.0 - SATURATION_EPS).contains(&p))
+        .count();
+    n as f64 / scores.len().max(1) as f64
+}
 
 /// The metrics of one evaluation.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +38,8 @@ pub struct EvalMetrics {
     /// mean label (click-through rate)
     pub ctr: f64,
     pub mean_prediction: f64,
+    /// fraction of saturated (or NaN) predictions, see [`saturated_fraction`]
+    pub saturated: f64,
     pub samples_per_s: f64,
 }
 
@@ -58,6 +75,7 @@ impl EvalMetrics {
             calibration: (n > 0 && ctr > 0.0).then(|| mean_prediction / ctr),
             ctr,
             mean_prediction,
+            saturated: saturated_fraction(scores),
             samples_per_s: if seconds > 0.0 {
                 n as f64 / seconds
             } else {
@@ -75,6 +93,7 @@ impl EvalMetrics {
             "calibration": self.calibration,
             "ctr": self.ctr,
             "mean_prediction": self.mean_prediction,
+            "saturated": self.saturated,
             "samples_per_s": self.samples_per_s,
         })
     }

@@ -93,7 +93,10 @@ impl DenseOptimizer {
 pub struct Optimizer {
     pub sparse: SparseOptimizer,
     pub dense: DenseOptimizer,
-    pub lr: f32,
+    /// learning rate of the tables
+    pub sparse_lr: f32,
+    /// learning rate of the MLPs
+    pub dense_lr: f32,
     /// steps taken (Adam's bias correction uses it)
     pub step: u64,
     /// per dense parameter in state-dict order (bot_l weight, bias, .., top_l ..): its slots
@@ -148,8 +151,19 @@ pub fn table_f32_mut(t: &mut EmbeddingTable) -> &mut [f32] {
 }
 
 impl Optimizer {
-    /// Fresh (zero) state for `model`.
+    /// Fresh (zero) state for `model`, one learning rate for tables and MLPs.
     pub fn new(model: &Model, sparse: SparseOptimizer, dense: DenseOptimizer, lr: f32) -> Self {
+        Self::with_rates(model, sparse, dense, lr, lr)
+    }
+
+    /// Fresh (zero) state for `model`: tables at `sparse_lr`, MLPs at `dense_lr`.
+    pub fn with_rates(
+        model: &Model,
+        sparse: SparseOptimizer,
+        dense: DenseOptimizer,
+        sparse_lr: f32,
+        dense_lr: f32,
+    ) -> Self {
         let w = &model.weights;
         let dense_state = w
             .bot
@@ -170,7 +184,8 @@ impl Optimizer {
         Optimizer {
             sparse,
             dense,
-            lr,
+            sparse_lr,
+            dense_lr,
             step: 0,
             dense_state,
             sparse_state,
@@ -186,7 +201,7 @@ impl Optimizer {
     /// Applies one step of gradients to `model`.
     pub fn step(&mut self, model: &mut Model, grads: &Grads) {
         self.step += 1;
-        let lr = self.lr;
+        let (lr, sparse_lr) = (self.dense_lr, self.sparse_lr);
         let dense = self.dense;
         let t = self.step;
         let params = dense_params(model);
@@ -208,7 +223,7 @@ impl Optimizer {
             .zip(&grads.emb)
             .zip(self.sparse_state.par_iter_mut())
             .for_each(|((table, g), st)| {
-                sparse_update(sparse, lr, d, table_f32_mut(table), g, st);
+                sparse_update(sparse, sparse_lr, d, table_f32_mut(table), g, st);
             });
     }
 
@@ -248,7 +263,8 @@ impl Optimizer {
             "optimizer": self.sparse.name(),
             "dense_optimizer": self.dense.name(),
             "step": self.step,
-            "lr": self.lr.to_string(),
+            "sparse_lr": self.sparse_lr.to_string(),
+            "dense_lr": self.dense_lr.to_string(),
         });
         let meta = HashMap::from([(META_KEY.to_string(), info.to_string())]);
         (v, meta)
@@ -277,13 +293,15 @@ impl Optimizer {
     }
 
     /// Reads a state written by [`save`](Self::save) for `model`; the optimizers named in it
-    /// must be `sparse` and `dense`.
+    /// must be `sparse` and `dense`. The learning rates are the caller's (the training state
+    /// holds the ones a resume must match).
     pub fn load(
         model: &Model,
         path: &Path,
         sparse: SparseOptimizer,
         dense: DenseOptimizer,
-        lr: f32,
+        sparse_lr: f32,
+        dense_lr: f32,
     ) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let st = SafeTensors::deserialize(&bytes)
@@ -326,7 +344,7 @@ impl Optimizer {
         let step: u64 = get("step")?
             .parse()
             .with_context(|| format!("{}: bad step", path.display()))?;
-        let mut opt = Optimizer::new(model, sparse, dense, lr);
+        let mut opt = Optimizer::with_rates(model, sparse, dense, sparse_lr, dense_lr);
         opt.step = step;
         let (expected, _) = opt.tensors(model);
         let expected: Vec<(String, Vec<usize>)> =

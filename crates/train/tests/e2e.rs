@@ -23,6 +23,7 @@ fn synth_args(model: &Path, teacher: u64, rows: u64, out: &Path, dist: &str) -> 
         model: Some(model.to_path_buf()),
         use_weights: false,
         teacher,
+        seed: None,
         rows,
         out: out.to_path_buf(),
         dist: dist.into(),
@@ -47,6 +48,8 @@ fn train_args(model: &Path, train: &Path, out: &Path) -> TrainArgs {
         epochs: 1,
         batch: 64,
         lr: 0.1,
+        sparse_lr: None,
+        dense_lr: None,
         optimizer: SparseOptimizer::Sgd,
         dense_optimizer: DenseOptimizer::Sgd,
         threads: 1,
@@ -394,4 +397,230 @@ fn criteo_tsv_trains_with_skip_bad() {
     let v: serde_json::Value =
         serde_json::from_str(String::from_utf8(log).unwrap().trim()).unwrap();
     assert_eq!(v["skipped"], 1);
+}
+
+fn dir_files_equal(a: &Path, b: &Path) -> bool {
+    ["config.json", "model.safetensors"]
+        .iter()
+        .all(|f| file_bytes(&a.join(f)) == file_bytes(&b.join(f)))
+}
+
+/// `--seed` draws other samples from the same teacher: a train set and a held-out set.
+#[test]
+fn synth_seed_draws_other_samples_from_the_same_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = write_model(&dir.path().join("arch"), TINY, 5);
+    let run = |teacher: u64, seed: Option<u64>, name: &str, save: bool| {
+        let out = dir.path().join(format!("{name}.jsonl"));
+        let mut a = synth_args(&arch, teacher, 3000, &out, "zipf:1.05");
+        a.seed = seed;
+        if save {
+            a.save_teacher = Some(dir.path().join(format!("{name}-teacher")));
+        }
+        run_synth(&a, &mut Vec::new()).unwrap();
+        out
+    };
+    let train = run(7, Some(1), "train", true);
+    let held_out = run(7, Some(2), "eval", true);
+    let again = run(7, Some(1), "again", false);
+    run(8, Some(2), "other", true);
+    let t = |name: &str| dir.path().join(format!("{name}-teacher"));
+    // one teacher, whatever the sample seed; another --teacher is another teacher
+    assert!(dir_files_equal(&t("train"), &t("eval")));
+    assert!(!dir_files_equal(&t("train"), &t("other")));
+    // other samples; the same seed reproduces the same bytes
+    assert!(file_bytes(&train) != file_bytes(&held_out));
+    assert!(file_bytes(&train) == file_bytes(&again));
+    // the held-out labels come from teacher 7: it ranks them well, teacher 8 does not
+    let by_7 = run_eval(&eval_args(&t("train"), &held_out), &mut Vec::new()).unwrap();
+    let by_8 = run_eval(&eval_args(&t("other"), &held_out), &mut Vec::new()).unwrap();
+    assert!(
+        by_7.auc.unwrap() > 0.65,
+        "teacher 7 on its samples: {:?}",
+        by_7.auc
+    );
+    assert!(
+        (by_8.auc.unwrap() - 0.5).abs() < 0.05,
+        "teacher 8 on teacher 7's samples: {:?}",
+        by_8.auc
+    );
+    // without --seed the samples are seeded by --teacher, as before --seed existed
+    let default = file_bytes(&run(7, None, "default", false));
+    assert!(default == file_bytes(&run(7, Some(7), "seven", false)));
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn mlp_values(m: &Model) -> Vec<f32> {
+    let w = &m.weights;
+    w.bot
+        .iter()
+        .chain(&w.top)
+        .flat_map(|l| l.weight.iter().chain(&l.bias).copied())
+        .collect()
+}
+
+fn table_values(m: &Model) -> Vec<f32> {
+    let mut v = vec![0.0; m.config.dim];
+    let mut out = Vec::new();
+    for t in &m.weights.tables {
+        for r in 0..t.rows() {
+            t.row_f32(r, &mut v);
+            out.extend_from_slice(&v);
+        }
+    }
+    out
+}
+
+/// --sparse-lr and --dense-lr override --lr for one side; bad rates are refused naming the
+/// flag; a resume must use the rates it was started with.
+#[test]
+fn sparse_and_dense_learning_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = write_model(&dir.path().join("arch"), TINY, 5);
+    let train = dir.path().join("train.jsonl");
+    run_synth(
+        &synth_args(&arch, 3, 2_000, &train, "zipf:1.05"),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    for (flag, sparse, dense) in [
+        ("--sparse-lr", Some(0.0), None),
+        ("--dense-lr", None, Some(-1.0)),
+        ("--sparse-lr", Some(f32::NAN), None),
+        ("--dense-lr", None, Some(f32::INFINITY)),
+    ] {
+        let mut a = train_args(&arch, &train, &out);
+        a.sparse_lr = sparse;
+        a.dense_lr = dense;
+        let err = run_train(&a, &mut Vec::new()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{flag} must be a positive number")),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+
+    // a tiny dense rate: the MLPs barely move while the tables train
+    let start = Model::load(&arch).unwrap();
+    let mut a = train_args(&arch, &train, &out);
+    a.dense_lr = Some(1e-9);
+    a.lr = 0.5;
+    run_train(&a, &mut Vec::new()).unwrap();
+    let end = Model::load(&out).unwrap();
+    let mlp = max_abs_diff(&mlp_values(&start), &mlp_values(&end));
+    let tables = max_abs_diff(&table_values(&start), &table_values(&end));
+    assert!(mlp < 1e-6, "MLPs moved by {mlp}");
+    assert!(tables > 1e-3, "tables moved by {tables}");
+    // and the other way round
+    let out2 = dir.path().join("out2");
+    let mut b = train_args(&arch, &train, &out2);
+    b.sparse_lr = Some(1e-9);
+    b.lr = 0.5;
+    run_train(&b, &mut Vec::new()).unwrap();
+    let end = Model::load(&out2).unwrap();
+    let mlp = max_abs_diff(&mlp_values(&start), &mlp_values(&end));
+    let tables = max_abs_diff(&table_values(&start), &table_values(&end));
+    assert!(tables < 1e-6, "tables moved by {tables}");
+    assert!(mlp > 1e-3, "MLPs moved by {mlp}");
+
+    // the checkpoint holds both rates; a resume must repeat them
+    let st = dlrs_train::checkpoint::read_state(&out).unwrap();
+    assert_eq!((st.settings.sparse_lr, st.settings.dense_lr), (0.5, 1e-9));
+    let mut r = a.clone();
+    r.model = None;
+    r.resume = Some(out.clone());
+    r.epochs = 2;
+    r.dense_lr = Some(1e-8);
+    let err = run_train(&r, &mut Vec::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("--dense-lr 0.00000001 (the checkpoint has 0.000000001)")
+            && !err.contains("--sparse-lr"),
+        "{err}"
+    );
+    // the same rates given another way (--lr 0.5 --dense-lr 1e-9 == --sparse-lr 0.5
+    // --dense-lr 1e-9) resume
+    r.lr = 0.01;
+    r.sparse_lr = Some(0.5);
+    r.dense_lr = Some(1e-9);
+    let rep = run_train(&r, &mut Vec::new()).unwrap();
+    assert_eq!(rep.epochs, 2);
+}
+
+/// A state written before the rates were split (one `lr`, version 1) still resumes.
+#[test]
+fn train_state_version_1_reads_one_lr_for_both() {
+    let v: serde_json::Value = serde_json::from_str(
+        r#"{"format": "dlrs-train-state", "version": 1, "epoch": 1, "samples_in_epoch": 0,
+            "step": 10, "samples_total": 640, "settings": {"batch": 64, "lr": "0.05",
+            "optimizer": "sgd", "dense_optimizer": "adam", "seed": 0, "shuffle": false,
+            "shuffle_window": 65536}}"#,
+    )
+    .unwrap();
+    let st = dlrs_train::checkpoint::TrainState::from_json(&v).unwrap();
+    assert_eq!((st.settings.sparse_lr, st.settings.dense_lr), (0.05, 0.05));
+    let back = dlrs_train::checkpoint::TrainState::from_json(&st.to_json()).unwrap();
+    assert_eq!(back, st);
+}
+
+/// Adam at lr 0.1 on small criteo-kaggle-shaped synthetic data saturates every prediction:
+/// the eval (and the final report) warn, naming the optimizers and their rates; lr 0.01 does
+/// not.
+#[test]
+fn diverged_run_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    let eval = dir.path().join("eval.jsonl");
+    let synth = |rows: u64, seed: u64, out: &Path| {
+        let mut a = synth_args(Path::new("unused"), 7, rows, out, "zipf:1.05");
+        a.model = None;
+        a.preset = Some("criteo-kaggle".into());
+        a.rows_cap = Some(1000);
+        a.ids_per_table = None;
+        a.seed = Some(seed);
+        run_synth(&a, &mut Vec::new()).unwrap();
+    };
+    synth(10_000, 1, &train);
+    synth(1_000, 2, &eval);
+    let run = |lr: f32, name: &str| {
+        let mut a = train_args(Path::new("unused"), &train, &dir.path().join(name));
+        a.model = None;
+        a.preset = Some("criteo-kaggle".into());
+        a.rows_cap = Some(1000);
+        a.eval = Some(eval.clone());
+        a.epochs = 2;
+        a.batch = 128;
+        a.optimizer = SparseOptimizer::RowwiseAdagrad;
+        a.dense_optimizer = DenseOptimizer::Adam;
+        a.lr = lr;
+        a.threads = 2;
+        let mut log = Vec::new();
+        run_train(&a, &mut log).unwrap();
+        String::from_utf8(log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let bad = run(0.1, "bad");
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    for v in &bad {
+        let w = v["warnings"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("no warning in {v}"));
+        assert!(
+            w.contains("of the eval predictions are saturated")
+                && w.contains("tables: rowwise-adagrad at lr 0.1, MLPs: adam at lr 0.1")
+                && w.contains("--sparse-lr 0.01 --dense-lr 0.01"),
+            "{w}"
+        );
+    }
+    let good = run(0.01, "good");
+    assert!(good.iter().all(|v| v.get("warnings").is_none()), "{good:?}");
 }
