@@ -243,7 +243,8 @@ impl Input<'_> {
         format!("{:?}", self.shape)
     }
 
-    fn values<T: Elem>(&self) -> Result<Vec<T>, ApiError> {
+    /// The values, decoded from JSON or read in place from the binary data.
+    fn values<T: Elem>(&self) -> Result<Values<'_, T>, ApiError> {
         let n = self.count();
         match self.data {
             Data::Binary(bytes) => {
@@ -257,7 +258,7 @@ impl Input<'_> {
                         n * T::SIZE
                     )));
                 }
-                Ok(bytes.chunks_exact(T::SIZE).map(T::from_le).collect())
+                Ok(Values::Le(bytes, std::marker::PhantomData))
             }
             Data::Json(raw) => {
                 let mut out = Vec::with_capacity(n.min(raw.get().len() / 2 + 1));
@@ -273,8 +274,36 @@ impl Input<'_> {
                         self.shape_str()
                     )));
                 }
-                Ok(out)
+                Ok(Values::Decoded(out))
             }
+        }
+    }
+}
+
+/// A tensor's values: decoded from JSON, or little-endian binary data read in place (ids go
+/// from the request body straight into the batch, with no intermediate copy).
+enum Values<'a, T> {
+    Decoded(Vec<T>),
+    Le(&'a [u8], std::marker::PhantomData<T>),
+}
+
+impl<T: Elem> Values<'_, T> {
+    fn len(&self) -> usize {
+        match self {
+            Values::Decoded(v) => v.len(),
+            Values::Le(b, _) => b.len() / T::SIZE,
+        }
+    }
+    fn get(&self, i: usize) -> T {
+        match self {
+            Values::Decoded(v) => v[i],
+            Values::Le(b, _) => T::from_le(&b[i * T::SIZE..(i + 1) * T::SIZE]),
+        }
+    }
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            Values::Decoded(v) => v,
+            Values::Le(b, _) => b.chunks_exact(T::SIZE).map(T::from_le).collect(),
         }
     }
 }
@@ -401,15 +430,17 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
     }
 
     // data
-    let dense: Vec<f32> = dense_in.values()?;
-    let lengths: Vec<i32> = lengths_in.values()?;
-    let indices: Vec<i64> = indices_in.values()?;
+    let dense: Vec<f32> = dense_in.values()?.into_vec();
+    let lengths: Vec<i32> = lengths_in.values()?.into_vec();
+    let indices = indices_in.values::<i64>()?;
     let mut total: usize = 0;
+    let mut per_table = vec![0usize; nt];
     for (k, &l) in lengths.iter().enumerate() {
         if l < 0 {
             return Err(bad(format!("{}: lengths[{}][{}] = {l} is negative", lengths_in.label(), k / nt, k % nt)));
         }
         total += l as usize;
+        per_table[k % nt] += l as usize;
     }
     if total != indices.len() {
         return Err(bad(format!(
@@ -418,29 +449,34 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
             indices.len()
         )));
     }
-    let mut bags: Vec<Bags> = (0..nt).map(|_| Bags { offsets: Vec::with_capacity(b + 1), ids: Vec::new() }).collect();
-    for bag in &mut bags {
-        bag.offsets.push(0);
+    if let Some(t) = per_table.iter().position(|&n| n > u32::MAX as usize) {
+        return Err(bad(format!("{}: more than 2^32 ids for table {t}", indices_in.label())));
     }
+    let mut bags: Vec<Bags> = per_table
+        .iter()
+        .map(|&n| {
+            let mut offsets = Vec::with_capacity(b + 1);
+            offsets.push(0);
+            Bags { offsets, ids: Vec::with_capacity(n) }
+        })
+        .collect();
     let mut at = 0usize;
     for s in 0..b {
         for (t, bag) in bags.iter_mut().enumerate() {
             let l = lengths[s * nt + t] as usize;
-            let rows = cfg.tables[t];
-            for (j, &id) in indices[at..at + l].iter().enumerate() {
-                if id < 0 || id as u64 >= rows as u64 {
+            let rows = cfg.tables[t] as u64;
+            for j in at..at + l {
+                let id = indices.get(j);
+                if id as u64 >= rows {
+                    // (a negative id is >= rows as u64)
                     return Err(bad(format!(
-                        "{}: indices[{}] = {id} (sample {s}, table {t}): out of range for table {t} with {rows} rows",
+                        "{}: indices[{j}] = {id} (sample {s}, table {t}): out of range for table {t} with {rows} rows",
                         indices_in.label(),
-                        at + j
                     )));
                 }
                 bag.ids.push(id as u32);
             }
             at += l;
-            if bag.ids.len() > u32::MAX as usize {
-                return Err(bad(format!("{}: more than 2^32 ids for table {t}", indices_in.label())));
-            }
             bag.offsets.push(bag.ids.len() as u32);
         }
     }
