@@ -266,9 +266,9 @@ impl Out {
     }
 }
 
-fn report_lines(r: &Report) -> [String; 3] {
+fn report_lines(r: &Report) -> Vec<String> {
     let l = &r.latency_ms;
-    [
+    let mut lines = vec![
         format!(
             "  offered   {:.1} QPS for {} s: {} queries, {} ok; errors: {}",
             r.offered_qps,
@@ -289,7 +289,16 @@ fn report_lines(r: &Report) -> [String; 3] {
             ms(l.p999),
             ms(l.max)
         ),
-    ]
+    ];
+    for (status, l) in &r.error_latency_ms {
+        lines.push(format!(
+            "  HTTP {status} answered in p50 {} ms, p99 {} ms, max {} ms",
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.max)
+        ));
+    }
+    lines
 }
 
 fn point_line(p: &Point) -> String {

@@ -112,6 +112,9 @@ pub struct Report {
     pub mean_query_size: f64,
     /// of the queries answered 200, from their scheduled send time
     pub latency_ms: Latency,
+    /// of the queries answered with another status, by status (how fast a 503 comes back
+    /// under overload), from their scheduled send time
+    pub error_latency_ms: BTreeMap<String, Latency>,
     pub errors: Errors,
 }
 
@@ -130,13 +133,17 @@ impl Report {
         let mut errors = Errors::default();
         let mut ok_lat = Vec::with_capacity(outcomes.len());
         let mut ok_samples = 0u64;
+        let mut error_lat: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for (o, &n) in outcomes.iter().zip(sizes) {
             match o.status {
                 Status::Ok => {
                     ok_lat.push(o.latency_s);
                     ok_samples += n as u64;
                 }
-                Status::Http(code) => *errors.by_status.entry(code.to_string()).or_default() += 1,
+                Status::Http(code) => {
+                    *errors.by_status.entry(code.to_string()).or_default() += 1;
+                    error_lat.entry(code.to_string()).or_default().push(o.latency_s);
+                }
                 Status::BadResponse => errors.bad_response += 1,
                 Status::Transport => errors.transport += 1,
                 Status::Timeout => errors.timeout += 1,
@@ -160,6 +167,7 @@ impl Report {
                 total_samples as f64 / sizes.len() as f64
             },
             latency_ms: Latency::of(&ok_lat),
+            error_latency_ms: error_lat.iter().map(|(k, v)| (k.clone(), Latency::of(v))).collect(),
             errors,
         }
     }
