@@ -17,10 +17,14 @@ pub const LENGTHS: &str = "lengths";
 pub const INDICES: &str = "indices";
 pub const SCORE: &str = "score";
 
-/// The model metadata of `GET /v2/models/{name}`.
+/// The model metadata of `GET /v2/models/{name}`. Besides the tensors, its `parameters`
+/// give what a client needs to build valid requests: `n_dense`, `embedding_dim` and
+/// `table_rows`, the tables' row counts as a string in config.json's `arch_embedding_size`
+/// form (`"1000-20-5"`: KServe parameter values are strings, numbers or booleans).
 pub fn metadata(name: &str, version: u64, cfg: &DlrmConfig) -> Value {
     let nd = cfg.n_dense() as i64;
     let nt = cfg.n_tables() as i64;
+    let rows: Vec<String> = cfg.tables.iter().map(usize::to_string).collect();
     serde_json::json!({
         "name": name,
         "versions": [version.to_string()],
@@ -31,6 +35,7 @@ pub fn metadata(name: &str, version: u64, cfg: &DlrmConfig) -> Value {
             {"name": INDICES, "datatype": "INT64", "shape": [-1]},
         ],
         "outputs": [{"name": SCORE, "datatype": "FP32", "shape": [-1, 1]}],
+        "parameters": {"n_dense": nd, "embedding_dim": cfg.dim, "table_rows": rows.join("-")},
     })
 }
 

@@ -9,7 +9,7 @@
 //! | `GET /v2/health/live` | 200 `{"live": true}` |
 //! | `GET /v2/health/ready` | 200 `{"ready": true}`; 503 `{"ready": false}` once shutting down |
 //! | `GET /v2` | server metadata (`name`, `version`, `extensions`) |
-//! | `GET /v2/models/{name}[/versions/{v}]` | model metadata: `name`, `versions`, `platform: "dlrs"`, `inputs`, `outputs` |
+//! | `GET /v2/models/{name}[/versions/{v}]` | model metadata: `name`, `versions`, `platform: "dlrs"`, `inputs`, `outputs`, `parameters` (`n_dense`, `embedding_dim`, `table_rows` as `"R0-R1-..."`) |
 //! | `GET /v2/models/{name}[/versions/{v}]/ready` | 200 `{"name", "ready": true}`; 503 once shutting down |
 //! | `POST /v2/models/{name}[/versions/{v}]/infer` | KServe v2 inference (below) |
 //! | `POST /v1/models/{name}/predict` | `{"samples": [{"dense": [..], "sparse": [[..], ..]}, ..]}` → `{"scores": [..]}` |
