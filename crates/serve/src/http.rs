@@ -303,21 +303,28 @@ async fn run_inference(
     version: Option<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Failure> {
     let t0 = Instant::now();
-    let _inflight = st.enter()?;
-    st.check_model(&name, version.as_deref())?;
-    let deadline = deadline(&st, &headers, t0)?;
-    let header_len = match headers.get(HEADER_LEN) {
-        None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
-            ApiError::BadRequest("header Inference-Header-Content-Length: not a non-negative integer".into())
-        })?),
+    let received = async {
+        let inflight = st.enter()?;
+        st.check_model(&name, version.as_deref())?;
+        let deadline = deadline(&st, &headers, t0)?;
+        let header_len = match headers.get(HEADER_LEN) {
+            None => None,
+            Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
+                ApiError::BadRequest("header Inference-Header-Content-Length: not a non-negative integer".into())
+            })?),
+        };
+        if header_len.is_some() && matches!(proto, Protocol::V1) {
+            return Err(ApiError::BadRequest(
+                "header Inference-Header-Content-Length: /v1 predict takes JSON only".into(),
+            ));
+        }
+        let body = read_body(&st, budget, &headers, body).await?;
+        Ok((inflight, deadline, header_len, body))
     };
-    if header_len.is_some() && matches!(proto, Protocol::V1) {
-        return Err(ApiError::BadRequest("header Inference-Header-Content-Length: /v1 predict takes JSON only".into()));
-    }
-    let body = read_body(&st, budget, &headers, body).await?;
+    let (_inflight, deadline, header_len, body) =
+        received.await.map_err(|error| Failure { error, body_unread: true })?;
     // the version serving now; the request runs on it even if a reload swaps in another
     let v = st.current();
     // the body (and its share of the budget) is dropped once parsed
@@ -343,7 +350,7 @@ async fn run_inference(
         Vec::new()
     } else {
         if Instant::now() >= deadline {
-            return Err(ApiError::DeadlineExceeded("deadline passed before the request was queued".into()));
+            return Err(ApiError::DeadlineExceeded("deadline passed before the request was queued".into()).into());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         st.queue.submit(Job::new(Arc::clone(&v), batch, deadline, tx))?;
@@ -366,6 +373,30 @@ async fn run_inference(
         }
         Answer::V1 => axum::Json(kserve::PredictResponse { scores: &scores }).into_response(),
     })
+}
+
+/// An inference request's failure. One answered before its body was read in full says
+/// `Connection: close`: the rest of the body is never read, so hyper closes the connection
+/// after the answer, and a client told so does not send its next request on it.
+struct Failure {
+    error: ApiError,
+    body_unread: bool,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Failure { error, body_unread: false }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut resp = self.error.into_response();
+        if self.body_unread {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
 }
 
 /// How to answer a request once its scores are known.

@@ -89,8 +89,10 @@
 //! nothing for long. Bodies have their own limits (`--body-timeout-ms`: 408,
 //! `--max-body-bytes`: 413), and all bodies in memory together are bounded by
 //! `--max-body-memory-bytes` (default 256 MiB; counted as they arrive, released once
-//! parsed): a request whose body would go over it gets 503 at once. The response write has
-//! no timeout of its own.
+//! parsed): a request whose body would go over it gets 503 at once. An error answered before
+//! the request's body was read in full (from its headers, or 408, 413, 503 while reading it)
+//! says `Connection: close`, and the connection closes after it, the rest of the body unread.
+//! The response write has no timeout of its own.
 //!
 //! # Reload
 //!

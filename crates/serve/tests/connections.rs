@@ -235,6 +235,35 @@ fn bodies_over_the_memory_budget_get_503_until_memory_frees() {
 }
 
 #[test]
+fn an_error_before_the_body_is_read_closes_the_connection_and_says_so() {
+    let md = ModelDir::new(1);
+    let srv = Server::start(md.args());
+    // refused from the headers, the body (only partly sent) never read: Connection: close
+    let mut c = connect(&srv);
+    let head = format!(
+        "POST /v1/models/{NAME}/predict HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 3\r\n\
+         Content-Length: 100\r\n\r\n{{\"samples\""
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let (status, head, body) = read_response(&mut c).expect("no answer");
+    assert_eq!(status, 400, "{body}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert_eq!(read_response(&mut c), None, "the connection stays open");
+
+    // an error found in a body read in full keeps the connection
+    let mut c = connect(&srv);
+    let bad = "{\"inputs\": 5}";
+    let req = format!("POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{bad}", bad.len());
+    c.write_all(req.as_bytes()).unwrap();
+    let (status, head, body) = read_response(&mut c).expect("no answer");
+    assert_eq!(status, 400, "{body}");
+    assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    c.write_all(get_request("/v2/health/live").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut c).map(|r| r.0), Some(200));
+    srv.stop().unwrap();
+}
+
+#[test]
 fn connection_flags_have_their_defaults_and_are_checked() {
     let md = ModelDir::new(1);
     let a = dlrs_serve::ServeArgs::new(md.dir());
