@@ -67,6 +67,11 @@ def test_health_and_metadata(client, data):
     assert names["dense"]["datatype"] == "FP32" and names["dense"]["shape"] == [-1, 13], md
     assert names["lengths"]["shape"] == [-1, 26], md
     assert md["outputs"][0]["name"] == "score"
+    # dlrs's own parameters (what a client needs to build requests) pass through the client
+    params = md.get("parameters", {})
+    assert params.get("n_dense") == 13, md
+    config = json.load(open(os.path.join(FIXTURE, "config.json")))
+    assert params.get("table_rows") == config["arch_embedding_size"], md
 
 
 def check_scores(score, expected):

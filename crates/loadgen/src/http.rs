@@ -118,9 +118,12 @@ impl Endpoint {
         Ok((status, body))
     }
 
-    /// The model's config: dense and table counts from the KServe v2 metadata
-    /// (`GET /v2/models/{name}`: `dense` `[-1, n_dense]`, `lengths` `[-1, n_tables]`), table
-    /// row counts from `model_dir/config.json`, which must agree with the metadata.
+    /// The model's config, as far as queries need it: dense and table counts from the KServe
+    /// v2 metadata (`GET /v2/models/{name}`: `dense` `[-1, n_dense]`, `lengths`
+    /// `[-1, n_tables]`), the tables' row counts from its `parameters.table_rows`
+    /// (`"R0-R1-..."`, as `dlrs serve` publishes it). With `model_dir`, the config is
+    /// `model_dir/config.json`, checked against the metadata. Without it the MLP widths are
+    /// stand-ins (queries carry only dense features and ids).
     pub async fn model_config(&self, model_dir: Option<&Path>) -> anyhow::Result<DlrmConfig> {
         let path = format!("/v2/models/{}", self.model);
         let (status, body) = self.get(&path).await?;
@@ -145,11 +148,44 @@ impl Endpoint {
                 })
         };
         let (nd, nt) = (dim("dense")?, dim("lengths")?);
+        let params = &meta["parameters"];
+        let rows = match &params["table_rows"] {
+            serde_json::Value::Null => None,
+            v => {
+                let rows = v
+                    .as_str()
+                    .and_then(|s| s.split('-').map(|r| r.trim().parse::<usize>().ok()).collect::<Option<Vec<_>>>())
+                    .with_context(|| {
+                        format!("GET {path}: parameters.table_rows {v} is not a string of row counts like \"1000-20-5\"")
+                    })?;
+                ensure!(
+                    rows.len() == nt,
+                    "GET {path}: parameters.table_rows gives {} tables, input \"lengths\" has {nt}",
+                    rows.len()
+                );
+                Some(rows)
+            }
+        };
+
         let Some(dir) = model_dir else {
-            bail!(
-                "the server's metadata gives {nd} dense features and {nt} tables but not the tables' row counts; \
-                 pass --model-dir DIR (the served model directory, or a copy of its config.json)"
-            )
+            let Some(rows) = rows else {
+                bail!(
+                    "GET {path}: the metadata gives {nd} dense features and {nt} tables but not the tables' row counts \
+                     (no parameters.table_rows: not dlrs serve, or an older one); pass --model-dir DIR \
+                     (the served model directory, or a copy of its config.json)"
+                )
+            };
+            let d = params["embedding_dim"].as_u64().unwrap_or(1).max(1);
+            let stand_in = serde_json::json!({
+                "arch_mlp_bot": format!("{nd}-{d}"),
+                "arch_mlp_top": "1",
+                "arch_embedding_size": rows.iter().map(usize::to_string).collect::<Vec<_>>().join("-"),
+                "arch_sparse_feature_size": d,
+                "arch_interaction_op": "cat",
+            });
+            return DlrmConfig::from_json_str(&stand_in.to_string()).with_context(|| {
+                format!("GET {path}: the metadata does not describe a model: {meta}")
+            });
         };
         let file = dir.join("config.json");
         let text = std::fs::read_to_string(&file)
@@ -164,6 +200,15 @@ impl Endpoint {
             cfg.n_tables(),
             self.model
         );
+        if let Some(rows) = rows {
+            ensure!(
+                cfg.tables == rows,
+                "{} has tables of {:?} rows; the served model \"{}\" has {rows:?}",
+                file.display(),
+                cfg.tables,
+                self.model
+            );
+        }
         Ok(cfg)
     }
 }

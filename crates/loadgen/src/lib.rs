@@ -25,8 +25,10 @@
 //!
 //! `--url http://HOST:PORT` (only the address given is contacted), `--model NAME`. The model's
 //! dense and table counts come from its KServe v2 metadata (`GET /v2/models/{name}`: `dense`
-//! `[-1, n_dense]`, `lengths` `[-1, n_tables]`); the metadata carries no table row counts, so
-//! `--model-dir DIR` gives them (`DIR/config.json`, checked against the metadata). Queries go as
+//! `[-1, n_dense]`, `lengths` `[-1, n_tables]`), the tables' row counts (the range of the ids
+//! drawn) from its `parameters.table_rows`, which `dlrs serve` publishes. For a server that
+//! does not, `--model-dir DIR` gives them (`DIR/config.json`, checked against the metadata).
+//! Queries go as
 //! `POST /v2/models/{name}/infer` with `dense`/`lengths`/`indices` (`--protocol v2`, the
 //! default; JSON tensor data, or with `--binary` the binary tensor data extension) or as
 //! `POST /v1/models/{name}/predict` (`--protocol v1`), over `--connections` keep-alive
@@ -152,8 +154,8 @@ pub struct LoadgenArgs {
     /// the model's name on the server
     #[arg(long)]
     pub model: String,
-    /// the served model's directory (its config.json gives the tables' row counts, which the
-    /// server's metadata does not carry)
+    /// the served model's directory; its config.json gives the tables' row counts when the
+    /// server's metadata does not (dlrs serve publishes them as parameters.table_rows)
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
     /// v2: KServe v2 infer (dense/lengths/indices); v1: /v1/models/{name}/predict

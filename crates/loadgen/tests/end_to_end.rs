@@ -122,14 +122,13 @@ fn loadgen_against_dlrs_serve() {
     let mean = v["mean_query_size"].as_f64().unwrap();
     assert!((mean - 20.0).abs() < 3.0, "mean query size {mean}");
 
-    // v2 binary tensors, zipf ids, several ids per bag
+    // v2 binary tensors, zipf ids, several ids per bag; no --model-dir: the tables' row
+    // counts come from the server's metadata (an id out of range would be a 400)
     let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
         "--url",
         &url,
         "--model",
         NAME,
-        "--model-dir",
-        dir,
         "--qps",
         "40",
         "--duration",
@@ -148,6 +147,7 @@ fn loadgen_against_dlrs_serve() {
     .unwrap();
     assert_clean_run(&v, 40.0, 0.7);
     assert_eq!(v["binary"], true);
+    assert!(v["model_dir"].is_null(), "{v}");
     assert_eq!(
         v["mean_query_size"], 1024.0,
         "a query larger than --max-batch is split by the server and still answered"
@@ -197,17 +197,73 @@ fn loadgen_against_dlrs_serve() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("404"), "{e:#}");
 
-    // without --model-dir the table sizes are unknown: the error says what to pass
+    // a --model-dir whose tables differ from the served model's: refused before any load
+    let other = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(m.dir().join("config.json")).unwrap();
+    let text = text.replace("10-20-5", "10-20-6");
+    assert!(text.contains("10-20-6"), "{text}");
+    std::fs::write(other.path().join("config.json"), text).unwrap();
     let e = dlrs_loadgen::loadgen_json(loadgen_args(&[
         "--url",
         &url,
         "--model",
         NAME,
+        "--model-dir",
+        other.path().to_str().unwrap(),
         "--duration",
         "0.2",
     ]))
     .unwrap_err();
-    assert!(format!("{e:#}").contains("--model-dir"), "{e:#}");
+    assert!(
+        format!("{e:#}")
+            .contains("has tables of [10, 20, 6] rows; the served model \"tiny\" has [10, 20, 5]"),
+        "{e:#}"
+    );
+}
+
+#[test]
+fn without_model_dir_a_server_that_publishes_no_row_counts_is_a_clear_error() {
+    // a KServe v2 server whose metadata has the tensors but no parameters.table_rows
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v2/models/other",
+        axum::routing::get(|| async {
+            axum::Json(serde_json::json!({
+                "name": "other", "versions": ["1"], "platform": "x",
+                "inputs": [
+                    {"name": "dense", "datatype": "FP32", "shape": [-1, 4]},
+                    {"name": "lengths", "datatype": "INT32", "shape": [-1, 3]},
+                    {"name": "indices", "datatype": "INT64", "shape": [-1]},
+                ],
+                "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}],
+            }))
+        }),
+    );
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let e = dlrs_loadgen::loadgen_json(loadgen_args(&[
+        "--url",
+        &url,
+        "--model",
+        "other",
+        "--duration",
+        "0.2",
+    ]))
+    .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("4 dense features and 3 tables but not the tables' row counts")
+            && e.contains("no parameters.table_rows")
+            && e.contains("pass --model-dir DIR"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub enum ApiError {
     Internal(String),
     /// 500: a reload was refused; the old version keeps serving.
     ReloadFailed(String),
-    /// 503 with `Retry-After: 1`: the queue is full.
+    /// 503 with `Retry-After: 1`: the queue, or the memory for request bodies, is full.
     Overloaded(String),
     /// 503 with `Retry-After: 1`: the server is shutting down.
     ShuttingDown(String),

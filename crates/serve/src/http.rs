@@ -3,15 +3,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Path, Request, State};
+use axum::{Extension, Router};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::batcher::{Job, Reply, ReplyTo};
 use crate::error::ApiError;
@@ -29,6 +30,7 @@ pub const HEADER_LEN: &str = "inference-header-content-length";
 const PARSE_OFFLOAD_BYTES: usize = 64 << 10;
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let budget = Arc::new(BodyBudget::new(state.args.max_body_memory_bytes));
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -45,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
+        .layer(Extension(budget))
         .with_state(state)
 }
 
@@ -142,9 +145,55 @@ fn deadline(st: &AppState, headers: &HeaderMap, t0: Instant) -> Result<Instant, 
     Ok(t0 + Duration::from_secs_f64((ms / 1000.0).min(3.15e7)))
 }
 
+/// The request-body bytes all requests together may hold in memory (`--max-body-memory-bytes`),
+/// so that many large or slow bodies at once cannot exhaust memory.
+struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+impl BodyBudget {
+    fn new(total: usize) -> Self {
+        BodyBudget { bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))), total }
+    }
+
+    /// Holds nothing yet.
+    fn none(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.bytes).try_acquire_many_owned(0).expect("0 permits are always available")
+    }
+
+    /// Takes `n` more bytes into `held`, or refuses at once (503) when the budget is spent.
+    fn take(&self, held: &mut OwnedSemaphorePermit, n: usize) -> Result<(), ApiError> {
+        let more = u32::try_from(n).ok().and_then(|n| Arc::clone(&self.bytes).try_acquire_many_owned(n).ok());
+        match more {
+            Some(p) => {
+                held.merge(p);
+                Ok(())
+            }
+            None => Err(ApiError::Overloaded(format!(
+                "request bodies in memory: {} of {} bytes in use (--max-body-memory-bytes); retry later",
+                self.total - self.bytes.available_permits().min(self.total),
+                self.total
+            ))),
+        }
+    }
+}
+
+/// A request body, holding its share of the [`BodyBudget`] until dropped.
+struct BodyBytes {
+    bytes: Vec<u8>,
+    _held: OwnedSemaphorePermit,
+}
+
 /// Reads the body: 413 before reading when `Content-Length` is over the limit, or as soon as
-/// a streamed body crosses it; 408 when it has not all arrived within `--body-timeout-ms`.
-async fn read_body(st: &AppState, headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, ApiError> {
+/// a streamed body crosses it; 408 when it has not all arrived within `--body-timeout-ms`;
+/// 503 when the bodies in memory would exceed `--max-body-memory-bytes`.
+async fn read_body(
+    st: &AppState,
+    budget: &BodyBudget,
+    headers: &HeaderMap,
+    mut body: Body,
+) -> Result<BodyBytes, ApiError> {
     let limit = st.args.max_body_bytes;
     let too_large = |n: String| {
         ApiError::TooLarge(format!("request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"))
@@ -163,6 +212,7 @@ async fn read_body(st: &AppState, headers: &HeaderMap, mut body: Body) -> Result
     }
     let timeout = Duration::from_millis(st.args.body_timeout_ms);
     let until = tokio::time::Instant::now() + timeout;
+    let mut held = budget.none();
     let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     loop {
         let frame = match tokio::time::timeout_at(until, body.frame()).await {
@@ -181,10 +231,11 @@ async fn read_body(st: &AppState, headers: &HeaderMap, mut body: Body) -> Result
             if buf.len() + data.len() > limit {
                 return Err(too_large(format!("more than {limit}")));
             }
+            budget.take(&mut held, data.len())?;
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf)
+    Ok(BodyBytes { bytes: buf, _held: held })
 }
 
 #[derive(Clone, Copy)]
@@ -193,23 +244,42 @@ enum Protocol {
     V1,
 }
 
-async fn infer(State(st): St, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    run_inference(st, Protocol::V2, name, None, headers, body).await.unwrap_or_else(IntoResponse::into_response)
-}
+type Budget = Extension<Arc<BodyBudget>>;
 
-async fn infer_v(
+async fn infer(
     State(st): St,
-    Path((name, version)): Path<(String, String)>,
+    Extension(budget): Budget,
+    Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run_inference(st, Protocol::V2, name, Some(version), headers, body)
+    run_inference(st, &budget, Protocol::V2, name, None, headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn predict(State(st): St, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    run_inference(st, Protocol::V1, name, None, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+async fn infer_v(
+    State(st): St,
+    Extension(budget): Budget,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run_inference(st, &budget, Protocol::V2, name, Some(version), headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn predict(
+    State(st): St,
+    Extension(budget): Budget,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    run_inference(st, &budget, Protocol::V1, name, None, headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// What a parsed request needs to be answered.
@@ -227,35 +297,46 @@ fn parse(proto: Protocol, body: &[u8], header_len: Option<usize>, v: &Version) -
 
 async fn run_inference(
     st: Arc<AppState>,
+    budget: &BodyBudget,
     proto: Protocol,
     name: String,
     version: Option<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Failure> {
     let t0 = Instant::now();
-    let _inflight = st.enter()?;
-    st.check_model(&name, version.as_deref())?;
-    let deadline = deadline(&st, &headers, t0)?;
-    let header_len = match headers.get(HEADER_LEN) {
-        None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
-            ApiError::BadRequest("header Inference-Header-Content-Length: not a non-negative integer".into())
-        })?),
+    let received = async {
+        let inflight = st.enter()?;
+        st.check_model(&name, version.as_deref())?;
+        let deadline = deadline(&st, &headers, t0)?;
+        let header_len = match headers.get(HEADER_LEN) {
+            None => None,
+            Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
+                ApiError::BadRequest("header Inference-Header-Content-Length: not a non-negative integer".into())
+            })?),
+        };
+        if header_len.is_some() && matches!(proto, Protocol::V1) {
+            return Err(ApiError::BadRequest(
+                "header Inference-Header-Content-Length: /v1 predict takes JSON only".into(),
+            ));
+        }
+        let body = read_body(&st, budget, &headers, body).await?;
+        Ok((inflight, deadline, header_len, body))
     };
-    if header_len.is_some() && matches!(proto, Protocol::V1) {
-        return Err(ApiError::BadRequest("header Inference-Header-Content-Length: /v1 predict takes JSON only".into()));
-    }
-    let body = read_body(&st, &headers, body).await?;
+    let (_inflight, deadline, header_len, body) =
+        received.await.map_err(|error| Failure { error, body_unread: true })?;
     // the version serving now; the request runs on it even if a reload swaps in another
     let v = st.current();
-    let parsed = if body.len() >= PARSE_OFFLOAD_BYTES {
+    // the body (and its share of the budget) is dropped once parsed
+    let parsed = if body.bytes.len() >= PARSE_OFFLOAD_BYTES {
         let v = Arc::clone(&v);
-        tokio::task::spawn_blocking(move || parse(proto, &body, header_len, &v))
+        tokio::task::spawn_blocking(move || parse(proto, &body.bytes, header_len, &v))
             .await
             .map_err(|e| ApiError::Internal(format!("parsing the request failed: {e}")))??
     } else {
-        parse(proto, &body, header_len, &v)?
+        let parsed = parse(proto, &body.bytes, header_len, &v);
+        drop(body);
+        parsed?
     };
     let (batch, answer, deadline) = match parsed {
         Parsed::V2(r) => {
@@ -269,7 +350,7 @@ async fn run_inference(
         Vec::new()
     } else {
         if Instant::now() >= deadline {
-            return Err(ApiError::DeadlineExceeded("deadline passed before the request was queued".into()));
+            return Err(ApiError::DeadlineExceeded("deadline passed before the request was queued".into()).into());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         st.queue.submit(Job { model: Arc::clone(&v), batch: Arc::new(batch), deadline, reply: ReplyTo::Channel(tx) })?;
@@ -292,6 +373,30 @@ async fn run_inference(
         }
         Answer::V1 => axum::Json(kserve::PredictResponse { scores: &scores }).into_response(),
     })
+}
+
+/// An inference request's failure. One answered before its body was read in full says
+/// `Connection: close`: the rest of the body is never read, so hyper closes the connection
+/// after the answer, and a client told so does not send its next request on it.
+struct Failure {
+    error: ApiError,
+    body_unread: bool,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Failure { error, body_unread: false }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut resp = self.error.into_response();
+        if self.body_unread {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
 }
 
 /// How to answer a request once its scores are known.

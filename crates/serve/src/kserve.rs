@@ -17,10 +17,14 @@ pub const LENGTHS: &str = "lengths";
 pub const INDICES: &str = "indices";
 pub const SCORE: &str = "score";
 
-/// The model metadata of `GET /v2/models/{name}`.
+/// The model metadata of `GET /v2/models/{name}`. Besides the tensors, its `parameters`
+/// give what a client needs to build valid requests: `n_dense`, `embedding_dim` and
+/// `table_rows`, the tables' row counts as a string in config.json's `arch_embedding_size`
+/// form (`"1000-20-5"`: KServe parameter values are strings, numbers or booleans).
 pub fn metadata(name: &str, version: u64, cfg: &DlrmConfig) -> Value {
     let nd = cfg.n_dense() as i64;
     let nt = cfg.n_tables() as i64;
+    let rows: Vec<String> = cfg.tables.iter().map(usize::to_string).collect();
     serde_json::json!({
         "name": name,
         "versions": [version.to_string()],
@@ -31,6 +35,7 @@ pub fn metadata(name: &str, version: u64, cfg: &DlrmConfig) -> Value {
             {"name": INDICES, "datatype": "INT64", "shape": [-1]},
         ],
         "outputs": [{"name": SCORE, "datatype": "FP32", "shape": [-1, 1]}],
+        "parameters": {"n_dense": nd, "embedding_dim": cfg.dim, "table_rows": rows.join("-")},
     })
 }
 
@@ -38,18 +43,41 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::BadRequest(msg.into())
 }
 
-/// A serde_json error of the request's top-level structure.
-fn json_error(what: &str, e: serde_json::Error) -> ApiError {
-    match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof | serde_json::error::Category::Io => {
-            bad(format!("malformed JSON{what}: {e}"))
-        }
-        serde_json::error::Category::Data => bad(format!("invalid request{what}: {e}")),
+/// Deserializes the JSON object `json`, found at `at` in the request (`""`: the body), into
+/// `T`. A syntax error is "malformed JSON"; a data error names the field by its path (e.g.
+/// `inputs[0]: missing field `shape``, `outputs: invalid type: null, expected a sequence`).
+fn from_json<'a, T: Deserialize<'a>>(json: &'a [u8], at: &str) -> Result<T, ApiError> {
+    use serde_json::error::Category;
+    let within = if at.is_empty() { String::new() } else { format!(" in {at}") };
+    let syntax = |e: serde_json::Error| bad(format!("malformed JSON{within}: {e}"));
+    // serde takes a struct from an array of its fields in order too: not a request
+    if json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let field = if at.is_empty() { "request body" } else { at };
+        return Err(bad(format!("{field}: expected a JSON object, got an array")));
     }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let e = e.into_inner();
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => syntax(e),
+            Category::Data => {
+                let field = match (at, path.as_str()) {
+                    ("", ".") => "request body".to_string(),
+                    (at, ".") => at.to_string(),
+                    ("", p) => p.to_string(),
+                    (at, p) => format!("{at}.{p}"),
+                };
+                bad(format!("{field}: {e}"))
+            }
+        }
+    })?;
+    de.end().map_err(syntax)?;
+    Ok(value)
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a KServe v2 inference request object")]
 struct RawRequest<'a> {
     #[serde(default)]
     id: Option<String>,
@@ -62,7 +90,7 @@ struct RawRequest<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an input tensor object")]
 struct RawInput<'a> {
     name: String,
     shape: Vec<i64>,
@@ -74,7 +102,7 @@ struct RawInput<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an output object")]
 struct RawOutput {
     name: String,
     #[serde(default)]
@@ -338,12 +366,12 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
         Some(l) => body.split_at(l),
         None => (body, &[][..]),
     };
-    let req: RawRequest = serde_json::from_slice(json).map_err(|e| json_error("", e))?;
+    let req: RawRequest = from_json(json, "")?;
 
     // input headers: names, datatypes, shapes, where the data is
     let mut slots: [Option<Input>; 3] = [None, None, None];
     for (i, raw) in req.inputs.iter().enumerate() {
-        let inp: RawInput = serde_json::from_str(raw.get()).map_err(|e| json_error(&format!(" in inputs[{i}]"), e))?;
+        let inp: RawInput = from_json(raw.get().as_bytes(), &format!("inputs[{i}]"))?;
         let (slot, name) = match inp.name.as_str() {
             DENSE => (0, DENSE),
             LENGTHS => (1, LENGTHS),
@@ -494,7 +522,7 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
     // requested outputs
     let mut binary_output = bool_param(&req.parameters, "binary_data_output", "parameters")?;
     for (i, raw) in req.outputs.iter().flatten().enumerate() {
-        let out: RawOutput = serde_json::from_str(raw.get()).map_err(|e| json_error(&format!(" in outputs[{i}]"), e))?;
+        let out: RawOutput = from_json(raw.get().as_bytes(), &format!("outputs[{i}]"))?;
         if out.name != SCORE {
             return Err(bad(format!("outputs[{i}]: unknown output {:?} (the model has \"score\")", out.name)));
         }
@@ -554,7 +582,7 @@ pub fn infer_response(model: &str, version: u64, id: Option<&str>, scores: &[f32
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a predict request object {\"samples\": [..]}")]
 struct PredictRequest<'a> {
     #[serde(borrow)]
     samples: Vec<&'a RawValue>,
@@ -562,7 +590,7 @@ struct PredictRequest<'a> {
 
 /// Parses `{"samples": [<predict-format samples>]}`; errors name the sample and field.
 pub fn parse_predict(body: &[u8], cfg: &DlrmConfig) -> Result<Batch, ApiError> {
-    let req: PredictRequest = serde_json::from_slice(body).map_err(|e| json_error("", e))?;
+    let req: PredictRequest = from_json(body, "")?;
     let mut batch = Batch::empty(cfg);
     for (i, raw) in req.samples.iter().enumerate() {
         let prefix = |e| match ApiError::from_input(e) {

@@ -9,7 +9,7 @@
 //! | `GET /v2/health/live` | 200 `{"live": true}` |
 //! | `GET /v2/health/ready` | 200 `{"ready": true}`; 503 `{"ready": false}` once shutting down |
 //! | `GET /v2` | server metadata (`name`, `version`, `extensions`) |
-//! | `GET /v2/models/{name}[/versions/{v}]` | model metadata: `name`, `versions`, `platform: "dlrs"`, `inputs`, `outputs` |
+//! | `GET /v2/models/{name}[/versions/{v}]` | model metadata: `name`, `versions`, `platform: "dlrs"`, `inputs`, `outputs`, `parameters` (`n_dense`, `embedding_dim`, `table_rows` as `"R0-R1-..."`) |
 //! | `GET /v2/models/{name}[/versions/{v}]/ready` | 200 `{"name", "ready": true}`; 503 once shutting down |
 //! | `POST /v2/models/{name}[/versions/{v}]/infer` | KServe v2 inference (below) |
 //! | `POST /v1/models/{name}/predict` | `{"samples": [{"dense": [..], "sparse": [[..], ..]}, ..]}` → `{"scores": [..]}` |
@@ -76,8 +76,26 @@
 //! | 408 | the body did not arrive within `--body-timeout-ms` (slow clients) |
 //! | 413 | body over `--max-body-bytes` (refused from `Content-Length` before it is read, or as soon as a streamed body crosses it); a request of more samples than `--max-queue` |
 //! | 500 | a panic or error while computing the request's batch (that batch only; the server keeps serving); a reload that failed (the old version keeps serving) |
-//! | 503 | queue full (`Retry-After: 1`, answered at once); shutting down (`Retry-After: 1`) |
+//! | 503 | queue full (`Retry-After: 1`, answered at once); request bodies in memory over `--max-body-memory-bytes` (`Retry-After: 1`, at once); over `--max-connections` (`Retry-After: 1`, then the connection is closed); shutting down (`Retry-After: 1`) |
 //! | 504 | deadline passed before the request was computed or answered |
+//!
+//! # Connections
+//!
+//! HTTP/1.1 only. At most `--max-connections` (default 1024) connections are open at once;
+//! a connection beyond them is answered `503` with `Retry-After: 1` and a JSON error at once,
+//! without its request being read, and closed (and closed without an answer when even those
+//! refusals pile up). A new connection must deliver its first request's headers within
+//! `--header-timeout-ms` (default 5000); on a keep-alive connection the clock starts at the
+//! first byte of each next request, and the wait for that byte is bounded by
+//! `--idle-timeout-ms` (default 60000). A connection over either limit is closed without an
+//! answer, so clients that open connections and send nothing, or drip header bytes, hold
+//! nothing for long. Bodies have their own limits (`--body-timeout-ms`: 408,
+//! `--max-body-bytes`: 413), and all bodies in memory together are bounded by
+//! `--max-body-memory-bytes` (default 256 MiB; counted as they arrive, released once
+//! parsed): a request whose body would go over it gets 503 at once. An error answered before
+//! the request's body was read in full (from its headers, or 408, 413, 503 while reading it)
+//! says `Connection: close`, and the connection closes after it, the rest of the body unread.
+//! The response write has no timeout of its own.
 //!
 //! # Reload
 //!
@@ -96,7 +114,8 @@
 //! On SIGTERM or SIGINT ([`run`]) or when the `shutdown` future completes ([`serve`]):
 //! readiness turns false (503), new inference requests get 503, the listener keeps
 //! answering until the requests in flight have finished (at most `--drain-timeout-ms`),
-//! then the server stops accepting, closes idle connections and returns.
+//! then the server stops accepting, closes the connections with no request in progress
+//! (idle, or still sending headers), lets the others finish their request, and returns.
 //!
 //! # Metrics
 //!
@@ -104,9 +123,11 @@
 //! `dlrs_queue_depth_samples`, `dlrs_inflight_requests`, `dlrs_batch_size` (samples per
 //! computed batch), `dlrs_queue_wait_seconds` (queued → computing), `dlrs_compute_seconds`
 //! (one batch's forward pass), `dlrs_expired_requests_total`, `dlrs_model_reloads_total{result}`,
-//! `dlrs_model_version`.
+//! `dlrs_model_version`, `dlrs_connections` (open), `dlrs_connections_refused_total`,
+//! `dlrs_connections_timed_out_total{phase}` (`header` or `idle`).
 
 mod batcher;
+mod conn;
 mod error;
 mod http;
 mod kserve;
@@ -172,6 +193,20 @@ pub struct ServeArgs {
     /// on shutdown, longest wait for requests in flight, in milliseconds
     #[arg(long, default_value_t = 30_000)]
     pub drain_timeout_ms: u64,
+    /// most open connections; beyond it a new connection is answered 503 and closed
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// time allowed to receive a request's headers, in milliseconds, from its first byte (or
+    /// from accept on a new connection); then the connection is closed
+    #[arg(long, default_value_t = 5000)]
+    pub header_timeout_ms: u64,
+    /// longest a keep-alive connection waits for its next request, in milliseconds
+    #[arg(long, default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// most request-body bytes held in memory at once by all requests together (bodies
+    /// being received or parsed); beyond it requests get 503
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_body_memory_bytes: usize,
     /// test hooks (not a command-line option)
     #[arg(skip)]
     #[doc(hidden)]
@@ -284,6 +319,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
     anyhow::ensure!(args.max_queue >= 1, "--max-queue must be at least 1");
+    let limits = conn::Limits::from_args(&args)?;
     let state = state::AppState::start(args).await?;
     let addr = listener.local_addr().context("reading the listener's address")?;
     eprintln!(
@@ -303,11 +339,10 @@ pub async fn serve(
         })
     };
     let app = http::router(Arc::clone(&state));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        })
-        .await;
+    let served = conn::serve(listener, app, limits, Arc::clone(&state.metrics), async move {
+        let _ = stop_rx.await;
+    })
+    .await;
     drainer.abort();
     for task in background {
         task.abort();

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub compute: Histogram,
     pub expired: Counter,
     pub model_version: Gauge,
+    pub connections: Gauge,
+    pub connections_refused: Counter,
 }
 
 impl Metrics {
@@ -49,6 +51,13 @@ impl Metrics {
             ("dlrs_expired_requests_total", None, "requests dropped unanswered by their deadline or client"),
             ("dlrs_model_reloads_total", None, "model reloads by result"),
             ("dlrs_model_version", None, "version of the model being served"),
+            ("dlrs_connections", None, "open HTTP connections"),
+            ("dlrs_connections_refused_total", None, "connections answered 503 at once (over --max-connections)"),
+            (
+                "dlrs_connections_timed_out_total",
+                None,
+                "connections closed by a timeout, by phase (header: --header-timeout-ms, idle: --idle-timeout-ms)",
+            ),
         ];
         for (name, unit, help) in describe {
             recorder.describe_counter(name.into(), unit, help.into());
@@ -63,6 +72,9 @@ impl Metrics {
             compute: hist("dlrs_compute_seconds"),
             expired: recorder.register_counter(&Key::from_static_name("dlrs_expired_requests_total"), &META),
             model_version: gauge("dlrs_model_version"),
+            connections: gauge("dlrs_connections"),
+            connections_refused: recorder
+                .register_counter(&Key::from_static_name("dlrs_connections_refused_total"), &META),
             recorder,
             handle,
         }
@@ -79,6 +91,12 @@ impl Metrics {
 
     pub fn reload(&self, ok: bool) {
         let key = Key::from_parts("dlrs_model_reloads_total", vec![Label::new("result", if ok { "ok" } else { "error" })]);
+        self.recorder.register_counter(&key, &META).increment(1);
+    }
+
+    /// Counts a connection closed by its `phase`'s timeout (`header` or `idle`).
+    pub fn connection_timed_out(&self, phase: &'static str) {
+        let key = Key::from_parts("dlrs_connections_timed_out_total", vec![Label::new("phase", phase)]);
         self.recorder.register_counter(&key, &META).increment(1);
     }
 

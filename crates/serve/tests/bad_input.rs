@@ -171,6 +171,22 @@ fn each_bad_input_is_a_4xx_naming_the_field() {
             400,
             "unknown field `inptus`",
         ),
+        (
+            "inputs of the wrong type",
+            infer.clone(),
+            with(|v| v["inputs"] = json!(null)),
+            400,
+            "inputs: invalid type: null, expected a sequence",
+        ),
+        (
+            "an input field of the wrong type",
+            infer.clone(),
+            with(|v| v["inputs"][1]["shape"] = json!("2x3")),
+            400,
+            "inputs[1].shape: invalid type: string",
+        ),
+        ("an array, not a request", infer.clone(), "[[], []]".into(), 400, "request body: expected a JSON object"),
+        ("not an object", infer.clone(), "7".into(), 400, "request body: invalid type: integer `7`"),
         ("v1 malformed JSON", predict.clone(), "{\"samples\": [".into(), 400, "malformed JSON"),
         (
             "v1 id out of range",

@@ -71,6 +71,7 @@ fn health_metadata_and_metrics_endpoints() {
                 {"name": "indices", "datatype": "INT64", "shape": [-1]},
             ],
             "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}],
+            "parameters": {"n_dense": 4, "embedding_dim": 4, "table_rows": "10-20-5"},
         })
     );
     assert_eq!(srv.get(&format!("/v2/models/{NAME}/versions/7")).0, 404);

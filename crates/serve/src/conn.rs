@@ -1,0 +1,337 @@
+//! Connections: the accept loop, the bound on open connections, the header-read and idle
+//! timeouts, and graceful shutdown (see the crate docs, "Connections").
+//!
+//! Each connection is served by hyper's HTTP/1.1 server in its own task beside a watchdog
+//! that knows the connection's phase:
+//!
+//! - *head*: from accept (a new connection) or from the first byte after an idle wait, until
+//!   hyper has read the whole request head; bounded by `--header-timeout-ms`;
+//! - *busy*: a request is being handled or its response written (body reading and compute
+//!   have their own limits: `--body-timeout-ms`, deadlines);
+//! - *idle*: a keep-alive connection between requests; bounded by `--idle-timeout-ms`.
+//!
+//! A connection over its phase's limit is closed without an answer (hyper's own
+//! `header_read_timeout` would do for the head, but it runs from the end of the previous
+//! response, so it would also cut idle keep-alive connections at the same, short, limit).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use axum::Router;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::service::Service as _;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::ServeArgs;
+use crate::metrics::Metrics;
+
+/// Connections being refused (answered 503 and drained) at once; beyond it a connection over
+/// `--max-connections` is closed without an answer.
+const REFUSING_AT_ONCE: usize = 64;
+/// How long a refused connection is kept to let the client read its 503.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// The connection limits of [`ServeArgs`], checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// Checks the connection and body-memory options of `args`.
+    pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
+        ensure!(
+            (1..=1 << 20).contains(&args.max_connections),
+            "--max-connections must be between 1 and {}",
+            1 << 20
+        );
+        ensure!(args.header_timeout_ms >= 1, "--header-timeout-ms must be at least 1");
+        ensure!(args.idle_timeout_ms >= 1, "--idle-timeout-ms must be at least 1");
+        ensure!(
+            args.max_body_memory_bytes >= args.max_body_bytes,
+            "--max-body-memory-bytes ({}) must be at least --max-body-bytes ({}), or the largest body could never be read",
+            args.max_body_memory_bytes,
+            args.max_body_bytes
+        );
+        Ok(Limits {
+            max_connections: args.max_connections,
+            header_timeout: Duration::from_millis(args.header_timeout_ms),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        })
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes; then stops accepting, closes the
+/// connections with no request in progress, lets the others finish their request, and
+/// returns once every connection is closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // e.g. out of file descriptors: wait for some to be released
+                    eprintln!("dlrs serve: accepting a connection failed: {e}");
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        match Arc::clone(&open).try_acquire_owned() {
+            Ok(permit) => {
+                metrics.connections.increment(1.0);
+                let (app, metrics, stop) = (app.clone(), Arc::clone(&metrics), stop_rx.clone());
+                tokio::spawn(async move {
+                    connection(stream, app, limits, stop, &metrics).await;
+                    metrics.connections.decrement(1.0);
+                    drop(permit);
+                });
+            }
+            Err(_) => refuse(stream, limits.max_connections, &refusing, &metrics),
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // every connection task holds a permit until it ends
+    let _all = open.acquire_many(limits.max_connections as u32).await;
+    Ok(())
+}
+
+/// Errors of one incoming connection (not of the listener): skip it and keep accepting.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Answers a connection over `--max-connections` with 503 and `Retry-After: 1`, then closes
+/// it. What the client sends meanwhile is read and dropped for up to [`REFUSAL_LINGER`], so
+/// that the close is not a reset that could destroy the answer before the client reads it.
+/// When [`REFUSING_AT_ONCE`] refusals are already lingering, the connection is closed at once.
+fn refuse(mut stream: TcpStream, max: usize, refusing: &Arc<Semaphore>, metrics: &Metrics) {
+    metrics.connections_refused.increment(1);
+    let Ok(permit) = Arc::clone(refusing).try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let body = serde_json::json!({
+            "error": format!("too many connections: {max} open (--max-connections); retry later")
+        })
+        .to_string();
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            io::Result::Ok(())
+        })
+        .await;
+    });
+}
+
+/// Serves one connection until it ends, its phase's timeout passes, or shutdown closes it.
+async fn connection(stream: TcpStream, app: Router, limits: Limits, mut stop: watch::Receiver<bool>, metrics: &Metrics) {
+    let clock = Arc::new(Clock::new());
+    let io = TokioIo::new(Watched { io: stream, clock: Arc::clone(&clock) });
+    let svc = {
+        let (inner, clock) = (TowerToHyperService::new(app), Arc::clone(&clock));
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            clock.start_request();
+            let answer = inner.call(req);
+            let clock = Arc::clone(&clock);
+            async move {
+                let resp = answer.await?;
+                Ok::<_, Infallible>(resp.map(|body| Tracked { body, clock }))
+            }
+        })
+    };
+    let mut conn = pin!(hyper::server::conn::http1::Builder::new().serve_connection(io, svc));
+    // the watchdog wakes at least this often, so it never misses a phase change by more
+    // than the shortest limit (and so never closes late)
+    let period = limits.header_timeout.min(limits.idle_timeout);
+    let mut stopping = *stop.borrow();
+    if stopping {
+        return;
+    }
+    loop {
+        let now = Instant::now();
+        let wake = match clock.limit(&limits) {
+            Some((until, _)) => until.min(now + period),
+            None => now + period,
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                // hyper finishes the request in progress, then closes
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        match clock.limit(&limits) {
+            // shutting down: a connection with no request in progress is closed at once
+            Some(_) if stopping => return,
+            Some((until, phase)) if Instant::now() >= until => {
+                metrics.connection_timed_out(phase);
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+const IDLE: u64 = 0;
+const HEAD: u64 = 1;
+const BUSY: u64 = 2;
+
+/// A connection's phase and since when, packed in one atomic: `micros since base << 2 | phase`.
+/// Written only by the connection's own task; read by its watchdog.
+struct Clock {
+    base: Instant,
+    state: AtomicU64,
+}
+
+impl Clock {
+    /// A new connection waits for its first request head.
+    fn new() -> Self {
+        Clock { base: Instant::now(), state: AtomicU64::new(HEAD) }
+    }
+
+    fn set(&self, phase: u64) {
+        let micros = self.base.elapsed().as_micros() as u64;
+        self.state.store(micros << 2 | phase, Ordering::Release);
+    }
+
+    /// Bytes arrived: an idle connection starts reading a request head.
+    fn on_bytes(&self) {
+        let s = self.state.load(Ordering::Acquire);
+        if s & 3 == IDLE {
+            self.set(HEAD);
+        }
+    }
+
+    /// hyper has read a request head and calls the service.
+    fn start_request(&self) {
+        self.set(BUSY);
+    }
+
+    /// The response is written (or dropped): the connection waits for the next request.
+    fn end_request(&self) {
+        self.set(IDLE);
+    }
+
+    /// When the current phase runs out, and its name; `None` while busy.
+    fn limit(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
+        let s = self.state.load(Ordering::Acquire);
+        let since = self.base + Duration::from_micros(s >> 2);
+        match s & 3 {
+            IDLE => Some((since + limits.idle_timeout, "idle")),
+            HEAD => Some((since + limits.header_timeout, "header")),
+            _ => None,
+        }
+    }
+}
+
+/// The connection's socket, telling the clock when bytes arrive.
+struct Watched {
+    io: TcpStream,
+    clock: Arc<Clock>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.on_bytes();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A response body that ends its request's busy phase when hyper drops it (written, or the
+/// connection gone).
+struct Tracked {
+    body: axum::body::Body,
+    clock: Arc<Clock>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.clock.end_request();
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = <axum::body::Body as HttpBody>::Data;
+    type Error = <axum::body::Body as HttpBody>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
