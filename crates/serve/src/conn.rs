@@ -92,7 +92,11 @@ pub async fn serve(
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok((stream, _peer)) => {
+                    // answers are small: never hold one back waiting for an ACK (Nagle)
+                    let _ = stream.set_nodelay(true);
+                    stream
+                }
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // e.g. out of file descriptors: wait for some to be released

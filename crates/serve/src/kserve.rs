@@ -322,6 +322,7 @@ impl<T: Elem> Values<'_, T> {
             Values::Le(b, _) => b.len() / T::SIZE,
         }
     }
+    #[inline]
     fn get(&self, i: usize) -> T {
         match self {
             Values::Decoded(v) => v[i],
@@ -333,6 +334,31 @@ impl<T: Elem> Values<'_, T> {
             Values::Decoded(v) => v,
             Values::Le(b, _) => b.chunks_exact(T::SIZE).map(T::from_le).collect(),
         }
+    }
+}
+
+impl Values<'_, i64> {
+    /// Appends ids `range` to `dst` as u32; `Err(k)` when id `k` (an index into these
+    /// values) is negative or not below `rows` (`dst` is then partly filled). Branch-free
+    /// over the binary data, so the check costs little beside the copy.
+    fn push_ids(&self, range: std::ops::Range<usize>, rows: u64, dst: &mut Vec<u32>) -> Result<(), usize> {
+        let start = range.start;
+        let mut ok = true;
+        match self {
+            Values::Decoded(v) => dst.extend(v[range].iter().map(|&id| {
+                ok &= (id as u64) < rows;
+                id as u32
+            })),
+            Values::Le(b, _) => dst.extend(b[range.start * 8..range.end * 8].chunks_exact(8).map(|c| {
+                let id = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                ok &= id < rows;
+                id as u32
+            })),
+        }
+        if ok {
+            return Ok(());
+        }
+        Err((start..).find(|&k| (self.get(k) as u64) >= rows).expect("a bad id exists"))
     }
 }
 
@@ -493,16 +519,13 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
         for (t, bag) in bags.iter_mut().enumerate() {
             let l = lengths[s * nt + t] as usize;
             let rows = cfg.tables[t] as u64;
-            for j in at..at + l {
-                let id = indices.get(j);
-                if id as u64 >= rows {
-                    // (a negative id is >= rows as u64)
-                    return Err(bad(format!(
-                        "{}: indices[{j}] = {id} (sample {s}, table {t}): out of range for table {t} with {rows} rows",
-                        indices_in.label(),
-                    )));
-                }
-                bag.ids.push(id as u32);
+            // (a negative id is >= rows as u64)
+            if let Err(j) = indices.push_ids(at..at + l, rows, &mut bag.ids) {
+                return Err(bad(format!(
+                    "{}: indices[{j}] = {} (sample {s}, table {t}): out of range for table {t} with {rows} rows",
+                    indices_in.label(),
+                    indices.get(j)
+                )));
             }
             at += l;
             bag.offsets.push(bag.ids.len() as u32);
