@@ -132,7 +132,7 @@ def main():
                 sys.exit("the server exited: " + server.stderr.read())
             time.sleep(0.2)
         print(f"server up: {' '.join(layout + batching)}; RSS {rss_mb(server.pid):.0f} MB", flush=True)
-        loadgen = [a.dlrs, "loadgen", "--url", url, "--model", name, "--model-dir", a.model, "--binary"] + load
+        loadgen = [a.dlrs, "loadgen", "--url", url, "--model", name, "--binary"] + load
 
         # 1. latency-bounded throughput, HTTP then in process
         search = ["--target-p99-ms", str(a.target_p99_ms), "--qps", str(a.start_qps), "--duration", str(a.step_s),

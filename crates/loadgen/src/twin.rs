@@ -76,7 +76,7 @@ pub fn measure(
                 batch,
                 deadline: Instant::now() + deadline,
                 reply,
-            });
+            }, None);
             if let Err(e) = submitted {
                 results.record(job, status(Err(e), n));
             }

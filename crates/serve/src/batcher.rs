@@ -127,6 +127,22 @@ struct Pending {
     dispatched: usize,
 }
 
+/// Room held in the queue for a request whose body is still being read (see
+/// [`Queue::reserve`]).
+pub struct Reservation {
+    queue: Arc<Queue>,
+    n: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.n > 0 {
+            self.queue.lock().waiting -= self.n;
+            self.queue.metrics.queue_depth.decrement(self.n as f64);
+        }
+    }
+}
+
 /// The batching rules.
 #[derive(Clone, Debug)]
 pub struct BatcherConfig {
@@ -167,17 +183,24 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a job or refuses it at once (413 larger than the queue, 503 queue full or
-    /// closed).
-    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        let n = job.batch.size();
+    /// Holds room for `n` samples ahead of their request (whose body is still being read),
+    /// or refuses at once like [`Queue::submit`]. The room is given back when the
+    /// reservation drops unused.
+    pub fn reserve(self: &Arc<Self>, n: usize) -> Result<Reservation, ApiError> {
+        let mut st = self.lock();
+        self.admit(&mut st, n)?;
+        Ok(Reservation { queue: Arc::clone(self), n })
+    }
+
+    /// Counts `n` more samples waiting, or refuses them (413 larger than the queue, 503
+    /// queue full or closed).
+    fn admit(&self, st: &mut State, n: usize) -> Result<(), ApiError> {
         let capacity = self.cfg.max_queue;
         if n > capacity {
             return Err(ApiError::TooLarge(format!(
                 "the request has {n} samples; the server queues at most {capacity} (--max-queue)"
             )));
         }
-        let mut st = self.lock();
         if st.closed {
             return Err(ApiError::ShuttingDown("the server is shutting down".into()));
         }
@@ -189,6 +212,24 @@ impl Queue {
         }
         st.waiting += n;
         self.metrics.queue_depth.increment(n as f64);
+        Ok(())
+    }
+
+    /// Admits a job or refuses it at once (413 larger than the queue, 503 queue full or
+    /// closed). A reservation of exactly its size is used instead of new room.
+    pub fn submit(&self, job: Job, reserved: Option<Reservation>) -> Result<(), ApiError> {
+        let n = job.batch.size();
+        let mut st = self.lock();
+        match reserved {
+            Some(mut r) if r.n == n && !st.closed => r.n = 0, // the room is the job's now
+            other => {
+                // (a reservation of another size is given back first, outside the lock)
+                drop(st);
+                drop(other);
+                st = self.lock();
+                self.admit(&mut st, n)?;
+            }
+        }
         let out = Mutex::new(Out { reply: Some(job.reply), scores: Vec::new(), left: n });
         let entry = Entry { model: job.model, batch: job.batch, deadline: job.deadline, enqueued: Instant::now(), out };
         st.pending.push_back(Pending { entry: Arc::new(entry), dispatched: 0 });
@@ -209,8 +250,9 @@ impl Queue {
         let dropped: Vec<Pending> = {
             let mut st = self.lock();
             st.closed = true;
-            let n = st.waiting;
-            st.waiting = 0;
+            // (room held by reservations is given back when they drop)
+            let n: usize = st.pending.iter().map(|p| p.entry.len() - p.dispatched).sum();
+            st.waiting -= n;
             self.metrics.queue_depth.decrement(n as f64);
             st.pending.drain(..).collect()
         };
@@ -487,7 +529,7 @@ mod tests {
     fn submit(q: &Queue, v: &Arc<Version>, b: Batch, deadline: Duration) -> Result<oneshot::Receiver<Reply>, ApiError> {
         let (tx, rx) = oneshot::channel();
         let job = Job { model: Arc::clone(v), batch: Arc::new(b), deadline: Instant::now() + deadline, reply: ReplyTo::Channel(tx) };
-        q.submit(job).map(|()| rx)
+        q.submit(job, None).map(|()| rx)
     }
 
     #[test]

@@ -188,11 +188,15 @@ struct BodyBytes {
 /// Reads the body: 413 before reading when `Content-Length` is over the limit, or as soon as
 /// a streamed body crosses it; 408 when it has not all arrived within `--body-timeout-ms`;
 /// 503 when the bodies in memory would exceed `--max-body-memory-bytes`.
+/// Reads a request body within the limits. With `on_prefix = Some((n, f))`, `f` sees the
+/// body's first `n` bytes as soon as they are in (once, if the body has that many), and an
+/// error from it ends the read.
 async fn read_body(
     st: &AppState,
     budget: &BodyBudget,
     headers: &HeaderMap,
     mut body: Body,
+    mut on_prefix: Option<(usize, &mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send))>,
 ) -> Result<BodyBytes, ApiError> {
     let limit = st.args.max_body_bytes;
     let too_large = |n: String| {
@@ -233,6 +237,9 @@ async fn read_body(
             }
             budget.take(&mut held, data.len())?;
             buf.extend_from_slice(&data);
+            if let Some((n, f)) = on_prefix.take_if(|(n, _)| buf.len() >= *n) {
+                f(&buf[..n])?;
+            }
         }
     }
     Ok(BodyBytes { bytes: buf, _held: held })
@@ -320,10 +327,20 @@ async fn run_inference(
                 "header Inference-Header-Content-Length: /v1 predict takes JSON only".into(),
             ));
         }
-        let body = read_body(&st, budget, &headers, body).await?;
-        Ok((inflight, deadline, header_len, body))
+        // a binary request says its batch size in its JSON header: hold room in the queue
+        // for it then, so that under overload it is refused before its binary data is read
+        let mut reservation = None;
+        let mut reserve = |json: &[u8]| {
+            if let Some(n) = kserve::declared_batch(json).filter(|&n| n > 0) {
+                reservation = Some(st.queue.reserve(n)?);
+            }
+            Ok(())
+        };
+        let on_prefix = header_len.map(|n| (n, &mut reserve as &mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send)));
+        let body = read_body(&st, budget, &headers, body, on_prefix).await?;
+        Ok((inflight, deadline, header_len, body, reservation))
     };
-    let (_inflight, deadline, header_len, body) =
+    let (_inflight, deadline, header_len, body, reservation) =
         received.await.map_err(|error| Failure { error, body_unread: true })?;
     // the version serving now; the request runs on it even if a reload swaps in another
     let v = st.current();
@@ -353,7 +370,8 @@ async fn run_inference(
             return Err(ApiError::DeadlineExceeded("deadline passed before the request was queued".into()).into());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        st.queue.submit(Job { model: Arc::clone(&v), batch: Arc::new(batch), deadline, reply: ReplyTo::Channel(tx) })?;
+        let job = Job { model: Arc::clone(&v), batch: Arc::new(batch), deadline, reply: ReplyTo::Channel(tx) };
+        st.queue.submit(job, reservation)?;
         wait(rx, deadline).await?
     };
     Ok(match answer {

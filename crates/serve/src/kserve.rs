@@ -378,6 +378,18 @@ fn bool_param(params: &Option<Map<String, Value>>, key: &str, what: &str) -> Res
     }
 }
 
+/// The batch size a binary-extension request declares in its JSON header (the first
+/// dimension of input "dense"), read before the binary data arrives so that a request the
+/// queue cannot take is refused without reading its body. `None` when the header does not
+/// say (the full parse then reports what is wrong).
+pub fn declared_batch(json_header: &[u8]) -> Option<usize> {
+    let req: RawRequest = serde_json::from_slice(json_header).ok()?;
+    req.inputs.iter().find_map(|raw| {
+        let inp: RawInput = serde_json::from_str(raw.get()).ok()?;
+        (inp.name == DENSE).then(|| inp.shape.first().and_then(|&b| usize::try_from(b).ok()))?
+    })
+}
+
 /// Parses a KServe v2 inference request. `header_len` is the `Inference-Header-Content-Length`
 /// header (the binary tensor data extension): the JSON is that many leading bytes, the
 /// binary data of the inputs follows in input order.

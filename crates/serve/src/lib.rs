@@ -39,7 +39,10 @@
 //! # Batching
 //!
 //! An inference request is parsed and validated in full (every error names the tensor or
-//! field), then enters a queue bounded in *samples* (`--max-queue`). `--instances` compute
+//! field), then enters a queue bounded in *samples* (`--max-queue`). A request with binary
+//! tensors declares its batch size in its JSON header, which comes first: room for it is held
+//! in the queue as soon as that header is in, so under overload it gets its 503 before its
+//! binary data is read (the queue depth counts held room). `--instances` compute
 //! threads (default: one per `--threads`) each own an [`Executor`](dlrs_model::Executor) of
 //! `--threads / --instances` threads and a [`Workspace`](dlrs_model::Workspace), and take
 //! batches from the queue independently (like Triton's instance groups: a batch split across

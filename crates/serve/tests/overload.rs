@@ -36,6 +36,10 @@ fn full_queue_is_503_with_retry_after_at_once() {
         assert_eq!(r.status, 503, "{}", r.body);
         assert_eq!(r.retry_after.as_deref(), Some("1"));
         assert!(r.error().contains("queue full: 2 of 2 samples waiting"), "{}", r.body);
+        // a binary request is refused from its JSON header, before its binary data is sent
+        let (status, head) = binary_head_only(&srv, 1);
+        assert_eq!(status, 503, "{head}");
+        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
         // a request larger than the whole queue can never fit: 413
         let r = srv.infer(&samples(&mut Lcg(9), 3));
         assert_eq!(r.status, 413, "{}", r.body);
@@ -47,8 +51,42 @@ fn full_queue_is_503_with_retry_after_at_once() {
     // room again
     assert_close(&srv.infer(&c).scores(), &reference(&md.model, &c));
     let m = srv.metrics();
-    assert_eq!(metric(&m, "dlrs_requests_total", r#"status="503""#), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "dlrs_requests_total", r#"status="503""#), Some(2.0), "{m}");
+    assert_eq!(metric(&m, "dlrs_queue_depth_samples", ""), Some(0.0), "no room stays held: {m}");
     srv.stop().unwrap();
+}
+
+/// Sends the head and the JSON header of a binary-extension request of `b` samples (one id
+/// per table), never its binary data, and returns the status and head of the answer (which
+/// must come within 2 s).
+fn binary_head_only(srv: &Server, b: usize) -> (u16, String) {
+    use std::io::{Read, Write};
+    let cfg = config();
+    let (nd, nt) = (cfg.n_dense(), cfg.n_tables());
+    let json = serde_json::json!({"inputs": [
+        {"name": "dense", "datatype": "FP32", "shape": [b, nd], "parameters": {"binary_data_size": b * nd * 4}},
+        {"name": "lengths", "datatype": "INT32", "shape": [b, nt], "parameters": {"binary_data_size": b * nt * 4}},
+        {"name": "indices", "datatype": "INT64", "shape": [b * nt], "parameters": {"binary_data_size": b * nt * 8}},
+    ]})
+    .to_string();
+    let total = json.len() + b * (nd * 4 + nt * 4 + nt * 8);
+    let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let head = format!(
+        "POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {total}\r\nInference-Header-Content-Length: {}\r\n\r\n{json}",
+        json.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains("\r\n\r\n") {
+        let n = c.read(&mut buf).expect("an answer before the binary data was sent");
+        assert!(n > 0, "closed without an answer");
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    (text[9..12].parse().unwrap(), text)
 }
 
 #[test]
