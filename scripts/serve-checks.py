@@ -136,7 +136,7 @@ def main():
 
         # 1. latency-bounded throughput, HTTP then in process
         search = ["--target-p99-ms", str(a.target_p99_ms), "--qps", str(a.start_qps), "--duration", str(a.step_s),
-                  "--max-steps", str(a.max_steps)]
+                  "--max-steps", str(a.max_steps), "--warmup", "3"]
         http = run_json(loadgen + search)
         out["http"] = http
         best = http.get("latency_bounded")

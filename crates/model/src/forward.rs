@@ -160,7 +160,10 @@ impl Model {
         if !jobs.is_empty() {
             std::thread::Builder::new()
                 .name("dlrs-verify".into())
-                .spawn(move || jobs.into_iter().for_each(|j| j()))
+                .spawn(move || {
+                    crate::lower_thread_priority();
+                    jobs.into_iter().for_each(|j| j())
+                })
                 .map_err(|e| ModelError::io("<verify thread>", e))?;
         }
         Ok(())

@@ -34,3 +34,16 @@ pub use config::{DlrmConfig, Interaction, RowFormat};
 pub use error::ModelError;
 pub use forward::{Executor, Model, StageTimes, Workspace};
 pub use weights::TableMode;
+
+/// Puts the calling thread at the lowest CPU priority (nice 19; Linux scheduling is per
+/// thread): for background work beside serving — verifying checksums, loading a new model
+/// version — so that it uses the cores the compute threads leave idle. Best effort: a
+/// failure leaves the priority as it was.
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take and return plain integers.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
+}

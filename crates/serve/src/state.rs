@@ -154,7 +154,18 @@ impl AppState {
             return Ok(self.current().number);
         }
         let (dir, mode) = (self.dir.clone(), self.mode);
-        let loaded = tokio::task::spawn_blocking(move || load(&dir, mode)).await;
+        // a reload runs beside the serving version: on its own thread at the lowest CPU
+        // priority, so that reading and copying gigabytes of tables does not take the cores
+        // from the compute instances (requests would queue up and get 503)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("dlrs-reload".into()).spawn(move || {
+            dlrs_model::lower_thread_priority();
+            let _ = tx.send(load(&dir, mode));
+        });
+        if let Err(e) = spawned {
+            return Err(ApiError::ReloadFailed(format!("starting the reload thread: {e}")));
+        }
+        let loaded = rx.await;
         let serving = self.current().number;
         match loaded {
             Ok(Ok(model)) => {
