@@ -189,14 +189,17 @@ struct BodyBytes {
 /// a streamed body crosses it; 408 when it has not all arrived within `--body-timeout-ms`;
 /// 503 when the bodies in memory would exceed `--max-body-memory-bytes`.
 /// Reads a request body within the limits. With `on_prefix = Some((n, f))`, `f` sees the
-/// body's first `n` bytes as soon as they are in (once, if the body has that many), and an
-/// error from it ends the read.
+/// body's first `n` bytes as soon as they are in (once, if the body has that many); an error
+/// from it is returned once the rest of the body has been read and dropped unbuffered (so the
+/// connection stays usable and the client reads its answer instead of a reset), and
+/// `drained` is set.
 async fn read_body(
     st: &AppState,
     budget: &BodyBudget,
     headers: &HeaderMap,
     mut body: Body,
     mut on_prefix: Option<(usize, &mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send))>,
+    drained: &mut bool,
 ) -> Result<BodyBytes, ApiError> {
     let limit = st.args.max_body_bytes;
     let too_large = |n: String| {
@@ -218,6 +221,8 @@ async fn read_body(
     let until = tokio::time::Instant::now() + timeout;
     let mut held = budget.none();
     let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut refused = None;
+    let mut read = 0usize;
     loop {
         let frame = match tokio::time::timeout_at(until, body.frame()).await {
             Err(_) => {
@@ -232,15 +237,27 @@ async fn read_body(
             Ok(Some(Ok(f))) => f,
         };
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+            read += data.len();
+            if read > limit {
                 return Err(too_large(format!("more than {limit}")));
+            }
+            if refused.is_some() {
+                continue; // read and dropped
             }
             budget.take(&mut held, data.len())?;
             buf.extend_from_slice(&data);
             if let Some((n, f)) = on_prefix.take_if(|(n, _)| buf.len() >= *n) {
-                f(&buf[..n])?;
+                if let Err(e) = f(&buf[..n]) {
+                    refused = Some(e);
+                    buf = Vec::new();
+                    held = budget.none();
+                }
             }
         }
+    }
+    if let Some(e) = refused {
+        *drained = true;
+        return Err(e);
     }
     Ok(BodyBytes { bytes: buf, _held: held })
 }
@@ -312,6 +329,8 @@ async fn run_inference(
     body: Body,
 ) -> Result<Response, Failure> {
     let t0 = Instant::now();
+    // set when a request refused after its JSON header had the rest of its body read anyway
+    let mut drained = false;
     let received = async {
         let inflight = st.enter()?;
         st.check_model(&name, version.as_deref())?;
@@ -337,11 +356,11 @@ async fn run_inference(
             Ok(())
         };
         let on_prefix = header_len.map(|n| (n, &mut reserve as &mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send)));
-        let body = read_body(&st, budget, &headers, body, on_prefix).await?;
+        let body = read_body(&st, budget, &headers, body, on_prefix, &mut drained).await?;
         Ok((inflight, deadline, header_len, body, reservation))
     };
     let (_inflight, deadline, header_len, body, reservation) =
-        received.await.map_err(|error| Failure { error, body_unread: true })?;
+        received.await.map_err(|error| Failure { error, body_unread: !drained })?;
     // the version serving now; the request runs on it even if a reload swaps in another
     let v = st.current();
     // the body (and its share of the budget) is dropped once parsed
