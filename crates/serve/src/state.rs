@@ -173,7 +173,11 @@ impl AppState {
                 rs.next_number += 1;
                 rs.loaded = fp;
                 rs.failed = None;
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Version { model, number });
+                let old = std::mem::replace(
+                    &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
+                    Arc::new(Version { model, number }),
+                );
+                retire(old);
                 self.metrics.reload(true);
                 self.metrics.model_version.set(number as f64);
                 eprintln!("dlrs serve: model \"{}\": now serving version {number} from {}", self.name, self.dir.display());
@@ -246,6 +250,23 @@ impl AppState {
         self.queue.close();
         let handles = std::mem::take(&mut *self.batchers.lock().unwrap_or_else(|p| p.into_inner()));
         let _ = tokio::task::spawn_blocking(move || handles.into_iter().for_each(|h| drop(h.join()))).await;
+    }
+}
+
+/// Frees a replaced version off the serving threads: a thread at the lowest priority waits
+/// until the requests still running on it are done (each holds a reference; deadlines bound
+/// the wait), then unmaps its tables, which for gigabytes of tables takes long enough to
+/// stall a compute instance that happened to drop the last reference.
+fn retire(old: Arc<Version>) {
+    let spawned = std::thread::Builder::new().name("dlrs-retire".into()).spawn(move || {
+        dlrs_model::lower_thread_priority();
+        while Arc::strong_count(&old) > 1 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(old);
+    });
+    if let Err(e) = spawned {
+        eprintln!("dlrs serve: could not start a thread to free the replaced model version ({e}); freeing it here");
     }
 }
 
