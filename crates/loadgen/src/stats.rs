@@ -142,7 +142,10 @@ impl Report {
                 }
                 Status::Http(code) => {
                     *errors.by_status.entry(code.to_string()).or_default() += 1;
-                    error_lat.entry(code.to_string()).or_default().push(o.latency_s);
+                    error_lat
+                        .entry(code.to_string())
+                        .or_default()
+                        .push(o.latency_s);
                 }
                 Status::BadResponse => errors.bad_response += 1,
                 Status::Transport => errors.transport += 1,
@@ -167,7 +170,10 @@ impl Report {
                 total_samples as f64 / sizes.len() as f64
             },
             latency_ms: Latency::of(&ok_lat),
-            error_latency_ms: error_lat.iter().map(|(k, v)| (k.clone(), Latency::of(v))).collect(),
+            error_latency_ms: error_lat
+                .iter()
+                .map(|(k, v)| (k.clone(), Latency::of(v)))
+                .collect(),
             errors,
         }
     }

@@ -53,8 +53,9 @@ pub fn measure(
         max_queue: batching.max_queue,
     };
     let queue = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
-    let instances = dlrs_serve::spawn_instances(&queue, batching.instances, batching.threads, hooks)
-        .context("starting the compute threads")?;
+    let instances =
+        dlrs_serve::spawn_instances(&queue, batching.instances, batching.threads, hooks)
+            .context("starting the compute threads")?;
     let start = start_instant();
     let results = Arc::new(Results::new(start, offsets.len()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -71,12 +72,15 @@ pub fn measure(
             let n = batch.size();
             let answer = Arc::clone(&results);
             let reply = ReplyTo::Call(Box::new(move |r| answer.record(job, status(r, n))));
-            let submitted = queue.submit(Job {
-                model: Arc::clone(&version),
-                batch,
-                deadline: Instant::now() + deadline,
-                reply,
-            }, None);
+            let submitted = queue.submit(
+                Job {
+                    model: Arc::clone(&version),
+                    batch,
+                    deadline: Instant::now() + deadline,
+                    reply,
+                },
+                None,
+            );
             if let Err(e) = submitted {
                 results.record(job, status(Err(e), n));
             }

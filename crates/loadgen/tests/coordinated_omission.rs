@@ -160,9 +160,17 @@ fn http_latency_counts_the_wait_behind_a_stalled_connection() {
 /// The tiny model as a served version, and the workload's queries.
 fn twin_setup() -> (Arc<dlrs_serve::Version>, Arc<Vec<Arc<dlrs_model::Batch>>>) {
     let cfg = common::config();
-    let queries = workload().batches(&cfg).unwrap().into_iter().map(Arc::new).collect();
+    let queries = workload()
+        .batches(&cfg)
+        .unwrap()
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     let model = dlrs_model::Model::random(cfg, 3).unwrap();
-    (Arc::new(dlrs_serve::Version { model, number: 1 }), Arc::new(queries))
+    (
+        Arc::new(dlrs_serve::Version { model, number: 1 }),
+        Arc::new(queries),
+    )
 }
 
 /// Batches of one query on one instance: a stall is one forward pass that takes long.

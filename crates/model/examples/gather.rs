@@ -21,8 +21,13 @@ fn main() {
     let offsets: Vec<u32> = (0..=bags).map(|b| (b * pool) as u32).collect();
     let mut outs = vec![vec![0.0f32; bags * dim]; threads];
     // each thread gathers its own rotation of the ids
-    let per_thread: Vec<Vec<u32>> =
-        (0..threads).map(|k| ids.iter().map(|&i| ((i as usize + k * 7919) % rows) as u32).collect()).collect();
+    let per_thread: Vec<Vec<u32>> = (0..threads)
+        .map(|k| {
+            ids.iter()
+                .map(|&i| ((i as usize + k * 7919) % rows) as u32)
+                .collect()
+        })
+        .collect();
     for rep in 0..5 {
         let s = Instant::now();
         std::thread::scope(|sc| {
@@ -33,7 +38,14 @@ fn main() {
         });
         let e = s.elapsed().as_secs_f64();
         let huge = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-        let huge = huge.lines().find(|l| l.starts_with("AnonHugePages")).unwrap_or("").to_string();
-        println!("rep {rep}: {:.1} M rows/s ({huge})", (n * threads) as f64 / e / 1e6);
+        let huge = huge
+            .lines()
+            .find(|l| l.starts_with("AnonHugePages"))
+            .unwrap_or("")
+            .to_string();
+        println!(
+            "rep {rep}: {:.1} M rows/s ({huge})",
+            (n * threads) as f64 / e / 1e6
+        );
     }
 }

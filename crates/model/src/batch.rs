@@ -37,28 +37,49 @@ pub struct Sample {
 
 impl Batch {
     /// Validates parts built elsewhere (a server's tensors, a generator).
-    pub fn from_parts(cfg: &DlrmConfig, size: usize, dense: Vec<f32>, bags: Vec<Bags>) -> Result<Self> {
+    pub fn from_parts(
+        cfg: &DlrmConfig,
+        size: usize,
+        dense: Vec<f32>,
+        bags: Vec<Bags>,
+    ) -> Result<Self> {
         let nd = cfg.n_dense();
         if dense.len() != size * nd {
             return Err(ModelError::input(
                 "dense",
-                format!("{} values for {size} samples of {nd} dense features", dense.len()),
+                format!(
+                    "{} values for {size} samples of {nd} dense features",
+                    dense.len()
+                ),
             ));
         }
         if let Some(i) = dense.iter().position(|v| !v.is_finite()) {
-            return Err(ModelError::input(format!("dense[{}][{}]", i / nd, i % nd), "not a finite number"));
+            return Err(ModelError::input(
+                format!("dense[{}][{}]", i / nd, i % nd),
+                "not a finite number",
+            ));
         }
         if bags.len() != cfg.n_tables() {
-            return Err(ModelError::input("sparse", format!("{} tables, the model has {}", bags.len(), cfg.n_tables())));
+            return Err(ModelError::input(
+                "sparse",
+                format!("{} tables, the model has {}", bags.len(), cfg.n_tables()),
+            ));
         }
         for (t, b) in bags.iter().enumerate() {
             if b.offsets.len() != size + 1 || b.offsets[0] != 0 {
-                return Err(ModelError::input(format!("offsets[{t}]"), format!("need {} entries starting at 0", size + 1)));
-            }
-            if b.offsets.windows(2).any(|w| w[0] > w[1]) || b.offsets[size] as usize != b.ids.len() {
                 return Err(ModelError::input(
                     format!("offsets[{t}]"),
-                    format!("must be non-decreasing and end at the id count {}", b.ids.len()),
+                    format!("need {} entries starting at 0", size + 1),
+                ));
+            }
+            if b.offsets.windows(2).any(|w| w[0] > w[1]) || b.offsets[size] as usize != b.ids.len()
+            {
+                return Err(ModelError::input(
+                    format!("offsets[{t}]"),
+                    format!(
+                        "must be non-decreasing and end at the id count {}",
+                        b.ids.len()
+                    ),
                 ));
             }
             let rows = cfg.tables[t];
@@ -66,7 +87,10 @@ impl Batch {
                 let s = b.offsets.partition_point(|&o| o as usize <= j) - 1;
                 return Err(ModelError::input(
                     format!("sparse[{t}] of sample {s}"),
-                    format!("id {} out of range for table {t} with {rows} rows", b.ids[j]),
+                    format!(
+                        "id {} out of range for table {t} with {rows} rows",
+                        b.ids[j]
+                    ),
                 ));
             }
         }
@@ -78,7 +102,13 @@ impl Batch {
         Batch {
             size: 0,
             dense: Vec::new(),
-            bags: vec![Bags { offsets: vec![0], ids: Vec::new() }; cfg.n_tables()],
+            bags: vec![
+                Bags {
+                    offsets: vec![0],
+                    ids: Vec::new()
+                };
+                cfg.n_tables()
+            ],
         }
     }
 
@@ -88,7 +118,10 @@ impl Batch {
         for (b, ids) in self.bags.iter_mut().zip(&s.sparse) {
             let end = b.ids.len() + ids.len();
             if end > u32::MAX as usize {
-                return Err(ModelError::input("sparse", "more than 2^32 ids per table in one batch"));
+                return Err(ModelError::input(
+                    "sparse",
+                    "more than 2^32 ids per table in one batch",
+                ));
             }
             b.ids.extend_from_slice(ids);
             b.offsets.push(end as u32);
@@ -124,19 +157,39 @@ impl Batch {
 
 fn validate_sample(cfg: &DlrmConfig, s: &Sample) -> Result<()> {
     if s.dense.len() != cfg.n_dense() {
-        return Err(ModelError::input("dense", format!("{} values, the model takes {}", s.dense.len(), cfg.n_dense())));
+        return Err(ModelError::input(
+            "dense",
+            format!(
+                "{} values, the model takes {}",
+                s.dense.len(),
+                cfg.n_dense()
+            ),
+        ));
     }
     if let Some(i) = s.dense.iter().position(|v| !v.is_finite()) {
-        return Err(ModelError::input(format!("dense[{i}]"), "not a finite number"));
+        return Err(ModelError::input(
+            format!("dense[{i}]"),
+            "not a finite number",
+        ));
     }
     if s.sparse.len() != cfg.n_tables() {
-        return Err(ModelError::input("sparse", format!("{} tables, the model has {}", s.sparse.len(), cfg.n_tables())));
+        return Err(ModelError::input(
+            "sparse",
+            format!(
+                "{} tables, the model has {}",
+                s.sparse.len(),
+                cfg.n_tables()
+            ),
+        ));
     }
     for (t, ids) in s.sparse.iter().enumerate() {
         if let Some(j) = ids.iter().position(|&id| id as usize >= cfg.tables[t]) {
             return Err(ModelError::input(
                 format!("sparse[{t}][{j}]"),
-                format!("id {} out of range for table {t} with {} rows", ids[j], cfg.tables[t]),
+                format!(
+                    "id {} out of range for table {t} with {} rows",
+                    ids[j], cfg.tables[t]
+                ),
             ));
         }
     }
@@ -147,42 +200,72 @@ fn validate_sample(cfg: &DlrmConfig, s: &Sample) -> Result<()> {
 /// optional) and validates it against `cfg`. Errors name the field; the caller attaches
 /// the line number with [`ModelError::at_line`].
 pub fn parse_sample(line: &str, cfg: &DlrmConfig) -> Result<Sample> {
-    let v: Value = serde_json::from_str(line).map_err(|e| ModelError::input("", format!("malformed JSON: {e}")))?;
+    let v: Value = serde_json::from_str(line)
+        .map_err(|e| ModelError::input("", format!("malformed JSON: {e}")))?;
     let Value::Object(map) = v else {
-        return Err(ModelError::input("", "a sample must be a JSON object with \"dense\" and \"sparse\""));
+        return Err(ModelError::input(
+            "",
+            "a sample must be a JSON object with \"dense\" and \"sparse\"",
+        ));
     };
-    if let Some(k) = map.keys().find(|k| !matches!(k.as_str(), "dense" | "sparse" | "label")) {
-        return Err(ModelError::input(k.clone(), "unknown field (a sample has dense, sparse and optional label)"));
+    if let Some(k) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "dense" | "sparse" | "label"))
+    {
+        return Err(ModelError::input(
+            k.clone(),
+            "unknown field (a sample has dense, sparse and optional label)",
+        ));
     }
-    let dense_v = map.get("dense").ok_or_else(|| ModelError::input("dense", "missing"))?;
+    let dense_v = map
+        .get("dense")
+        .ok_or_else(|| ModelError::input("dense", "missing"))?;
     let Value::Array(dense_a) = dense_v else {
         return Err(ModelError::input("dense", "must be an array of numbers"));
     };
     let mut dense = Vec::with_capacity(dense_a.len());
     for (i, x) in dense_a.iter().enumerate() {
-        let f = x.as_f64().ok_or_else(|| ModelError::input(format!("dense[{i}]"), format!("`{x}` is not a number")))?;
+        let f = x.as_f64().ok_or_else(|| {
+            ModelError::input(format!("dense[{i}]"), format!("`{x}` is not a number"))
+        })?;
         let f32v = f as f32;
         if !f32v.is_finite() {
-            return Err(ModelError::input(format!("dense[{i}]"), format!("{f} is not a finite f32")));
+            return Err(ModelError::input(
+                format!("dense[{i}]"),
+                format!("{f} is not a finite f32"),
+            ));
         }
         dense.push(f32v);
     }
-    let sparse_v = map.get("sparse").ok_or_else(|| ModelError::input("sparse", "missing"))?;
+    let sparse_v = map
+        .get("sparse")
+        .ok_or_else(|| ModelError::input("sparse", "missing"))?;
     let Value::Array(sparse_a) = sparse_v else {
-        return Err(ModelError::input("sparse", "must be an array with one array of ids per table"));
+        return Err(ModelError::input(
+            "sparse",
+            "must be an array with one array of ids per table",
+        ));
     };
     let mut sparse = Vec::with_capacity(sparse_a.len());
     for (t, bag) in sparse_a.iter().enumerate() {
         let Value::Array(ids_a) = bag else {
-            return Err(ModelError::input(format!("sparse[{t}]"), "must be an array of ids"));
+            return Err(ModelError::input(
+                format!("sparse[{t}]"),
+                "must be an array of ids",
+            ));
         };
         let mut ids = Vec::with_capacity(ids_a.len());
         for (j, x) in ids_a.iter().enumerate() {
             let field = || format!("sparse[{t}][{j}]");
-            let id = x.as_u64().ok_or_else(|| ModelError::input(field(), format!("`{x}` is not a non-negative integer id")))?;
+            let id = x.as_u64().ok_or_else(|| {
+                ModelError::input(field(), format!("`{x}` is not a non-negative integer id"))
+            })?;
             let rows = cfg.tables.get(t).copied().unwrap_or(usize::MAX);
             if id >= rows as u64 {
-                return Err(ModelError::input(field(), format!("id {id} out of range for table {t} with {rows} rows")));
+                return Err(ModelError::input(
+                    field(),
+                    format!("id {id} out of range for table {t} with {rows} rows"),
+                ));
             }
             ids.push(id as u32);
         }
@@ -195,7 +278,11 @@ pub fn parse_sample(line: &str, cfg: &DlrmConfig) -> Result<Sample> {
             _ => return Err(ModelError::input("label", format!("`{x}` is not 0 or 1"))),
         },
     };
-    let s = Sample { dense, sparse, label };
+    let s = Sample {
+        dense,
+        sparse,
+        label,
+    };
     validate_sample(cfg, &s)?;
     Ok(s)
 }
@@ -213,56 +300,125 @@ mod tests {
     }
 
     fn err(line: &str) -> String {
-        parse_sample(line, &cfg()).unwrap_err().at_line(7).to_string()
+        parse_sample(line, &cfg())
+            .unwrap_err()
+            .at_line(7)
+            .to_string()
     }
 
     #[test]
     fn good_sample_with_empty_bag() {
-        let s = parse_sample(r#"{"dense":[1,2.5],"sparse":[[4,0,4],[]],"label":1}"#, &cfg()).unwrap();
+        let s = parse_sample(
+            r#"{"dense":[1,2.5],"sparse":[[4,0,4],[]],"label":1}"#,
+            &cfg(),
+        )
+        .unwrap();
         assert_eq!(s.sparse, vec![vec![4, 0, 4], vec![]]);
         let mut b = Batch::empty(&cfg());
         b.push(&cfg(), &s).unwrap();
         b.push(&cfg(), &s).unwrap();
         assert_eq!(b.bags()[0].offsets, vec![0, 3, 6]);
         assert_eq!(b.bags()[1].offsets, vec![0, 0, 0]);
-        assert_eq!(Batch::from_parts(&cfg(), 2, b.dense().to_vec(), b.bags().to_vec()).unwrap(), b);
+        assert_eq!(
+            Batch::from_parts(&cfg(), 2, b.dense().to_vec(), b.bags().to_vec()).unwrap(),
+            b
+        );
     }
 
     #[test]
     fn bad_samples_name_line_and_field() {
         let cases = [
-            (r#"{"dense":[1,2],"sparse":[[5],[]]}"#, "line 7: field `sparse[0][0]`: id 5 out of range"),
-            (r#"{"dense":[1,2],"sparse":[[0],[1]]}"#, "field `sparse[1][0]`: id 1 out of range"),
-            (r#"{"dense":[1,2],"sparse":[[-1],[]]}"#, "field `sparse[0][0]`: `-1` is not a non-negative"),
-            (r#"{"dense":[1,2],"sparse":[[1.5],[]]}"#, "field `sparse[0][0]`"),
-            (r#"{"dense":[1],"sparse":[[1],[]]}"#, "field `dense`: 1 values, the model takes 2"),
+            (
+                r#"{"dense":[1,2],"sparse":[[5],[]]}"#,
+                "line 7: field `sparse[0][0]`: id 5 out of range",
+            ),
+            (
+                r#"{"dense":[1,2],"sparse":[[0],[1]]}"#,
+                "field `sparse[1][0]`: id 1 out of range",
+            ),
+            (
+                r#"{"dense":[1,2],"sparse":[[-1],[]]}"#,
+                "field `sparse[0][0]`: `-1` is not a non-negative",
+            ),
+            (
+                r#"{"dense":[1,2],"sparse":[[1.5],[]]}"#,
+                "field `sparse[0][0]`",
+            ),
+            (
+                r#"{"dense":[1],"sparse":[[1],[]]}"#,
+                "field `dense`: 1 values, the model takes 2",
+            ),
             (r#"{"dense":[1,"a"],"sparse":[[1],[]]}"#, "field `dense[1]`"),
-            (r#"{"dense":[1,1e39],"sparse":[[1],[]]}"#, "field `dense[1]`: 1000000000000000000000000000000000000000 is not a finite f32"),
-            (r#"{"dense":[1,2],"sparse":[[1]]}"#, "field `sparse`: 1 tables, the model has 2"),
-            (r#"{"dense":[1,2],"sparse":[[1],[]],"labl":1}"#, "field `labl`: unknown"),
-            (r#"{"dense":[1,2],"sparse":[[1],[]],"label":2}"#, "field `label`"),
+            (
+                r#"{"dense":[1,1e39],"sparse":[[1],[]]}"#,
+                "field `dense[1]`: 1000000000000000000000000000000000000000 is not a finite f32",
+            ),
+            (
+                r#"{"dense":[1,2],"sparse":[[1]]}"#,
+                "field `sparse`: 1 tables, the model has 2",
+            ),
+            (
+                r#"{"dense":[1,2],"sparse":[[1],[]],"labl":1}"#,
+                "field `labl`: unknown",
+            ),
+            (
+                r#"{"dense":[1,2],"sparse":[[1],[]],"label":2}"#,
+                "field `label`",
+            ),
             (r#"{"dense":[1,2]}"#, "field `sparse`: missing"),
-            (r#"{"dense":[1,NaN],"sparse":[[1],[]]}"#, "line 7: malformed JSON"),
+            (
+                r#"{"dense":[1,NaN],"sparse":[[1],[]]}"#,
+                "line 7: malformed JSON",
+            ),
             (r#"[1]"#, "line 7: a sample must be a JSON object"),
         ];
         for (line, want) in cases {
             let got = err(line);
-            assert!(got.starts_with("line 7") && got.contains(want), "{line}: got `{got}`, want `{want}`");
+            assert!(
+                got.starts_with("line 7") && got.contains(want),
+                "{line}: got `{got}`, want `{want}`"
+            );
         }
     }
 
     #[test]
     fn from_parts_rejects_bad_offsets_and_ids() {
         let c = cfg();
-        let ok = || vec![Bags { offsets: vec![0, 1], ids: vec![4] }, Bags { offsets: vec![0, 0], ids: vec![] }];
+        let ok = || {
+            vec![
+                Bags {
+                    offsets: vec![0, 1],
+                    ids: vec![4],
+                },
+                Bags {
+                    offsets: vec![0, 0],
+                    ids: vec![],
+                },
+            ]
+        };
         assert!(Batch::from_parts(&c, 1, vec![0.0, 1.0], ok()).is_ok());
         let mut b = ok();
         b[0].ids[0] = 5;
-        assert!(Batch::from_parts(&c, 1, vec![0.0, 1.0], b).unwrap_err().to_string().contains("sample 0"));
+        assert!(
+            Batch::from_parts(&c, 1, vec![0.0, 1.0], b)
+                .unwrap_err()
+                .to_string()
+                .contains("sample 0")
+        );
         let mut b = ok();
         b[0].offsets = vec![0, 2];
-        assert!(Batch::from_parts(&c, 1, vec![0.0, 1.0], b).unwrap_err().to_string().contains("offsets[0]"));
-        assert!(Batch::from_parts(&c, 1, vec![0.0, f32::NAN], ok()).unwrap_err().to_string().contains("dense[0][1]"));
+        assert!(
+            Batch::from_parts(&c, 1, vec![0.0, 1.0], b)
+                .unwrap_err()
+                .to_string()
+                .contains("offsets[0]")
+        );
+        assert!(
+            Batch::from_parts(&c, 1, vec![0.0, f32::NAN], ok())
+                .unwrap_err()
+                .to_string()
+                .contains("dense[0][1]")
+        );
         assert!(Batch::from_parts(&c, 1, vec![0.0], ok()).is_err());
     }
 }

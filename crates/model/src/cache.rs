@@ -28,7 +28,11 @@ impl RowIndex {
     /// An index for `ids` (distinct, none equal to `u32::MAX`), slot = position in `ids`.
     pub fn new(ids: &[u32]) -> Self {
         let cap = (ids.len() * 2).next_power_of_two().max(16);
-        let mut ix = RowIndex { keys: vec![EMPTY; cap], slots: vec![0; cap], mask: cap - 1 };
+        let mut ix = RowIndex {
+            keys: vec![EMPTY; cap],
+            slots: vec![0; cap],
+            mask: cap - 1,
+        };
         for (slot, &id) in ids.iter().enumerate() {
             assert_ne!(id, EMPTY, "row id u32::MAX cannot be cached");
             let mut h = Self::hash(id) & ix.mask;
@@ -84,7 +88,10 @@ impl RowCache {
             let id = id as usize;
             dst.copy_from_slice(&src[id * stride..id * stride + stride]);
         }
-        Ok(RowCache { rows, index: RowIndex::new(ids) })
+        Ok(RowCache {
+            rows,
+            index: RowIndex::new(ids),
+        })
     }
 
     /// Memory the cache takes: rows plus index.
@@ -105,7 +112,15 @@ impl RowCache {
         out_stride: usize,
         scratch: &mut CacheScratch,
     ) {
-        let CacheScratch { hit_ids, hit_offsets, miss_ids, miss_offsets, miss_out, hits, lookups } = scratch;
+        let CacheScratch {
+            hit_ids,
+            hit_offsets,
+            miss_ids,
+            miss_offsets,
+            miss_out,
+            hits,
+            lookups,
+        } = scratch;
         hit_ids.clear();
         miss_ids.clear();
         hit_offsets.clear();
@@ -205,7 +220,13 @@ pub fn build_caches(
     let caches = tables
         .iter()
         .zip(chosen)
-        .map(|(table, ids)| if ids.is_empty() { Ok(None) } else { RowCache::build(table, &ids).map(Some) })
+        .map(|(table, ids)| {
+            if ids.is_empty() {
+                Ok(None)
+            } else {
+                RowCache::build(table, &ids).map(Some)
+            }
+        })
         .collect::<std::io::Result<Vec<_>>>()?;
     Ok((caches, served as f64 / traffic.lookups.max(1) as f64))
 }
@@ -243,18 +264,32 @@ mod tests {
                 traffic.observe(&synth_batch(&cfg, 64, 9, IdDist::Zipf(1.1), s).unwrap());
             }
             let tables = [table];
-            let (caches, share) = build_caches(&tables, &traffic, 40 * (tables[0].stride() + 16)).unwrap();
+            let (caches, share) =
+                build_caches(&tables, &traffic, 40 * (tables[0].stride() + 16)).unwrap();
             let cache = caches[0].as_ref().unwrap();
             assert_eq!(cache.rows.rows(), 40);
-            assert!(share > 0.2, "Zipf traffic: 40 rows should serve a good share, got {share}");
+            assert!(
+                share > 0.2,
+                "Zipf traffic: 40 rows should serve a good share, got {share}"
+            );
             let b = synth_batch(&cfg, 50, 9, IdDist::Zipf(1.1), 77).unwrap();
             let bags = &b.bags()[0];
             let stride = 13 + 3;
             let (mut want, mut got) = (vec![-1.0; 50 * stride], vec![-1.0; 50 * stride]);
             tables[0].bag_sum(&bags.offsets, &bags.ids, &mut want, stride);
-            cache.bag_sum(&tables[0], &bags.offsets, &bags.ids, &mut got, stride, &mut CacheScratch::default());
+            cache.bag_sum(
+                &tables[0],
+                &bags.offsets,
+                &bags.ids,
+                &mut got,
+                stride,
+                &mut CacheScratch::default(),
+            );
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{fmt:?} at {i}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{fmt:?} at {i}: {g} vs {w}"
+                );
             }
         }
     }

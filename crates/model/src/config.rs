@@ -84,15 +84,23 @@ fn widths(field: &str, v: &Value) -> Result<Vec<usize>> {
         Value::Array(a) => a
             .iter()
             .map(|x| {
-                x.as_u64()
-                    .map(|n| n as usize)
-                    .ok_or_else(|| ModelError::config(field, format!("`{x}` is not a non-negative integer")))
+                x.as_u64().map(|n| n as usize).ok_or_else(|| {
+                    ModelError::config(field, format!("`{x}` is not a non-negative integer"))
+                })
             })
             .collect::<Result<Vec<_>>>()?,
-        other => return Err(ModelError::config(field, format!("expected a string like \"13-512-64\", got {other}"))),
+        other => {
+            return Err(ModelError::config(
+                field,
+                format!("expected a string like \"13-512-64\", got {other}"),
+            ));
+        }
     };
     if let Some(i) = out.iter().position(|&w| w == 0) {
-        return Err(ModelError::config(field, format!("entry {i} is 0; every width/size must be positive")));
+        return Err(ModelError::config(
+            field,
+            format!("entry {i} is 0; every width/size must be positive"),
+        ));
     }
     Ok(out)
 }
@@ -100,15 +108,23 @@ fn widths(field: &str, v: &Value) -> Result<Vec<usize>> {
 impl DlrmConfig {
     /// Parses and validates config.json text.
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text).map_err(|e| ModelError::config("<json>", e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| ModelError::config("<json>", e.to_string()))?;
         let Value::Object(map) = v else {
-            return Err(ModelError::config("<json>", "config.json must be a JSON object"));
+            return Err(ModelError::config(
+                "<json>",
+                "config.json must be a JSON object",
+            ));
         };
         Self::from_map(&map)
     }
 
     fn from_map(map: &Map<String, Value>) -> Result<Self> {
-        let mut unknown: Vec<&str> = map.keys().map(String::as_str).filter(|k| !FIELDS.contains(k)).collect();
+        let mut unknown: Vec<&str> = map
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !FIELDS.contains(k))
+            .collect();
         if !unknown.is_empty() {
             unknown.sort();
             return Err(ModelError::config(
@@ -126,23 +142,39 @@ impl DlrmConfig {
             Value::String(s) => s.trim().parse::<usize>().ok(),
             _ => None,
         }
-        .ok_or_else(|| ModelError::config("arch_sparse_feature_size", format!("expected a positive integer, got {dim_v}")))?;
+        .ok_or_else(|| {
+            ModelError::config(
+                "arch_sparse_feature_size",
+                format!("expected a positive integer, got {dim_v}"),
+            )
+        })?;
         let op = get("arch_interaction_op")?;
         let interaction = match op.as_str() {
             Some("dot") => Interaction::Dot,
             Some("cat") => Interaction::Cat,
-            _ => return Err(ModelError::config("arch_interaction_op", format!("expected \"dot\" or \"cat\", got {op}"))),
+            _ => {
+                return Err(ModelError::config(
+                    "arch_interaction_op",
+                    format!("expected \"dot\" or \"cat\", got {op}"),
+                ));
+            }
         };
         let interaction_itself = match map.get("arch_interaction_itself") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(other) => {
-                return Err(ModelError::config("arch_interaction_itself", format!("expected true or false, got {other}")));
+                return Err(ModelError::config(
+                    "arch_interaction_itself",
+                    format!("expected true or false, got {other}"),
+                ));
             }
         };
         let parse_fmt = |v: &Value| -> Result<RowFormat> {
             v.as_str().and_then(RowFormat::parse).ok_or_else(|| {
-                ModelError::config(DTYPE_FIELD, format!("`{v}` is not a row format (fp32, fp16, int8, int4)"))
+                ModelError::config(
+                    DTYPE_FIELD,
+                    format!("`{v}` is not a row format (fp32, fp16, int8, int4)"),
+                )
             })
         };
         let table_formats = match map.get(DTYPE_FIELD) {
@@ -158,7 +190,15 @@ impl DlrmConfig {
             }
             Some(v) => vec![parse_fmt(v)?; tables.len()],
         };
-        let c = DlrmConfig { bot, top, tables, dim, interaction, interaction_itself, table_formats };
+        let c = DlrmConfig {
+            bot,
+            top,
+            tables,
+            dim,
+            interaction,
+            interaction_itself,
+            table_formats,
+        };
         c.validate()?;
         Ok(c)
     }
@@ -166,44 +206,78 @@ impl DlrmConfig {
     /// Checks that the fields agree with each other.
     pub fn validate(&self) -> Result<()> {
         if self.bot.len() < 2 {
-            return Err(ModelError::config("arch_mlp_bot", "needs the dense feature count and at least one layer width"));
+            return Err(ModelError::config(
+                "arch_mlp_bot",
+                "needs the dense feature count and at least one layer width",
+            ));
         }
         if self.bot.contains(&0) {
-            return Err(ModelError::config("arch_mlp_bot", "widths must be positive"));
+            return Err(ModelError::config(
+                "arch_mlp_bot",
+                "widths must be positive",
+            ));
         }
         if self.top.is_empty() || self.top.contains(&0) {
-            return Err(ModelError::config("arch_mlp_top", "needs positive layer widths"));
+            return Err(ModelError::config(
+                "arch_mlp_top",
+                "needs positive layer widths",
+            ));
         }
         if *self.top.last().unwrap() != 1 {
             return Err(ModelError::config(
                 "arch_mlp_top",
-                format!("the last top layer must have width 1 (the click logit), got {}", self.top.last().unwrap()),
+                format!(
+                    "the last top layer must have width 1 (the click logit), got {}",
+                    self.top.last().unwrap()
+                ),
             ));
         }
         if self.tables.is_empty() {
-            return Err(ModelError::config("arch_embedding_size", "needs at least one table"));
-        }
-        if let Some(t) = self.tables.iter().position(|&r| r == 0 || r > MAX_TABLE_ROWS) {
             return Err(ModelError::config(
                 "arch_embedding_size",
-                format!("table {t} has {} rows; tables hold 1 ..= 2^32 rows", self.tables[t]),
+                "needs at least one table",
+            ));
+        }
+        if let Some(t) = self
+            .tables
+            .iter()
+            .position(|&r| r == 0 || r > MAX_TABLE_ROWS)
+        {
+            return Err(ModelError::config(
+                "arch_embedding_size",
+                format!(
+                    "table {t} has {} rows; tables hold 1 ..= 2^32 rows",
+                    self.tables[t]
+                ),
             ));
         }
         if self.dim == 0 {
-            return Err(ModelError::config("arch_sparse_feature_size", "must be positive"));
+            return Err(ModelError::config(
+                "arch_sparse_feature_size",
+                "must be positive",
+            ));
         }
         let bot_out = *self.bot.last().unwrap();
         if bot_out != self.dim {
             return Err(ModelError::config(
                 "arch_sparse_feature_size",
-                format!("is {} but the last bottom MLP width (arch_mlp_bot) is {bot_out}; they must be equal", self.dim),
+                format!(
+                    "is {} but the last bottom MLP width (arch_mlp_bot) is {bot_out}; they must be equal",
+                    self.dim
+                ),
             ));
         }
         if self.table_formats.len() != self.tables.len() {
-            return Err(ModelError::config(DTYPE_FIELD, "needs one row format per table"));
+            return Err(ModelError::config(
+                DTYPE_FIELD,
+                "needs one row format per table",
+            ));
         }
         if self.interaction_itself && self.interaction == Interaction::Cat {
-            return Err(ModelError::config("arch_interaction_itself", "applies only to arch_interaction_op \"dot\""));
+            return Err(ModelError::config(
+                "arch_interaction_itself",
+                "applies only to arch_interaction_op \"dot\"",
+            ));
         }
         Ok(())
     }
@@ -227,7 +301,11 @@ impl DlrmConfig {
         match self.interaction {
             Interaction::Cat => self.features_width(),
             Interaction::Dot => {
-                self.dim + dlrs_kernels::interaction::pair_count(self.tables.len() + 1, self.interaction_itself)
+                self.dim
+                    + dlrs_kernels::interaction::pair_count(
+                        self.tables.len() + 1,
+                        self.interaction_itself,
+                    )
             }
         }
     }
@@ -241,17 +319,27 @@ impl DlrmConfig {
 
     /// Multiply-adds per sample in the MLPs, times two.
     pub fn mlp_flops_per_sample(&self) -> f64 {
-        let f = |w: &[usize]| w.windows(2).map(|p| 2.0 * (p[0] * p[1]) as f64).sum::<f64>();
+        let f = |w: &[usize]| {
+            w.windows(2)
+                .map(|p| 2.0 * (p[0] * p[1]) as f64)
+                .sum::<f64>()
+        };
         f(&self.bot) + f(&self.top_full())
     }
 
     /// Embedding parameters (all tables).
     pub fn embedding_params(&self) -> u128 {
-        self.tables.iter().map(|&r| r as u128 * self.dim as u128).sum()
+        self.tables
+            .iter()
+            .map(|&r| r as u128 * self.dim as u128)
+            .sum()
     }
 
     fn dash(v: &[usize]) -> String {
-        v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join("-")
     }
 
     /// Sets every table's row format.
@@ -275,7 +363,12 @@ impl DlrmConfig {
             v[DTYPE_FIELD] = if self.table_formats.iter().all(|f| *f == first) {
                 json!(first.name())
             } else {
-                json!(self.table_formats.iter().map(|f| f.name()).collect::<Vec<_>>())
+                json!(
+                    self.table_formats
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                )
             };
         }
         serde_json::to_string_pretty(&v).expect("a JSON value serializes") + "\n"
@@ -306,35 +399,78 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        assert!(err(&OK.replace("\"arch_interaction_itself\": false", "\"arch_foo\": 1")).contains("`arch_foo`"));
-        assert!(err(&OK.replace("\"arch_sparse_feature_size\": 16", "\"arch_sparse_feature_size\": 8")).contains("arch_sparse_feature_size"));
+        assert!(
+            err(&OK.replace("\"arch_interaction_itself\": false", "\"arch_foo\": 1"))
+                .contains("`arch_foo`")
+        );
+        assert!(
+            err(&OK.replace(
+                "\"arch_sparse_feature_size\": 16",
+                "\"arch_sparse_feature_size\": 8"
+            ))
+            .contains("arch_sparse_feature_size")
+        );
         assert!(err(&OK.replace("512-256-1", "512-256-2")).contains("arch_mlp_top"));
         assert!(err(&OK.replace("\"dot\"", "\"sum\"")).contains("arch_interaction_op"));
         assert!(err(&OK.replace("1460-583", "1460-x")).contains("arch_embedding_size"));
         assert!(err(&OK.replace("1460-583", "1460-0")).contains("arch_embedding_size"));
-        assert!(err(&OK.replace("\"arch_mlp_bot\": \"13-512-256-64-16\",", "")).contains("`arch_mlp_bot`: missing"));
+        assert!(
+            err(&OK.replace("\"arch_mlp_bot\": \"13-512-256-64-16\",", ""))
+                .contains("`arch_mlp_bot`: missing")
+        );
         assert!(err("[1]").contains("JSON object"));
         assert!(err("{").contains("<json>"));
     }
 
     #[test]
     fn row_formats_one_or_per_table() {
-        let all = DlrmConfig::from_json_str(&OK.replace("\"arch_interaction_itself\": false", "\"dlrs_embedding_dtype\": \"int8\"")).unwrap();
+        let all = DlrmConfig::from_json_str(&OK.replace(
+            "\"arch_interaction_itself\": false",
+            "\"dlrs_embedding_dtype\": \"int8\"",
+        ))
+        .unwrap();
         assert_eq!(all.table_formats, vec![RowFormat::Int8; 3]);
-        assert!(all.to_json_string().contains("\"dlrs_embedding_dtype\": \"int8\""));
-        let per = OK.replace("\"arch_interaction_itself\": false", "\"dlrs_embedding_dtype\": [\"fp32\", \"int4\", \"fp16\"]");
+        assert!(
+            all.to_json_string()
+                .contains("\"dlrs_embedding_dtype\": \"int8\"")
+        );
+        let per = OK.replace(
+            "\"arch_interaction_itself\": false",
+            "\"dlrs_embedding_dtype\": [\"fp32\", \"int4\", \"fp16\"]",
+        );
         let per = DlrmConfig::from_json_str(&per).unwrap();
-        assert_eq!(per.table_formats, vec![RowFormat::F32, RowFormat::Int4, RowFormat::F16]);
-        assert_eq!(DlrmConfig::from_json_str(&per.to_json_string()).unwrap(), per);
+        assert_eq!(
+            per.table_formats,
+            vec![RowFormat::F32, RowFormat::Int4, RowFormat::F16]
+        );
+        assert_eq!(
+            DlrmConfig::from_json_str(&per.to_json_string()).unwrap(),
+            per
+        );
         let fp32 = DlrmConfig::from_json_str(OK).unwrap();
         assert!(!fp32.to_json_string().contains("dlrs_embedding_dtype"));
-        assert!(err(&OK.replace("\"arch_interaction_itself\": false", "\"dlrs_embedding_dtype\": \"int3\"")).contains("dlrs_embedding_dtype"));
-        assert!(err(&OK.replace("\"arch_interaction_itself\": false", "\"dlrs_embedding_dtype\": [\"int8\"]")).contains("1 formats for 3 tables"));
+        assert!(
+            err(&OK.replace(
+                "\"arch_interaction_itself\": false",
+                "\"dlrs_embedding_dtype\": \"int3\""
+            ))
+            .contains("dlrs_embedding_dtype")
+        );
+        assert!(
+            err(&OK.replace(
+                "\"arch_interaction_itself\": false",
+                "\"dlrs_embedding_dtype\": [\"int8\"]"
+            ))
+            .contains("1 formats for 3 tables")
+        );
     }
 
     #[test]
     fn itself_only_with_dot() {
-        let cat = OK.replace("\"dot\"", "\"cat\"").replace("\"arch_interaction_itself\": false", "\"arch_interaction_itself\": true");
+        let cat = OK.replace("\"dot\"", "\"cat\"").replace(
+            "\"arch_interaction_itself\": false",
+            "\"arch_interaction_itself\": true",
+        );
         assert!(err(&cat).contains("arch_interaction_itself"));
     }
 }

@@ -11,11 +11,19 @@ pub enum ModelError {
 
     /// A tensor of model.safetensors is missing, unexpected, or has the wrong shape/dtype.
     #[error("{path}: tensor `{tensor}`: {msg}")]
-    Tensor { path: PathBuf, tensor: String, msg: String },
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        msg: String,
+    },
 
     /// A tensor's bytes do not match the checksum its manifest recorded.
     #[error("{path}: tensor `{tensor}`: {msg} (the file is corrupt; its rows are not served)")]
-    Corrupt { path: PathBuf, tensor: String, msg: String },
+    Corrupt {
+        path: PathBuf,
+        tensor: String,
+        msg: String,
+    },
 
     /// The file is not a readable safetensors file.
     #[error("{path}: {msg}")]
@@ -23,10 +31,17 @@ pub enum ModelError {
 
     /// An input sample is malformed.
     #[error("{}", input_message(line, field, msg))]
-    Input { line: Option<usize>, field: String, msg: String },
+    Input {
+        line: Option<usize>,
+        field: String,
+        msg: String,
+    },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("unknown preset `{0}` (known: {known})", known = crate::presets::names().join(", "))]
     UnknownPreset(String),
@@ -43,18 +58,32 @@ fn input_message(line: &Option<usize>, field: &str, msg: &str) -> String {
 
 impl ModelError {
     pub(crate) fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
-        ModelError::Config { field: field.into(), msg: msg.into() }
+        ModelError::Config {
+            field: field.into(),
+            msg: msg.into(),
+        }
     }
     pub(crate) fn input(field: impl Into<String>, msg: impl Into<String>) -> Self {
-        ModelError::Input { line: None, field: field.into(), msg: msg.into() }
+        ModelError::Input {
+            line: None,
+            field: field.into(),
+            msg: msg.into(),
+        }
     }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.into(), source }
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
     }
     /// Attaches a 1-based input line number to an input error.
     pub fn at_line(self, line: usize) -> Self {
         match self {
-            ModelError::Input { field, msg, .. } => ModelError::Input { line: Some(line), field, msg },
+            ModelError::Input { field, msg, .. } => ModelError::Input {
+                line: Some(line),
+                field,
+                msg,
+            },
             other => other,
         }
     }

@@ -43,38 +43,63 @@ fn canonical<'a>(
     tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize], (usize, usize))>,
     meta: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> String {
-    let mut t: Vec<String> =
-        tensors.map(|(n, d, s, (a, b))| format!("tensor {n:?} {d} {s:?} {a}..{b}\n")).collect();
+    let mut t: Vec<String> = tensors
+        .map(|(n, d, s, (a, b))| format!("tensor {n:?} {d} {s:?} {a}..{b}\n"))
+        .collect();
     t.sort();
-    let mut m: Vec<String> = meta.filter(|(k, _)| *k != HEADER_KEY).map(|(k, v)| format!("meta {k:?} {v:?}\n")).collect();
+    let mut m: Vec<String> = meta
+        .filter(|(k, _)| *k != HEADER_KEY)
+        .map(|(k, v)| format!("meta {k:?} {v:?}\n"))
+        .collect();
     m.sort();
     t.concat() + &m.concat()
 }
 
 /// Checks the dlrs metadata of a parsed header: `Ok(None)` for a plain safetensors file
 /// (no dlrs keys), the manifest when both keys are present and the header digest matches.
-pub fn read_manifest(path: &Path, meta: &safetensors::tensor::Metadata) -> Result<Option<Manifest>> {
-    let bad = |msg: String| ModelError::Format { path: path.into(), msg };
+pub fn read_manifest(
+    path: &Path,
+    meta: &safetensors::tensor::Metadata,
+) -> Result<Option<Manifest>> {
+    let bad = |msg: String| ModelError::Format {
+        path: path.into(),
+        msg,
+    };
     let empty = std::collections::HashMap::new();
     let md = meta.metadata().as_ref().unwrap_or(&empty);
-    if let Some(k) = md.keys().find(|k| k.starts_with("dlrs") && *k != MANIFEST_KEY && *k != HEADER_KEY) {
-        return Err(bad(format!("unknown dlrs metadata key {k:?} (a newer dlrs, or a damaged header)")));
+    if let Some(k) = md
+        .keys()
+        .find(|k| k.starts_with("dlrs") && *k != MANIFEST_KEY && *k != HEADER_KEY)
+    {
+        return Err(bad(format!(
+            "unknown dlrs metadata key {k:?} (a newer dlrs, or a damaged header)"
+        )));
     }
     let (Some(_), Some(digest)) = (md.get(MANIFEST_KEY), md.get(HEADER_KEY)) else {
         if md.contains_key(MANIFEST_KEY) || md.contains_key(HEADER_KEY) {
-            return Err(bad(format!("header has only one of {MANIFEST_KEY:?} and {HEADER_KEY:?} (damaged header)")));
+            return Err(bad(format!(
+                "header has only one of {MANIFEST_KEY:?} and {HEADER_KEY:?} (damaged header)"
+            )));
         }
         return Ok(None);
     };
     let infos = meta.tensors();
     let names: Vec<(&String, &&safetensors::tensor::TensorInfo)> = infos.iter().collect();
-    let dtypes: Vec<String> = names.iter().map(|(_, i)| format!("{:?}", i.dtype)).collect();
+    let dtypes: Vec<String> = names
+        .iter()
+        .map(|(_, i)| format!("{:?}", i.dtype))
+        .collect();
     let text = canonical(
-        names.iter().zip(&dtypes).map(|((n, i), d)| (n.as_str(), d.as_str(), i.shape.as_slice(), i.data_offsets)),
+        names
+            .iter()
+            .zip(&dtypes)
+            .map(|((n, i), d)| (n.as_str(), d.as_str(), i.shape.as_slice(), i.data_offsets)),
         md.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
     if hex(xxh3_64(text.as_bytes())) != *digest {
-        return Err(bad("header digest mismatch: the header was altered or damaged".into()));
+        return Err(bad(
+            "header digest mismatch: the header was altered or damaged".into(),
+        ));
     }
     Manifest::from_metadata(path, Some(md))
 }
@@ -133,20 +158,36 @@ pub fn shard_count(total: usize, shard_bytes: usize) -> usize {
 
 impl Manifest {
     /// Reads and checks the manifest from safetensors metadata; `Ok(None)` when absent.
-    pub fn from_metadata(path: &Path, meta: Option<&std::collections::HashMap<String, String>>) -> Result<Option<Self>> {
+    pub fn from_metadata(
+        path: &Path,
+        meta: Option<&std::collections::HashMap<String, String>>,
+    ) -> Result<Option<Self>> {
         let Some(text) = meta.and_then(|m| m.get(MANIFEST_KEY)) else {
             return Ok(None);
         };
-        let bad = |msg: String| ModelError::Format { path: path.into(), msg: format!("manifest: {msg}") };
+        let bad = |msg: String| ModelError::Format {
+            path: path.into(),
+            msg: format!("manifest: {msg}"),
+        };
         let m: Manifest = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         if m.format_version != FORMAT_VERSION {
-            return Err(bad(format!("format version {} (this dlrs reads {FORMAT_VERSION})", m.format_version)));
+            return Err(bad(format!(
+                "format version {} (this dlrs reads {FORMAT_VERSION})",
+                m.format_version
+            )));
         }
         if m.checksum != "xxh3-64" {
-            return Err(bad(format!("checksum `{}` (this dlrs knows xxh3-64)", m.checksum)));
+            return Err(bad(format!(
+                "checksum `{}` (this dlrs knows xxh3-64)",
+                m.checksum
+            )));
         }
         for (name, e) in &m.tensors {
-            if e.shard_bytes == 0 || e.shards.iter().any(|s| s.len() != 16 || u64::from_str_radix(s, 16).is_err()) {
+            if e.shard_bytes == 0
+                || e.shards
+                    .iter()
+                    .any(|s| s.len() != 16 || u64::from_str_radix(s, 16).is_err())
+            {
                 return Err(bad(format!("tensor `{name}`: malformed shard list")));
             }
         }
@@ -164,10 +205,20 @@ impl Manifest {
             return Err(ModelError::Tensor {
                 path: path.into(),
                 tensor: name.into(),
-                msg: format!("manifest lists {} shards for {total} bytes of {} per shard", e.shards.len(), e.shard_bytes),
+                msg: format!(
+                    "manifest lists {} shards for {total} bytes of {} per shard",
+                    e.shards.len(),
+                    e.shard_bytes
+                ),
             });
         }
-        Ok((e.shard_bytes, e.shards.iter().map(|s| u64::from_str_radix(s, 16).expect("checked at parse")).collect()))
+        Ok((
+            e.shard_bytes,
+            e.shards
+                .iter()
+                .map(|s| u64::from_str_radix(s, 16).expect("checked at parse"))
+                .collect(),
+        ))
     }
 }
 
@@ -211,21 +262,41 @@ fn header(tensors: &[TensorOut], sums: &[Vec<u64>]) -> Vec<u8> {
         off += n;
         entries.insert(
             t.name.clone(),
-            TensorEntry { dtype_code: t.dtype_code, shape: t.shape.clone(), shard_bytes: t.shard_bytes, shards: s.iter().map(|h| hex(*h)).collect() },
+            TensorEntry {
+                dtype_code: t.dtype_code,
+                shape: t.shape.clone(),
+                shard_bytes: t.shard_bytes,
+                shards: s.iter().map(|h| hex(*h)).collect(),
+            },
         );
     }
-    let manifest = Manifest { format_version: FORMAT_VERSION, checksum: "xxh3-64".into(), tensors: entries };
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        checksum: "xxh3-64".into(),
+        tensors: entries,
+    };
     let mtext = serde_json::to_string(&manifest).expect("serializable");
     let mut off = 0usize;
     let layout: Vec<(&str, &str, &[usize], (usize, usize))> = tensors
         .iter()
         .map(|t| {
-            let r = (t.name.as_str(), dtype_name(t.dtype), t.shape.as_slice(), (off, off + t.bytes()));
+            let r = (
+                t.name.as_str(),
+                dtype_name(t.dtype),
+                t.shape.as_slice(),
+                (off, off + t.bytes()),
+            );
             off += t.bytes();
             r
         })
         .collect();
-    let digest = hex(xxh3_64(canonical(layout.into_iter(), [(MANIFEST_KEY, mtext.as_str())].into_iter()).as_bytes()));
+    let digest = hex(xxh3_64(
+        canonical(
+            layout.into_iter(),
+            [(MANIFEST_KEY, mtext.as_str())].into_iter(),
+        )
+        .as_bytes(),
+    ));
     let meta = serde_json::json!({ MANIFEST_KEY: mtext, HEADER_KEY: digest });
     obj.insert("__metadata__".into(), meta);
     let mut h = serde_json::to_vec(&serde_json::Value::Object(obj)).expect("serializable");
@@ -276,8 +347,10 @@ pub fn write_model_file(
     mut fill: impl FnMut(usize, &mut ShardWriter<'_>) -> std::io::Result<()>,
 ) -> Result<()> {
     atomic_write(path, |tmp| {
-        let placeholder: Vec<Vec<u64>> =
-            tensors.iter().map(|t| vec![0; shard_count(t.bytes(), t.shard_bytes)]).collect();
+        let placeholder: Vec<Vec<u64>> = tensors
+            .iter()
+            .map(|t| vec![0; shard_count(t.bytes(), t.shard_bytes)])
+            .collect();
         let head = header(tensors, &placeholder);
         let mut out = BufWriter::with_capacity(8 << 20, File::create(tmp)?);
         out.write_all(&(head.len() as u64).to_le_bytes())?;
@@ -324,11 +397,25 @@ mod tests {
     fn streamed_file_is_plain_safetensors_with_a_manifest() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.safetensors");
-        let a: Vec<u8> = (0..1000u32).flat_map(|v| (v as f32).to_le_bytes()).collect();
+        let a: Vec<u8> = (0..1000u32)
+            .flat_map(|v| (v as f32).to_le_bytes())
+            .collect();
         let b: Vec<u8> = (0..=255u8).cycle().take(10 * 24).collect();
         let tensors = vec![
-            TensorOut { name: "a".into(), dtype: Dtype::F32, shape: vec![10, 100], dtype_code: None, shard_bytes: 4000 },
-            TensorOut { name: "t".into(), dtype: Dtype::U8, shape: vec![10, 24], dtype_code: Some(2), shard_bytes: 72 },
+            TensorOut {
+                name: "a".into(),
+                dtype: Dtype::F32,
+                shape: vec![10, 100],
+                dtype_code: None,
+                shard_bytes: 4000,
+            },
+            TensorOut {
+                name: "t".into(),
+                dtype: Dtype::U8,
+                shape: vec![10, 24],
+                dtype_code: Some(2),
+                shard_bytes: 72,
+            },
         ];
         write_model_file(&p, &tensors, |i, w| {
             // odd-sized writes cross shard boundaries
@@ -357,8 +444,13 @@ mod tests {
     fn short_fill_is_an_error_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.safetensors");
-        let tensors =
-            vec![TensorOut { name: "a".into(), dtype: Dtype::U8, shape: vec![8], dtype_code: None, shard_bytes: 8 }];
+        let tensors = vec![TensorOut {
+            name: "a".into(),
+            dtype: Dtype::U8,
+            shape: vec![8],
+            dtype_code: None,
+            shard_bytes: 8,
+        }];
         let e = write_model_file(&p, &tensors, |_, w| w.write_all(&[1, 2, 3])).unwrap_err();
         assert!(e.to_string().contains("wrote 3 bytes, expected 8"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

@@ -81,7 +81,9 @@ impl Executor {
                     .num_threads(threads)
                     .thread_name(|i| format!("dlrs-worker-{i}"))
                     .build()
-                    .map_err(|e| ModelError::io("<thread pool>", std::io::Error::other(e.to_string())))?,
+                    .map_err(|e| {
+                        ModelError::io("<thread pool>", std::io::Error::other(e.to_string()))
+                    })?,
             )
         } else {
             None
@@ -126,7 +128,9 @@ pub struct Workspace {
 impl Workspace {
     /// Row-cache hits and lookups through caches, over every batch run with this workspace.
     pub fn cache_counts(&self) -> (u64, u64) {
-        self.ranges.iter().fold((0, 0), |(h, l), r| (h + r.cache_scratch.hits, l + r.cache_scratch.lookups))
+        self.ranges.iter().fold((0, 0), |(h, l), r| {
+            (h + r.cache_scratch.hits, l + r.cache_scratch.lookups)
+        })
     }
 }
 
@@ -145,18 +149,31 @@ impl Model {
         let cpath = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
         let config = DlrmConfig::from_json_str(&text).map_err(|e| match e {
-            ModelError::Config { field, msg } => ModelError::Config { field, msg: format!("{msg} (in {})", cpath.display()) },
+            ModelError::Config { field, msg } => ModelError::Config {
+                field,
+                msg: format!("{msg} (in {})", cpath.display()),
+            },
             other => other,
         })?;
         let weights = Weights::load_safetensors(&dir.join(WEIGHTS_FILE), &config, mode)?;
-        Ok(Model { config, weights, dir: Some(dir.to_path_buf()), row_caches: Vec::new() })
+        Ok(Model {
+            config,
+            weights,
+            dir: Some(dir.to_path_buf()),
+            row_caches: Vec::new(),
+        })
     }
 
     /// Starts a thread that verifies every shard of every mapped table (reading the whole
     /// file once), so corruption is found before traffic reaches it. A server calls this
     /// after loading; a one-shot `predict` does not, to keep start-up independent of size.
     pub fn verify_in_background(&self) -> Result<()> {
-        let jobs: Vec<_> = self.weights.tables.iter().filter_map(|t| t.background_verifier()).collect();
+        let jobs: Vec<_> = self
+            .weights
+            .tables
+            .iter()
+            .filter_map(|t| t.background_verifier())
+            .collect();
         if !jobs.is_empty() {
             std::thread::Builder::new()
                 .name("dlrs-verify".into())
@@ -172,7 +189,11 @@ impl Model {
     /// Fills hot-row caches (rows plus index within `budget_bytes`) from observed traffic;
     /// returns the share of the observed lookups the cached rows serve. A budget of 0
     /// removes the caches.
-    pub fn build_row_caches(&mut self, traffic: &TrafficCounter, budget_bytes: usize) -> Result<f64> {
+    pub fn build_row_caches(
+        &mut self,
+        traffic: &TrafficCounter,
+        budget_bytes: usize,
+    ) -> Result<f64> {
         if budget_bytes == 0 {
             self.row_caches.clear();
             return Ok(0.0);
@@ -191,14 +212,19 @@ impl Model {
     /// Verifies every shard of every checked table now; errors name the first bad one.
     pub fn verify_tables(&self) -> Result<()> {
         for t in 0..self.weights.tables.len() {
-            self.weights.tables[t].verify_all().map_err(|k| self.corrupt(t, k))?;
+            self.weights.tables[t]
+                .verify_all()
+                .map_err(|k| self.corrupt(t, k))?;
         }
         Ok(())
     }
 
     fn corrupt(&self, t: usize, shard: usize) -> ModelError {
         ModelError::Corrupt {
-            path: self.dir.as_ref().map_or_else(|| PathBuf::from("<model>"), |d| d.join(WEIGHTS_FILE)),
+            path: self
+                .dir
+                .as_ref()
+                .map_or_else(|| PathBuf::from("<model>"), |d| d.join(WEIGHTS_FILE)),
             tensor: format!("emb_l.{t}.weight"),
             msg: format!("shard {shard} does not match its checksum"),
         }
@@ -213,12 +239,22 @@ impl Model {
     pub fn random(config: DlrmConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let weights = Weights::random(&config, seed)?;
-        Ok(Model { config, weights, dir: None, row_caches: Vec::new() })
+        Ok(Model {
+            config,
+            weights,
+            dir: None,
+            row_caches: Vec::new(),
+        })
     }
 
     /// Writes the model directory of [`Model::random`]`(config, seed)` without building its
     /// tables in memory (see [`Weights::write_random`]); each file atomically.
-    pub fn write_random(config: &DlrmConfig, seed: u64, dir: &Path, progress: impl FnMut(u64)) -> Result<()> {
+    pub fn write_random(
+        config: &DlrmConfig,
+        seed: u64,
+        dir: &Path,
+        progress: impl FnMut(u64),
+    ) -> Result<()> {
         config.validate()?;
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         Weights::write_random(&dir.join(WEIGHTS_FILE), config, seed, progress)?;
@@ -228,22 +264,39 @@ impl Model {
     /// Writes the model directory; each file atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        self.weights.save_safetensors(&dir.join(WEIGHTS_FILE), &self.config)?;
-        atomic_write_bytes(&dir.join(CONFIG_FILE), self.config.to_json_string().as_bytes())
+        self.weights
+            .save_safetensors(&dir.join(WEIGHTS_FILE), &self.config)?;
+        atomic_write_bytes(
+            &dir.join(CONFIG_FILE),
+            self.config.to_json_string().as_bytes(),
+        )
     }
 
     /// Converts tables to `format` (all when `tables` is empty), returning per converted
     /// table `(index, max abs error, mean abs error)` of the new values against the old.
-    pub fn convert_tables(&mut self, format: RowFormat, tables: &[usize]) -> Result<Vec<(usize, f64, f64)>> {
+    pub fn convert_tables(
+        &mut self,
+        format: RowFormat,
+        tables: &[usize],
+    ) -> Result<Vec<(usize, f64, f64)>> {
         let n = self.config.n_tables();
         if let Some(t) = tables.iter().find(|&&t| t >= n) {
-            return Err(ModelError::input("tables", format!("table {t} does not exist (the model has {n})")));
+            return Err(ModelError::input(
+                "tables",
+                format!("table {t} does not exist (the model has {n})"),
+            ));
         }
-        let chosen: Vec<usize> = if tables.is_empty() { (0..n).collect() } else { tables.to_vec() };
+        let chosen: Vec<usize> = if tables.is_empty() {
+            (0..n).collect()
+        } else {
+            tables.to_vec()
+        };
         let mut report = Vec::new();
         for t in chosen {
             let old = &self.weights.tables[t];
-            let new = old.convert(format).map_err(|e| ModelError::io(format!("<table {t}>"), e))?;
+            let new = old
+                .convert(format)
+                .map_err(|e| ModelError::io(format!("<table {t}>"), e))?;
             let dim = old.dim();
             let (max, sum) = (0..old.rows())
                 .into_par_iter()
@@ -270,16 +323,25 @@ impl Model {
 
     /// Click probabilities `[B]` for a validated batch. Fails only when the batch touches a
     /// table shard whose checksum does not match (rows of a corrupt file are never served).
-    pub fn forward<'w>(&self, batch: &Batch, ws: &'w mut Workspace, exec: &Executor) -> Result<&'w [f32]> {
+    pub fn forward<'w>(
+        &self,
+        batch: &Batch,
+        ws: &'w mut Workspace,
+        exec: &Executor,
+    ) -> Result<&'w [f32]> {
         for (t, (table, bags)) in self.weights.tables.iter().zip(batch.bags()).enumerate() {
-            table.verify_rows(&bags.ids).map_err(|k| self.corrupt(t, k))?;
+            table
+                .verify_rows(&bags.ids)
+                .map_err(|k| self.corrupt(t, k))?;
         }
         let b = batch.size();
         let n_ranges = exec.threads.min(b / MIN_ROWS_PER_THREAD).max(1);
         if ws.ranges.len() < n_ranges {
             ws.ranges.resize_with(n_ranges, RangeBuffers::default);
         }
-        let bounds: Vec<(usize, usize)> = (0..n_ranges).map(|i| (b * i / n_ranges, b * (i + 1) / n_ranges)).collect();
+        let bounds: Vec<(usize, usize)> = (0..n_ranges)
+            .map(|i| (b * i / n_ranges, b * (i + 1) / n_ranges))
+            .collect();
         let ranges = &mut ws.ranges[..n_ranges];
         if n_ranges == 1 {
             let gemm_threads = exec.threads;
@@ -302,7 +364,14 @@ impl Model {
     }
 
     /// All four stages for rows `r0..r1` of the batch.
-    fn forward_rows(&self, batch: &Batch, r0: usize, r1: usize, buf: &mut RangeBuffers, gemm_threads: usize) {
+    fn forward_rows(
+        &self,
+        batch: &Batch,
+        r0: usize,
+        r1: usize,
+        buf: &mut RangeBuffers,
+        gemm_threads: usize,
+    ) {
         let cfg = &self.config;
         let m = r1 - r0;
         let d = cfg.dim;
@@ -315,7 +384,9 @@ impl Model {
         for (t, (table, bags)) in self.weights.tables.iter().zip(batch.bags()).enumerate() {
             let (offsets, out) = (&bags.offsets[r0..=r1], &mut buf.features[(t + 1) * d..]);
             match self.row_caches.get(t) {
-                Some(Some(cache)) => cache.bag_sum(table, offsets, &bags.ids, out, fw, &mut buf.cache_scratch),
+                Some(Some(cache)) => {
+                    cache.bag_sum(table, offsets, &bags.ids, out, fw, &mut buf.cache_scratch)
+                }
                 _ => table.bag_sum(offsets, &bags.ids, out, fw),
             }
         }
@@ -324,7 +395,17 @@ impl Model {
         // bottom MLP: dense [m, n_dense] -> x, the first D columns of `features`
         let nd = cfg.n_dense();
         let dense = &batch.dense()[r0 * nd..r1 * nd];
-        run_mlp(&self.weights.bot, dense, nd, m, &mut buf.features, fw, Activation::Relu, &mut buf.hidden, gemm_threads);
+        run_mlp(
+            &self.weights.bot,
+            dense,
+            nd,
+            m,
+            &mut buf.features,
+            fw,
+            Activation::Relu,
+            &mut buf.hidden,
+            gemm_threads,
+        );
         let t2 = Instant::now();
 
         // interaction
@@ -340,7 +421,17 @@ impl Model {
         let t3 = Instant::now();
 
         // top MLP -> sigmoid
-        run_mlp(&self.weights.top, top_in, ld_in, m, &mut buf.scores, 1, Activation::Sigmoid, &mut buf.hidden, gemm_threads);
+        run_mlp(
+            &self.weights.top,
+            top_in,
+            ld_in,
+            m,
+            &mut buf.scores,
+            1,
+            Activation::Sigmoid,
+            &mut buf.hidden,
+            gemm_threads,
+        );
         let t4 = Instant::now();
         buf.times = StageTimes {
             embedding: (t1 - t0).as_secs_f64(),
@@ -394,10 +485,28 @@ fn run_mlp(
     let [ha, hb] = hidden;
     for (i, l) in layers.iter().enumerate() {
         // layer i writes hidden[i % 2]; layer i + 1 reads it
-        let (prev, next) = if i % 2 == 1 { (&ha[..], &mut hb[..]) } else { (&hb[..], &mut ha[..]) };
-        let (src, ld_src) = if i == 0 { (x, ldx) } else { (prev, layers[i - 1].out_w) };
-        let (dst, ld_dst, act) = if i == n - 1 { (&mut *out, ldo, last) } else { (next, l.out_w, Activation::Relu) };
-        let shape = LinearShape { m, k: l.in_w, n: l.out_w, ldx: ld_src, ldy: ld_dst };
+        let (prev, next) = if i % 2 == 1 {
+            (&ha[..], &mut hb[..])
+        } else {
+            (&hb[..], &mut ha[..])
+        };
+        let (src, ld_src) = if i == 0 {
+            (x, ldx)
+        } else {
+            (prev, layers[i - 1].out_w)
+        };
+        let (dst, ld_dst, act) = if i == n - 1 {
+            (&mut *out, ldo, last)
+        } else {
+            (next, l.out_w, Activation::Relu)
+        };
+        let shape = LinearShape {
+            m,
+            k: l.in_w,
+            n: l.out_w,
+            ldx: ld_src,
+            ldy: ld_dst,
+        };
         linear(src, &l.weight, &l.bias, dst, shape, act, threads);
     }
 }

@@ -40,7 +40,13 @@ mod tests {
             for j in 0..scores.len() {
                 if labels[i] > 0.5 && labels[j] < 0.5 {
                     den += 1.0;
-                    num += if scores[i] > scores[j] { 1.0 } else if scores[i] == scores[j] { 0.5 } else { 0.0 };
+                    num += if scores[i] > scores[j] {
+                        1.0
+                    } else if scores[i] == scores[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

@@ -32,7 +32,10 @@ impl IdDist {
                 }
             }
         }
-        Err(ModelError::input("dist", format!("`{s}`: expected `uniform` or `zipf:S` with S > 0")))
+        Err(ModelError::input(
+            "dist",
+            format!("`{s}`: expected `uniform` or `zipf:S` with S > 0"),
+        ))
     }
 
     pub fn name(&self) -> String {
@@ -43,7 +46,14 @@ impl IdDist {
     }
 }
 
-fn draw(rng: &mut SmallRng, rows: usize, dist: IdDist, zipf: Option<&Zipf<f64>>, out: &mut Vec<u32>, k: usize) {
+fn draw(
+    rng: &mut SmallRng,
+    rows: usize,
+    dist: IdDist,
+    zipf: Option<&Zipf<f64>>,
+    out: &mut Vec<u32>,
+    k: usize,
+) {
     match dist {
         IdDist::Uniform => out.extend((0..k).map(|_| rng.random_range(0..rows as u64) as u32)),
         IdDist::Zipf(_) => {
@@ -57,17 +67,34 @@ fn draw(rng: &mut SmallRng, rows: usize, dist: IdDist, zipf: Option<&Zipf<f64>>,
 }
 
 /// A batch of `size` samples with exactly `ids_per_table` ids in every bag.
-pub fn synth_batch(cfg: &DlrmConfig, size: usize, ids_per_table: usize, dist: IdDist, seed: u64) -> Result<Batch> {
+pub fn synth_batch(
+    cfg: &DlrmConfig,
+    size: usize,
+    ids_per_table: usize,
+    dist: IdDist,
+    seed: u64,
+) -> Result<Batch> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let dense: Vec<f32> = (0..size * cfg.n_dense()).map(|_| rng.sample(StandardNormal)).collect();
+    let dense: Vec<f32> = (0..size * cfg.n_dense())
+        .map(|_| rng.sample(StandardNormal))
+        .collect();
     let mut bags = Vec::with_capacity(cfg.n_tables());
     for &rows in &cfg.tables {
         let zipf = match dist {
-            IdDist::Zipf(s) => Some(Zipf::new(rows as f64, s).map_err(|e| ModelError::input("dist", e.to_string()))?),
+            IdDist::Zipf(s) => Some(
+                Zipf::new(rows as f64, s).map_err(|e| ModelError::input("dist", e.to_string()))?,
+            ),
             IdDist::Uniform => None,
         };
         let mut ids = Vec::with_capacity(size * ids_per_table);
-        draw(&mut rng, rows, dist, zipf.as_ref(), &mut ids, size * ids_per_table);
+        draw(
+            &mut rng,
+            rows,
+            dist,
+            zipf.as_ref(),
+            &mut ids,
+            size * ids_per_table,
+        );
         let offsets = (0..=size).map(|b| (b * ids_per_table) as u32).collect();
         bags.push(Bags { offsets, ids });
     }
@@ -85,7 +112,11 @@ mod tests {
         let b = synth_batch(&cfg, 64, 120, IdDist::Zipf(1.05), 1).unwrap();
         let ids = &b.bags()[0].ids;
         let top = ids.iter().filter(|&&i| i == 0).count();
-        assert!(top > ids.len() / 50, "rank 1 should be hot: {top} of {}", ids.len());
+        assert!(
+            top > ids.len() / 50,
+            "rank 1 should be hot: {top} of {}",
+            ids.len()
+        );
         let u = synth_batch(&cfg, 64, 120, IdDist::Uniform, 1).unwrap();
         assert_eq!(u.bags()[3].ids.len(), 64 * 120);
         assert!(IdDist::parse("zipf:0").is_err() && IdDist::parse("zipf").is_err());

@@ -10,10 +10,10 @@ use std::sync::{Arc, OnceLock};
 use dlrs_kernels::embedding::bag_sum_f32;
 use dlrs_kernels::rowwise::{RowFormat, bag_sum_rows, dequantize_row, quantize_row};
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions};
-use xxhash_rust::xxh3::xxh3_64;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
+use xxhash_rust::xxh3::xxh3_64;
 
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -28,10 +28,16 @@ impl HugeBuf {
     pub fn zeroed(len: usize) -> std::io::Result<Self> {
         // over-allocate so the data can start on a 2 MiB boundary: THP only backs aligned 2 MiB spans
         let slack = if len >= HUGE_PAGE { HUGE_PAGE } else { 0 };
-        let total = len.checked_add(slack).ok_or_else(|| std::io::Error::other("table size overflows"))?;
+        let total = len
+            .checked_add(slack)
+            .ok_or_else(|| std::io::Error::other("table size overflows"))?;
         let map = MmapOptions::new().len(total.max(1)).map_anon()?;
         let addr = map.as_ptr() as usize;
-        let offset = if slack > 0 { (HUGE_PAGE - addr % HUGE_PAGE) % HUGE_PAGE } else { 0 };
+        let offset = if slack > 0 {
+            (HUGE_PAGE - addr % HUGE_PAGE) % HUGE_PAGE
+        } else {
+            0
+        };
         if len >= HUGE_PAGE {
             // a refusal only costs speed; the buffer is valid either way
             let _ = map.advise(Advice::HugePage);
@@ -53,7 +59,11 @@ enum Storage {
     /// in anonymous huge-page memory
     Owned(HugeBuf),
     /// inside a read-only mapping of the model file: the page cache is the tier
-    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
 }
 
 /// Per-shard checksums of a mapped table, verified on first touch (and by a background
@@ -69,7 +79,13 @@ pub struct ShardCheck {
 impl ShardCheck {
     pub fn new(shard_bytes: usize, sums: Vec<u64>) -> Self {
         let state = (0..sums.len()).map(|_| OnceLock::new()).collect();
-        ShardCheck { shard_bytes, sums, state, verified: AtomicUsize::new(0), all_ok: AtomicBool::new(false) }
+        ShardCheck {
+            shard_bytes,
+            sums,
+            state,
+            verified: AtomicUsize::new(0),
+            all_ok: AtomicBool::new(false),
+        }
     }
 
     /// Whether shard `k` of `bytes` matches its checksum (hashed once, then remembered).
@@ -133,25 +149,34 @@ pub const FILL_ROWS: usize = 1 << 11;
 /// of [`FILL_ROWS`]) with the rows [`EmbeddingTable::random`] gives a table of `rows` rows:
 /// U(-sqrt(1/rows), sqrt(1/rows)), quantized to `format`, in parallel. Streaming writers
 /// call it window by window and get the same bytes as the in-memory table.
-pub fn random_rows(rows: usize, dim: usize, format: RowFormat, seed: u64, first_row: usize, out: &mut [u8]) {
+pub fn random_rows(
+    rows: usize,
+    dim: usize,
+    format: RowFormat,
+    seed: u64,
+    first_row: usize,
+    out: &mut [u8],
+) {
     assert_eq!(first_row % FILL_ROWS, 0, "windows start on a fill chunk");
     let stride = EmbeddingTable::stride_for(format, dim);
     let a = (1.0 / rows as f64).sqrt() as f32;
     let c0 = first_row / FILL_ROWS;
-    out.par_chunks_mut(FILL_ROWS * stride).enumerate().for_each(|(c, chunk)| {
-        let c = (c0 + c) as u64;
-        let mut rng = SmallRng::seed_from_u64(seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut row = vec![0.0f32; dim];
-        for dst in chunk.chunks_mut(stride) {
-            for v in row.iter_mut() {
-                let u = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
-                *v = (2.0 * u - 1.0) * a;
+    out.par_chunks_mut(FILL_ROWS * stride)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let c = (c0 + c) as u64;
+            let mut rng = SmallRng::seed_from_u64(seed ^ c.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut row = vec![0.0f32; dim];
+            for dst in chunk.chunks_mut(stride) {
+                for v in row.iter_mut() {
+                    let u = (rng.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+                    *v = (2.0 * u - 1.0) * a;
+                }
+                let (payload, padding) = dst.split_at_mut(format.row_bytes(dim));
+                quantize_row(format, &row, payload);
+                padding.fill(0);
             }
-            let (payload, padding) = dst.split_at_mut(format.row_bytes(dim));
-            quantize_row(format, &row, payload);
-            padding.fill(0);
-        }
-    });
+        });
 }
 
 impl EmbeddingTable {
@@ -168,8 +193,17 @@ impl EmbeddingTable {
     /// A zero-filled table (for fp32; quantized rows of zeros have scale 0 and bias 0).
     pub fn zeroed(rows: usize, dim: usize, format: RowFormat) -> std::io::Result<Self> {
         let stride = Self::stride_for(format, dim);
-        let len = rows.checked_mul(stride).ok_or_else(|| std::io::Error::other("table size overflows"))?;
-        Ok(EmbeddingTable { rows, dim, format, stride, storage: Storage::Owned(HugeBuf::zeroed(len)?), check: None })
+        let len = rows
+            .checked_mul(stride)
+            .ok_or_else(|| std::io::Error::other("table size overflows"))?;
+        Ok(EmbeddingTable {
+            rows,
+            dim,
+            format,
+            stride,
+            storage: Storage::Owned(HugeBuf::zeroed(len)?),
+            check: None,
+        })
     }
 
     /// A table whose rows are `map[offset .. offset + rows * stride]`, verified against
@@ -188,7 +222,14 @@ impl EmbeddingTable {
         if let Some(c) = &check {
             assert_eq!(c.shard_bytes % stride, 0, "shards hold whole rows");
         }
-        EmbeddingTable { rows, dim, format, stride, storage: Storage::Mapped { map, offset, len }, check: check.map(Arc::new) }
+        EmbeddingTable {
+            rows,
+            dim,
+            format,
+            stride,
+            storage: Storage::Mapped { map, offset, len },
+            check: check.map(Arc::new),
+        }
     }
 
     pub fn is_mapped(&self) -> bool {
@@ -228,7 +269,9 @@ impl EmbeddingTable {
 
     /// Whether every shard of a checked table has been verified (true for unchecked tables).
     pub fn fully_verified(&self) -> bool {
-        self.check.as_ref().is_none_or(|c| c.all_ok.load(Ordering::Acquire))
+        self.check
+            .as_ref()
+            .is_none_or(|c| c.all_ok.load(Ordering::Acquire))
     }
 
     /// A `'static` job that verifies every shard of a mapped, checked table, for a
@@ -260,14 +303,22 @@ impl EmbeddingTable {
         let mut t = Self::zeroed(self.rows, self.dim, format)?;
         let (dim, src_stride, dst_stride) = (self.dim, self.stride, t.stride);
         let src = self.bytes();
-        t.bytes_mut().par_chunks_mut(FILL_ROWS * dst_stride).enumerate().for_each(|(c, chunk)| {
-            let mut row = vec![0.0f32; dim];
-            for (i, dst) in chunk.chunks_mut(dst_stride).enumerate() {
-                let r = c * FILL_ROWS + i;
-                dequantize_row(self.format, &src[r * src_stride..r * src_stride + self.format.row_bytes(dim)], dim, &mut row);
-                quantize_row(format, &row, &mut dst[..format.row_bytes(dim)]);
-            }
-        });
+        t.bytes_mut()
+            .par_chunks_mut(FILL_ROWS * dst_stride)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let mut row = vec![0.0f32; dim];
+                for (i, dst) in chunk.chunks_mut(dst_stride).enumerate() {
+                    let r = c * FILL_ROWS + i;
+                    dequantize_row(
+                        self.format,
+                        &src[r * src_stride..r * src_stride + self.format.row_bytes(dim)],
+                        dim,
+                        &mut row,
+                    );
+                    quantize_row(format, &row, &mut dst[..format.row_bytes(dim)]);
+                }
+            });
         Ok(t)
     }
 
@@ -285,7 +336,16 @@ impl EmbeddingTable {
             RowFormat::F32 if bytes.as_ptr() as usize % 4 == 0 => {
                 bag_sum_f32(as_f32(bytes), self.dim, offsets, ids, out, out_stride)
             }
-            f => bag_sum_rows(f, bytes, self.stride, self.dim, offsets, ids, out, out_stride),
+            f => bag_sum_rows(
+                f,
+                bytes,
+                self.stride,
+                self.dim,
+                offsets,
+                ids,
+                out,
+                out_stride,
+            ),
         }
     }
 
@@ -364,9 +424,13 @@ mod tests {
             let (mut x, mut y) = (vec![0.0; 13], vec![0.0; 13]);
             f.row_f32(4999, &mut x);
             q.row_f32(4999, &mut y);
-            let scale = (1.0f32 / 5000.0).sqrt() * 2.0 / if fmt == RowFormat::Int4 { 15.0 } else { 255.0 };
+            let scale =
+                (1.0f32 / 5000.0).sqrt() * 2.0 / if fmt == RowFormat::Int4 { 15.0 } else { 255.0 };
             for (a, b) in x.iter().zip(&y) {
-                assert!((a - b).abs() <= scale.max(1e-3 * a.abs()), "{fmt:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= scale.max(1e-3 * a.abs()),
+                    "{fmt:?}: {a} vs {b}"
+                );
             }
         }
     }

@@ -49,12 +49,20 @@ pub fn expected_tensors(cfg: &DlrmConfig) -> Vec<(String, Vec<usize>, Dtype)> {
         let name = format!("emb_l.{t}.weight");
         match fmt {
             RowFormat::F32 => v.push((name, vec![rows, cfg.dim], Dtype::F32)),
-            f => v.push((name, vec![rows, EmbeddingTable::stride_for(f, cfg.dim)], Dtype::U8)),
+            f => v.push((
+                name,
+                vec![rows, EmbeddingTable::stride_for(f, cfg.dim)],
+                Dtype::U8,
+            )),
         }
     }
     for (prefix, ws) in [("bot_l", cfg.bot.clone()), ("top_l", cfg.top_full())] {
         for (i, p) in ws.windows(2).enumerate() {
-            v.push((format!("{prefix}.{}.weight", 2 * i), vec![p[1], p[0]], Dtype::F32));
+            v.push((
+                format!("{prefix}.{}.weight", 2 * i),
+                vec![p[1], p[0]],
+                Dtype::F32,
+            ));
             v.push((format!("{prefix}.{}.bias", 2 * i), vec![p[1]], Dtype::F32));
         }
     }
@@ -88,17 +96,29 @@ impl Weights {
         for (t, &rows) in cfg.tables.iter().enumerate() {
             tables.push(
                 EmbeddingTable::random(rows, cfg.dim, cfg.table_formats[t], table_seed(seed, t))
-                    .map_err(|e| ModelError::io(format!("<table {t}: {} MB>", rows * cfg.dim * 4 >> 20), e))?,
+                    .map_err(|e| {
+                        ModelError::io(format!("<table {t}: {} MB>", rows * cfg.dim * 4 >> 20), e)
+                    })?,
             );
         }
-        Ok(Weights { tables, bot, top, has_manifest: false })
+        Ok(Weights {
+            tables,
+            bot,
+            top,
+            has_manifest: false,
+        })
     }
 
     /// Writes the model file of [`Weights::random`]`(cfg, seed)` without holding its tables:
     /// rows are generated a window at a time straight into the (checksummed, atomic) file, so
     /// memory stays bounded whatever the table sizes. `progress(bytes)` is called as bytes
     /// are written.
-    pub fn write_random(path: &Path, cfg: &DlrmConfig, seed: u64, mut progress: impl FnMut(u64)) -> Result<()> {
+    pub fn write_random(
+        path: &Path,
+        cfg: &DlrmConfig,
+        seed: u64,
+        mut progress: impl FnMut(u64),
+    ) -> Result<()> {
         let (bot, top) = random_mlps(cfg, seed);
         let expected = expected_tensors(cfg);
         let n_tables = cfg.tables.len();
@@ -106,8 +126,16 @@ impl Weights {
             if i < n_tables {
                 cfg.tables[i] * EmbeddingTable::stride_for(cfg.table_formats[i], cfg.dim)
             } else {
-                let l = if i - n_tables < 2 * bot.len() { &bot[(i - n_tables) / 2] } else { &top[(i - n_tables) / 2 - bot.len()] };
-                4 * if (i - n_tables) % 2 == 0 { l.weight.len() } else { l.bias.len() }
+                let l = if i - n_tables < 2 * bot.len() {
+                    &bot[(i - n_tables) / 2]
+                } else {
+                    &top[(i - n_tables) / 2 - bot.len()]
+                };
+                4 * if (i - n_tables) % 2 == 0 {
+                    l.weight.len()
+                } else {
+                    l.bias.len()
+                }
             }
         });
         // 256 fill chunks a window: a few MB to a few hundred MB for the widest fp32 rows
@@ -128,7 +156,11 @@ impl Weights {
                 }
             } else {
                 let j = i - n_tables;
-                let l = if j < 2 * bot.len() { &bot[j / 2] } else { &top[j / 2 - bot.len()] };
+                let l = if j < 2 * bot.len() {
+                    &bot[j / 2]
+                } else {
+                    &top[j / 2 - bot.len()]
+                };
                 w.write_all(f32_bytes(if j % 2 == 0 { &l.weight } else { &l.bias }))?;
             }
             Ok(())
@@ -143,7 +175,8 @@ impl Weights {
         // SAFETY: the file is mapped read-only. dlrs replaces model files by rename, never
         // in place, so a mapping keeps seeing the file it opened; another program truncating
         // the file in place while it is mapped would fault (SIGBUS), as with any mmap reader.
-        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?);
+        let map =
+            Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?);
         let format_err = |e: safetensors::SafeTensorError| ModelError::Format {
             path: path.into(),
             msg: format!("not a valid safetensors file: {e}"),
@@ -152,12 +185,24 @@ impl Weights {
         let manifest = read_manifest(path, &meta)?;
         let st = SafeTensors::deserialize(&map).map_err(format_err)?;
         let expected = expected_tensors(cfg);
-        let tensor_err = |tensor: &str, msg: String| ModelError::Tensor { path: path.into(), tensor: tensor.into(), msg };
+        let tensor_err = |tensor: &str, msg: String| ModelError::Tensor {
+            path: path.into(),
+            tensor: tensor.into(),
+            msg,
+        };
 
-        let mut unexpected: Vec<&str> =
-            st.names().into_iter().filter(|n| !expected.iter().any(|(k, _, _)| k == n)).collect();
+        let mut unexpected: Vec<&str> = st
+            .names()
+            .into_iter()
+            .filter(|n| !expected.iter().any(|(k, _, _)| k == n))
+            .collect();
         if let Some(m) = &manifest {
-            unexpected.extend(m.tensors.keys().map(String::as_str).filter(|n| !expected.iter().any(|(k, _, _)| k == n)));
+            unexpected.extend(
+                m.tensors
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|n| !expected.iter().any(|(k, _, _)| k == n)),
+            );
         }
         if !unexpected.is_empty() {
             unexpected.sort();
@@ -170,22 +215,40 @@ impl Weights {
         }
         let mut views = Vec::with_capacity(expected.len());
         for (i, (name, shape, dtype)) in expected.iter().enumerate() {
-            let v = st.tensor(name).map_err(|_| tensor_err(name, "missing".into()))?;
+            let v = st
+                .tensor(name)
+                .map_err(|_| tensor_err(name, "missing".into()))?;
             if v.dtype() != *dtype {
                 return Err(tensor_err(
                     name,
-                    format!("dtype {:?}, expected {dtype:?} for the row format in config.json", v.dtype()),
+                    format!(
+                        "dtype {:?}, expected {dtype:?} for the row format in config.json",
+                        v.dtype()
+                    ),
                 ));
             }
             if v.shape() != shape.as_slice() {
-                return Err(tensor_err(name, format!("shape {:?}, expected {:?} from config.json", v.shape(), shape)));
+                return Err(tensor_err(
+                    name,
+                    format!(
+                        "shape {:?}, expected {:?} from config.json",
+                        v.shape(),
+                        shape
+                    ),
+                ));
             }
             let sums = match &manifest {
                 Some(m) => {
                     let e = &m.tensors[name.as_str()];
-                    let code = cfg.table_formats.get(i).filter(|_| i < cfg.tables.len()).map(|f| f.code());
+                    let code = cfg
+                        .table_formats
+                        .get(i)
+                        .filter(|_| i < cfg.tables.len())
+                        .map(|f| f.code());
                     // tables are sharded in whole rows (any shard size a writer chose)
-                    let row = code.map_or(1, |_| EmbeddingTable::stride_for(cfg.table_formats[i], cfg.dim));
+                    let row = code.map_or(1, |_| {
+                        EmbeddingTable::stride_for(cfg.table_formats[i], cfg.dim)
+                    });
                     if e.shape != *shape || e.dtype_code != code || e.shard_bytes % row != 0 {
                         return Err(tensor_err(
                             name,
@@ -211,22 +274,38 @@ impl Weights {
                 TableMode::Mmap => {
                     let offset = v.data().as_ptr() as usize - map.as_ptr() as usize;
                     let check = sums.as_ref().map(|(sb, s)| ShardCheck::new(*sb, s.clone()));
-                    tables.push(EmbeddingTable::mapped(rows, cfg.dim, fmt, Arc::clone(&map), offset, check));
+                    tables.push(EmbeddingTable::mapped(
+                        rows,
+                        cfg.dim,
+                        fmt,
+                        Arc::clone(&map),
+                        offset,
+                        check,
+                    ));
                 }
                 TableMode::Ram => {
-                    let mut table = EmbeddingTable::zeroed(rows, cfg.dim, fmt).map_err(|e| ModelError::io(path, e))?;
-                    copy_verified(v.data(), table.bytes_mut(), sums.as_ref())
-                        .map_err(|k| corrupt(&expected[t].0, k, sums.as_ref().map_or(0, |s| s.1.len())))?;
+                    let mut table = EmbeddingTable::zeroed(rows, cfg.dim, fmt)
+                        .map_err(|e| ModelError::io(path, e))?;
+                    copy_verified(v.data(), table.bytes_mut(), sums.as_ref()).map_err(|k| {
+                        corrupt(&expected[t].0, k, sums.as_ref().map_or(0, |s| s.1.len()))
+                    })?;
                     tables.push(table);
                 }
             }
         }
         let mut layers = Vec::new();
-        for (pair, names) in views[n_tables..].chunks(2).zip(expected[n_tables..].chunks(2)) {
+        for (pair, names) in views[n_tables..]
+            .chunks(2)
+            .zip(expected[n_tables..].chunks(2))
+        {
             let ((w, ws), (b, bs)) = (&pair[0], &pair[1]);
             for (view, sums, name) in [(w, ws, &names[0].0), (b, bs, &names[1].0)] {
                 if let Some((sb, s)) = sums {
-                    if let Some(k) = shard_sums(view.data(), *sb).iter().zip(s).position(|(a, b)| a != b) {
+                    if let Some(k) = shard_sums(view.data(), *sb)
+                        .iter()
+                        .zip(s)
+                        .position(|(a, b)| a != b)
+                    {
                         return Err(corrupt(name, k, s.len()));
                     }
                 }
@@ -235,10 +314,20 @@ impl Weights {
             let mut bias = vec![0.0; b.shape()[0]];
             copy_le_f32(w.data(), &mut weight);
             copy_le_f32(b.data(), &mut bias);
-            layers.push(Layer { in_w: w.shape()[1], out_w: w.shape()[0], weight, bias });
+            layers.push(Layer {
+                in_w: w.shape()[1],
+                out_w: w.shape()[0],
+                weight,
+                bias,
+            });
         }
         let top = layers.split_off(cfg.bot.len() - 1);
-        Ok(Weights { tables, bot: layers, top, has_manifest: manifest.is_some() })
+        Ok(Weights {
+            tables,
+            bot: layers,
+            top,
+            has_manifest: manifest.is_some(),
+        })
     }
 
     /// Writes `model.safetensors` with its manifest, streaming (bounded memory), atomically
@@ -250,7 +339,11 @@ impl Weights {
             datas.push(f32_bytes(&l.weight));
             datas.push(f32_bytes(&l.bias));
         }
-        assert_eq!(datas.len(), expected.len(), "weights do not match their config");
+        assert_eq!(
+            datas.len(),
+            expected.len(),
+            "weights do not match their config"
+        );
         let outs = tensor_outs(cfg, expected, |i| datas[i].len());
         write_model_file(path, &outs, |i, w| {
             for chunk in datas[i].chunks(8 << 20) {
@@ -273,11 +366,20 @@ fn tensor_outs(
         .enumerate()
         .map(|(i, (name, shape, dtype))| {
             let (code, row) = if i < n_tables {
-                (Some(cfg.table_formats[i].code()), Some(EmbeddingTable::stride_for(cfg.table_formats[i], cfg.dim)))
+                (
+                    Some(cfg.table_formats[i].code()),
+                    Some(EmbeddingTable::stride_for(cfg.table_formats[i], cfg.dim)),
+                )
             } else {
                 (None, None)
             };
-            TensorOut { name, dtype, shape, dtype_code: code, shard_bytes: shard_bytes_for(bytes(i), row) }
+            TensorOut {
+                name,
+                dtype,
+                shape,
+                dtype_code: code,
+                shard_bytes: shard_bytes_for(bytes(i), row),
+            }
         })
         .collect()
 }
@@ -292,7 +394,8 @@ fn random_mlps(cfg: &DlrmConfig, seed: u64) -> (Vec<Layer>, Vec<Layer>) {
 
 /// The seed of table `t`'s rows.
 fn table_seed(seed: u64, t: usize) -> u64 {
-    seed.wrapping_add(1 + t as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+    seed.wrapping_add(1 + t as u64)
+        .wrapping_mul(0xD1B5_4A32_D192_ED03)
 }
 
 /// How a model's tables are held.
@@ -320,7 +423,11 @@ impl TableMode {
 
 /// Copies `src` into `dst` shard by shard in parallel, checking each shard's checksum
 /// when given; the first failing shard's index on error.
-fn copy_verified(src: &[u8], dst: &mut [u8], sums: Option<&(usize, Vec<u64>)>) -> std::result::Result<(), usize> {
+fn copy_verified(
+    src: &[u8],
+    dst: &mut [u8],
+    sums: Option<&(usize, Vec<u64>)>,
+) -> std::result::Result<(), usize> {
     assert_eq!(src.len(), dst.len());
     let shard = sums.map_or(4 << 20, |s| s.0);
     let bad: Vec<usize> = dst
@@ -358,9 +465,18 @@ fn copy_le_f32(src: &[u8], dst: &mut [f32]) {
 /// Writes a file so that readers see either the old or the new content, never a torn one:
 /// write to a temp file beside it, fsync, rename over, fsync the directory.
 pub fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| ModelError::io(path, std::io::Error::other("not a file path")))?;
-    let tmp: PathBuf = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| ModelError::io(path, std::io::Error::other("not a file path")))?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let res = (|| {
         write(&tmp)?;
         File::open(&tmp)?.sync_all()?;

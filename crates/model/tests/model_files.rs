@@ -29,9 +29,15 @@ fn save_load_round_trip_is_exact() {
     let batch = synth_batch(&m.config, 33, 4, IdDist::Zipf(1.1), 2).unwrap();
     let exec = Executor::new(2).unwrap();
     let (mut w1, mut w2) = (Workspace::default(), Workspace::default());
-    assert_eq!(m.forward(&batch, &mut w1, &exec).unwrap(), back.forward(&batch, &mut w2, &exec).unwrap());
+    assert_eq!(
+        m.forward(&batch, &mut w1, &exec).unwrap(),
+        back.forward(&batch, &mut w2, &exec).unwrap()
+    );
     // no temp files left behind by the atomic writes
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
@@ -47,8 +53,10 @@ fn write_with(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usi
         })
         .collect();
     edit(&mut t);
-    let views: Vec<(String, TensorView<'_>)> =
-        t.iter().map(|(k, (d, s, b))| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, TensorView<'_>)> = t
+        .iter()
+        .map(|(k, (d, s, b))| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
     serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
 }
 
@@ -68,17 +76,32 @@ fn tensor_errors_name_the_tensor() {
     });
     assert!(e.contains("tensor `top_l.0.bias`: missing"), "{e}");
     let e = load_err(|t| {
-        t.insert("emb_l.1.weight".into(), (Dtype::F32, vec![2, 4], vec![0; 32]));
+        t.insert(
+            "emb_l.1.weight".into(),
+            (Dtype::F32, vec![2, 4], vec![0; 32]),
+        );
     });
-    assert!(e.contains("`emb_l.1.weight`: shape [2, 4], expected [1, 4]"), "{e}");
+    assert!(
+        e.contains("`emb_l.1.weight`: shape [2, 4], expected [1, 4]"),
+        "{e}"
+    );
     let e = load_err(|t| {
-        t.insert("bot_l.2.weight".into(), (Dtype::F64, vec![4, 8], vec![0; 256]));
+        t.insert(
+            "bot_l.2.weight".into(),
+            (Dtype::F64, vec![4, 8], vec![0; 256]),
+        );
     });
-    assert!(e.contains("`bot_l.2.weight`: dtype F64, expected F32"), "{e}");
+    assert!(
+        e.contains("`bot_l.2.weight`: dtype F64, expected F32"),
+        "{e}"
+    );
     let e = load_err(|t| {
         t.insert("bot_l.4.weight".into(), (Dtype::F32, vec![1], vec![0; 4]));
     });
-    assert!(e.contains("`bot_l.4.weight`: not part of the architecture"), "{e}");
+    assert!(
+        e.contains("`bot_l.4.weight`: not part of the architecture"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -90,14 +113,26 @@ fn broken_files_are_clean_errors() {
     Model::load(dir.path()).unwrap();
     for cut in [0, 7, 8, 100, good.len() / 2, good.len() - 1] {
         replace(&path, &good[..cut]);
-        let e = Model::load(dir.path()).err().expect("truncated file loaded").to_string();
+        let e = Model::load(dir.path())
+            .err()
+            .expect("truncated file loaded")
+            .to_string();
         assert!(e.contains("model.safetensors"), "cut at {cut}: {e}");
     }
     std::fs::remove_file(&path).unwrap();
-    assert!(Model::load(dir.path()).err().unwrap().to_string().contains("model.safetensors"));
+    assert!(
+        Model::load(dir.path())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("model.safetensors")
+    );
     std::fs::write(dir.path().join("config.json"), "{\"arch_mlp_bot\": 1}").unwrap();
     let e = Model::load(dir.path()).err().unwrap().to_string();
-    assert!(e.contains("config.json") && e.contains("arch_mlp_bot"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("arch_mlp_bot"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -110,22 +145,38 @@ fn mixed_row_formats_round_trip_and_stay_close_to_fp32() {
     assert_eq!(report.len(), 1);
     m.convert_tables(RowFormat::Int4, &[1]).unwrap();
     m.convert_tables(RowFormat::F16, &[2]).unwrap();
-    assert!(m.convert_tables(RowFormat::F16, &[3]).unwrap_err().to_string().contains("table 3 does not exist"));
+    assert!(
+        m.convert_tables(RowFormat::F16, &[3])
+            .unwrap_err()
+            .to_string()
+            .contains("table 3 does not exist")
+    );
     m.save(dir.path()).unwrap();
     let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     assert!(text.contains(r#""dlrs_embedding_dtype": ["#), "{text}");
     let back = Model::load(dir.path()).unwrap();
-    assert_eq!(back.config.table_formats, vec![RowFormat::Int8, RowFormat::Int4, RowFormat::F16]);
+    assert_eq!(
+        back.config.table_formats,
+        vec![RowFormat::Int8, RowFormat::Int4, RowFormat::F16]
+    );
     for (a, b) in m.weights.tables.iter().zip(&back.weights.tables) {
         assert_eq!(a.bytes(), b.bytes());
     }
     let batch = synth_batch(&m.config, 50, 3, IdDist::Uniform, 8).unwrap();
     let exec = Executor::new(1).unwrap();
-    let (mut w1, mut w2, mut w3) = (Workspace::default(), Workspace::default(), Workspace::default());
+    let (mut w1, mut w2, mut w3) = (
+        Workspace::default(),
+        Workspace::default(),
+        Workspace::default(),
+    );
     let q = m.forward(&batch, &mut w1, &exec).unwrap().to_vec();
     assert_eq!(q, back.forward(&batch, &mut w2, &exec).unwrap());
     let f = fp32.forward(&batch, &mut w3, &exec).unwrap();
-    let max = q.iter().zip(f).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let max = q
+        .iter()
+        .zip(f)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(max > 0.0 && max < 2e-2, "quantized scores drift by {max}");
 }
 
@@ -139,7 +190,10 @@ fn quantized_table_with_wrong_dtype_is_named() {
     let fp32_cfg = m.config.clone().with_format(dlrs_model::RowFormat::F32);
     std::fs::write(dir.path().join("config.json"), fp32_cfg.to_json_string()).unwrap();
     let e = Model::load(dir.path()).err().unwrap().to_string();
-    assert!(e.contains("`emb_l.0.weight`: dtype U8, expected F32"), "{e}");
+    assert!(
+        e.contains("`emb_l.0.weight`: dtype U8, expected F32"),
+        "{e}"
+    );
 }
 
 fn small_cfg() -> DlrmConfig {
@@ -162,7 +216,10 @@ fn replace(path: &Path, bytes: &[u8]) {
 /// Loading `dir` must fail in RAM mode, and in mmap mode fail at load or at verification.
 fn assert_rejected(dir: &Path, what: &str) {
     use dlrs_model::TableMode;
-    assert!(Model::load_with(dir, TableMode::Ram).is_err(), "{what}: loaded in RAM mode");
+    assert!(
+        Model::load_with(dir, TableMode::Ram).is_err(),
+        "{what}: loaded in RAM mode"
+    );
     if let Ok(m) = Model::load_with(dir, TableMode::Mmap) {
         assert!(m.verify_tables().is_err(), "{what}: mapped model verified");
     }
@@ -183,7 +240,10 @@ fn every_bit_flip_and_truncation_ends_in_a_clean_error() {
         let mut bad = good.clone();
         bad[pos] ^= 1 << (pos % 8);
         replace(&path, &bad);
-        assert_rejected(dir.path(), &format!("bit {} of byte {pos} flipped", pos % 8));
+        assert_rejected(
+            dir.path(),
+            &format!("bit {} of byte {pos} flipped", pos % 8),
+        );
     }
     for cut in 0..good.len() {
         replace(&path, &good[..cut]);
@@ -210,8 +270,14 @@ fn a_corrupt_shard_is_never_served_from_a_mapped_table() {
     let ok = synth_batch(&mapped.config, 4, 2, IdDist::Uniform, 1).unwrap();
     let e = mapped.forward(&ok, &mut ws, &exec).unwrap_err().to_string();
     assert!(e.contains("emb_l.2.weight") && e.contains("shard 0"), "{e}");
-    let e = Model::load_with(dir.path(), dlrs_model::TableMode::Ram).err().unwrap().to_string();
-    assert!(e.contains("emb_l.2.weight") && e.contains("checksum"), "{e}");
+    let e = Model::load_with(dir.path(), dlrs_model::TableMode::Ram)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("emb_l.2.weight") && e.contains("checksum"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -235,13 +301,32 @@ fn streamed_random_model_equals_the_in_memory_one() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut written = 0;
     Model::write_random(&c, 11, a.path(), |n| written += n).unwrap();
-    Model::random(c.clone(), 11).unwrap().save(b.path()).unwrap();
+    Model::random(c.clone(), 11)
+        .unwrap()
+        .save(b.path())
+        .unwrap();
     for f in ["config.json", "model.safetensors"] {
-        let (x, y) = (std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap());
+        let (x, y) = (
+            std::fs::read(a.path().join(f)).unwrap(),
+            std::fs::read(b.path().join(f)).unwrap(),
+        );
         let first = x.iter().zip(&y).position(|(p, q)| p != q);
         let show = |v: &[u8]| String::from_utf8_lossy(&v[..200.min(v.len())]).into_owned();
-        assert!(x == y, "{f} differs: lengths {} {}, first difference at {first:?}\n{}\n{}", x.len(), y.len(), show(&x), show(&y));
+        assert!(
+            x == y,
+            "{f} differs: lengths {} {}, first difference at {first:?}\n{}\n{}",
+            x.len(),
+            y.len(),
+            show(&x),
+            show(&y)
+        );
     }
-    let table_bytes: usize = Model::load(a.path()).unwrap().weights.tables.iter().map(|t| t.size_bytes()).sum();
+    let table_bytes: usize = Model::load(a.path())
+        .unwrap()
+        .weights
+        .tables
+        .iter()
+        .map(|t| t.size_bytes())
+        .sum();
     assert_eq!(written, table_bytes as u64);
 }

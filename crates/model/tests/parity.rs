@@ -15,16 +15,26 @@ fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("config.json").exists())
         .collect();
     v.sort();
-    assert!(v.len() >= 9, "parity fixtures missing under {}", root.display());
+    assert!(
+        v.len() >= 9,
+        "parity fixtures missing under {}",
+        root.display()
+    );
     v
 }
 
 fn load(dir: &Path) -> (Model, Vec<Batch>, Vec<f32>) {
     let model = Model::load(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let inputs = std::fs::read_to_string(dir.join("inputs.jsonl")).unwrap();
-    let samples: Vec<_> = inputs.lines().map(|l| parse_sample(l, &model.config).unwrap()).collect();
-    let expected: Vec<f32> =
-        std::fs::read_to_string(dir.join("expected.txt")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let samples: Vec<_> = inputs
+        .lines()
+        .map(|l| parse_sample(l, &model.config).unwrap())
+        .collect();
+    let expected: Vec<f32> = std::fs::read_to_string(dir.join("expected.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
     assert_eq!(samples.len(), expected.len());
     // the same samples cut three ways: one batch, batches of 7, batches of 1
     let mut batches = Vec::new();
@@ -44,7 +54,10 @@ fn load(dir: &Path) -> (Model, Vec<Batch>, Vec<f32>) {
 fn matches_reference_pytorch_within_1e5() {
     for dir in fixtures() {
         let (model, batches, expected) = load(&dir);
-        let has_empty_bag = batches[0].bags().iter().any(|b| b.offsets.windows(2).any(|w| w[0] == w[1]));
+        let has_empty_bag = batches[0]
+            .bags()
+            .iter()
+            .any(|b| b.offsets.windows(2).any(|w| w[0] == w[1]));
         for threads in [1, 2] {
             let exec = Executor::new(threads).unwrap();
             let mut ws = Workspace::default();
@@ -54,7 +67,11 @@ fn matches_reference_pytorch_within_1e5() {
             }
             assert_eq!(got.len(), 3 * expected.len());
             for (i, (g, w)) in got.iter().zip(expected.iter().cycle()).enumerate() {
-                assert!((g - w).abs() <= 1e-5, "{}: sample {i} ({threads} threads): {g} vs reference {w}", dir.display());
+                assert!(
+                    (g - w).abs() <= 1e-5,
+                    "{}: sample {i} ({threads} threads): {g} vs reference {w}",
+                    dir.display()
+                );
             }
         }
         if dir.ends_with("dot-odd") {

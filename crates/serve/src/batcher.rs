@@ -114,9 +114,16 @@ impl Drop for Entry {
     /// A request dropped unanswered (a bug path: a panic outside the forward pass' guard)
     /// still gets an answer.
     fn drop(&mut self) {
-        let reply = self.out.get_mut().unwrap_or_else(|p| p.into_inner()).reply.take();
+        let reply = self
+            .out
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .reply
+            .take();
         if let Some(r) = reply {
-            r.send(Err(ApiError::Internal("the request was dropped by a failed batch".into())));
+            r.send(Err(ApiError::Internal(
+                "the request was dropped by a failed batch".into(),
+            )));
         }
     }
 }
@@ -175,8 +182,17 @@ type Segment = (Arc<Entry>, usize, usize);
 
 impl Queue {
     pub fn new(cfg: BatcherConfig, metrics: Arc<Metrics>) -> Self {
-        let state = State { pending: VecDeque::new(), waiting: 0, closed: false };
-        Queue { state: Mutex::new(state), ready: Condvar::new(), cfg, metrics }
+        let state = State {
+            pending: VecDeque::new(),
+            waiting: 0,
+            closed: false,
+        };
+        Queue {
+            state: Mutex::new(state),
+            ready: Condvar::new(),
+            cfg,
+            metrics,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -189,7 +205,10 @@ impl Queue {
     pub fn reserve(self: &Arc<Self>, n: usize) -> Result<Reservation, ApiError> {
         let mut st = self.lock();
         self.admit(&mut st, n)?;
-        Ok(Reservation { queue: Arc::clone(self), n })
+        Ok(Reservation {
+            queue: Arc::clone(self),
+            n,
+        })
     }
 
     /// Counts `n` more samples waiting, or refuses them (413 larger than the queue, 503
@@ -230,9 +249,22 @@ impl Queue {
                 self.admit(&mut st, n)?;
             }
         }
-        let out = Mutex::new(Out { reply: Some(job.reply), scores: Vec::new(), left: n });
-        let entry = Entry { model: job.model, batch: job.batch, deadline: job.deadline, enqueued: Instant::now(), out };
-        st.pending.push_back(Pending { entry: Arc::new(entry), dispatched: 0 });
+        let out = Mutex::new(Out {
+            reply: Some(job.reply),
+            scores: Vec::new(),
+            left: n,
+        });
+        let entry = Entry {
+            model: job.model,
+            batch: job.batch,
+            deadline: job.deadline,
+            enqueued: Instant::now(),
+            out,
+        };
+        st.pending.push_back(Pending {
+            entry: Arc::new(entry),
+            dispatched: 0,
+        });
         drop(st);
         self.ready.notify_one();
         Ok(())
@@ -251,14 +283,20 @@ impl Queue {
             let mut st = self.lock();
             st.closed = true;
             // (room held by reservations is given back when they drop)
-            let n: usize = st.pending.iter().map(|p| p.entry.len() - p.dispatched).sum();
+            let n: usize = st
+                .pending
+                .iter()
+                .map(|p| p.entry.len() - p.dispatched)
+                .sum();
             st.waiting -= n;
             self.metrics.queue_depth.decrement(n as f64);
             st.pending.drain(..).collect()
         };
         self.ready.notify_all();
         for p in dropped {
-            p.entry.fail(ApiError::ShuttingDown("the queue was aborted before the request was computed".into()));
+            p.entry.fail(ApiError::ShuttingDown(
+                "the queue was aborted before the request was computed".into(),
+            ));
         }
     }
 
@@ -276,12 +314,22 @@ impl Queue {
             };
             let window_end = first.entry.enqueued + self.cfg.max_delay;
             let (plan, full) = plan_batch(
-                st.pending.iter().map(|p| (p.entry.len(), p.dispatched, Arc::ptr_eq(&p.entry.model, &first.entry.model))),
+                st.pending.iter().map(|p| {
+                    (
+                        p.entry.len(),
+                        p.dispatched,
+                        Arc::ptr_eq(&p.entry.model, &first.entry.model),
+                    )
+                }),
                 self.cfg.max_batch,
             );
             let now = Instant::now();
             if !(full || st.closed || now >= window_end) {
-                st = self.ready.wait_timeout(st, window_end - now).unwrap_or_else(|p| p.into_inner()).0;
+                st = self
+                    .ready
+                    .wait_timeout(st, window_end - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
                 continue;
             }
             let mut size = 0;
@@ -289,13 +337,20 @@ impl Queue {
             for (i, r0, r1) in plan {
                 let p = &mut st.pending[i];
                 if r0 == 0 {
-                    self.metrics.queue_wait.record(now.saturating_duration_since(p.entry.enqueued).as_secs_f64());
+                    self.metrics.queue_wait.record(
+                        now.saturating_duration_since(p.entry.enqueued)
+                            .as_secs_f64(),
+                    );
                 }
                 p.dispatched = r1;
                 size += r1 - r0;
                 segments.push((Arc::clone(&p.entry), r0, r1));
             }
-            while st.pending.front().is_some_and(|p| p.dispatched == p.entry.len()) {
+            while st
+                .pending
+                .front()
+                .is_some_and(|p| p.dispatched == p.entry.len())
+            {
                 st.pending.pop_front();
             }
             st.waiting -= size;
@@ -343,12 +398,19 @@ impl Queue {
 
 /// Starts `instances` compute threads (`dlrs-batcher-{i}`) on `queue`, each with its own
 /// executor of `threads` threads. They run until the queue is closed and drained.
-pub fn spawn(queue: &Arc<Queue>, instances: usize, threads: usize, hooks: &Hooks) -> std::io::Result<Vec<JoinHandle<()>>> {
+pub fn spawn(
+    queue: &Arc<Queue>,
+    instances: usize,
+    threads: usize,
+    hooks: &Hooks,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::with_capacity(instances);
     for i in 0..instances.max(1) {
         let exec = Executor::new(threads).map_err(|e| std::io::Error::other(e.to_string()))?;
         let (queue, hooks) = (Arc::clone(queue), hooks.clone());
-        let h = std::thread::Builder::new().name(format!("dlrs-batcher-{i}")).spawn(move || run(&queue, &exec, &hooks))?;
+        let h = std::thread::Builder::new()
+            .name(format!("dlrs-batcher-{i}"))
+            .spawn(move || run(&queue, &exec, &hooks))?;
         handles.push(h);
     }
     Ok(handles)
@@ -374,8 +436,16 @@ fn run(queue: &Queue, exec: &Executor, hooks: &Hooks) {
     }
 }
 
-fn compute(queue: &Queue, segments: &[Segment], ws: &mut Workspace, exec: &Executor, hooks: &Hooks) {
-    let Some((first, _, _)) = segments.first() else { return };
+fn compute(
+    queue: &Queue,
+    segments: &[Segment],
+    ws: &mut Workspace,
+    exec: &Executor,
+    hooks: &Hooks,
+) {
+    let Some((first, _, _)) = segments.first() else {
+        return;
+    };
     let start = Instant::now();
     let size: usize = segments.iter().map(|(_, r0, r1)| r1 - r0).sum();
     let model = &first.model.model;
@@ -384,16 +454,19 @@ fn compute(queue: &Queue, segments: &[Segment], ws: &mut Workspace, exec: &Execu
         if let Some(h) = &hooks.before_forward {
             h(&batch);
         }
-        let scores = model.forward(&batch, ws, exec).map_err(ApiError::from_compute)?;
+        let scores = model
+            .forward(&batch, ws, exec)
+            .map_err(ApiError::from_compute)?;
         Ok(scores.to_vec())
     }));
     queue.metrics.compute.record(start.elapsed().as_secs_f64());
     queue.metrics.batch_size.record(size as f64);
     let result = match outcome {
         Ok(Ok(scores)) if scores.len() == size => Ok(scores),
-        Ok(Ok(scores)) => {
-            Err(ApiError::Internal(format!("the forward pass returned {} scores for {size} samples", scores.len())))
-        }
+        Ok(Ok(scores)) => Err(ApiError::Internal(format!(
+            "the forward pass returned {} scores for {size} samples",
+            scores.len()
+        ))),
         Ok(Err(e)) => Err(e),
         Err(panic) => {
             *ws = Workspace::default();
@@ -402,8 +475,12 @@ fn compute(queue: &Queue, segments: &[Segment], ws: &mut Workspace, exec: &Execu
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            eprintln!("dlrs serve: a batch of {size} samples panicked: {what}; its requests get 500");
-            Err(ApiError::Internal(format!("the computation of this request's batch panicked: {what}")))
+            eprintln!(
+                "dlrs serve: a batch of {size} samples panicked: {what}; its requests get 500"
+            );
+            Err(ApiError::Internal(format!(
+                "the computation of this request's batch panicked: {what}"
+            )))
         }
     };
     match result {
@@ -434,7 +511,12 @@ fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Bat
     let nt = cfg.n_tables();
     let size: usize = segments.iter().map(|(_, r0, r1)| r1 - r0).sum();
     let mut dense = Vec::with_capacity(size * nd);
-    let mut bags: Vec<Bags> = (0..nt).map(|_| Bags { offsets: Vec::with_capacity(size + 1), ids: Vec::new() }).collect();
+    let mut bags: Vec<Bags> = (0..nt)
+        .map(|_| Bags {
+            offsets: Vec::with_capacity(size + 1),
+            ids: Vec::new(),
+        })
+        .collect();
     for b in &mut bags {
         b.offsets.push(0);
     }
@@ -446,13 +528,21 @@ fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Bat
             let (lo, hi) = (s.offsets[r0] as usize, s.offsets[r1] as usize);
             let base = dst.ids.len();
             if base + (hi - lo) > u32::MAX as usize {
-                return Err(ApiError::TooLarge("more than 2^32 ids of one table in one batch".into()));
+                return Err(ApiError::TooLarge(
+                    "more than 2^32 ids of one table in one batch".into(),
+                ));
             }
             dst.ids.extend_from_slice(&s.ids[lo..hi]);
-            dst.offsets.extend(s.offsets[r0 + 1..=r1].iter().map(|&o| (o as usize - lo + base) as u32));
+            dst.offsets.extend(
+                s.offsets[r0 + 1..=r1]
+                    .iter()
+                    .map(|&o| (o as usize - lo + base) as u32),
+            );
         }
     }
-    Batch::from_parts(cfg, size, dense, bags).map(Cow::Owned).map_err(ApiError::from_compute)
+    Batch::from_parts(cfg, size, dense, bags)
+        .map(Cow::Owned)
+        .map_err(ApiError::from_compute)
 }
 
 /// The batching rule: given the queued requests in arrival order as `(samples, samples
@@ -499,11 +589,18 @@ mod tests {
                 "arch_sparse_feature_size":4,"arch_interaction_op":"cat"}"#,
         )
         .unwrap();
-        Arc::new(Version { model: Model::random(cfg, 1).unwrap(), number: 1 })
+        Arc::new(Version {
+            model: Model::random(cfg, 1).unwrap(),
+            number: 1,
+        })
     }
 
     fn sample(i: u32) -> Sample {
-        Sample { dense: vec![i as f32, 0.5], sparse: vec![(0..i % 3).map(|k| (i + k) % 5).collect(), vec![i % 3]], label: None }
+        Sample {
+            dense: vec![i as f32, 0.5],
+            sparse: vec![(0..i % 3).map(|k| (i + k) % 5).collect(), vec![i % 3]],
+            label: None,
+        }
     }
 
     fn batch(v: &Version, from: u32, n: u32) -> Batch {
@@ -516,19 +613,46 @@ mod tests {
     }
 
     fn entry(v: &Arc<Version>, from: u32, n: u32) -> Arc<Entry> {
-        let out = Mutex::new(Out { reply: None, scores: Vec::new(), left: n as usize });
+        let out = Mutex::new(Out {
+            reply: None,
+            scores: Vec::new(),
+            left: n as usize,
+        });
         let deadline = Instant::now() + Duration::from_secs(60);
-        Arc::new(Entry { model: Arc::clone(v), batch: Arc::new(batch(v, from, n)), deadline, enqueued: Instant::now(), out })
+        Arc::new(Entry {
+            model: Arc::clone(v),
+            batch: Arc::new(batch(v, from, n)),
+            deadline,
+            enqueued: Instant::now(),
+            out,
+        })
     }
 
     fn queue(max_batch: usize, max_delay: Duration, max_queue: usize) -> Arc<Queue> {
-        Arc::new(Queue::new(BatcherConfig { max_batch, max_delay, max_queue }, Arc::new(Metrics::new())))
+        Arc::new(Queue::new(
+            BatcherConfig {
+                max_batch,
+                max_delay,
+                max_queue,
+            },
+            Arc::new(Metrics::new()),
+        ))
     }
 
     /// Submits `b` and returns the receiver of its answer.
-    fn submit(q: &Queue, v: &Arc<Version>, b: Batch, deadline: Duration) -> Result<oneshot::Receiver<Reply>, ApiError> {
+    fn submit(
+        q: &Queue,
+        v: &Arc<Version>,
+        b: Batch,
+        deadline: Duration,
+    ) -> Result<oneshot::Receiver<Reply>, ApiError> {
         let (tx, rx) = oneshot::channel();
-        let job = Job { model: Arc::clone(v), batch: Arc::new(b), deadline: Instant::now() + deadline, reply: ReplyTo::Channel(tx) };
+        let job = Job {
+            model: Arc::clone(v),
+            batch: Arc::new(b),
+            deadline: Instant::now() + deadline,
+            reply: ReplyTo::Channel(tx),
+        };
         q.submit(job, None).map(|()| rx)
     }
 
@@ -540,16 +664,35 @@ mod tests {
         let segs = [(e0, 1, 3), (Arc::clone(&e1), 0, 4), (e2, 0, 1)];
         let got = assemble(&v.model.config, &segs).unwrap();
         assert_eq!(*got, batch(&v, 1, 7));
-        assert!(matches!(assemble(&v.model.config, &[(e1, 0, 4)]).unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            assemble(&v.model.config, &[(e1, 0, 4)]).unwrap(),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
     fn plan_merges_whole_requests_splits_big_ones_and_never_mixes_versions() {
         let t = |v: &[(usize, usize, bool)]| plan_batch(v.iter().copied(), 4);
-        assert_eq!(t(&[(1, 0, true), (2, 0, true), (2, 0, true)]), (vec![(0, 0, 1), (1, 0, 2)], true), "the third does not fit whole");
-        assert_eq!(t(&[(6, 0, true), (1, 0, true)]), (vec![(0, 0, 4)], true), "a request larger than a batch is cut");
-        assert_eq!(t(&[(6, 4, true), (1, 0, true)]), (vec![(0, 4, 6), (1, 0, 1)], false), "its rest is batched with the next");
-        assert_eq!(t(&[(1, 0, true), (1, 0, false)]), (vec![(0, 0, 1)], true), "another version waits for the next batch");
+        assert_eq!(
+            t(&[(1, 0, true), (2, 0, true), (2, 0, true)]),
+            (vec![(0, 0, 1), (1, 0, 2)], true),
+            "the third does not fit whole"
+        );
+        assert_eq!(
+            t(&[(6, 0, true), (1, 0, true)]),
+            (vec![(0, 0, 4)], true),
+            "a request larger than a batch is cut"
+        );
+        assert_eq!(
+            t(&[(6, 4, true), (1, 0, true)]),
+            (vec![(0, 4, 6), (1, 0, 1)], false),
+            "its rest is batched with the next"
+        );
+        assert_eq!(
+            t(&[(1, 0, true), (1, 0, false)]),
+            (vec![(0, 0, 1)], true),
+            "another version waits for the next batch"
+        );
     }
 
     /// Many concurrent requests of every size, some larger than a batch, on 1 to 3
@@ -569,7 +712,15 @@ mod tests {
                             for k in 0..25u32 {
                                 let (from, n) = (t * 1000 + k * 13, 1 + (k * 7 + t) % 12);
                                 let b = batch(v, from, n);
-                                let want = v.model.forward(&b, &mut Workspace::default(), &Executor::new(1).unwrap()).unwrap().to_vec();
+                                let want = v
+                                    .model
+                                    .forward(
+                                        &b,
+                                        &mut Workspace::default(),
+                                        &Executor::new(1).unwrap(),
+                                    )
+                                    .unwrap()
+                                    .to_vec();
                                 let rx = submit(q, v, b, Duration::from_secs(30)).unwrap();
                                 got.push((rx.blocking_recv().unwrap().unwrap(), want));
                             }
@@ -577,7 +728,10 @@ mod tests {
                         })
                     })
                     .collect();
-                workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap())
+                    .collect()
             });
             for (got, want) in results {
                 assert_eq!(got, want, "{instances} instances");
@@ -612,17 +766,37 @@ mod tests {
         }
         let short = submit(&q, &v, batch(&v, 2, 3), Duration::from_millis(1)).unwrap();
         let full = submit(&q, &v, batch(&v, 5, 4), Duration::from_secs(30));
-        assert!(matches!(full, Err(ApiError::Overloaded(_))), "3 + 4 > 6 waiting samples");
-        assert!(matches!(submit(&q, &v, batch(&v, 0, 7), Duration::from_secs(1)), Err(ApiError::TooLarge(_))));
+        assert!(
+            matches!(full, Err(ApiError::Overloaded(_))),
+            "3 + 4 > 6 waiting samples"
+        );
+        assert!(matches!(
+            submit(&q, &v, batch(&v, 0, 7), Duration::from_secs(1)),
+            Err(ApiError::TooLarge(_))
+        ));
         std::thread::sleep(Duration::from_millis(20));
         hold_tx.send(()).unwrap();
         assert_eq!(first.blocking_recv().unwrap().unwrap().len(), 2);
-        assert!(matches!(short.blocking_recv().unwrap(), Err(ApiError::DeadlineExceeded(_))));
+        assert!(matches!(
+            short.blocking_recv().unwrap(),
+            Err(ApiError::DeadlineExceeded(_))
+        ));
         let after = submit(&q, &v, batch(&v, 0, 4), Duration::from_secs(30)).unwrap();
-        assert_eq!(after.blocking_recv().unwrap().unwrap().len(), 4, "the expired samples left the queue");
-        assert_eq!(computed.load(Ordering::SeqCst), 6, "the expired request was not computed");
+        assert_eq!(
+            after.blocking_recv().unwrap().unwrap().len(),
+            4,
+            "the expired samples left the queue"
+        );
+        assert_eq!(
+            computed.load(Ordering::SeqCst),
+            6,
+            "the expired request was not computed"
+        );
         q.abort();
-        assert!(matches!(submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(1)), Err(ApiError::ShuttingDown(_))));
+        assert!(matches!(
+            submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(1)),
+            Err(ApiError::ShuttingDown(_))
+        ));
         for h in handles {
             h.join().unwrap();
         }
@@ -632,10 +806,14 @@ mod tests {
     fn a_panicking_batch_answers_500_and_the_instance_keeps_serving() {
         let v = version();
         let q = queue(8, Duration::ZERO, 100);
-        let hooks = Hooks { before_forward: Some(Arc::new(|b: &Batch| assert!(b.size() != 3, "boom"))) };
+        let hooks = Hooks {
+            before_forward: Some(Arc::new(|b: &Batch| assert!(b.size() != 3, "boom"))),
+        };
         let handles = spawn(&q, 1, 2, &hooks).unwrap();
         let bad = submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).unwrap();
-        assert!(matches!(bad.blocking_recv().unwrap(), Err(ApiError::Internal(m)) if m.contains("boom")));
+        assert!(
+            matches!(bad.blocking_recv().unwrap(), Err(ApiError::Internal(m)) if m.contains("boom"))
+        );
         let good = submit(&q, &v, batch(&v, 0, 2), Duration::from_secs(30)).unwrap();
         assert_eq!(good.blocking_recv().unwrap().unwrap().len(), 2);
         q.close();

@@ -58,8 +58,14 @@ impl Limits {
             "--max-connections must be between 1 and {}",
             1 << 20
         );
-        ensure!(args.header_timeout_ms >= 1, "--header-timeout-ms must be at least 1");
-        ensure!(args.idle_timeout_ms >= 1, "--idle-timeout-ms must be at least 1");
+        ensure!(
+            args.header_timeout_ms >= 1,
+            "--header-timeout-ms must be at least 1"
+        );
+        ensure!(
+            args.idle_timeout_ms >= 1,
+            "--idle-timeout-ms must be at least 1"
+        );
         ensure!(
             args.max_body_memory_bytes >= args.max_body_bytes,
             "--max-body-memory-bytes ({}) must be at least --max-body-bytes ({}), or the largest body could never be read",
@@ -132,7 +138,9 @@ pub async fn serve(
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
     )
 }
 
@@ -168,9 +176,18 @@ fn refuse(mut stream: TcpStream, max: usize, refusing: &Arc<Semaphore>, metrics:
 }
 
 /// Serves one connection until it ends, its phase's timeout passes, or shutdown closes it.
-async fn connection(stream: TcpStream, app: Router, limits: Limits, mut stop: watch::Receiver<bool>, metrics: &Metrics) {
+async fn connection(
+    stream: TcpStream,
+    app: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    metrics: &Metrics,
+) {
     let clock = Arc::new(Clock::new());
-    let io = TokioIo::new(Watched { io: stream, clock: Arc::clone(&clock) });
+    let io = TokioIo::new(Watched {
+        io: stream,
+        clock: Arc::clone(&clock),
+    });
     let svc = {
         let (inner, clock) = (TowerToHyperService::new(app), Arc::clone(&clock));
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -232,7 +249,10 @@ struct Clock {
 impl Clock {
     /// A new connection waits for its first request head.
     fn new() -> Self {
-        Clock { base: Instant::now(), state: AtomicU64::new(HEAD) }
+        Clock {
+            base: Instant::now(),
+            state: AtomicU64::new(HEAD),
+        }
     }
 
     fn set(&self, phase: u64) {
@@ -277,7 +297,11 @@ struct Watched {
 }
 
 impl AsyncRead for Watched {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -288,7 +312,11 @@ impl AsyncRead for Watched {
 }
 
 impl AsyncWrite for Watched {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_write_vectored(

@@ -98,7 +98,9 @@ impl ApiError {
             | ModelError::Tensor { .. }
             | ModelError::Format { .. }
             | ModelError::Io { .. }
-            | ModelError::UnknownPreset(_) => ApiError::Internal(format!("computing the batch failed: {e}")),
+            | ModelError::UnknownPreset(_) => {
+                ApiError::Internal(format!("computing the batch failed: {e}"))
+            }
         }
     }
 
@@ -106,7 +108,9 @@ impl ApiError {
     pub fn from_load(e: ModelError, still_serving: u64) -> Self {
         let why = match &e {
             ModelError::Config { .. } => "its config.json is invalid",
-            ModelError::Tensor { .. } => "a tensor of its model.safetensors does not fit the config",
+            ModelError::Tensor { .. } => {
+                "a tensor of its model.safetensors does not fit the config"
+            }
             ModelError::Corrupt { .. } => "its model.safetensors is corrupt",
             ModelError::Format { .. } => "its model.safetensors is not a safetensors file",
             ModelError::Io { .. } => "its files cannot be read",
@@ -131,7 +135,8 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": self.message() });
         let mut resp = (self.status(), axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after() {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

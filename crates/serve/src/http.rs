@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Path, Request, State};
-use axum::{Extension, Router};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,9 +36,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata_v))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_v),
+        )
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
         .route("/v1/models/{name}/predict", post(predict))
@@ -53,19 +59,32 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Counts every answered request by route and status.
 async fn count(State(st): St, req: Request, next: Next) -> Response {
-    let endpoint = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
     let t0 = Instant::now();
     let resp = next.run(req).await;
-    st.metrics.request(&endpoint, resp.status().as_u16(), t0.elapsed());
+    st.metrics
+        .request(&endpoint, resp.status().as_u16(), t0.elapsed());
     resp
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.uri().path()))
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 async fn server_metadata() -> Response {
@@ -83,7 +102,11 @@ async fn live() -> Response {
 
 async fn ready(State(st): St) -> Response {
     let r = st.ready();
-    let status = if r { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if r {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(json!({"ready": r}))).into_response()
 }
 
@@ -96,14 +119,21 @@ async fn model_metadata(State(st): St, Path(name): Path<String>) -> Result<Respo
     metadata_of(&st, &name, None)
 }
 
-async fn model_metadata_v(State(st): St, Path((name, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn model_metadata_v(
+    State(st): St,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     metadata_of(&st, &name, Some(&version))
 }
 
 fn ready_of(st: &AppState, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
     st.check_model(name, version)?;
     let r = st.ready();
-    let status = if r { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if r {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     Ok((status, axum::Json(json!({"name": st.name, "ready": r}))).into_response())
 }
 
@@ -111,12 +141,19 @@ async fn model_ready(State(st): St, Path(name): Path<String>) -> Result<Response
     ready_of(&st, &name, None)
 }
 
-async fn model_ready_v(State(st): St, Path((name, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn model_ready_v(
+    State(st): St,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     ready_of(&st, &name, Some(&version))
 }
 
 async fn metrics(State(st): St) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn load(State(st): St, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -154,17 +191,24 @@ struct BodyBudget {
 
 impl BodyBudget {
     fn new(total: usize) -> Self {
-        BodyBudget { bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))), total }
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))),
+            total,
+        }
     }
 
     /// Holds nothing yet.
     fn none(&self) -> OwnedSemaphorePermit {
-        Arc::clone(&self.bytes).try_acquire_many_owned(0).expect("0 permits are always available")
+        Arc::clone(&self.bytes)
+            .try_acquire_many_owned(0)
+            .expect("0 permits are always available")
     }
 
     /// Takes `n` more bytes into `held`, or refuses at once (503) when the budget is spent.
     fn take(&self, held: &mut OwnedSemaphorePermit, n: usize) -> Result<(), ApiError> {
-        let more = u32::try_from(n).ok().and_then(|n| Arc::clone(&self.bytes).try_acquire_many_owned(n).ok());
+        let more = u32::try_from(n)
+            .ok()
+            .and_then(|n| Arc::clone(&self.bytes).try_acquire_many_owned(n).ok());
         match more {
             Some(p) => {
                 held.merge(p);
@@ -188,6 +232,9 @@ struct BodyBytes {
 /// Reads the body: 413 before reading when `Content-Length` is over the limit, or as soon as
 /// a streamed body crosses it; 408 when it has not all arrived within `--body-timeout-ms`;
 /// 503 when the bodies in memory would exceed `--max-body-memory-bytes`.
+/// A look at the start of a body while it is read (see [`read_body`]).
+type PrefixCheck<'a> = &'a mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send);
+
 /// Reads a request body within the limits. With `on_prefix = Some((n, f))`, `f` sees the
 /// body's first `n` bytes as soon as they are in (once, if the body has that many); an error
 /// from it is returned once the rest of the body has been read and dropped unbuffered (so the
@@ -198,18 +245,24 @@ async fn read_body(
     budget: &BodyBudget,
     headers: &HeaderMap,
     mut body: Body,
-    mut on_prefix: Option<(usize, &mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send))>,
+    mut on_prefix: Option<(usize, PrefixCheck<'_>)>,
     drained: &mut bool,
 ) -> Result<BodyBytes, ApiError> {
     let limit = st.args.max_body_bytes;
     let too_large = |n: String| {
-        ApiError::TooLarge(format!("request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"))
+        ApiError::TooLarge(format!(
+            "request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"
+        ))
     };
     let declared = match headers.get(header::CONTENT_LENGTH) {
         None => None,
         Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
             Some(n) => Some(n),
-            None => return Err(ApiError::BadRequest("header Content-Length: not a number".into())),
+            None => {
+                return Err(ApiError::BadRequest(
+                    "header Content-Length: not a number".into(),
+                ));
+            }
         },
     };
     if let Some(n) = declared {
@@ -233,7 +286,11 @@ async fn read_body(
                 )));
             }
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::BadRequest(format!(
+                    "reading the request body: {e}"
+                )));
+            }
             Ok(Some(Ok(f))) => f,
         };
         if let Ok(data) = frame.into_data() {
@@ -259,7 +316,10 @@ async fn read_body(
         *drained = true;
         return Err(e);
     }
-    Ok(BodyBytes { bytes: buf, _held: held })
+    Ok(BodyBytes {
+        bytes: buf,
+        _held: held,
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -289,9 +349,17 @@ async fn infer_v(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run_inference(st, &budget, Protocol::V2, name, Some(version), headers, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    run_inference(
+        st,
+        &budget,
+        Protocol::V2,
+        name,
+        Some(version),
+        headers,
+        body,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn predict(
@@ -312,7 +380,12 @@ enum Parsed {
     V1(dlrs_model::Batch),
 }
 
-fn parse(proto: Protocol, body: &[u8], header_len: Option<usize>, v: &Version) -> Result<Parsed, ApiError> {
+fn parse(
+    proto: Protocol,
+    body: &[u8],
+    header_len: Option<usize>,
+    v: &Version,
+) -> Result<Parsed, ApiError> {
     match proto {
         Protocol::V2 => kserve::parse_infer(body, header_len, &v.model.config).map(Parsed::V2),
         Protocol::V1 => kserve::parse_predict(body, &v.model.config).map(Parsed::V1),
@@ -337,9 +410,17 @@ async fn run_inference(
         let deadline = deadline(&st, &headers, t0)?;
         let header_len = match headers.get(HEADER_LEN) {
             None => None,
-            Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
-                ApiError::BadRequest("header Inference-Header-Content-Length: not a non-negative integer".into())
-            })?),
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "header Inference-Header-Content-Length: not a non-negative integer"
+                                .into(),
+                        )
+                    })?,
+            ),
         };
         if header_len.is_some() && matches!(proto, Protocol::V1) {
             return Err(ApiError::BadRequest(
@@ -355,12 +436,15 @@ async fn run_inference(
             }
             Ok(())
         };
-        let on_prefix = header_len.map(|n| (n, &mut reserve as &mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send)));
+        let on_prefix = header_len.map(|n| (n, &mut reserve as PrefixCheck<'_>));
         let body = read_body(&st, budget, &headers, body, on_prefix, &mut drained).await?;
         Ok((inflight, deadline, header_len, body, reservation))
     };
     let (_inflight, deadline, header_len, body, reservation) =
-        received.await.map_err(|error| Failure { error, body_unread: !drained })?;
+        received.await.map_err(|error| Failure {
+            error,
+            body_unread: !drained,
+        })?;
     // the version serving now; the request runs on it even if a reload swaps in another
     let v = st.current();
     // the body (and its share of the budget) is dropped once parsed
@@ -376,9 +460,18 @@ async fn run_inference(
     };
     let (batch, answer, deadline) = match parsed {
         Parsed::V2(r) => {
-            let timeout = r.timeout_us.and_then(|us| t0.checked_add(Duration::from_micros(us)));
+            let timeout = r
+                .timeout_us
+                .and_then(|us| t0.checked_add(Duration::from_micros(us)));
             let until = timeout.map_or(deadline, |t| deadline.min(t));
-            (r.batch, Answer::V2 { id: r.id, binary: r.binary_output }, until)
+            (
+                r.batch,
+                Answer::V2 {
+                    id: r.id,
+                    binary: r.binary_output,
+                },
+                until,
+            )
         }
         Parsed::V1(b) => (b, Answer::V1, deadline),
     };
@@ -386,21 +479,33 @@ async fn run_inference(
         Vec::new()
     } else {
         if Instant::now() >= deadline {
-            return Err(ApiError::DeadlineExceeded("deadline passed before the request was queued".into()).into());
+            return Err(ApiError::DeadlineExceeded(
+                "deadline passed before the request was queued".into(),
+            )
+            .into());
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job { model: Arc::clone(&v), batch: Arc::new(batch), deadline, reply: ReplyTo::Channel(tx) };
+        let job = Job {
+            model: Arc::clone(&v),
+            batch: Arc::new(batch),
+            deadline,
+            reply: ReplyTo::Channel(tx),
+        };
         st.queue.submit(job, reservation)?;
         wait(rx, deadline).await?
     };
     Ok(match answer {
         Answer::V2 { id, binary } => {
-            let (body, json_len) = kserve::infer_response(&st.name, v.number, id.as_deref(), &scores, binary);
+            let (body, json_len) =
+                kserve::infer_response(&st.name, v.number, id.as_deref(), &scores, binary);
             match json_len {
                 None => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
                 Some(h) => (
                     [
-                        (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                        (
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/octet-stream"),
+                        ),
                         (HeaderName::from_static(HEADER_LEN), HeaderValue::from(h)),
                     ],
                     body,
@@ -422,7 +527,10 @@ struct Failure {
 
 impl From<ApiError> for Failure {
     fn from(error: ApiError) -> Self {
-        Failure { error, body_unread: false }
+        Failure {
+            error,
+            body_unread: false,
+        }
     }
 }
 
@@ -430,7 +538,8 @@ impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let mut resp = self.error.into_response();
         if self.body_unread {
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -443,7 +552,10 @@ enum Answer {
 }
 
 /// Waits for the batcher's answer, or answers 504 at the deadline.
-async fn wait(rx: tokio::sync::oneshot::Receiver<Reply>, deadline: Instant) -> Result<Vec<f32>, ApiError> {
+async fn wait(
+    rx: tokio::sync::oneshot::Receiver<Reply>,
+    deadline: Instant,
+) -> Result<Vec<f32>, ApiError> {
     tokio::select! {
         biased;
         r = rx => match r {

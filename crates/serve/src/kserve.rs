@@ -48,12 +48,18 @@ fn bad(msg: impl Into<String>) -> ApiError {
 /// `inputs[0]: missing field `shape``, `outputs: invalid type: null, expected a sequence`).
 fn from_json<'a, T: Deserialize<'a>>(json: &'a [u8], at: &str) -> Result<T, ApiError> {
     use serde_json::error::Category;
-    let within = if at.is_empty() { String::new() } else { format!(" in {at}") };
+    let within = if at.is_empty() {
+        String::new()
+    } else {
+        format!(" in {at}")
+    };
     let syntax = |e: serde_json::Error| bad(format!("malformed JSON{within}: {e}"));
     // serde takes a struct from an array of its fields in order too: not a request
     if json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         let field = if at.is_empty() { "request body" } else { at };
-        return Err(bad(format!("{field}: expected a JSON object, got an array")));
+        return Err(bad(format!(
+            "{field}: expected a JSON object, got an array"
+        )));
     }
     let mut de = serde_json::Deserializer::from_slice(json);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -77,7 +83,10 @@ fn from_json<'a, T: Deserialize<'a>>(json: &'a [u8], at: &str) -> Result<T, ApiE
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a KServe v2 inference request object")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a KServe v2 inference request object"
+)]
 struct RawRequest<'a> {
     #[serde(default)]
     id: Option<String>,
@@ -150,7 +159,11 @@ impl Elem for f32 {
 }
 
 fn integral(v: f64, dt: &str) -> Result<i64, String> {
-    if v.fract() == 0.0 && v.abs() < 9.0e15 { Ok(v as i64) } else { Err(format!("{v} is not an {dt} integer")) }
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        Ok(v as i64)
+    } else {
+        Err(format!("{v} is not an {dt} integer"))
+    }
 }
 
 impl Elem for i32 {
@@ -203,11 +216,15 @@ impl<'de, T: Elem> DeserializeSeed<'de> for Flat<'_, T> {
 impl<T: Elem> Flat<'_, T> {
     fn push<E: de::Error>(self, v: Result<T, String>) -> Result<(), E> {
         let i = self.out.len();
-        self.out.push(v.map_err(|m| E::custom(format!("data element {i}: {m}")))?);
+        self.out
+            .push(v.map_err(|m| E::custom(format!("data element {i}: {m}")))?);
         Ok(())
     }
     fn not_a_number<E: de::Error>(self, what: fmt::Arguments<'_>) -> Result<(), E> {
-        Err(E::custom(format!("data element {}: {what} is not a number", self.out.len())))
+        Err(E::custom(format!(
+            "data element {}: {what} is not a number",
+            self.out.len()
+        )))
     }
 }
 
@@ -242,7 +259,13 @@ impl<'de, T: Elem> Visitor<'de> for Flat<'_, T> {
             return Err(de::Error::custom("data nested deeper than 16 levels"));
         }
         let (out, depth) = (self.out, self.depth + 1);
-        while seq.next_element_seed(Flat { out: &mut *out, depth })?.is_some() {}
+        while seq
+            .next_element_seed(Flat {
+                out: &mut *out,
+                depth,
+            })?
+            .is_some()
+        {}
         Ok(())
     }
 }
@@ -291,9 +314,12 @@ impl Input<'_> {
             Data::Json(raw) => {
                 let mut out = Vec::with_capacity(n.min(raw.get().len() / 2 + 1));
                 let mut de = serde_json::Deserializer::from_str(raw.get());
-                Flat { out: &mut out, depth: 0 }
-                    .deserialize(&mut de)
-                    .map_err(|e| bad(format!("{}: {e}", self.label())))?;
+                Flat {
+                    out: &mut out,
+                    depth: 0,
+                }
+                .deserialize(&mut de)
+                .map_err(|e| bad(format!("{}: {e}", self.label())))?;
                 if out.len() != n {
                     return Err(bad(format!(
                         "{}: {} values in \"data\" for shape {} ({n} expected)",
@@ -341,7 +367,12 @@ impl Values<'_, i64> {
     /// Appends ids `range` to `dst` as u32; `Err(k)` when id `k` (an index into these
     /// values) is negative or not below `rows` (`dst` is then partly filled). Branch-free
     /// over the binary data, so the check costs little beside the copy.
-    fn push_ids(&self, range: std::ops::Range<usize>, rows: u64, dst: &mut Vec<u32>) -> Result<(), usize> {
+    fn push_ids(
+        &self,
+        range: std::ops::Range<usize>,
+        rows: u64,
+        dst: &mut Vec<u32>,
+    ) -> Result<(), usize> {
         let start = range.start;
         let mut ok = true;
         match self {
@@ -349,16 +380,20 @@ impl Values<'_, i64> {
                 ok &= (id as u64) < rows;
                 id as u32
             })),
-            Values::Le(b, _) => dst.extend(b[range.start * 8..range.end * 8].chunks_exact(8).map(|c| {
-                let id = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                ok &= id < rows;
-                id as u32
-            })),
+            Values::Le(b, _) => {
+                dst.extend(b[range.start * 8..range.end * 8].chunks_exact(8).map(|c| {
+                    let id = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                    ok &= id < rows;
+                    id as u32
+                }))
+            }
         }
         if ok {
             return Ok(());
         }
-        Err((start..).find(|&k| (self.get(k) as u64) >= rows).expect("a bad id exists"))
+        Err((start..)
+            .find(|&k| (self.get(k) as u64) >= rows)
+            .expect("a bad id exists"))
     }
 }
 
@@ -370,11 +405,17 @@ fn expected_datatype(name: &str) -> &'static str {
     }
 }
 
-fn bool_param(params: &Option<Map<String, Value>>, key: &str, what: &str) -> Result<bool, ApiError> {
+fn bool_param(
+    params: &Option<Map<String, Value>>,
+    key: &str,
+    what: &str,
+) -> Result<bool, ApiError> {
     match params.as_ref().and_then(|p| p.get(key)) {
         None => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(bad(format!("{what}: parameter \"{key}\" must be true or false, got {other}"))),
+        Some(other) => Err(bad(format!(
+            "{what}: parameter \"{key}\" must be true or false, got {other}"
+        ))),
     }
 }
 
@@ -393,7 +434,11 @@ pub fn declared_batch(json_header: &[u8]) -> Option<usize> {
 /// Parses a KServe v2 inference request. `header_len` is the `Inference-Header-Content-Length`
 /// header (the binary tensor data extension): the JSON is that many leading bytes, the
 /// binary data of the inputs follows in input order.
-pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> Result<InferRequest, ApiError> {
+pub fn parse_infer(
+    body: &[u8],
+    header_len: Option<usize>,
+    cfg: &DlrmConfig,
+) -> Result<InferRequest, ApiError> {
     let (json, mut binary) = match header_len {
         Some(l) if l > body.len() => {
             return Err(bad(format!(
@@ -421,20 +466,31 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
             }
         };
         if let Some(prev) = &slots[slot] {
-            return Err(bad(format!("inputs[{i}]: duplicate input \"{name}\" (also inputs[{}])", prev.index)));
+            return Err(bad(format!(
+                "inputs[{i}]: duplicate input \"{name}\" (also inputs[{}])",
+                prev.index
+            )));
         }
         let label = format!("inputs[{i}] \"{name}\"");
         let want = expected_datatype(name);
         if inp.datatype != want {
-            return Err(bad(format!("{label}: datatype {}, expected {want}", inp.datatype)));
+            return Err(bad(format!(
+                "{label}: datatype {}, expected {want}",
+                inp.datatype
+            )));
         }
         if let Some(d) = inp.shape.iter().find(|&&d| d < 0) {
-            return Err(bad(format!("{label}: shape {:?} has a negative dimension {d}", inp.shape)));
+            return Err(bad(format!(
+                "{label}: shape {:?} has a negative dimension {d}",
+                inp.shape
+            )));
         }
         let shape: Vec<usize> = inp.shape.iter().map(|&d| d as usize).collect();
         let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if count.is_none_or(|c| c > body.len()) {
-            return Err(bad(format!("{label}: shape {shape:?} has more elements than the body could hold")));
+            return Err(bad(format!(
+                "{label}: shape {shape:?} has more elements than the body could hold"
+            )));
         }
         let binary_size = match inp.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
             None => None,
@@ -444,7 +500,9 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
         };
         let data = match (binary_size, inp.data) {
             (Some(_), Some(_)) => {
-                return Err(bad(format!("{label}: has both \"data\" and parameter \"binary_data_size\"")));
+                return Err(bad(format!(
+                    "{label}: has both \"data\" and parameter \"binary_data_size\""
+                )));
             }
             (Some(n), None) => {
                 if header_len.is_none() {
@@ -465,23 +523,42 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
             (None, Some(raw)) => Data::Json(raw),
             (None, None) => return Err(bad(format!("{label}: missing \"data\""))),
         };
-        slots[slot] = Some(Input { index: i, name, shape, data });
+        slots[slot] = Some(Input {
+            index: i,
+            name,
+            shape,
+            data,
+        });
     }
     if !binary.is_empty() {
-        return Err(bad(format!("{} bytes of binary data after the last binary input", binary.len())));
+        return Err(bad(format!(
+            "{} bytes of binary data after the last binary input",
+            binary.len()
+        )));
     }
     let [Some(dense_in), Some(lengths_in), Some(indices_in)] = slots else {
-        let missing: Vec<&str> =
-            [DENSE, LENGTHS, INDICES].into_iter().zip(&slots).filter(|(_, s)| s.is_none()).map(|(n, _)| n).collect();
+        let missing: Vec<&str> = [DENSE, LENGTHS, INDICES]
+            .into_iter()
+            .zip(&slots)
+            .filter(|(_, s)| s.is_none())
+            .map(|(n, _)| n)
+            .collect();
         let s = if missing.len() > 1 { "s" } else { "" };
-        return Err(bad(format!("missing input{s} \"{}\"", missing.join("\", \""))));
+        return Err(bad(format!(
+            "missing input{s} \"{}\"",
+            missing.join("\", \"")
+        )));
     };
 
     // shapes against the model
     let nd = cfg.n_dense();
     let nt = cfg.n_tables();
     if dense_in.shape.len() != 2 || dense_in.shape[1] != nd {
-        return Err(bad(format!("{}: shape {} does not match [B, {nd}]", dense_in.label(), dense_in.shape_str())));
+        return Err(bad(format!(
+            "{}: shape {} does not match [B, {nd}]",
+            dense_in.label(),
+            dense_in.shape_str()
+        )));
     }
     let b = dense_in.shape[0];
     if lengths_in.shape != [b, nt] {
@@ -492,7 +569,11 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
         )));
     }
     if indices_in.shape.len() != 1 {
-        return Err(bad(format!("{}: shape {} does not match [N]", indices_in.label(), indices_in.shape_str())));
+        return Err(bad(format!(
+            "{}: shape {} does not match [N]",
+            indices_in.label(),
+            indices_in.shape_str()
+        )));
     }
 
     // data
@@ -503,7 +584,12 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
     let mut per_table = vec![0usize; nt];
     for (k, &l) in lengths.iter().enumerate() {
         if l < 0 {
-            return Err(bad(format!("{}: lengths[{}][{}] = {l} is negative", lengths_in.label(), k / nt, k % nt)));
+            return Err(bad(format!(
+                "{}: lengths[{}][{}] = {l} is negative",
+                lengths_in.label(),
+                k / nt,
+                k % nt
+            )));
         }
         total += l as usize;
         per_table[k % nt] += l as usize;
@@ -516,14 +602,20 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
         )));
     }
     if let Some(t) = per_table.iter().position(|&n| n > u32::MAX as usize) {
-        return Err(bad(format!("{}: more than 2^32 ids for table {t}", indices_in.label())));
+        return Err(bad(format!(
+            "{}: more than 2^32 ids for table {t}",
+            indices_in.label()
+        )));
     }
     let mut bags: Vec<Bags> = per_table
         .iter()
         .map(|&n| {
             let mut offsets = Vec::with_capacity(b + 1);
             offsets.push(0);
-            Bags { offsets, ids: Vec::with_capacity(n) }
+            Bags {
+                offsets,
+                ids: Vec::with_capacity(n),
+            }
         })
         .collect();
     let mut at = 0usize;
@@ -559,19 +651,37 @@ pub fn parse_infer(body: &[u8], header_len: Option<usize>, cfg: &DlrmConfig) -> 
     for (i, raw) in req.outputs.iter().flatten().enumerate() {
         let out: RawOutput = from_json(raw.get().as_bytes(), &format!("outputs[{i}]"))?;
         if out.name != SCORE {
-            return Err(bad(format!("outputs[{i}]: unknown output {:?} (the model has \"score\")", out.name)));
+            return Err(bad(format!(
+                "outputs[{i}]: unknown output {:?} (the model has \"score\")",
+                out.name
+            )));
         }
-        if out.parameters.as_ref().is_some_and(|p| p.contains_key("binary_data")) {
-            binary_output = bool_param(&out.parameters, "binary_data", &format!("outputs[{i}] \"score\""))?;
+        if out
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.contains_key("binary_data"))
+        {
+            binary_output = bool_param(
+                &out.parameters,
+                "binary_data",
+                &format!("outputs[{i}] \"score\""),
+            )?;
         }
     }
     let timeout_us = match req.parameters.as_ref().and_then(|p| p.get("timeout")) {
         None => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| {
-            bad(format!("parameters: \"timeout\" must be a non-negative integer of microseconds, got {v}"))
+            bad(format!(
+                "parameters: \"timeout\" must be a non-negative integer of microseconds, got {v}"
+            ))
         })?),
     };
-    Ok(InferRequest { batch, id: req.id, binary_output, timeout_us })
+    Ok(InferRequest {
+        batch,
+        id: req.id,
+        binary_output,
+        timeout_us,
+    })
 }
 
 #[derive(Serialize)]
@@ -595,7 +705,13 @@ struct InferResponse<'a> {
 }
 
 /// The response body, and the JSON header length when the scores follow it in binary.
-pub fn infer_response(model: &str, version: u64, id: Option<&str>, scores: &[f32], binary: bool) -> (Vec<u8>, Option<usize>) {
+pub fn infer_response(
+    model: &str,
+    version: u64,
+    id: Option<&str>,
+    scores: &[f32],
+    binary: bool,
+) -> (Vec<u8>, Option<usize>) {
     let out = OutputTensor {
         name: SCORE,
         datatype: "FP32",
@@ -603,7 +719,12 @@ pub fn infer_response(model: &str, version: u64, id: Option<&str>, scores: &[f32
         parameters: binary.then(|| serde_json::json!({"binary_data_size": scores.len() * 4})),
         data: (!binary).then_some(scores),
     };
-    let resp = InferResponse { model_name: model, model_version: version.to_string(), id, outputs: [out] };
+    let resp = InferResponse {
+        model_name: model,
+        model_version: version.to_string(),
+        id,
+        outputs: [out],
+    };
     let mut body = serde_json::to_vec(&resp).expect("serializable");
     if !binary {
         return (body, None);
@@ -617,7 +738,10 @@ pub fn infer_response(model: &str, version: u64, id: Option<&str>, scores: &[f32
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a predict request object {\"samples\": [..]}")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a predict request object {\"samples\": [..]}"
+)]
 struct PredictRequest<'a> {
     #[serde(borrow)]
     samples: Vec<&'a RawValue>,
@@ -666,22 +790,48 @@ mod tests {
 
     #[test]
     fn flat_and_nested_data_give_the_same_batch() {
-        let flat = parse_infer(req("[1, 2.5, 3, 4]", "[2, 0, 1, 1]", "[4, 0, 3, 2]", 4).as_bytes(), None, &cfg()).unwrap();
-        let nested =
-            parse_infer(req("[[1, 2.5], [3, 4]]", "[[2, 0], [1, 1]]", "[4, 0, 3, 2]", 4).as_bytes(), None, &cfg()).unwrap();
+        let flat = parse_infer(
+            req("[1, 2.5, 3, 4]", "[2, 0, 1, 1]", "[4, 0, 3, 2]", 4).as_bytes(),
+            None,
+            &cfg(),
+        )
+        .unwrap();
+        let nested = parse_infer(
+            req("[[1, 2.5], [3, 4]]", "[[2, 0], [1, 1]]", "[4, 0, 3, 2]", 4).as_bytes(),
+            None,
+            &cfg(),
+        )
+        .unwrap();
         assert_eq!(flat.batch, nested.batch);
         let b = &flat.batch;
         assert_eq!(b.dense(), &[1.0, 2.5, 3.0, 4.0]);
         // bag (b, t) takes the next lengths[b][t] ids, row-major
-        assert_eq!(b.bags()[0], Bags { offsets: vec![0, 2, 3], ids: vec![4, 0, 3] });
-        assert_eq!(b.bags()[1], Bags { offsets: vec![0, 0, 1], ids: vec![2] });
+        assert_eq!(
+            b.bags()[0],
+            Bags {
+                offsets: vec![0, 2, 3],
+                ids: vec![4, 0, 3]
+            }
+        );
+        assert_eq!(
+            b.bags()[1],
+            Bags {
+                offsets: vec![0, 0, 1],
+                ids: vec![2]
+            }
+        );
         assert!(!flat.binary_output);
     }
 
     #[test]
     fn deep_nesting_is_refused_not_overflowed() {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
-        let e = parse_infer(req(&deep, "[2, 0, 1, 1]", "[4, 0, 3, 2]", 4).as_bytes(), None, &cfg()).unwrap_err();
+        let e = parse_infer(
+            req(&deep, "[2, 0, 1, 1]", "[4, 0, 3, 2]", 4).as_bytes(),
+            None,
+            &cfg(),
+        )
+        .unwrap_err();
         assert_eq!(e.status(), 400);
         assert!(e.message().contains("inputs[0] \"dense\""), "{e}");
     }
@@ -689,6 +839,9 @@ mod tests {
     #[test]
     fn binary_header_length_past_the_body_is_400() {
         let e = parse_infer(b"{}", Some(10), &cfg()).unwrap_err();
-        assert!(e.message().contains("Inference-Header-Content-Length: 10"), "{e}");
+        assert!(
+            e.message().contains("Inference-Header-Content-Length: 10"),
+            "{e}"
+        );
     }
 }

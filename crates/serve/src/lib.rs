@@ -146,9 +146,9 @@ use anyhow::Context;
 use dlrs_model::{Batch, TableMode};
 
 pub use batcher::{BatcherConfig, Job, Queue, Reply, ReplyTo, spawn as spawn_instances};
+pub use error::ApiError;
 pub use metrics::Metrics;
 pub use state::Version;
-pub use error::ApiError;
 
 /// Options of `dlrs serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -229,8 +229,14 @@ impl ServeArgs {
             args: ServeArgs,
         }
         let model: PathBuf = model.into();
-        let argv = [std::ffi::OsString::from("serve"), "--model".into(), model.into_os_string()];
-        <Cli as clap::Parser>::try_parse_from(argv).expect("defaults parse").args
+        let argv = [
+            std::ffi::OsString::from("serve"),
+            "--model".into(),
+            model.into_os_string(),
+        ];
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("defaults parse")
+            .args
     }
 
     /// `(instances, threads per instance)` from `--instances` and `--threads`.
@@ -242,10 +248,14 @@ impl ServeArgs {
     pub fn model_name(&self) -> String {
         // the path's own last component (a symlink's name, not its target's), else the
         // canonical directory's (for `.` and the like)
-        let own = self.model.file_name().map(|n| n.to_string_lossy().into_owned());
+        let own = self
+            .model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
         self.name.clone().or(own).unwrap_or_else(|| {
             let dir = std::fs::canonicalize(&self.model).unwrap_or_else(|_| self.model.clone());
-            dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned())
+            dir.file_name()
+                .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned())
         })
     }
 }
@@ -277,7 +287,9 @@ pub type BatchHook = Arc<dyn Fn(&Batch) + Send + Sync>;
 
 impl fmt::Debug for Hooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hooks").field("before_forward", &self.before_forward.is_some()).finish()
+        f.debug_struct("Hooks")
+            .field("before_forward", &self.before_forward.is_some())
+            .finish()
     }
 }
 
@@ -324,7 +336,9 @@ pub async fn serve(
     anyhow::ensure!(args.max_queue >= 1, "--max-queue must be at least 1");
     let limits = conn::Limits::from_args(&args)?;
     let state = state::AppState::start(args).await?;
-    let addr = listener.local_addr().context("reading the listener's address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener's address")?;
     eprintln!(
         "dlrs serve: model \"{}\" (version 1) from {} on http://{addr}",
         state.name,
@@ -342,9 +356,15 @@ pub async fn serve(
         })
     };
     let app = http::router(Arc::clone(&state));
-    let served = conn::serve(listener, app, limits, Arc::clone(&state.metrics), async move {
-        let _ = stop_rx.await;
-    })
+    let served = conn::serve(
+        listener,
+        app,
+        limits,
+        Arc::clone(&state.metrics),
+        async move {
+            let _ = stop_rx.await;
+        },
+    )
     .await;
     drainer.abort();
     for task in background {

@@ -4,14 +4,19 @@
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
 
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -27,6 +32,12 @@ pub struct Metrics {
     pub connections_refused: Counter,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut b = PrometheusBuilder::new();
@@ -36,23 +47,61 @@ impl Metrics {
             ("dlrs_compute_seconds", LATENCY_BUCKETS),
             ("dlrs_request_duration_seconds", LATENCY_BUCKETS),
         ] {
-            b = b.set_buckets_for_metric(Matcher::Full(name.into()), buckets).expect("non-empty buckets");
+            b = b
+                .set_buckets_for_metric(Matcher::Full(name.into()), buckets)
+                .expect("non-empty buckets");
         }
         let recorder = b.build_recorder();
         let handle = recorder.handle();
         let describe = [
-            ("dlrs_requests_total", None, "HTTP requests answered, by endpoint (route) and status"),
-            ("dlrs_request_duration_seconds", Some(Unit::Seconds), "HTTP request duration by endpoint"),
-            ("dlrs_queue_depth_samples", None, "samples admitted and waiting to be computed"),
-            ("dlrs_inflight_requests", None, "inference requests being handled"),
+            (
+                "dlrs_requests_total",
+                None,
+                "HTTP requests answered, by endpoint (route) and status",
+            ),
+            (
+                "dlrs_request_duration_seconds",
+                Some(Unit::Seconds),
+                "HTTP request duration by endpoint",
+            ),
+            (
+                "dlrs_queue_depth_samples",
+                None,
+                "samples admitted and waiting to be computed",
+            ),
+            (
+                "dlrs_inflight_requests",
+                None,
+                "inference requests being handled",
+            ),
             ("dlrs_batch_size", None, "samples per computed batch"),
-            ("dlrs_queue_wait_seconds", Some(Unit::Seconds), "time from admission to the start of computation"),
-            ("dlrs_compute_seconds", Some(Unit::Seconds), "forward pass time per batch"),
-            ("dlrs_expired_requests_total", None, "requests dropped unanswered by their deadline or client"),
+            (
+                "dlrs_queue_wait_seconds",
+                Some(Unit::Seconds),
+                "time from admission to the start of computation",
+            ),
+            (
+                "dlrs_compute_seconds",
+                Some(Unit::Seconds),
+                "forward pass time per batch",
+            ),
+            (
+                "dlrs_expired_requests_total",
+                None,
+                "requests dropped unanswered by their deadline or client",
+            ),
             ("dlrs_model_reloads_total", None, "model reloads by result"),
-            ("dlrs_model_version", None, "version of the model being served"),
+            (
+                "dlrs_model_version",
+                None,
+                "version of the model being served",
+            ),
             ("dlrs_connections", None, "open HTTP connections"),
-            ("dlrs_connections_refused_total", None, "connections answered 503 at once (over --max-connections)"),
+            (
+                "dlrs_connections_refused_total",
+                None,
+                "connections answered 503 at once (over --max-connections)",
+            ),
             (
                 "dlrs_connections_timed_out_total",
                 None,
@@ -70,11 +119,14 @@ impl Metrics {
             batch_size: hist("dlrs_batch_size"),
             queue_wait: hist("dlrs_queue_wait_seconds"),
             compute: hist("dlrs_compute_seconds"),
-            expired: recorder.register_counter(&Key::from_static_name("dlrs_expired_requests_total"), &META),
+            expired: recorder
+                .register_counter(&Key::from_static_name("dlrs_expired_requests_total"), &META),
             model_version: gauge("dlrs_model_version"),
             connections: gauge("dlrs_connections"),
-            connections_refused: recorder
-                .register_counter(&Key::from_static_name("dlrs_connections_refused_total"), &META),
+            connections_refused: recorder.register_counter(
+                &Key::from_static_name("dlrs_connections_refused_total"),
+                &META,
+            ),
             recorder,
             handle,
         }
@@ -83,20 +135,31 @@ impl Metrics {
     /// Counts one answered request.
     pub fn request(&self, endpoint: &str, status: u16, took: Duration) {
         let ep = Label::new("endpoint", endpoint.to_string());
-        let key = Key::from_parts("dlrs_requests_total", vec![ep.clone(), Label::new("status", status.to_string())]);
+        let key = Key::from_parts(
+            "dlrs_requests_total",
+            vec![ep.clone(), Label::new("status", status.to_string())],
+        );
         self.recorder.register_counter(&key, &META).increment(1);
         let key = Key::from_parts("dlrs_request_duration_seconds", vec![ep]);
-        self.recorder.register_histogram(&key, &META).record(took.as_secs_f64());
+        self.recorder
+            .register_histogram(&key, &META)
+            .record(took.as_secs_f64());
     }
 
     pub fn reload(&self, ok: bool) {
-        let key = Key::from_parts("dlrs_model_reloads_total", vec![Label::new("result", if ok { "ok" } else { "error" })]);
+        let key = Key::from_parts(
+            "dlrs_model_reloads_total",
+            vec![Label::new("result", if ok { "ok" } else { "error" })],
+        );
         self.recorder.register_counter(&key, &META).increment(1);
     }
 
     /// Counts a connection closed by its `phase`'s timeout (`header` or `idle`).
     pub fn connection_timed_out(&self, phase: &'static str) {
-        let key = Key::from_parts("dlrs_connections_timed_out_total", vec![Label::new("phase", phase)]);
+        let key = Key::from_parts(
+            "dlrs_connections_timed_out_total",
+            vec![Label::new("phase", phase)],
+        );
         self.recorder.register_counter(&key, &META).increment(1);
     }
 

@@ -33,7 +33,15 @@ fn fingerprint(dir: &Path) -> Option<Fingerprint> {
     let mut v = Vec::new();
     for f in [CONFIG_FILE, WEIGHTS_FILE] {
         let m = std::fs::metadata(dir.join(f)).ok()?;
-        v.push((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()));
+        v.push((
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ));
     }
     Some(Fingerprint(v))
 }
@@ -92,13 +100,18 @@ impl AppState {
         };
         let queue = Arc::new(Queue::new(cfg, Arc::clone(&metrics)));
         let (instances, threads) = args.compute_layout()?;
-        let batchers = batcher::spawn(&queue, instances, threads, &args.hooks).context("starting the compute threads")?;
+        let batchers = batcher::spawn(&queue, instances, threads, &args.hooks)
+            .context("starting the compute threads")?;
         Ok(Arc::new(AppState {
             name: args.model_name(),
             dir,
             mode,
             current: RwLock::new(Arc::new(Version { model, number: 1 })),
-            reload: tokio::sync::Mutex::new(ReloadState { loaded: fp, failed: None, next_number: 2 }),
+            reload: tokio::sync::Mutex::new(ReloadState {
+                loaded: fp,
+                failed: None,
+                next_number: 2,
+            }),
             queue,
             metrics,
             draining: AtomicBool::new(false),
@@ -116,7 +129,10 @@ impl AppState {
     /// 404 unless `name` (and `version`, when given) is what this server serves.
     pub fn check_model(&self, name: &str, version: Option<&str>) -> Result<Arc<Version>, ApiError> {
         if name != self.name {
-            return Err(ApiError::NotFound(format!("unknown model \"{name}\" (this server serves \"{}\")", self.name)));
+            return Err(ApiError::NotFound(format!(
+                "unknown model \"{name}\" (this server serves \"{}\")",
+                self.name
+            )));
         }
         let v = self.current();
         if let Some(ver) = version {
@@ -158,12 +174,16 @@ impl AppState {
         // priority, so that reading and copying gigabytes of tables does not take the cores
         // from the compute instances (requests would queue up and get 503)
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new().name("dlrs-reload".into()).spawn(move || {
-            dlrs_model::lower_thread_priority();
-            let _ = tx.send(load(&dir, mode));
-        });
+        let spawned = std::thread::Builder::new()
+            .name("dlrs-reload".into())
+            .spawn(move || {
+                dlrs_model::lower_thread_priority();
+                let _ = tx.send(load(&dir, mode));
+            });
         if let Err(e) = spawned {
-            return Err(ApiError::ReloadFailed(format!("starting the reload thread: {e}")));
+            return Err(ApiError::ReloadFailed(format!(
+                "starting the reload thread: {e}"
+            )));
         }
         let loaded = rx.await;
         let serving = self.current().number;
@@ -180,14 +200,22 @@ impl AppState {
                 retire(old);
                 self.metrics.reload(true);
                 self.metrics.model_version.set(number as f64);
-                eprintln!("dlrs serve: model \"{}\": now serving version {number} from {}", self.name, self.dir.display());
+                eprintln!(
+                    "dlrs serve: model \"{}\": now serving version {number} from {}",
+                    self.name,
+                    self.dir.display()
+                );
                 Ok(number)
             }
             Ok(Err(e)) => {
                 rs.failed = fp;
                 self.metrics.reload(false);
                 let err = ApiError::from_load(e, serving);
-                eprintln!("dlrs serve: model \"{}\": reload failed: {}", self.name, err.message());
+                eprintln!(
+                    "dlrs serve: model \"{}\": reload failed: {}",
+                    self.name,
+                    err.message()
+                );
                 Err(err)
             }
             Err(join) => {
@@ -249,7 +277,9 @@ impl AppState {
         self.draining.store(true, Ordering::SeqCst);
         self.queue.close();
         let handles = std::mem::take(&mut *self.batchers.lock().unwrap_or_else(|p| p.into_inner()));
-        let _ = tokio::task::spawn_blocking(move || handles.into_iter().for_each(|h| drop(h.join()))).await;
+        let _ =
+            tokio::task::spawn_blocking(move || handles.into_iter().for_each(|h| drop(h.join())))
+                .await;
     }
 }
 
@@ -258,21 +288,28 @@ impl AppState {
 /// the wait), then unmaps its tables, which for gigabytes of tables takes long enough to
 /// stall a compute instance that happened to drop the last reference.
 fn retire(old: Arc<Version>) {
-    let spawned = std::thread::Builder::new().name("dlrs-retire".into()).spawn(move || {
-        dlrs_model::lower_thread_priority();
-        while Arc::strong_count(&old) > 1 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        drop(old);
-    });
+    let spawned = std::thread::Builder::new()
+        .name("dlrs-retire".into())
+        .spawn(move || {
+            dlrs_model::lower_thread_priority();
+            while Arc::strong_count(&old) > 1 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(old);
+        });
     if let Err(e) = spawned {
-        eprintln!("dlrs serve: could not start a thread to free the replaced model version ({e}); freeing it here");
+        eprintln!(
+            "dlrs serve: could not start a thread to free the replaced model version ({e}); freeing it here"
+        );
     }
 }
 
 /// Loads a model version; mapped tables with checksums are then verified on a background
 /// thread ahead of traffic (first touch verifies them anyway: a bad shard is never served).
-fn load(dir: &std::path::Path, mode: dlrs_model::TableMode) -> Result<Model, dlrs_model::ModelError> {
+fn load(
+    dir: &std::path::Path,
+    mode: dlrs_model::TableMode,
+) -> Result<Model, dlrs_model::ModelError> {
     let model = Model::load_with(dir, mode)?;
     model.verify_in_background()?;
     Ok(model)

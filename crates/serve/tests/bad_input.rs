@@ -228,22 +228,46 @@ fn each_bad_input_is_a_4xx_naming_the_field() {
         let r = srv.post(path, body);
         assert_eq!(r.status, *status, "{what}: {}", r.body);
         let err = r.error();
-        assert!(err.contains(needle), "{what}: error `{err}` does not contain `{needle}`");
+        assert!(
+            err.contains(needle),
+            "{what}: error `{err}` does not contain `{needle}`"
+        );
     }
-    let r = srv.post_with(&infer, &good().to_string(), &[("x-dlrs-deadline-ms", "soon")]);
+    let r = srv.post_with(
+        &infer,
+        &good().to_string(),
+        &[("x-dlrs-deadline-ms", "soon")],
+    );
     assert_eq!(r.status, 400);
-    assert!(r.error().contains("header x-dlrs-deadline-ms: `soon`"), "{}", r.body);
+    assert!(
+        r.error().contains("header x-dlrs-deadline-ms: `soon`"),
+        "{}",
+        r.body
+    );
     // wrong method: 405 with a JSON body
     let mut resp = srv.agent.get(srv.url(&infer)).call().unwrap();
     assert_eq!(resp.status().as_u16(), 405);
-    assert!(resp.body_mut().read_to_string().unwrap().contains("\"error\""));
+    assert!(
+        resp.body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("\"error\"")
+    );
 
     // the server still answers, and answers right
     let r = srv.post(&infer, &good().to_string());
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.scores().len(), 2);
     let m = srv.metrics();
-    assert!(metric(&m, "dlrs_requests_total", r#"endpoint="/v2/models/{name}/infer",status="400""#).unwrap() >= 18.0);
+    assert!(
+        metric(
+            &m,
+            "dlrs_requests_total",
+            r#"endpoint="/v2/models/{name}/infer",status="400""#
+        )
+        .unwrap()
+            >= 18.0
+    );
     srv.stop().unwrap();
 }
 
@@ -266,7 +290,10 @@ fn raw(srv: &Server, parts: &[&[u8]]) -> (String, Duration) {
                     break;
                 }
             }
-            Err(e) => panic!("reading the answer: {e} (got {:?})", String::from_utf8_lossy(&out)),
+            Err(e) => panic!(
+                "reading the answer: {e} (got {:?})",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
     (String::from_utf8_lossy(&out).into_owned(), t0.elapsed())
@@ -274,10 +301,14 @@ fn raw(srv: &Server, parts: &[&[u8]]) -> (String, Duration) {
 
 fn response_complete(out: &[u8]) -> bool {
     let text = String::from_utf8_lossy(out);
-    let Some(end) = text.find("\r\n\r\n") else { return false };
-    let len = text[..end]
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+    let Some(end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let len = text[..end].lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap())
+    });
     len.is_some_and(|n| out.len() >= end + 4 + n)
 }
 
@@ -290,10 +321,17 @@ fn oversized_body_is_413_before_it_is_read() {
     let path = format!("/v2/models/{NAME}/infer");
 
     // declared too large: refused from the headers alone (no body is ever sent)
-    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n"
+    );
     let (resp, took) = raw(&srv, &[head.as_bytes()]);
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
-    assert!(resp.contains(r#""error":"request body of 100000000 bytes is over the limit of 4096 bytes"#), "{resp}");
+    assert!(
+        resp.contains(
+            r#""error":"request body of 100000000 bytes is over the limit of 4096 bytes"#
+        ),
+        "{resp}"
+    );
     assert!(took < Duration::from_secs(5));
 
     // streamed (chunked) past the limit: refused as soon as it crosses it
@@ -320,7 +358,9 @@ fn slow_body_is_408_and_does_not_hold_the_server() {
     let path = format!("/v2/models/{NAME}/infer");
     std::thread::scope(|sc| {
         let slow = sc.spawn(|| {
-            let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{{\"inputs\": [");
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{{\"inputs\": ["
+            );
             raw(&srv, &[head.as_bytes()])
         });
         // good traffic alongside is answered while the slow client dawdles
@@ -331,7 +371,10 @@ fn slow_body_is_408_and_does_not_hold_the_server() {
         let (resp, took) = slow.join().unwrap();
         assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
         assert!(resp.contains("did not arrive within 300 ms"), "{resp}");
-        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(5), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
     });
     srv.stop().unwrap();
 }

@@ -33,7 +33,10 @@ fn wait_closed(c: &mut TcpStream, t0: Instant) -> Duration {
     match c.read(&mut buf) {
         Ok(0) => t0.elapsed(),
         Err(e) if e.kind() == ErrorKind::ConnectionReset => t0.elapsed(),
-        Ok(n) => panic!("expected a close, got {:?}", String::from_utf8_lossy(&buf[..n])),
+        Ok(n) => panic!(
+            "expected a close, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
         Err(e) => panic!("expected a close, got {e} after {:?}", t0.elapsed()),
     }
 }
@@ -48,7 +51,11 @@ fn read_response(c: &mut TcpStream) -> Option<(u16, String, String)> {
             let head = text[..end].to_string();
             let len = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap_or(0usize);
             if out.len() >= end + 4 + len {
                 let status = head[9..12].parse().unwrap();
@@ -59,7 +66,10 @@ fn read_response(c: &mut TcpStream) -> Option<(u16, String, String)> {
             Ok(0) => return None,
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
-            Err(e) => panic!("reading a response: {e} (got {:?})", String::from_utf8_lossy(&out)),
+            Err(e) => panic!(
+                "reading a response: {e} (got {:?})",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
 }
@@ -92,7 +102,10 @@ fn slow_header_and_silent_clients_are_closed_while_good_requests_go_on() {
         let drip = sc.spawn(|| {
             let mut c = connect(&srv);
             let t0 = Instant::now();
-            let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nX-Slow: {}", "a".repeat(200));
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nX-Slow: {}",
+                "a".repeat(200)
+            );
             for b in head.bytes() {
                 if c.write_all(&[b]).is_err() {
                     break;
@@ -112,7 +125,11 @@ fn slow_header_and_silent_clients_are_closed_while_good_requests_go_on() {
             assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
             std::thread::sleep(Duration::from_millis(10));
         }
-        for (what, t) in [("half request line", half), ("silent", silent), ("dripping", drip)] {
+        for (what, t) in [
+            ("half request line", half),
+            ("silent", silent),
+            ("dripping", drip),
+        ] {
             let took = t.join().unwrap();
             assert!(
                 took >= Duration::from_millis(350) && took < Duration::from_secs(3),
@@ -121,7 +138,11 @@ fn slow_header_and_silent_clients_are_closed_while_good_requests_go_on() {
         }
     });
     let m = srv.metrics();
-    assert_eq!(metric(&m, "dlrs_connections_timed_out_total", r#"phase="header""#), Some(3.0), "{m}");
+    assert_eq!(
+        metric(&m, "dlrs_connections_timed_out_total", r#"phase="header""#),
+        Some(3.0),
+        "{m}"
+    );
     let r = srv.post(&path, &good());
     assert_eq!(r.status, 200, "{}", r.body);
     srv.stop().unwrap();
@@ -135,21 +156,33 @@ fn idle_keep_alive_connections_outlive_the_header_timeout_until_the_idle_timeout
     args.idle_timeout_ms = 1000;
     let srv = Server::start(args);
     let mut c = connect(&srv);
-    c.write_all(get_request("/v2/health/live").as_bytes()).unwrap();
+    c.write_all(get_request("/v2/health/live").as_bytes())
+        .unwrap();
     assert_eq!(read_response(&mut c).map(|r| r.0), Some(200));
     // idle for longer than the header timeout: still open
     std::thread::sleep(Duration::from_millis(500));
-    c.write_all(get_request("/v2/health/ready").as_bytes()).unwrap();
+    c.write_all(get_request("/v2/health/ready").as_bytes())
+        .unwrap();
     let (status, _, body) = read_response(&mut c).expect("the idle connection was closed early");
     assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
     // idle for longer than the idle timeout: closed
     let t0 = Instant::now();
     let took = wait_closed(&mut c, t0);
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
     // (the test client's own pooled connection may have idled out too)
     let m = srv.metrics();
-    assert!(metric(&m, "dlrs_connections_timed_out_total", r#"phase="idle""#).is_some_and(|n| n >= 1.0), "{m}");
-    assert_eq!(metric(&m, "dlrs_connections_timed_out_total", r#"phase="header""#), None, "{m}");
+    assert!(
+        metric(&m, "dlrs_connections_timed_out_total", r#"phase="idle""#).is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "dlrs_connections_timed_out_total", r#"phase="header""#),
+        None,
+        "{m}"
+    );
     srv.stop().unwrap();
 }
 
@@ -163,36 +196,57 @@ fn connections_over_the_limit_get_503_with_retry_after() {
     // accepted by an answer) until one is refused
     let mut open = Vec::new();
     let refused = loop {
-        assert!(open.len() <= 3, "{} connections accepted with --max-connections 3", open.len());
+        assert!(
+            open.len() <= 3,
+            "{} connections accepted with --max-connections 3",
+            open.len()
+        );
         let mut c = connect(&srv);
-        c.write_all(get_request("/v2/health/live").as_bytes()).unwrap();
+        c.write_all(get_request("/v2/health/live").as_bytes())
+            .unwrap();
         let (status, head, body) = read_response(&mut c).expect("no answer");
         if status == 200 {
             open.push(c);
             continue;
         }
         // the refusal closes the connection
-        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
         assert_eq!(read_response(&mut c), None);
         break (status, head, body);
     };
     assert!(open.len() >= 2, "refused after {} connections", open.len());
     let (status, head, body) = refused;
     assert_eq!(status, 503, "{head}\n{body}");
-    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
     let err: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(err["error"].as_str().unwrap().contains("too many connections: 3 open (--max-connections)"), "{body}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many connections: 3 open (--max-connections)"),
+        "{body}"
+    );
 
     // a closed connection frees its slot
     drop(open.pop());
     eventually("a slot to free up", || {
         let mut c = connect(&srv);
-        c.write_all(get_request("/v2/health/live").as_bytes()).unwrap();
+        c.write_all(get_request("/v2/health/live").as_bytes())
+            .unwrap();
         read_response(&mut c).is_some_and(|r| r.0 == 200)
     });
     drop(open);
     let m = srv.metrics();
-    assert!(metric(&m, "dlrs_connections_refused_total", "").is_some_and(|n| n >= 1.0), "{m}");
+    assert!(
+        metric(&m, "dlrs_connections_refused_total", "").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
     srv.stop().unwrap();
 }
 
@@ -211,7 +265,10 @@ fn bodies_over_the_memory_budget_get_503_until_memory_frees() {
         // a client that sends 3500 bytes of a 4000-byte body and stalls holds 3500 bytes
         let slow = sc.spawn(|| {
             let mut c = connect(&srv);
-            let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{}", " ".repeat(3500));
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{}",
+                " ".repeat(3500)
+            );
             c.write_all(head.as_bytes()).unwrap();
             read_response(&mut c).expect("no answer to the slow body")
         });
@@ -222,7 +279,12 @@ fn bodies_over_the_memory_budget_get_503_until_memory_frees() {
             }
             assert_eq!(r.status, 503, "{}", r.body);
             assert_eq!(r.retry_after.as_deref(), Some("1"));
-            assert!(r.error().contains("of 6000 bytes in use (--max-body-memory-bytes)"), "{}", r.body);
+            assert!(
+                r.error()
+                    .contains("of 6000 bytes in use (--max-body-memory-bytes)"),
+                "{}",
+                r.body
+            );
             true
         });
         let (status, _, body) = slow.join().unwrap();
@@ -247,18 +309,28 @@ fn an_error_before_the_body_is_read_closes_the_connection_and_says_so() {
     c.write_all(head.as_bytes()).unwrap();
     let (status, head, body) = read_response(&mut c).expect("no answer");
     assert_eq!(status, 400, "{body}");
-    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
     assert_eq!(read_response(&mut c), None, "the connection stays open");
 
     // an error found in a body read in full keeps the connection
     let mut c = connect(&srv);
     let bad = "{\"inputs\": 5}";
-    let req = format!("POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{bad}", bad.len());
+    let req = format!(
+        "POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{bad}",
+        bad.len()
+    );
     c.write_all(req.as_bytes()).unwrap();
     let (status, head, body) = read_response(&mut c).expect("no answer");
     assert_eq!(status, 400, "{body}");
-    assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
-    c.write_all(get_request("/v2/health/live").as_bytes()).unwrap();
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    c.write_all(get_request("/v2/health/live").as_bytes())
+        .unwrap();
     assert_eq!(read_response(&mut c).map(|r| r.0), Some(200));
     srv.stop().unwrap();
 }
@@ -267,10 +339,16 @@ fn an_error_before_the_body_is_read_closes_the_connection_and_says_so() {
 fn connection_flags_have_their_defaults_and_are_checked() {
     let md = ModelDir::new(1);
     let a = dlrs_serve::ServeArgs::new(md.dir());
-    assert_eq!((a.max_connections, a.header_timeout_ms, a.idle_timeout_ms), (1024, 5000, 60_000));
+    assert_eq!(
+        (a.max_connections, a.header_timeout_ms, a.idle_timeout_ms),
+        (1024, 5000, 60_000)
+    );
     assert_eq!(a.max_body_memory_bytes, 256 << 20);
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let start = |args: dlrs_serve::ServeArgs| {
         rt.block_on(async {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -280,7 +358,10 @@ fn connection_flags_have_their_defaults_and_are_checked() {
     let mut args = md.args();
     args.max_body_memory_bytes = args.max_body_bytes - 1;
     let e = start(args).unwrap_err();
-    assert!(format!("{e:#}").contains("--max-body-memory-bytes"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("--max-body-memory-bytes"),
+        "{e:#}"
+    );
     let mut args = md.args();
     args.max_connections = 0;
     let e = start(args).unwrap_err();

@@ -52,7 +52,11 @@ impl Endpoint {
 }
 
 fn endpoint() -> impl Strategy<Value = Endpoint> {
-    prop_oneof![Just(Endpoint::V2), Just(Endpoint::V2Versioned), Just(Endpoint::V1)]
+    prop_oneof![
+        Just(Endpoint::V2),
+        Just(Endpoint::V2Versioned),
+        Just(Endpoint::V1)
+    ]
 }
 
 /// One request as sent.
@@ -81,7 +85,12 @@ impl Fuzz {
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into();
-        Fuzz { md, srv, agent, seen: Default::default() }
+        Fuzz {
+            md,
+            srv,
+            agent,
+            seen: Default::default(),
+        }
     }
 
     /// Sends `req`: a 200 with one score per sample, or a 4xx with a JSON error naming the field.
@@ -95,16 +104,26 @@ impl Fuzz {
             .send(&req.body[..])
             .map_err(|e| TestCaseError::fail(format!("no answer after {:?}: {e}", t0.elapsed())))?;
         let status = resp.status().as_u16();
-        let json_len = resp.headers().get("inference-header-content-length").map(|v| v.to_str().unwrap().to_string());
-        let bytes = resp.body_mut().read_to_vec().map_err(|e| TestCaseError::fail(format!("reading the answer: {e}")))?;
+        let json_len = resp
+            .headers()
+            .get("inference-header-content-length")
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = resp
+            .body_mut()
+            .read_to_vec()
+            .map_err(|e| TestCaseError::fail(format!("reading the answer: {e}")))?;
         let text = String::from_utf8_lossy(&bytes);
-        prop_assert!(status == 200 || (400..500).contains(&status), "HTTP {status}: {text}");
+        prop_assert!(
+            status == 200 || (400..500).contains(&status),
+            "HTTP {status}: {text}"
+        );
         if status == 200 {
             let head = match &json_len {
                 Some(n) => &bytes[..n.parse::<usize>().unwrap()],
                 None => &bytes[..],
             };
-            let v: Value = serde_json::from_slice(head).map_err(|e| TestCaseError::fail(format!("200, not JSON ({e}): {text}")))?;
+            let v: Value = serde_json::from_slice(head)
+                .map_err(|e| TestCaseError::fail(format!("200, not JSON ({e}): {text}")))?;
             let n = match req.endpoint {
                 Endpoint::V1 => v["scores"].as_array().map(Vec::len),
                 _ => v["outputs"][0]["shape"][0].as_u64().map(|b| b as usize),
@@ -113,10 +132,13 @@ impl Fuzz {
             self.seen.set((self.seen.get().0 + 1, self.seen.get().1));
             return Ok(());
         }
-        let v: Value =
-            serde_json::from_slice(&bytes).map_err(|e| TestCaseError::fail(format!("HTTP {status}, not JSON ({e}): {text}")))?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| TestCaseError::fail(format!("HTTP {status}, not JSON ({e}): {text}")))?;
         let msg = v["error"].as_str().unwrap_or_default();
-        prop_assert!(NAMED.iter().any(|n| msg.contains(n)), "HTTP {status}: the error names no field: {text}");
+        prop_assert!(
+            NAMED.iter().any(|n| msg.contains(n)),
+            "HTTP {status}: the error names no field: {text}"
+        );
         self.seen.set((self.seen.get().0, self.seen.get().1 + 1));
         Ok(())
     }
@@ -128,17 +150,29 @@ impl Fuzz {
     }
 
     /// Runs [`CASES`] of `strategy` through [`Fuzz::check`]; the numbers of 200s and 4xx.
-    fn run<S: Strategy>(&self, what: &str, strategy: S, to_req: impl Fn(S::Value) -> Req) -> (u32, u32) {
+    fn run<S: Strategy>(
+        &self,
+        what: &str,
+        strategy: S,
+        to_req: impl Fn(S::Value) -> Req,
+    ) -> (u32, u32) {
         let t0 = Instant::now();
         self.seen.set((0, 0));
-        let config = Config { cases: CASES, failure_persistence: None, ..Config::default() };
+        let config = Config {
+            cases: CASES,
+            failure_persistence: None,
+            ..Config::default()
+        };
         let mut runner = TestRunner::new(config);
         if let Err(e) = runner.run(&strategy, |input| self.check(&to_req(input))) {
             panic!("{what}: {e}");
         }
         self.still_serves();
         let (ok, refused) = self.seen.get();
-        eprintln!("{what}: {CASES} cases in {:?}: {ok} answered 200, {refused} refused 4xx", t0.elapsed());
+        eprintln!(
+            "{what}: {CASES} cases in {:?}: {ok} answered 200, {refused} refused 4xx",
+            t0.elapsed()
+        );
         (ok, refused)
     }
 
@@ -153,7 +187,8 @@ impl Fuzz {
 /// A JSON value biased towards the request's vocabulary.
 fn arb_json() -> impl Strategy<Value = Value> {
     let word = prop::sample::select(vec![
-        "NaN", "Infinity", "FP32", "INT32", "INT64", "BYTES", "dense", "lengths", "indices", "score", "",
+        "NaN", "Infinity", "FP32", "INT32", "INT64", "BYTES", "dense", "lengths", "indices",
+        "score", "",
     ]);
     let leaf = prop_oneof![
         Just(Value::Null),
@@ -161,14 +196,16 @@ fn arb_json() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(Value::from),
         (-3i64..30).prop_map(Value::from),
         (-1e3f64..1e3).prop_map(Value::from),
-        prop::sample::select(vec![1e39, -1e39, 1e308, f64::MIN_POSITIVE, 0.5]).prop_map(Value::from),
+        prop::sample::select(vec![1e39, -1e39, 1e308, f64::MIN_POSITIVE, 0.5])
+            .prop_map(Value::from),
         "[a-z_]{0,8}".prop_map(Value::from),
         word.prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map(key(), inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(key(), inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -197,7 +234,15 @@ fn key() -> impl Strategy<Value = String> {
 fn huge_or_small_i64() -> impl Strategy<Value = i64> {
     prop_oneof![
         -3i64..12,
-        prop::sample::select(vec![i64::MAX, i64::MIN, 1 << 31, 1 << 32, 1 << 40, -(1 << 40), i32::MAX as i64]),
+        prop::sample::select(vec![
+            i64::MAX,
+            i64::MIN,
+            1 << 31,
+            1 << 32,
+            1 << 40,
+            -(1 << 40),
+            i32::MAX as i64
+        ]),
         any::<i64>(),
     ]
 }
@@ -228,16 +273,40 @@ enum V2Change {
 fn v2_change() -> impl Strategy<Value = V2Change> {
     let i = 0usize..3;
     prop_oneof![
-        (i.clone(), prop::collection::vec(huge_or_small_i64(), 0..4)).prop_map(|(i, s)| V2Change::Shape(i, s)),
-        (i.clone(), prop::sample::select(vec!["FP32", "INT32", "INT64", "FP64", "BYTES", "fp32", ""]))
+        (i.clone(), prop::collection::vec(huge_or_small_i64(), 0..4))
+            .prop_map(|(i, s)| V2Change::Shape(i, s)),
+        (
+            i.clone(),
+            prop::sample::select(vec!["FP32", "INT32", "INT64", "FP64", "BYTES", "fp32", ""])
+        )
             .prop_map(|(i, d)| V2Change::Datatype(i, d.into())),
         (i.clone(), arb_json()).prop_map(|(i, v)| V2Change::Data(i, v)),
-        prop::collection::vec(prop_oneof![-2i64..4, huge_or_small_i64()], 0..10).prop_map(V2Change::Lengths),
+        prop::collection::vec(prop_oneof![-2i64..4, huge_or_small_i64()], 0..10)
+            .prop_map(V2Change::Lengths),
         (any::<usize>(), huge_or_small_i64()).prop_map(|(p, v)| V2Change::Id(p, v)),
-        (any::<usize>(), prop_oneof![arb_json(), Just(json!("NaN")), Just(json!(1e39)), Just(json!(-1e300))])
+        (
+            any::<usize>(),
+            prop_oneof![
+                arb_json(),
+                Just(json!("NaN")),
+                Just(json!(1e39)),
+                Just(json!(-1e300))
+            ]
+        )
             .prop_map(|(p, v)| V2Change::Dense(p, v)),
-        (i.clone(), prop::sample::select(vec!["name", "shape", "datatype", "data"])).prop_map(|(i, f)| V2Change::Remove(i, f)),
-        (i.clone(), prop_oneof!["[a-z]{0,7}", Just("dense".to_string()), Just("indices".to_string())])
+        (
+            i.clone(),
+            prop::sample::select(vec!["name", "shape", "datatype", "data"])
+        )
+            .prop_map(|(i, f)| V2Change::Remove(i, f)),
+        (
+            i.clone(),
+            prop_oneof![
+                "[a-z]{0,7}",
+                Just("dense".to_string()),
+                Just("indices".to_string())
+            ]
+        )
             .prop_map(|(i, n)| V2Change::Rename(i, n)),
         i.clone().prop_map(V2Change::DropInput),
         i.clone().prop_map(V2Change::DupInput),
@@ -249,7 +318,11 @@ fn v2_change() -> impl Strategy<Value = V2Change> {
 
 /// The `data` array of the input called `name`, if there is one.
 fn data_of<'a>(inputs: &'a mut [Value], name: &str) -> Option<&'a mut Vec<Value>> {
-    inputs.iter_mut().find(|x| x["name"] == name)?.get_mut("data")?.as_array_mut()
+    inputs
+        .iter_mut()
+        .find(|x| x["name"] == name)?
+        .get_mut("data")?
+        .as_array_mut()
 }
 
 /// Sets field `k` of `v` when `v` is an object.
@@ -278,7 +351,9 @@ impl V2Change {
             set(req, k, v.clone());
             return;
         }
-        let Some(inputs) = array(req, "inputs") else { return };
+        let Some(inputs) = array(req, "inputs") else {
+            return;
+        };
         if inputs.is_empty() {
             return;
         }
@@ -332,12 +407,22 @@ enum TensorChange {
 
 fn tensor_change() -> impl Strategy<Value = TensorChange> {
     let odd_f32 = prop_oneof![
-        prop::sample::select(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -0.0, 0.5]),
+        prop::sample::select(vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -0.0,
+            0.5
+        ]),
         any::<u32>().prop_map(f32::from_bits),
     ];
     prop_oneof![
         (any::<usize>(), odd_f32).prop_map(|(p, v)| TensorChange::Dense(p, v)),
-        (any::<usize>(), prop_oneof![-3i32..6, Just(i32::MAX), Just(i32::MIN), any::<i32>()])
+        (
+            any::<usize>(),
+            prop_oneof![-3i32..6, Just(i32::MAX), Just(i32::MIN), any::<i32>()]
+        )
             .prop_map(|(p, v)| TensorChange::Length(p, v)),
         (any::<usize>(), huge_or_small_i64()).prop_map(|(p, v)| TensorChange::Id(p, v)),
     ]
@@ -407,23 +492,37 @@ fn binary_case() -> impl Strategy<Value = BinaryCase> {
         header_len(),
         tail(),
     )
-        .prop_map(|(samples, binary, tensors, header, header_len, tail)| BinaryCase {
-            samples,
-            binary,
-            tensors,
-            header,
-            header_len,
-            tail,
-        })
+        .prop_map(
+            |(samples, binary, tensors, header, header_len, tail)| BinaryCase {
+                samples,
+                binary,
+                tensors,
+                header,
+                header_len,
+                tail,
+            },
+        )
 }
 
 impl BinaryCase {
     fn request(&self) -> Req {
         let cfg = config();
         let b = self.samples.len();
-        let mut dense: Vec<f32> = self.samples.iter().flat_map(|s| s.dense.iter().copied()).collect();
-        let mut lengths: Vec<i32> = self.samples.iter().flat_map(|s| s.sparse.iter().map(|x| x.len() as i32)).collect();
-        let mut ids: Vec<i64> = self.samples.iter().flat_map(|s| s.sparse.iter().flatten().map(|&i| i as i64)).collect();
+        let mut dense: Vec<f32> = self
+            .samples
+            .iter()
+            .flat_map(|s| s.dense.iter().copied())
+            .collect();
+        let mut lengths: Vec<i32> = self
+            .samples
+            .iter()
+            .flat_map(|s| s.sparse.iter().map(|x| x.len() as i32))
+            .collect();
+        let mut ids: Vec<i64> = self
+            .samples
+            .iter()
+            .flat_map(|s| s.sparse.iter().flatten().map(|&i| i as i64))
+            .collect();
         for c in &self.tensors {
             match *c {
                 TensorChange::Dense(p, v) if !dense.is_empty() => {
@@ -483,7 +582,11 @@ impl BinaryCase {
             HeaderLen::Text(t) => Some(t.to_string()),
             HeaderLen::Absent => None,
         };
-        Req { endpoint: Endpoint::V2, body, header_len }
+        Req {
+            endpoint: Endpoint::V2,
+            body,
+            header_len,
+        }
     }
 }
 
@@ -516,7 +619,8 @@ fn v1_change() -> impl Strategy<Value = V1Change> {
         (u(), arb_json()).prop_map(|(s, v)| V1Change::Sparse(s, v)),
         (u(), u(), arb_json()).prop_map(|(s, t, v)| V1Change::Bag(s, t, v)),
         (u(), u(), u(), odd).prop_map(|(s, t, k, v)| V1Change::Id(s, t, k, v)),
-        (u(), prop::sample::select(vec!["dense", "sparse"])).prop_map(|(s, f)| V1Change::Remove(s, f)),
+        (u(), prop::sample::select(vec!["dense", "sparse"]))
+            .prop_map(|(s, f)| V1Change::Remove(s, f)),
         (u(), key(), arb_json()).prop_map(|(s, k, v)| V1Change::Field(s, k, v)),
         arb_json().prop_map(V1Change::Samples),
         (key(), arb_json()).prop_map(|(k, v)| V1Change::Top(k, v)),
@@ -536,11 +640,15 @@ impl V1Change {
             }
             _ => {}
         }
-        let Some(samples) = array(req, "samples").filter(|s| !s.is_empty()) else { return };
+        let Some(samples) = array(req, "samples").filter(|s| !s.is_empty()) else {
+            return;
+        };
         let n = samples.len();
         match self {
             V1Change::Dense(s, v) => set(&mut samples[s % n], "dense", v.clone()),
-            V1Change::DenseElem(s, k, v) => set_elem(array(&mut samples[s % n], "dense"), *k, v.clone()),
+            V1Change::DenseElem(s, k, v) => {
+                set_elem(array(&mut samples[s % n], "dense"), *k, v.clone())
+            }
             V1Change::Sparse(s, v) => set(&mut samples[s % n], "sparse", v.clone()),
             V1Change::Bag(s, t, v) => set_elem(array(&mut samples[s % n], "sparse"), *t, v.clone()),
             V1Change::Id(s, t, k, v) => {
@@ -567,8 +675,16 @@ fn cut() -> impl Strategy<Value = Option<usize>> {
 #[test]
 fn random_bytes_and_random_json_are_4xx_naming_the_field() {
     let f = Fuzz::start();
-    let bytes = (endpoint(), prop::collection::vec(any::<u8>(), 0..300), prop::option::of(0usize..400));
-    f.run("random bytes", bytes, |(endpoint, body, h)| Req { endpoint, body, header_len: h.map(|h| h.to_string()) });
+    let bytes = (
+        endpoint(),
+        prop::collection::vec(any::<u8>(), 0..300),
+        prop::option::of(0usize..400),
+    );
+    f.run("random bytes", bytes, |(endpoint, body, h)| Req {
+        endpoint,
+        body,
+        header_len: h.map(|h| h.to_string()),
+    });
     let values = (endpoint(), arb_json(), cut());
     f.run("random JSON", values, |(endpoint, v, at)| Req {
         endpoint,
@@ -576,14 +692,26 @@ fn random_bytes_and_random_json_are_4xx_naming_the_field() {
         header_len: None,
     });
     // random JSON values in the request's shape: top-level and per-input fields
-    let shaped = (endpoint(), prop::collection::vec((key(), arb_json()), 0..4), prop::collection::vec(arb_json(), 0..4));
-    f.run("request-shaped JSON", shaped, |(endpoint, fields, inputs)| {
-        let mut v = json!({"inputs": inputs, "samples": inputs});
-        for (k, x) in fields {
-            set(&mut v, &k, x);
-        }
-        Req { endpoint, body: v.to_string().into_bytes(), header_len: None }
-    });
+    let shaped = (
+        endpoint(),
+        prop::collection::vec((key(), arb_json()), 0..4),
+        prop::collection::vec(arb_json(), 0..4),
+    );
+    f.run(
+        "request-shaped JSON",
+        shaped,
+        |(endpoint, fields, inputs)| {
+            let mut v = json!({"inputs": inputs, "samples": inputs});
+            for (k, x) in fields {
+                set(&mut v, &k, x);
+            }
+            Req {
+                endpoint,
+                body: v.to_string().into_bytes(),
+                header_len: None,
+            }
+        },
+    );
     f.assert_no_5xx();
     f.srv.stop().unwrap();
 }
@@ -591,16 +719,36 @@ fn random_bytes_and_random_json_are_4xx_naming_the_field() {
 #[test]
 fn mutated_v2_json_requests_are_200_or_4xx_naming_the_field() {
     let f = Fuzz::start();
-    let cases = (base_samples(), prop::collection::vec(v2_change(), 1..4), cut(), any::<bool>());
-    let (ok, refused) = f.run("mutated v2 JSON", cases, |(samples, changes, at, versioned)| {
-        let mut req = v2_request(&samples, Some("fuzz"));
-        for c in &changes {
-            c.apply(&mut req);
-        }
-        let endpoint = if versioned { Endpoint::V2Versioned } else { Endpoint::V2 };
-        Req { endpoint, body: truncate(req.to_string().into_bytes(), at), header_len: None }
-    });
-    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused: the mutations test too little");
+    let cases = (
+        base_samples(),
+        prop::collection::vec(v2_change(), 1..4),
+        cut(),
+        any::<bool>(),
+    );
+    let (ok, refused) = f.run(
+        "mutated v2 JSON",
+        cases,
+        |(samples, changes, at, versioned)| {
+            let mut req = v2_request(&samples, Some("fuzz"));
+            for c in &changes {
+                c.apply(&mut req);
+            }
+            let endpoint = if versioned {
+                Endpoint::V2Versioned
+            } else {
+                Endpoint::V2
+            };
+            Req {
+                endpoint,
+                body: truncate(req.to_string().into_bytes(), at),
+                header_len: None,
+            }
+        },
+    );
+    assert!(
+        ok > 0 && refused > 0,
+        "{ok} answered, {refused} refused: the mutations test too little"
+    );
     f.assert_no_5xx();
     f.srv.stop().unwrap();
 }
@@ -609,7 +757,10 @@ fn mutated_v2_json_requests_are_200_or_4xx_naming_the_field() {
 fn mutated_binary_requests_are_200_or_4xx_naming_the_field() {
     let f = Fuzz::start();
     let (ok, refused) = f.run("mutated v2 binary", binary_case(), |c| c.request());
-    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused: the mutations test too little");
+    assert!(
+        ok > 0 && refused > 0,
+        "{ok} answered, {refused} refused: the mutations test too little"
+    );
     f.assert_no_5xx();
     f.srv.stop().unwrap();
 }
@@ -617,15 +768,26 @@ fn mutated_binary_requests_are_200_or_4xx_naming_the_field() {
 #[test]
 fn mutated_v1_requests_are_200_or_4xx_naming_the_field() {
     let f = Fuzz::start();
-    let cases = (base_samples(), prop::collection::vec(v1_change(), 1..4), cut());
+    let cases = (
+        base_samples(),
+        prop::collection::vec(v1_change(), 1..4),
+        cut(),
+    );
     let (ok, refused) = f.run("mutated v1", cases, |(samples, changes, at)| {
         let mut req = v1_request(&samples);
         for c in &changes {
             c.apply(&mut req);
         }
-        Req { endpoint: Endpoint::V1, body: truncate(req.to_string().into_bytes(), at), header_len: None }
+        Req {
+            endpoint: Endpoint::V1,
+            body: truncate(req.to_string().into_bytes(), at),
+            header_len: None,
+        }
     });
-    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused: the mutations test too little");
+    assert!(
+        ok > 0 && refused > 0,
+        "{ok} answered, {refused} refused: the mutations test too little"
+    );
     f.assert_no_5xx();
     f.srv.stop().unwrap();
 }
@@ -639,13 +801,19 @@ fn garbage_on_the_socket_is_refused_or_closed_never_5xx_or_hung() {
         prop::collection::vec(any::<u8>(), 0..200),
         // a request head with random bytes in it
         (prop::collection::vec(any::<u8>(), 0..40), any::<usize>()).prop_map(move |(junk, at)| {
-            let mut head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{{}}   ").into_bytes();
+            let mut head =
+                format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{{}}   ")
+                    .into_bytes();
             let at = at % (head.len() + 1);
             head.splice(at..at, junk);
             head
         }),
     ];
-    let config = Config { cases: CASES / 3, failure_persistence: None, ..Config::default() };
+    let config = Config {
+        cases: CASES / 3,
+        failure_persistence: None,
+        ..Config::default()
+    };
     let addr = f.srv.addr;
     TestRunner::new(config)
         .run(&garbage, |bytes| {

@@ -14,7 +14,10 @@ fn v2_and_v1_scores_equal_forward() {
     let s = samples(&mut rng, 5);
     let want = reference(&md.model, &s);
 
-    let r = srv.post(&format!("/v2/models/{NAME}/infer"), &v2_request(&s, Some("req-42")).to_string());
+    let r = srv.post(
+        &format!("/v2/models/{NAME}/infer"),
+        &v2_request(&s, Some("req-42")).to_string(),
+    );
     let got = r.scores();
     assert_close(&got, &want);
     let v = r.json();
@@ -27,21 +30,37 @@ fn v2_and_v1_scores_equal_forward() {
     let cfg = config();
     let flat = v2_request(&s, None);
     let nest = |key: usize, width: usize| -> Vec<serde_json::Value> {
-        flat["inputs"][key]["data"].as_array().unwrap().chunks(width).map(|c| json!(c)).collect()
+        flat["inputs"][key]["data"]
+            .as_array()
+            .unwrap()
+            .chunks(width)
+            .map(|c| json!(c))
+            .collect()
     };
     let nested = json!({"inputs": [
         flat["inputs"][2],
         {"name": "lengths", "datatype": "INT32", "shape": [5, cfg.n_tables()], "data": nest(1, cfg.n_tables())},
         {"name": "dense", "datatype": "FP32", "shape": [5, cfg.n_dense()], "data": nest(0, cfg.n_dense())},
     ]});
-    let r = srv.post(&format!("/v2/models/{NAME}/versions/1/infer"), &nested.to_string());
+    let r = srv.post(
+        &format!("/v2/models/{NAME}/versions/1/infer"),
+        &nested.to_string(),
+    );
     assert_close(&r.scores(), &want);
     assert!(r.json().get("id").is_none());
 
     // /v1
-    let r = srv.post(&format!("/v1/models/{NAME}/predict"), &v1_request(&s).to_string());
+    let r = srv.post(
+        &format!("/v1/models/{NAME}/predict"),
+        &v1_request(&s).to_string(),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
-    let got: Vec<f32> = r.json()["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let got: Vec<f32> = r.json()["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
     assert_close(&got, &want);
 
     // an empty request is answered without computing
@@ -55,7 +74,10 @@ fn health_metadata_and_metrics_endpoints() {
     let md = ModelDir::new(1);
     let srv = Server::start(md.args());
     assert_eq!(srv.get("/v2/health/live"), (200, r#"{"live":true}"#.into()));
-    assert_eq!(srv.get("/v2/health/ready"), (200, r#"{"ready":true}"#.into()));
+    assert_eq!(
+        srv.get("/v2/health/ready"),
+        (200, r#"{"ready":true}"#.into())
+    );
     let (s, body) = srv.get(&format!("/v2/models/{NAME}/ready"));
     assert_eq!(s, 200, "{body}");
     let (s, body) = srv.get(&format!("/v2/models/{NAME}"));
@@ -83,11 +105,23 @@ fn health_metadata_and_metrics_endpoints() {
     let mut rng = Lcg(3);
     srv.infer(&samples(&mut rng, 2)).scores();
     let m = srv.metrics();
-    assert_eq!(metric(&m, "dlrs_requests_total", r#"endpoint="/v2/models/{name}/infer",status="200""#), Some(1.0), "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "dlrs_requests_total",
+            r#"endpoint="/v2/models/{name}/infer",status="200""#
+        ),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(metric(&m, "dlrs_batch_size_count", ""), Some(1.0), "{m}");
     assert_eq!(metric(&m, "dlrs_batch_size_sum", ""), Some(2.0), "{m}");
     assert_eq!(metric(&m, "dlrs_queue_depth_samples", ""), Some(0.0), "{m}");
-    for h in ["dlrs_queue_wait_seconds_bucket", "dlrs_compute_seconds_bucket", "dlrs_request_duration_seconds_bucket"] {
+    for h in [
+        "dlrs_queue_wait_seconds_bucket",
+        "dlrs_compute_seconds_bucket",
+        "dlrs_request_duration_seconds_bucket",
+    ] {
         assert!(m.contains(h), "{h} missing from\n{m}");
     }
     srv.stop().unwrap();
@@ -112,10 +146,17 @@ fn concurrent_requests_get_their_own_scores_and_are_batched() {
                     if i % 2 == 0 {
                         assert_close(&srv.infer(&s).scores(), &want);
                     } else {
-                        let r = srv.post(&format!("/v1/models/{NAME}/predict"), &v1_request(&s).to_string());
+                        let r = srv.post(
+                            &format!("/v1/models/{NAME}/predict"),
+                            &v1_request(&s).to_string(),
+                        );
                         assert_eq!(r.status, 200, "{}", r.body);
-                        let got: Vec<f32> =
-                            r.json()["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+                        let got: Vec<f32> = r.json()["scores"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| x.as_f64().unwrap() as f32)
+                            .collect();
                         assert_close(&got, &want);
                     }
                 }
@@ -128,7 +169,10 @@ fn concurrent_requests_get_their_own_scores_and_are_batched() {
     let single = metric(&m, "dlrs_batch_size_bucket", r#"le="1""#).unwrap();
     // some batch merged requests: fewer batches than requests, and a batch of more than one
     // sample beyond what single requests explain is visible as batches above le="1"
-    assert!(batches < 150.0, "no batching: {batches} batches for 150 requests\n{m}");
+    assert!(
+        batches < 150.0,
+        "no batching: {batches} batches for 150 requests\n{m}"
+    );
     assert!(single < batches, "every batch had one sample\n{m}");
     assert!(samples_total >= 150.0, "{m}");
     srv.stop().unwrap();
@@ -145,7 +189,11 @@ fn requests_larger_than_max_batch_are_split() {
     assert_close(&srv.infer(&s).scores(), &reference(&md.model, &s));
     let m = srv.metrics();
     assert_eq!(metric(&m, "dlrs_batch_size_count", ""), Some(3.0), "{m}");
-    assert_eq!(metric(&m, "dlrs_batch_size_bucket", r#"le="4""#), Some(3.0), "{m}");
+    assert_eq!(
+        metric(&m, "dlrs_batch_size_bucket", r#"le="4""#),
+        Some(3.0),
+        "{m}"
+    );
     srv.stop().unwrap();
 }
 
@@ -157,9 +205,18 @@ fn binary_tensor_data_extension() {
     let s = samples(&mut rng, 3);
     let want = reference(&md.model, &s);
     let cfg = config();
-    let dense: Vec<u8> = s.iter().flat_map(|x| x.dense.iter().flat_map(|v| v.to_le_bytes())).collect();
-    let lengths: Vec<u8> = s.iter().flat_map(|x| x.sparse.iter().flat_map(|b| (b.len() as i32).to_le_bytes())).collect();
-    let ids: Vec<i64> = s.iter().flat_map(|x| x.sparse.iter().flatten().map(|&i| i as i64)).collect();
+    let dense: Vec<u8> = s
+        .iter()
+        .flat_map(|x| x.dense.iter().flat_map(|v| v.to_le_bytes()))
+        .collect();
+    let lengths: Vec<u8> = s
+        .iter()
+        .flat_map(|x| x.sparse.iter().flat_map(|b| (b.len() as i32).to_le_bytes()))
+        .collect();
+    let ids: Vec<i64> = s
+        .iter()
+        .flat_map(|x| x.sparse.iter().flatten().map(|&i| i as i64))
+        .collect();
     let header = json!({
         "inputs": [
             {"name": "dense", "datatype": "FP32", "shape": [3, cfg.n_dense()], "parameters": {"binary_data_size": dense.len()}},
@@ -180,24 +237,48 @@ fn binary_tensor_data_extension() {
         .send(&body[..])
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let json_len: usize = r.headers().get("inference-header-content-length").unwrap().to_str().unwrap().parse().unwrap();
+    let json_len: usize = r
+        .headers()
+        .get("inference-header-content-length")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let bytes = r.body_mut().read_to_vec().unwrap();
     let head: serde_json::Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
     assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 12);
     assert!(head["outputs"][0].get("data").is_none());
-    let got: Vec<f32> = bytes[json_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let got: Vec<f32> = bytes[json_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_close(&got, &want);
 
     // as tritonclient asks when no outputs are named: JSON inputs, binary output
     let mut req = v2_request(&s, Some("t"));
     req.as_object_mut().unwrap().remove("outputs");
     req["parameters"] = json!({"binary_data_output": true});
-    let mut r = srv.agent.post(srv.url(&format!("/v2/models/{NAME}/infer"))).send(&req.to_string()).unwrap();
+    let mut r = srv
+        .agent
+        .post(srv.url(&format!("/v2/models/{NAME}/infer")))
+        .send(&req.to_string())
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let json_len: usize = r.headers().get("inference-header-content-length").unwrap().to_str().unwrap().parse().unwrap();
+    let json_len: usize = r
+        .headers()
+        .get("inference-header-content-length")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let bytes = r.body_mut().read_to_vec().unwrap();
     assert_eq!(bytes.len(), json_len + 12);
-    let got: Vec<f32> = bytes[json_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let got: Vec<f32> = bytes[json_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_close(&got, &want);
     srv.stop().unwrap();
 }
@@ -210,13 +291,27 @@ fn a_large_body_is_parsed_split_and_answered() {
     let cfg = config();
     let s: Vec<dlrs_model::Sample> = (0..4000)
         .map(|_| dlrs_model::Sample {
-            dense: (0..cfg.n_dense()).map(|_| rng.below(1000) as f32 / 100.0).collect(),
-            sparse: cfg.tables.iter().map(|&rows| (0..rng.below(300)).map(|_| rng.below(rows as u64) as u32).collect()).collect(),
+            dense: (0..cfg.n_dense())
+                .map(|_| rng.below(1000) as f32 / 100.0)
+                .collect(),
+            sparse: cfg
+                .tables
+                .iter()
+                .map(|&rows| {
+                    (0..rng.below(300))
+                        .map(|_| rng.below(rows as u64) as u32)
+                        .collect()
+                })
+                .collect(),
             label: None,
         })
         .collect();
     let body = v2_request(&s, None).to_string();
-    assert!(body.len() > 3 << 20, "{} bytes: not larger than axum's default 2 MB limit", body.len());
+    assert!(
+        body.len() > 3 << 20,
+        "{} bytes: not larger than axum's default 2 MB limit",
+        body.len()
+    );
     let r = srv.post(&format!("/v2/models/{NAME}/infer"), &body);
     // the same batch composition as the server's: chunks of --max-batch, on --threads threads
     let exec = dlrs_model::Executor::new(2).unwrap();
@@ -225,11 +320,18 @@ fn a_large_body_is_parsed_split_and_answered() {
         .flat_map(|c| {
             let mut b = dlrs_model::Batch::empty(&cfg);
             c.iter().for_each(|x| b.push(&cfg, x).unwrap());
-            md.model.forward(&b, &mut dlrs_model::Workspace::default(), &exec).unwrap().to_vec()
+            md.model
+                .forward(&b, &mut dlrs_model::Workspace::default(), &exec)
+                .unwrap()
+                .to_vec()
         })
         .collect();
     assert_close(&r.scores(), &want);
     let m = srv.metrics();
-    assert_eq!(metric(&m, "dlrs_batch_size_count", ""), Some(16.0), "4000 samples in batches of 256\n{m}");
+    assert_eq!(
+        metric(&m, "dlrs_batch_size_count", ""),
+        Some(16.0),
+        "4000 samples in batches of 256\n{m}"
+    );
     srv.stop().unwrap();
 }

@@ -21,7 +21,10 @@ fn post_load_swaps_in_the_new_model_and_refuses_a_broken_one() {
 
     let m2 = replace_model(&md.dir(), 2);
     let new = reference(&m2, &s);
-    assert!(old.iter().zip(&new).any(|(a, b)| (a - b).abs() > 1e-4), "seeds give the same scores");
+    assert!(
+        old.iter().zip(&new).any(|(a, b)| (a - b).abs() > 1e-4),
+        "seeds give the same scores"
+    );
     let r = srv.post(&load, "");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["version"], "2");
@@ -34,7 +37,10 @@ fn post_load_swaps_in_the_new_model_and_refuses_a_broken_one() {
     let r = srv.post(&load, "");
     assert_eq!(r.status, 500, "{}", r.body);
     let err = r.error();
-    assert!(err.contains("config.json is invalid") && err.contains("still serving version 2"), "{err}");
+    assert!(
+        err.contains("config.json is invalid") && err.contains("still serving version 2"),
+        "{err}"
+    );
     assert_close(&srv.infer(&s).scores(), &new);
     assert_eq!(srv.get("/v2/health/ready").0, 200);
     // truncated weights: refused too
@@ -46,8 +52,16 @@ fn post_load_swaps_in_the_new_model_and_refuses_a_broken_one() {
     assert_close(&srv.infer(&s).scores(), &new);
 
     let m = srv.metrics();
-    assert_eq!(metric(&m, "dlrs_model_reloads_total", r#"result="ok""#), Some(1.0), "{m}");
-    assert_eq!(metric(&m, "dlrs_model_reloads_total", r#"result="error""#), Some(2.0), "{m}");
+    assert_eq!(
+        metric(&m, "dlrs_model_reloads_total", r#"result="ok""#),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "dlrs_model_reloads_total", r#"result="error""#),
+        Some(2.0),
+        "{m}"
+    );
     assert_eq!(metric(&m, "dlrs_model_version", ""), Some(2.0), "{m}");
     srv.stop().unwrap();
 }
@@ -70,7 +84,12 @@ fn the_watcher_reloads_files_replaced_by_rename() {
     // a broken version found by the watcher is refused; the last good one keeps serving
     atomic_write(&md.dir(), CONFIG_FILE, "{");
     eventually("the failed reload", || {
-        metric(&srv.metrics(), "dlrs_model_reloads_total", r#"result="error""#).is_some_and(|n| n >= 1.0)
+        metric(
+            &srv.metrics(),
+            "dlrs_model_reloads_total",
+            r#"result="error""#,
+        )
+        .is_some_and(|n| n >= 1.0)
     });
     assert_close(&srv.infer(&s).scores(), &want);
     srv.stop().unwrap();
@@ -91,10 +110,17 @@ fn no_request_fails_during_reloads() {
             sc.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
                     let r = srv.infer(&s);
-                    assert_eq!(r.status, 200, "a request failed during a reload: {}", r.body);
+                    assert_eq!(
+                        r.status, 200,
+                        "a request failed during a reload: {}",
+                        r.body
+                    );
                     let got = r.scores();
                     let close = |w: &[f32]| got.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-6);
-                    assert!(close(&want1) || close(&want2), "scores of neither version: {got:?}");
+                    assert!(
+                        close(&want1) || close(&want2),
+                        "scores of neither version: {got:?}"
+                    );
                     answered.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -136,16 +162,20 @@ fn shutdown_turns_unready_refuses_new_requests_and_finishes_in_flight_ones() {
     let r = srv.infer(&s);
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.error().contains("shutting down"), "{}", r.body);
-    assert!(!srv.is_finished(), "serve returned with a request in flight");
+    assert!(
+        !srv.is_finished(),
+        "serve returned with a request in flight"
+    );
     gate.open();
     let (status, body) = in_flight.join().unwrap();
     assert_eq!(status, 200, "{body}");
-    let got: Vec<f32> = serde_json::from_str::<serde_json::Value>(&body).unwrap()["outputs"][0]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
+    let got: Vec<f32> =
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
     assert_close(&got, &want);
     eventually("serve to return", || srv.is_finished());
     srv.stop().unwrap();

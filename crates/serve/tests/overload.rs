@@ -21,26 +21,43 @@ fn full_queue_is_503_with_retry_after_at_once() {
     args.instances = Some(1);
     let srv = Server::start(args);
     let mut rng = Lcg(1);
-    let (a, b, c) = (samples(&mut rng, 1), samples(&mut rng, 2), samples(&mut rng, 1));
+    let (a, b, c) = (
+        samples(&mut rng, 1),
+        samples(&mut rng, 2),
+        samples(&mut rng, 1),
+    );
     std::thread::scope(|sc| {
         // A is taken into a batch and held at the gate: the queue is empty again
         let ta = sc.spawn(|| srv.infer(&a));
         gate.wait_entered(1);
         // B fills the queue (2 samples of 2)
         let tb = sc.spawn(|| srv.infer(&b));
-        eventually("B queued", || metric(&srv.metrics(), "dlrs_queue_depth_samples", "") == Some(2.0));
+        eventually("B queued", || {
+            metric(&srv.metrics(), "dlrs_queue_depth_samples", "") == Some(2.0)
+        });
         // C does not fit: 503 at once, with Retry-After
         let t0 = Instant::now();
         let r = srv.infer(&c);
-        assert!(t0.elapsed() < Duration::from_secs(1), "503 took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "503 took {:?}",
+            t0.elapsed()
+        );
         assert_eq!(r.status, 503, "{}", r.body);
         assert_eq!(r.retry_after.as_deref(), Some("1"));
-        assert!(r.error().contains("queue full: 2 of 2 samples waiting"), "{}", r.body);
+        assert!(
+            r.error().contains("queue full: 2 of 2 samples waiting"),
+            "{}",
+            r.body
+        );
         // a binary request is refused from its JSON header: its binary data (ids of -1 that a
         // parse would answer 400) is read and dropped, and the connection stays open
         let (status, head) = binary_with_bad_ids(&srv, 1);
         assert_eq!(status, 503, "{head}");
-        assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
         // a request larger than the whole queue can never fit: 413
         let r = srv.infer(&samples(&mut Lcg(9), 3));
         assert_eq!(r.status, 413, "{}", r.body);
@@ -52,8 +69,16 @@ fn full_queue_is_503_with_retry_after_at_once() {
     // room again
     assert_close(&srv.infer(&c).scores(), &reference(&md.model, &c));
     let m = srv.metrics();
-    assert_eq!(metric(&m, "dlrs_requests_total", r#"status="503""#), Some(2.0), "{m}");
-    assert_eq!(metric(&m, "dlrs_queue_depth_samples", ""), Some(0.0), "no room stays held: {m}");
+    assert_eq!(
+        metric(&m, "dlrs_requests_total", r#"status="503""#),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "dlrs_queue_depth_samples", ""),
+        Some(0.0),
+        "no room stays held: {m}"
+    );
     srv.stop().unwrap();
 }
 
@@ -111,7 +136,11 @@ fn expired_deadline_is_504_and_never_computed() {
     let marked = |seen: &Vec<Vec<f32>>| seen.iter().any(|d| d.contains(&0.123));
 
     // a deadline of 0 ms: 504 without queueing
-    let r = srv.post_with(&path, &v2_request(&b, None).to_string(), &[("x-dlrs-deadline-ms", "0")]);
+    let r = srv.post_with(
+        &path,
+        &v2_request(&b, None).to_string(),
+        &[("x-dlrs-deadline-ms", "0")],
+    );
     assert_eq!(r.status, 504, "{}", r.body);
     assert!(r.error().contains("deadline"), "{}", r.body);
     // Triton's request parameter "timeout" (microseconds) shortens the deadline
@@ -125,10 +154,17 @@ fn expired_deadline_is_504_and_never_computed() {
         let ta = sc.spawn(|| srv.infer(&a));
         gate.wait_entered(1);
         let t0 = Instant::now();
-        let r = srv.post_with(&path, &v2_request(&b, None).to_string(), &[("x-dlrs-deadline-ms", "150")]);
+        let r = srv.post_with(
+            &path,
+            &v2_request(&b, None).to_string(),
+            &[("x-dlrs-deadline-ms", "150")],
+        );
         let took = t0.elapsed();
         assert_eq!(r.status, 504, "{}", r.body);
-        assert!(took >= Duration::from_millis(140) && took < Duration::from_secs(3), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(140) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
         gate.open();
         assert_close(&ta.join().unwrap().scores(), &reference(&md.model, &a));
     });
@@ -138,8 +174,16 @@ fn expired_deadline_is_504_and_never_computed() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(!marked(&seen), "the expired request was computed: {seen:?}");
     let m = srv.metrics();
-    assert_eq!(metric(&m, "dlrs_expired_requests_total", ""), Some(1.0), "{m}");
-    assert_eq!(metric(&m, "dlrs_requests_total", r#"status="504""#), Some(3.0), "{m}");
+    assert_eq!(
+        metric(&m, "dlrs_expired_requests_total", ""),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "dlrs_requests_total", r#"status="504""#),
+        Some(3.0),
+        "{m}"
+    );
     srv.stop().unwrap();
 }
 
@@ -162,10 +206,17 @@ fn a_panicking_batch_is_500_and_the_server_keeps_serving() {
     for _ in 0..3 {
         let r = srv.infer(&bad);
         assert_eq!(r.status, 500, "{}", r.body);
-        assert!(r.error().contains("panicked: poisoned sample"), "{}", r.body);
+        assert!(
+            r.error().contains("panicked: poisoned sample"),
+            "{}",
+            r.body
+        );
         assert_close(&srv.infer(&good).scores(), &reference(&md.model, &good));
     }
-    let r = srv.post(&format!("/v1/models/{NAME}/predict"), &v1_request(&bad).to_string());
+    let r = srv.post(
+        &format!("/v1/models/{NAME}/predict"),
+        &v1_request(&bad).to_string(),
+    );
     assert_eq!(r.status, 500, "{}", r.body);
     assert_close(&srv.infer(&good).scores(), &reference(&md.model, &good));
     assert_eq!(srv.get("/v2/health/ready").0, 200);

@@ -71,7 +71,11 @@ impl Server {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
@@ -82,11 +86,19 @@ impl Server {
             })
         });
         let addr = addr_rx.recv().unwrap();
-        let s = Server { addr, shutdown: Some(tx), thread: Some(thread), agent: agent() };
+        let s = Server {
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+            agent: agent(),
+        };
         // wait until the model is loaded and the server answers
         let t0 = Instant::now();
         while s.get("/v2/health/live").0 != 200 {
-            assert!(t0.elapsed() < Duration::from_secs(20), "server did not come up");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "server did not come up"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         s
@@ -113,14 +125,24 @@ impl Server {
             req = req.header(*k, *v);
         }
         let mut r = req.send(body).expect("request failed");
-        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
         let status = r.status().as_u16();
         let body = r.body_mut().read_to_string().unwrap();
-        Resp { status, retry_after, body }
+        Resp {
+            status,
+            retry_after,
+            body,
+        }
     }
 
     pub fn infer(&self, samples: &[Sample]) -> Resp {
-        self.post(&format!("/v2/models/{NAME}/infer"), &v2_request(samples, None).to_string())
+        self.post(
+            &format!("/v2/models/{NAME}/infer"),
+            &v2_request(samples, None).to_string(),
+        )
     }
 
     pub fn metrics(&self) -> String {
@@ -176,7 +198,10 @@ impl Resp {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
     pub fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_else(|| panic!("no \"error\" in {}", self.body)).to_string()
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no \"error\" in {}", self.body))
+            .to_string()
     }
     /// The scores of a /v2 answer.
     pub fn scores(&self) -> Vec<f32> {
@@ -185,7 +210,12 @@ impl Resp {
         let out = &v["outputs"][0];
         assert_eq!(out["name"], "score");
         assert_eq!(out["datatype"], "FP32");
-        out["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        out["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
     }
 }
 
@@ -194,7 +224,10 @@ pub struct Lcg(pub u64);
 
 impl Lcg {
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     pub fn below(&mut self, n: u64) -> u64 {
@@ -207,8 +240,18 @@ pub fn samples(rng: &mut Lcg, n: usize) -> Vec<Sample> {
     let cfg = config();
     (0..n)
         .map(|_| Sample {
-            dense: (0..cfg.n_dense()).map(|_| rng.below(2000) as f32 / 1000.0 - 1.0).collect(),
-            sparse: cfg.tables.iter().map(|&rows| (0..rng.below(4)).map(|_| rng.below(rows as u64) as u32).collect()).collect(),
+            dense: (0..cfg.n_dense())
+                .map(|_| rng.below(2000) as f32 / 1000.0 - 1.0)
+                .collect(),
+            sparse: cfg
+                .tables
+                .iter()
+                .map(|&rows| {
+                    (0..rng.below(4))
+                        .map(|_| rng.below(rows as u64) as u32)
+                        .collect()
+                })
+                .collect(),
             label: None,
         })
         .collect()
@@ -220,13 +263,19 @@ pub fn reference(model: &Model, samples: &[Sample]) -> Vec<f32> {
     for s in samples {
         b.push(&model.config, s).unwrap();
     }
-    model.forward(&b, &mut Workspace::default(), &Executor::new(1).unwrap()).unwrap().to_vec()
+    model
+        .forward(&b, &mut Workspace::default(), &Executor::new(1).unwrap())
+        .unwrap()
+        .to_vec()
 }
 
 pub fn assert_close(got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "got {got:?}, want {want:?}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-6, "score {i}: got {g}, want {w} (all: {got:?} vs {want:?})");
+        assert!(
+            (g - w).abs() <= 1e-6,
+            "score {i}: got {g}, want {w} (all: {got:?} vs {want:?})"
+        );
     }
 }
 
@@ -234,9 +283,18 @@ pub fn assert_close(got: &[f32], want: &[f32]) {
 pub fn v2_request(samples: &[Sample], id: Option<&str>) -> Value {
     let cfg = config();
     let b = samples.len();
-    let dense: Vec<f32> = samples.iter().flat_map(|s| s.dense.iter().copied()).collect();
-    let lengths: Vec<i32> = samples.iter().flat_map(|s| s.sparse.iter().map(|bag| bag.len() as i32)).collect();
-    let indices: Vec<i64> = samples.iter().flat_map(|s| s.sparse.iter().flatten().map(|&i| i as i64)).collect();
+    let dense: Vec<f32> = samples
+        .iter()
+        .flat_map(|s| s.dense.iter().copied())
+        .collect();
+    let lengths: Vec<i32> = samples
+        .iter()
+        .flat_map(|s| s.sparse.iter().map(|bag| bag.len() as i32))
+        .collect();
+    let indices: Vec<i64> = samples
+        .iter()
+        .flat_map(|s| s.sparse.iter().flatten().map(|&i| i as i64))
+        .collect();
     let mut req = json!({
         "inputs": [
             {"name": "dense", "datatype": "FP32", "shape": [b, cfg.n_dense()], "data": dense},
@@ -260,7 +318,9 @@ pub fn v1_request(samples: &[Sample]) -> Value {
 pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .find(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
@@ -302,8 +362,15 @@ impl Gate {
         let mut st = self.state.lock().unwrap();
         let t0 = Instant::now();
         while st.entered < n {
-            assert!(t0.elapsed() < Duration::from_secs(10), "no batch reached the gate");
-            st = self.cv.wait_timeout(st, Duration::from_millis(50)).unwrap().0;
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no batch reached the gate"
+            );
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap()
+                .0;
         }
     }
     pub fn open(&self) {
@@ -319,7 +386,10 @@ impl Gate {
 pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
