@@ -95,6 +95,7 @@ def main():
     ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--max-queue-delay-us", type=int, default=500)
     ap.add_argument("--max-queue", type=int, default=4096)
+    ap.add_argument("--max-queue-wait-ms", type=int, default=0)
     ap.add_argument("--ids-per-table", type=int, default=80)
     ap.add_argument("--query-size", default="normal:165,16")
     ap.add_argument("--target-p99-ms", type=float, default=10.0)
@@ -114,7 +115,7 @@ def main():
     name = "m"
     layout = ["--threads", str(a.threads)] + (["--instances", str(a.instances)] if a.instances else [])
     batching = ["--max-batch", str(a.max_batch), "--max-queue-delay-us", str(a.max_queue_delay_us),
-                "--max-queue", str(a.max_queue)]
+                "--max-queue", str(a.max_queue), "--max-queue-wait-ms", str(a.max_queue_wait_ms)]
     load = ["--ids-per-table", str(a.ids_per_table), "--query-size", a.query_size, "--pool", str(a.pool), "--json"]
     out = {"settings": vars(a)}
 

@@ -53,7 +53,7 @@
 //! - always: `mode` (`"http"` or `"twin"`), `query_size`, `dist`, `ids_per_table`, `seed`,
 //!   `pool` (the pool's actual size), `warmup_s`, `drain_s`; HTTP: `url`, `model`, `model_dir`, `protocol`, `binary`,
 //!   `connections`; twin: `model_dir`, `threads`, `instances`, `max_batch`,
-//!   `max_queue_delay_us`, `max_queue`, `deadline_ms`;
+//!   `max_queue_delay_us`, `max_queue`, `max_queue_wait_ms`, `deadline_ms`;
 //! - one measurement: `offered_qps`, `duration_s`, `queries`, `ok`, `ok_samples`,
 //!   `achieved_qps`, `samples_per_s`, `mean_query_size`, `latency_ms.{p50, p95, p99, p999,
 //!   max, mean}` (null without ok answers), `errors.{by_status, bad_response, transport,
@@ -192,6 +192,10 @@ pub struct TwinArgs {
     /// most samples waiting; beyond it a query is refused (503), as `dlrs serve --max-queue`
     #[arg(long, default_value_t = 4096)]
     pub max_queue: usize,
+    /// most estimated work waiting ahead of a query in milliseconds (503 beyond; 0: none), as
+    /// `dlrs serve --max-queue-wait-ms`
+    #[arg(long, default_value_t = 0)]
+    pub max_queue_wait_ms: u64,
     /// a query not computed this many milliseconds after it was queued gets 504, as
     /// `dlrs serve --default-deadline-ms`
     #[arg(long, default_value_t = 1000)]
@@ -545,6 +549,7 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
     header.insert("max_batch".into(), json!(args.max_batch));
     header.insert("max_queue_delay_us".into(), json!(args.max_queue_delay_us));
     header.insert("max_queue".into(), json!(args.max_queue));
+    header.insert("max_queue_wait_ms".into(), json!(args.max_queue_wait_ms));
     header.insert("deadline_ms".into(), json!(args.deadline_ms));
     header.extend(args.load.header());
     header.insert("pool".into(), json!(queries.len()));
@@ -562,6 +567,7 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         max_batch: args.max_batch,
         max_queue_delay: Duration::from_micros(args.max_queue_delay_us),
         max_queue: args.max_queue,
+        max_wait: (args.max_queue_wait_ms > 0).then(|| Duration::from_millis(args.max_queue_wait_ms)),
         deadline: Duration::from_millis(args.deadline_ms),
         instances,
         threads,

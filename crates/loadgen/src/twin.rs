@@ -23,6 +23,8 @@ pub struct Batching {
     pub max_queue_delay: Duration,
     /// most samples waiting; beyond it a query is refused (503)
     pub max_queue: usize,
+    /// most estimated work waiting ahead of a query (503 beyond); `None`: no bound by time
+    pub max_wait: Option<Duration>,
     /// a query not computed this long after it was queued is answered 504
     pub deadline: Duration,
     /// compute instances
@@ -51,6 +53,7 @@ pub fn measure(
         max_batch: batching.max_batch,
         max_delay: batching.max_queue_delay,
         max_queue: batching.max_queue,
+        max_wait: batching.max_wait,
     };
     let queue = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
     let instances =

@@ -159,6 +159,10 @@ pub struct BatcherConfig {
     pub max_delay: Duration,
     /// most samples waiting; beyond it requests are refused at once
     pub max_queue: usize,
+    /// longest estimated wait ahead of a new request (the samples waiting times the measured
+    /// compute time per sample, over the instances); beyond it the request is refused at once.
+    /// `None`: no bound by time.
+    pub max_wait: Option<Duration>,
 }
 
 struct State {
@@ -167,6 +171,11 @@ struct State {
     waiting: usize,
     /// no more admissions; instances exit once `pending` is empty
     closed: bool,
+    /// compute seconds per sample on one instance, a moving average of the batches computed
+    /// (0 until the first batch)
+    per_sample_s: f64,
+    /// compute instances taking batches
+    instances: usize,
 }
 
 /// The shared queue: admission on one side, batches for the instances on the other.
@@ -186,6 +195,8 @@ impl Queue {
             pending: VecDeque::new(),
             waiting: 0,
             closed: false,
+            per_sample_s: 0.0,
+            instances: 1,
         };
         Queue {
             state: Mutex::new(state),
@@ -229,6 +240,18 @@ impl Queue {
                 st.waiting
             )));
         }
+        if let Some(max) = self.cfg.max_wait {
+            let wait = st.waiting as f64 * st.per_sample_s / st.instances.max(1) as f64;
+            if wait > max.as_secs_f64() {
+                return Err(ApiError::Overloaded(format!(
+                    "queue full: {} samples waiting, about {:.1} ms of work, over the {} ms the server queues \
+                     (--max-queue-wait-ms); retry later",
+                    st.waiting,
+                    wait * 1e3,
+                    max.as_millis()
+                )));
+            }
+        }
         st.waiting += n;
         self.metrics.queue_depth.increment(n as f64);
         Ok(())
@@ -268,6 +291,17 @@ impl Queue {
         drop(st);
         self.ready.notify_one();
         Ok(())
+    }
+
+    /// Counts a computed batch of `size` samples that took `took` into the compute time per
+    /// sample that `max_wait` estimates with.
+    fn observe(&self, size: usize, took: Duration) {
+        if size == 0 {
+            return;
+        }
+        let per = took.as_secs_f64() / size as f64;
+        let mut st = self.lock();
+        st.per_sample_s = if st.per_sample_s == 0.0 { per } else { 0.8 * st.per_sample_s + 0.2 * per };
     }
 
     /// Closes the queue: what it holds is still computed, then the instances exit.
@@ -405,6 +439,7 @@ pub fn spawn(
     hooks: &Hooks,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::with_capacity(instances);
+    queue.lock().instances = instances.max(1);
     for i in 0..instances.max(1) {
         let exec = Executor::new(threads).map_err(|e| std::io::Error::other(e.to_string()))?;
         let (queue, hooks) = (Arc::clone(queue), hooks.clone());
@@ -459,7 +494,9 @@ fn compute(
             .map_err(ApiError::from_compute)?;
         Ok(scores.to_vec())
     }));
-    queue.metrics.compute.record(start.elapsed().as_secs_f64());
+    let took = start.elapsed();
+    queue.metrics.compute.record(took.as_secs_f64());
+    queue.observe(size, took);
     queue.metrics.batch_size.record(size as f64);
     let result = match outcome {
         Ok(Ok(scores)) if scores.len() == size => Ok(scores),
@@ -634,6 +671,7 @@ mod tests {
                 max_batch,
                 max_delay,
                 max_queue,
+                max_wait: None,
             },
             Arc::new(Metrics::new()),
         ))
@@ -820,5 +858,24 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
+    }
+
+    #[test]
+    fn the_wait_bound_refuses_what_the_measured_compute_time_cannot_start_in_time() {
+        let v = version();
+        let cfg = BatcherConfig { max_batch: 4, max_delay: Duration::ZERO, max_queue: 1000, max_wait: Some(Duration::from_millis(5)) };
+        let q = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
+        // no instance runs: what is admitted stays queued
+        assert!(submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).is_ok(), "no estimate yet");
+        q.observe(2, Duration::from_millis(2)); // 1 ms per sample: 3 ms waiting
+        let _kept = submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).unwrap();
+        // 6 ms of work waiting now: refused at once, naming the flag
+        match submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(30)) {
+            Err(ApiError::Overloaded(m)) => assert!(m.contains("--max-queue-wait-ms"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // two instances halve the estimate
+        q.lock().instances = 2;
+        assert!(submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(30)).is_ok());
     }
 }

@@ -39,7 +39,12 @@
 //! # Batching
 //!
 //! An inference request is parsed and validated in full (every error names the tensor or
-//! field), then enters a queue bounded in *samples* (`--max-queue`). A request with binary
+//! field), then enters a queue bounded in *samples* (`--max-queue`) and, with
+//! `--max-queue-wait-ms`, in *time*: a request is refused (503) when the work already waiting
+//! ahead of it, estimated from the measured compute time per sample (a moving average over
+//! the batches computed) and the number of instances, exceeds that many milliseconds. The
+//! time bound fits every query size (a sample bound that suits 165-sample queries of 80 ids
+//! each is loose for small ones) and adapts when the compute threads slow down. A request with binary
 //! tensors declares its batch size in its JSON header, which comes first: room for it is held
 //! in the queue as soon as that header is in, so under overload it gets its 503 before its
 //! binary data is read (the queue depth counts held room). `--instances` compute
@@ -171,6 +176,11 @@ pub struct ServeArgs {
     /// most samples waiting in the queue; beyond it requests get 503 at once
     #[arg(long, default_value_t = 4096)]
     pub max_queue: usize,
+    /// most estimated work waiting ahead of a new request, in milliseconds (waiting samples
+    /// times the measured compute time per sample, over the instances); beyond it requests
+    /// get 503 at once. 0: no bound by time (only --max-queue)
+    #[arg(long, default_value_t = 0)]
+    pub max_queue_wait_ms: u64,
     /// threads of the forward pass, over all instances
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
