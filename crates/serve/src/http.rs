@@ -237,9 +237,9 @@ type PrefixCheck<'a> = &'a mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send)
 
 /// Reads a request body within the limits. With `on_prefix = Some((n, f))`, `f` sees the
 /// body's first `n` bytes as soon as they are in (once, if the body has that many); an error
-/// from it is returned once the rest of the body has been read and dropped unbuffered (so the
-/// connection stays usable and the client reads its answer instead of a reset), and
-/// `drained` is set.
+/// from it is returned at once (the answer goes out while the body is still arriving), the
+/// rest of the body is read and dropped by a task of its own (so the connection stays usable
+/// and the client reads its answer instead of a reset), and `drained` is set.
 async fn read_body(
     st: &AppState,
     budget: &BodyBudget,
@@ -274,7 +274,6 @@ async fn read_body(
     let until = tokio::time::Instant::now() + timeout;
     let mut held = budget.none();
     let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
-    let mut refused = None;
     let mut read = 0usize;
     loop {
         let frame = match tokio::time::timeout_at(until, body.frame()).await {
@@ -298,28 +297,34 @@ async fn read_body(
             if read > limit {
                 return Err(too_large(format!("more than {limit}")));
             }
-            if refused.is_some() {
-                continue; // read and dropped
-            }
             budget.take(&mut held, data.len())?;
             buf.extend_from_slice(&data);
             if let Some((n, f)) = on_prefix.take_if(|(n, _)| buf.len() >= *n) {
                 if let Err(e) = f(&buf[..n]) {
-                    refused = Some(e);
-                    buf = Vec::new();
-                    held = budget.none();
+                    tokio::spawn(drain(body, until, limit.saturating_sub(read)));
+                    *drained = true;
+                    return Err(e);
                 }
             }
         }
-    }
-    if let Some(e) = refused {
-        *drained = true;
-        return Err(e);
     }
     Ok(BodyBytes {
         bytes: buf,
         _held: held,
     })
+}
+
+/// Reads and drops the rest of a refused request's body (at most `left` bytes, until `until`);
+/// beyond either, or on a read error, the body is dropped and hyper closes the connection.
+async fn drain(mut body: Body, until: tokio::time::Instant, mut left: usize) {
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(until, body.frame()).await {
+        if let Ok(data) = frame.into_data() {
+            if data.len() > left {
+                return;
+            }
+            left -= data.len();
+        }
+    }
 }
 
 #[derive(Clone, Copy)]

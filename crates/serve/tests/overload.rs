@@ -50,14 +50,12 @@ fn full_queue_is_503_with_retry_after_at_once() {
             "{}",
             r.body
         );
-        // a binary request is refused from its JSON header: its binary data (ids of -1 that a
-        // parse would answer 400) is read and dropped, and the connection stays open
-        let (status, head) = binary_with_bad_ids(&srv, 1);
+        // a binary request is refused from its JSON header: the 503 comes before the binary
+        // data is sent; that data (ids of -1 that a parse would answer 400) is then read and
+        // dropped, and the connection serves the next request
+        let (status, head) = binary_refused_early_then_reused(&srv, 1);
         assert_eq!(status, 503, "{head}");
-        assert!(
-            !head.to_ascii_lowercase().contains("connection: close"),
-            "{head}"
-        );
+        assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
         // a request larger than the whole queue can never fit: 413
         let r = srv.infer(&samples(&mut Lcg(9), 3));
         assert_eq!(r.status, 413, "{}", r.body);
@@ -82,9 +80,11 @@ fn full_queue_is_503_with_retry_after_at_once() {
     srv.stop().unwrap();
 }
 
-/// Sends a binary-extension request of `b` samples (one id per table, every id -1) on a raw
-/// connection and returns the status and head of the answer (which must come within 2 s).
-fn binary_with_bad_ids(srv: &Server, b: usize) -> (u16, String) {
+/// Sends the head and JSON header of a binary-extension request of `b` samples (one id per
+/// table, every id -1), reads the answer (which must come within 2 s, before the binary data
+/// is sent), then sends the binary data and a GET of the model's readiness on the same
+/// connection, which must be answered 200. Returns the status and head of the first answer.
+fn binary_refused_early_then_reused(srv: &Server, b: usize) -> (u16, String) {
     use std::io::{Read, Write};
     let cfg = config();
     let (nd, nt) = (cfg.n_dense(), cfg.n_tables());
@@ -94,29 +94,42 @@ fn binary_with_bad_ids(srv: &Server, b: usize) -> (u16, String) {
         {"name": "indices", "datatype": "INT64", "shape": [b * nt], "parameters": {"binary_data_size": b * nt * 8}},
     ]})
     .to_string();
-    let mut body = json.clone().into_bytes();
-    body.extend(std::iter::repeat_n(0.5f32.to_le_bytes(), b * nd).flatten());
-    body.extend(std::iter::repeat_n(1i32.to_le_bytes(), b * nt).flatten());
-    body.extend(std::iter::repeat_n((-1i64).to_le_bytes(), b * nt).flatten());
+    let mut binary = Vec::new();
+    binary.extend(std::iter::repeat_n(0.5f32.to_le_bytes(), b * nd).flatten());
+    binary.extend(std::iter::repeat_n(1i32.to_le_bytes(), b * nt).flatten());
+    binary.extend(std::iter::repeat_n((-1i64).to_le_bytes(), b * nt).flatten());
     let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let head = format!(
         "POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
-         Content-Length: {}\r\nInference-Header-Content-Length: {}\r\n\r\n",
-        body.len(),
+         Content-Length: {}\r\nInference-Header-Content-Length: {}\r\n\r\n{json}",
+        json.len() + binary.len(),
         json.len()
     );
     c.write_all(head.as_bytes()).unwrap();
-    c.write_all(&body).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&out).contains("\r\n\r\n") {
-        let n = c.read(&mut buf).expect("an answer");
-        assert!(n > 0, "closed without an answer");
-        out.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    (text[9..12].parse().unwrap(), text)
+    let read_head = |c: &mut std::net::TcpStream| {
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        while !out.ends_with(b"\r\n\r\n") {
+            let n = c.read(&mut byte).expect("an answer in time");
+            assert!(n > 0, "closed without an answer");
+            out.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let len: usize = text
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).unwrap();
+        (text[9..12].parse::<u16>().unwrap(), text)
+    };
+    let first = read_head(&mut c);
+    c.write_all(&binary).unwrap();
+    c.write_all(format!("GET /v2/models/{NAME}/ready HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    let (next, next_head) = read_head(&mut c);
+    assert_eq!(next, 200, "the connection serves the next request: {next_head}");
+    first
 }
 
 #[test]
