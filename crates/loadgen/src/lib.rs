@@ -567,7 +567,8 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         max_batch: args.max_batch,
         max_queue_delay: Duration::from_micros(args.max_queue_delay_us),
         max_queue: args.max_queue,
-        max_wait: (args.max_queue_wait_ms > 0).then(|| Duration::from_millis(args.max_queue_wait_ms)),
+        max_wait: (args.max_queue_wait_ms > 0)
+            .then(|| Duration::from_millis(args.max_queue_wait_ms)),
         deadline: Duration::from_millis(args.deadline_ms),
         instances,
         threads,

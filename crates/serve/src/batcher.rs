@@ -301,7 +301,11 @@ impl Queue {
         }
         let per = took.as_secs_f64() / size as f64;
         let mut st = self.lock();
-        st.per_sample_s = if st.per_sample_s == 0.0 { per } else { 0.8 * st.per_sample_s + 0.2 * per };
+        st.per_sample_s = if st.per_sample_s == 0.0 {
+            per
+        } else {
+            0.8 * st.per_sample_s + 0.2 * per
+        };
     }
 
     /// Closes the queue: what it holds is still computed, then the instances exit.
@@ -863,10 +867,18 @@ mod tests {
     #[test]
     fn the_wait_bound_refuses_what_the_measured_compute_time_cannot_start_in_time() {
         let v = version();
-        let cfg = BatcherConfig { max_batch: 4, max_delay: Duration::ZERO, max_queue: 1000, max_wait: Some(Duration::from_millis(5)) };
+        let cfg = BatcherConfig {
+            max_batch: 4,
+            max_delay: Duration::ZERO,
+            max_queue: 1000,
+            max_wait: Some(Duration::from_millis(5)),
+        };
         let q = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
         // no instance runs: what is admitted stays queued
-        assert!(submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).is_ok(), "no estimate yet");
+        assert!(
+            submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).is_ok(),
+            "no estimate yet"
+        );
         q.observe(2, Duration::from_millis(2)); // 1 ms per sample: 3 ms waiting
         let _kept = submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).unwrap();
         // 6 ms of work waiting now: refused at once, naming the flag

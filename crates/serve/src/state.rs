@@ -97,7 +97,8 @@ impl AppState {
             max_batch: args.max_batch,
             max_delay: Duration::from_micros(args.max_queue_delay_us),
             max_queue: args.max_queue,
-            max_wait: (args.max_queue_wait_ms > 0).then(|| Duration::from_millis(args.max_queue_wait_ms)),
+            max_wait: (args.max_queue_wait_ms > 0)
+                .then(|| Duration::from_millis(args.max_queue_wait_ms)),
         };
         let queue = Arc::new(Queue::new(cfg, Arc::clone(&metrics)));
         let (instances, threads) = args.compute_layout()?;

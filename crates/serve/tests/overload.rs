@@ -55,7 +55,10 @@ fn full_queue_is_503_with_retry_after_at_once() {
         // dropped, and the connection serves the next request
         let (status, head) = binary_refused_early_then_reused(&srv, 1);
         assert_eq!(status, 503, "{head}");
-        assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
         // a request larger than the whole queue can never fit: 413
         let r = srv.infer(&samples(&mut Lcg(9), 3));
         assert_eq!(r.status, 413, "{}", r.body);
@@ -118,7 +121,11 @@ fn binary_refused_early_then_reused(srv: &Server, b: usize) -> (u16, String) {
         let text = String::from_utf8_lossy(&out).into_owned();
         let len: usize = text
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
             .unwrap_or(0);
         let mut body = vec![0u8; len];
         c.read_exact(&mut body).unwrap();
@@ -126,9 +133,13 @@ fn binary_refused_early_then_reused(srv: &Server, b: usize) -> (u16, String) {
     };
     let first = read_head(&mut c);
     c.write_all(&binary).unwrap();
-    c.write_all(format!("GET /v2/models/{NAME}/ready HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    c.write_all(format!("GET /v2/models/{NAME}/ready HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
     let (next, next_head) = read_head(&mut c);
-    assert_eq!(next, 200, "the connection serves the next request: {next_head}");
+    assert_eq!(
+        next, 200,
+        "the connection serves the next request: {next_head}"
+    );
     first
 }
 
