@@ -176,6 +176,17 @@ impl Fuzz {
         (ok, refused)
     }
 
+    /// Ends a mutation test: both outcomes were seen (the mutations test something), no
+    /// request got a 5xx, and the server stops cleanly.
+    fn finish_mutations(self, ok: u32, refused: u32) {
+        assert!(
+            ok > 0 && refused > 0,
+            "{ok} answered, {refused} refused: the mutations test too little"
+        );
+        self.assert_no_5xx();
+        self.srv.stop().unwrap();
+    }
+
     fn assert_no_5xx(&self) {
         let m = self.srv.metrics();
         for line in m.lines().filter(|l| l.starts_with("dlrs_requests_total")) {
@@ -745,24 +756,14 @@ fn mutated_v2_json_requests_are_200_or_4xx_naming_the_field() {
             }
         },
     );
-    assert!(
-        ok > 0 && refused > 0,
-        "{ok} answered, {refused} refused: the mutations test too little"
-    );
-    f.assert_no_5xx();
-    f.srv.stop().unwrap();
+    f.finish_mutations(ok, refused);
 }
 
 #[test]
 fn mutated_binary_requests_are_200_or_4xx_naming_the_field() {
     let f = Fuzz::start();
     let (ok, refused) = f.run("mutated v2 binary", binary_case(), |c| c.request());
-    assert!(
-        ok > 0 && refused > 0,
-        "{ok} answered, {refused} refused: the mutations test too little"
-    );
-    f.assert_no_5xx();
-    f.srv.stop().unwrap();
+    f.finish_mutations(ok, refused);
 }
 
 #[test]
@@ -784,12 +785,7 @@ fn mutated_v1_requests_are_200_or_4xx_naming_the_field() {
             header_len: None,
         }
     });
-    assert!(
-        ok > 0 && refused > 0,
-        "{ok} answered, {refused} refused: the mutations test too little"
-    );
-    f.assert_no_5xx();
-    f.srv.stop().unwrap();
+    f.finish_mutations(ok, refused);
 }
 
 #[test]
