@@ -6,8 +6,11 @@
 //!
 //! - *head*: from accept (a new connection) or from the first byte after an idle wait, until
 //!   hyper has read the whole request head; bounded by `--header-timeout-ms`;
-//! - *busy*: a request is being handled or its response written (body reading and compute
-//!   have their own limits: `--body-timeout-ms`, deadlines);
+//! - *busy*: a request is being handled (body reading and compute have their own limits:
+//!   `--body-timeout-ms`, deadlines);
+//!
+//! and, in any phase, a socket write that cannot proceed (the client does not read its
+//! answers and the buffers are full) is bounded by `--write-timeout-ms`;
 //! - *idle*: a keep-alive connection between requests; bounded by `--idle-timeout-ms`.
 //!
 //! A connection over its phase's limit is closed without an answer (hyper's own
@@ -48,6 +51,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 impl Limits {
@@ -67,6 +71,10 @@ impl Limits {
             "--idle-timeout-ms must be at least 1"
         );
         ensure!(
+            args.write_timeout_ms >= 1,
+            "--write-timeout-ms must be at least 1"
+        );
+        ensure!(
             args.max_body_memory_bytes >= args.max_body_bytes,
             "--max-body-memory-bytes ({}) must be at least --max-body-bytes ({}), or the largest body could never be read",
             args.max_body_memory_bytes,
@@ -76,6 +84,7 @@ impl Limits {
             max_connections: args.max_connections,
             header_timeout: Duration::from_millis(args.header_timeout_ms),
             idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            write_timeout: Duration::from_millis(args.write_timeout_ms),
         })
     }
 }
@@ -203,7 +212,10 @@ async fn connection(
     let mut conn = pin!(hyper::server::conn::http1::Builder::new().serve_connection(io, svc));
     // the watchdog wakes at least this often, so it never misses a phase change by more
     // than the shortest limit (and so never closes late)
-    let period = limits.header_timeout.min(limits.idle_timeout);
+    let period = limits
+        .header_timeout
+        .min(limits.idle_timeout)
+        .min(limits.write_timeout);
     let mut stopping = *stop.borrow();
     if stopping {
         return;
@@ -225,7 +237,7 @@ async fn connection(
         }
         match clock.limit(&limits) {
             // shutting down: a connection with no request in progress is closed at once
-            Some(_) if stopping => return,
+            Some((_, phase)) if stopping && phase != "write" => return,
             Some((until, phase)) if Instant::now() >= until => {
                 metrics.connection_timed_out(phase);
                 return;
@@ -244,6 +256,8 @@ const BUSY: u64 = 2;
 struct Clock {
     base: Instant,
     state: AtomicU64,
+    /// micros since base + 1 when a socket write first could not proceed; 0 while writes go
+    write_blocked: AtomicU64,
 }
 
 impl Clock {
@@ -252,6 +266,7 @@ impl Clock {
         Clock {
             base: Instant::now(),
             state: AtomicU64::new(HEAD),
+            write_blocked: AtomicU64::new(0),
         }
     }
 
@@ -278,8 +293,29 @@ impl Clock {
         self.set(IDLE);
     }
 
-    /// When the current phase runs out, and its name; `None` while busy.
+    /// A socket write returned: `pending` if it could not proceed.
+    fn on_write<T>(&self, r: &Poll<T>) {
+        let blocked = self.write_blocked.load(Ordering::Relaxed);
+        match (r.is_pending(), blocked) {
+            (true, 0) => self.write_blocked.store(
+                self.base.elapsed().as_micros() as u64 + 1,
+                Ordering::Relaxed,
+            ),
+            (false, b) if b != 0 => self.write_blocked.store(0, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
+    /// When the current phase (or a blocked write) runs out, and its name; `None` while a
+    /// request is handled and its writes go.
     fn limit(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
+        let blocked = self.write_blocked.load(Ordering::Relaxed);
+        if blocked != 0 {
+            return Some((
+                self.base + Duration::from_micros(blocked - 1) + limits.write_timeout,
+                "write",
+            ));
+        }
         let s = self.state.load(Ordering::Acquire);
         let since = self.base + Duration::from_micros(s >> 2);
         match s & 3 {
@@ -317,14 +353,18 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.clock.on_write(&r);
+        r
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.clock.on_write(&r);
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

@@ -95,9 +95,10 @@
 //! refusals pile up). A new connection must deliver its first request's headers within
 //! `--header-timeout-ms` (default 5000); on a keep-alive connection the clock starts at the
 //! first byte of each next request, and the wait for that byte is bounded by
-//! `--idle-timeout-ms` (default 60000). A connection over either limit is closed without an
-//! answer, so clients that open connections and send nothing, or drip header bytes, hold
-//! nothing for long. Bodies have their own limits (`--body-timeout-ms`: 408,
+//! `--idle-timeout-ms` (default 60000); writing a response is bounded by `--write-timeout-ms`
+//! (default 10000). A connection over any of these limits is closed without an answer, so
+//! clients that open connections and send nothing, drip header bytes, or never read their
+//! answers hold nothing for long. Bodies have their own limits (`--body-timeout-ms`: 408,
 //! `--max-body-bytes`: 413), and all bodies in memory together are bounded by
 //! `--max-body-memory-bytes` (default 256 MiB; counted as they arrive, released once
 //! parsed): a request whose body would go over it gets 503 at once. An error answered before
@@ -216,6 +217,10 @@ pub struct ServeArgs {
     /// longest a keep-alive connection waits for its next request, in milliseconds
     #[arg(long, default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+    /// time allowed to write a response, in milliseconds (a client that does not read its
+    /// answers); then the connection is closed
+    #[arg(long, default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
     /// most request-body bytes held in memory at once by all requests together (bodies
     /// being received or parsed); beyond it requests get 503
     #[arg(long, default_value_t = 256 << 20)]

@@ -340,8 +340,13 @@ fn connection_flags_have_their_defaults_and_are_checked() {
     let md = ModelDir::new(1);
     let a = dlrs_serve::ServeArgs::new(md.dir());
     assert_eq!(
-        (a.max_connections, a.header_timeout_ms, a.idle_timeout_ms),
-        (1024, 5000, 60_000)
+        (
+            a.max_connections,
+            a.header_timeout_ms,
+            a.idle_timeout_ms,
+            a.write_timeout_ms
+        ),
+        (1024, 5000, 60_000, 10_000)
     );
     assert_eq!(a.max_body_memory_bytes, 256 << 20);
 
@@ -370,4 +375,42 @@ fn connection_flags_have_their_defaults_and_are_checked() {
     args.header_timeout_ms = 0;
     let e = start(args).unwrap_err();
     assert!(format!("{e:#}").contains("--header-timeout-ms"), "{e:#}");
+    let mut args = md.args();
+    args.write_timeout_ms = 0;
+    let e = start(args).unwrap_err();
+    assert!(format!("{e:#}").contains("--write-timeout-ms"), "{e:#}");
+}
+
+/// A client that sends requests and never reads the answers fills the socket buffers; the
+/// response it blocks is given --write-timeout-ms, then the connection is closed (counted),
+/// while other clients are served.
+#[test]
+fn a_client_that_never_reads_its_answers_is_closed_after_the_write_timeout() {
+    let md = ModelDir::new(1);
+    let mut args = md.args();
+    args.write_timeout_ms = 300;
+    let srv = Server::start(args);
+    let c = connect(&srv);
+    // pipelined GETs, never read: 64 MiB of metadata answers cannot fit in socket buffers
+    let request = get_request(&format!("/v2/models/{NAME}"));
+    let writer = {
+        let mut c = c.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let batch = request.repeat(1000);
+            // stops when the server closes the connection
+            while c.write_all(batch.as_bytes()).is_ok() {}
+        })
+    };
+    eventually("the write timeout to close the connection", || {
+        metric(
+            &srv.metrics(),
+            "dlrs_connections_timed_out_total",
+            r#"phase="write""#,
+        ) == Some(1.0)
+    });
+    writer.join().unwrap();
+    let (status, _) = srv.get("/v2/health/ready");
+    assert_eq!(status, 200);
+    drop(c);
+    srv.stop().unwrap();
 }
