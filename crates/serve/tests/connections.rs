@@ -261,35 +261,60 @@ fn bodies_over_the_memory_budget_get_503_until_memory_frees() {
     let path = format!("/v2/models/{NAME}/infer");
     // a good request padded to 3000 bytes (JSON allows trailing whitespace)
     let padded = format!("{:<3000}", good());
-    std::thread::scope(|sc| {
-        // a client that sends 3500 bytes of a 4000-byte body and stalls holds 3500 bytes
-        let slow = sc.spawn(|| {
-            let mut c = connect(&srv);
-            let head = format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{}",
-                " ".repeat(3500)
-            );
-            c.write_all(head.as_bytes()).unwrap();
-            read_response(&mut c).expect("no answer to the slow body")
-        });
-        eventually("the slow body to be held", || {
-            let r = srv.post(&path, &padded);
-            if r.status == 200 {
-                return false;
+    // a client that sends 3500 bytes of a 4000-byte body and stalls holds 3500 bytes; a probe
+    // that is still being read when the slow body arrives makes the slow body the one refused,
+    // so an attempt where that happened is tried again
+    let attempt = || {
+        std::thread::scope(|sc| {
+            let (sent_tx, sent) = std::sync::mpsc::channel();
+            let (srv, path) = (&srv, &path);
+            let slow = sc.spawn(move || {
+                let mut c = connect(srv);
+                let head = format!(
+                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{}",
+                    " ".repeat(3500)
+                );
+                c.write_all(head.as_bytes()).unwrap();
+                sent_tx.send(()).unwrap();
+                read_response(&mut c).expect("no answer to the slow body")
+            });
+            sent.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            let t0 = Instant::now();
+            loop {
+                if slow.is_finished() {
+                    let (status, _, body) = slow.join().unwrap();
+                    assert_eq!(status, 503, "{body}");
+                    return false;
+                }
+                let r = srv.post(&path, &padded);
+                if r.status == 200 {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(10),
+                        "the slow body was never held"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                assert_eq!(r.status, 503, "{}", r.body);
+                assert_eq!(r.retry_after.as_deref(), Some("1"));
+                assert!(
+                    r.error()
+                        .contains("of 6000 bytes in use (--max-body-memory-bytes)"),
+                    "{}",
+                    r.body
+                );
+                break;
             }
-            assert_eq!(r.status, 503, "{}", r.body);
-            assert_eq!(r.retry_after.as_deref(), Some("1"));
-            assert!(
-                r.error()
-                    .contains("of 6000 bytes in use (--max-body-memory-bytes)"),
-                "{}",
-                r.body
-            );
+            let (status, _, body) = slow.join().unwrap();
+            assert_eq!(status, 408, "{body}");
             true
-        });
-        let (status, _, body) = slow.join().unwrap();
-        assert_eq!(status, 408, "{body}");
-    });
+        })
+    };
+    assert!(
+        (0..5).any(|_| attempt()),
+        "the slow body lost the race for memory 5 times"
+    );
     // the slow body is gone, and its bytes with it
     let r = srv.post(&path, &padded);
     assert_eq!(r.status, 200, "{}", r.body);
