@@ -103,10 +103,12 @@ impl Entry {
             reply.send(Ok(scores));
         }
     }
-    /// Answers `err` unless already answered; true if this call answered.
-    fn fail(&self, err: ApiError) -> bool {
+    /// Answers `err` unless already answered.
+    fn fail(&self, err: ApiError) {
         let reply = self.out().reply.take();
-        reply.map(|r| r.send(Err(err))).is_some()
+        if let Some(r) = reply {
+            r.send(Err(err));
+        }
     }
 }
 
@@ -144,8 +146,7 @@ pub struct Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.n > 0 {
-            self.queue.lock().waiting -= self.n;
-            self.queue.metrics.queue_depth.decrement(self.n as f64);
+            self.queue.release(&mut self.queue.lock(), self.n);
         }
     }
 }
@@ -257,6 +258,12 @@ impl Queue {
         Ok(())
     }
 
+    /// `n` samples left the queue (handed to a batch, expired, refused after a reservation).
+    fn release(&self, st: &mut State, n: usize) {
+        st.waiting -= n;
+        self.metrics.queue_depth.decrement(n as f64);
+    }
+
     /// Admits a job or refuses it at once (413 larger than the queue, 503 queue full or
     /// closed). A reservation of exactly its size is used instead of new room.
     pub fn submit(&self, job: Job, reserved: Option<Reservation>) -> Result<(), ApiError> {
@@ -264,13 +271,12 @@ impl Queue {
         let mut st = self.lock();
         match reserved {
             Some(mut r) if r.n == n && !st.closed => r.n = 0, // the room is the job's now
-            other => {
-                // (a reservation of another size is given back first, outside the lock)
-                drop(st);
-                drop(other);
-                st = self.lock();
+            Some(mut r) => {
+                // a reservation of another size is given back first
+                self.release(&mut st, std::mem::take(&mut r.n));
                 self.admit(&mut st, n)?;
             }
+            None => self.admit(&mut st, n)?,
         }
         let out = Mutex::new(Out {
             reply: Some(job.reply),
@@ -326,8 +332,7 @@ impl Queue {
                 .iter()
                 .map(|p| p.entry.len() - p.dispatched)
                 .sum();
-            st.waiting -= n;
-            self.metrics.queue_depth.decrement(n as f64);
+            self.release(&mut st, n);
             st.pending.drain(..).collect()
         };
         self.ready.notify_all();
@@ -391,8 +396,7 @@ impl Queue {
             {
                 st.pending.pop_front();
             }
-            st.waiting -= size;
-            self.metrics.queue_depth.decrement(size as f64);
+            self.release(&mut st, size);
             let more = !st.pending.is_empty();
             drop(st);
             if more {
@@ -428,8 +432,7 @@ impl Queue {
             false
         });
         if released > 0 {
-            st.waiting -= released;
-            self.metrics.queue_depth.decrement(released as f64);
+            self.release(st, released);
         }
     }
 }

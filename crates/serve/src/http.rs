@@ -407,7 +407,8 @@ async fn run_inference(
     body: Body,
 ) -> Result<Response, Failure> {
     let t0 = Instant::now();
-    // set when a request refused after its JSON header had the rest of its body read anyway
+    // set when a request was refused from its JSON header: the rest of its body is drained by
+    // a task of its own, so the connection stays usable (no `Connection: close`)
     let mut drained = false;
     let received = async {
         let inflight = st.enter()?;

@@ -287,7 +287,7 @@ fn bodies_over_the_memory_budget_get_503_until_memory_frees() {
                     assert_eq!(status, 503, "{body}");
                     return false;
                 }
-                let r = srv.post(&path, &padded);
+                let r = srv.post(path, &padded);
                 if r.status == 200 {
                     assert!(
                         t0.elapsed() < Duration::from_secs(10),
