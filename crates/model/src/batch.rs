@@ -53,7 +53,10 @@ impl Batch {
                 ),
             ));
         }
-        if let Some(i) = dense.iter().position(|v| !v.is_finite()) {
+        // a check without early exit first (it vectorizes); the position only on failure
+        if !dense.iter().fold(true, |ok, v| ok & v.is_finite())
+            && let Some(i) = dense.iter().position(|v| !v.is_finite())
+        {
             return Err(ModelError::input(
                 format!("dense[{}][{}]", i / nd, i % nd),
                 "not a finite number",
@@ -83,7 +86,9 @@ impl Batch {
                 ));
             }
             let rows = cfg.tables[t];
-            if let Some(j) = b.ids.iter().position(|&id| id as usize >= rows) {
+            if !dlrs_kernels::ids::ids_below(&b.ids, rows)
+                && let Some(j) = b.ids.iter().position(|&id| id as usize >= rows)
+            {
                 let s = b.offsets.partition_point(|&o| o as usize <= j) - 1;
                 return Err(ModelError::input(
                     format!("sparse[{t}] of sample {s}"),

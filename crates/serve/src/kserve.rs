@@ -365,8 +365,8 @@ impl<T: Elem> Values<'_, T> {
 
 impl Values<'_, i64> {
     /// Appends ids `range` to `dst` as u32; `Err(k)` when id `k` (an index into these
-    /// values) is negative or not below `rows` (`dst` is then partly filled). Branch-free
-    /// over the binary data, so the check costs little beside the copy.
+    /// values) is negative or not below `rows` (`dst` is then partly filled). The binary data goes
+    /// through `narrow_ids_le`, which vectorizes the check into the copy.
     fn push_ids(
         &self,
         range: std::ops::Range<usize>,
@@ -374,20 +374,22 @@ impl Values<'_, i64> {
         dst: &mut Vec<u32>,
     ) -> Result<(), usize> {
         let start = range.start;
-        let mut ok = true;
-        match self {
-            Values::Decoded(v) => dst.extend(v[range].iter().map(|&id| {
-                ok &= (id as u64) < rows;
-                id as u32
-            })),
-            Values::Le(b, _) => {
-                dst.extend(b[range.start * 8..range.end * 8].chunks_exact(8).map(|c| {
-                    let id = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                    ok &= id < rows;
-                    id as u32
-                }))
+        let old = dst.len();
+        dst.resize(old + range.len(), 0);
+        let out = &mut dst[old..];
+        let ok = match self {
+            Values::Decoded(v) => {
+                let mut ok = true;
+                for (d, &id) in out.iter_mut().zip(&v[range]) {
+                    ok &= (id as u64) < rows;
+                    *d = id as u32;
+                }
+                ok
             }
-        }
+            Values::Le(b, _) => {
+                dlrs_kernels::ids::narrow_ids_le(&b[range.start * 8..range.end * 8], rows, out)
+            }
+        };
         if ok {
             return Ok(());
         }
