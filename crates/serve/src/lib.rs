@@ -189,6 +189,9 @@ pub struct ServeArgs {
     /// (default: one per thread)
     #[arg(long)]
     pub instances: Option<usize>,
+    /// threads that run HTTP (tokio workers: accept, read and parse requests, answer)
+    #[arg(long, default_value_t = 2)]
+    pub http_threads: usize,
     /// mmap: map the model file; ram: copy tables into huge pages
     #[arg(long, default_value = "ram", value_parser = parse_table_mode)]
     pub tables: TableMode,
@@ -310,7 +313,9 @@ impl fmt::Debug for Hooks {
 
 /// Runs the server on `args.addr` until SIGTERM or SIGINT, then drains and returns.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.http_threads >= 1, "--http-threads must be at least 1");
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.http_threads)
         .enable_all()
         .thread_name("dlrs-http")
         .build()
