@@ -126,6 +126,95 @@ pub fn dot_interaction_ref(t: &[f32], out: &mut [f32], shape: DotShape) {
     }
 }
 
+/// The backward of [`dot_interaction`]: from `g`, the gradients of the pair outputs (laid out
+/// as `out`: `g[b * out_stride + p]`), writes each sample's feature gradients
+/// `dt[b * t_stride ..][.. F * D]` (overwritten; the stride padding is left alone):
+///
+/// ```text
+/// dT_i = sum over pairs p = (i, j), i != j, of g_p T_j  +  sum over p = (j, i) of g_p T_j
+///        + 2 g_p T_i for the pair (i, i) (itself = true)
+/// ```
+///
+/// Each pair touches two rows, so the fast path is the same loop compiled with AVX2+FMA
+/// (picked at run time): the rows of one sample stay in L1 and the D-wide updates vectorize.
+pub fn dot_interaction_backward(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
+    shape.check(t, g);
+    shape.check(dt, g);
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::isa() == crate::cpu::Isa::Avx2 {
+        // SAFETY: `isa()` found AVX2 and FMA on this CPU; `shape.check` validated the slices.
+        return unsafe { dot_backward_avx2(t, g, dt, shape) };
+    }
+    dot_backward_body::<false>(t, g, dt, shape)
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_backward_avx2(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
+    dot_backward_body::<true>(t, g, dt, shape)
+}
+
+#[inline(always)]
+fn dot_backward_body<const FMA: bool>(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
+    let DotShape { batch, features: f, dim: d, itself, t_stride, out_stride } = shape;
+    let madd = |x: f32, y: f32, acc: f32| if FMA { x.mul_add(y, acc) } else { x * y + acc };
+    for b in 0..batch {
+        let tb = &t[b * t_stride..b * t_stride + f * d];
+        let gb = &g[b * out_stride..];
+        let db = &mut dt[b * t_stride..b * t_stride + f * d];
+        db.fill(0.0);
+        let mut p = 0;
+        for i in 0..f {
+            let ti = &tb[i * d..i * d + d];
+            for j in 0..i {
+                let gp = gb[p];
+                p += 1;
+                let tj = &tb[j * d..j * d + d];
+                let (lo, hi) = db.split_at_mut(i * d);
+                let (dj, di) = (&mut lo[j * d..j * d + d], &mut hi[..d]);
+                for c in 0..d {
+                    di[c] = madd(gp, tj[c], di[c]);
+                    dj[c] = madd(gp, ti[c], dj[c]);
+                }
+            }
+            if itself {
+                let g2 = 2.0 * gb[p];
+                p += 1;
+                let di = &mut db[i * d..i * d + d];
+                for c in 0..d {
+                    di[c] = madd(g2, ti[c], di[c]);
+                }
+            }
+        }
+    }
+}
+
+/// The scalar reference of [`dot_interaction_backward`] (f64 accumulation), from the pair
+/// lists as in [`dot_interaction_ref`]: `dZ` scattered back to a full `[F, F]` gradient, then
+/// `dT = (dZ + dZ^T) T`.
+pub fn dot_interaction_backward_ref(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
+    shape.check(t, g);
+    shape.check(dt, g);
+    let DotShape { batch, features: f, dim, itself, t_stride, out_stride } = shape;
+    let off = usize::from(itself);
+    let pairs: Vec<(usize, usize)> = (0..f).flat_map(|i| (0..i + off).map(move |j| (i, j))).collect();
+    for b in 0..batch {
+        let tb = &t[b * t_stride..];
+        let mut dz = vec![0.0f64; f * f];
+        for (p, &(i, j)) in pairs.iter().enumerate() {
+            dz[i * f + j] += g[b * out_stride + p] as f64;
+        }
+        for i in 0..f {
+            for c in 0..dim {
+                let s: f64 = (0..f).map(|j| (dz[i * f + j] + dz[j * f + i]) * tb[j * dim + c] as f64).sum();
+                dt[b * t_stride + i * dim + c] = s as f32;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +236,43 @@ mod tests {
                 prop_assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{} vs {}", g, w);
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn backward_matches_reference(batch in 0usize..5, features in 1usize..30, dim in 1usize..40,
+                                      itself: bool, pad_t in 0usize..4, pad_o in 0usize..4) {
+            let shape = DotShape { batch, features, dim, itself,
+                                   t_stride: features * dim + pad_t,
+                                   out_stride: pair_count(features, itself) + pad_o };
+            let t: Vec<f32> = (0..batch * shape.t_stride).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+            let g: Vec<f32> = (0..batch * shape.out_stride).map(|i| ((i * 7) % 13) as f32 / 6.0 - 1.0).collect();
+            let mut want = vec![-9.0; batch * shape.t_stride];
+            let mut got = want.clone();
+            dot_interaction_backward_ref(&t, &g, &mut want, shape);
+            dot_interaction_backward(&t, &g, &mut got, shape);
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                if k % shape.t_stride >= features * dim {
+                    prop_assert_eq!(*g, -9.0, "padding written at {}", k);
+                } else {
+                    prop_assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "at {}: {} vs {}", k, g, w);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backward_of_a_known_sample() {
+        // F = 2, D = 1, T = [2, 3]; pairs (1,0) [, (0,0), (1,1) with itself]
+        let t = [2.0, 3.0];
+        let s = DotShape { batch: 1, features: 2, dim: 1, itself: false, t_stride: 2, out_stride: 1 };
+        let mut dt = [0.0; 2];
+        dot_interaction_backward(&t, &[5.0], &mut dt, s);
+        assert_eq!(dt, [15.0, 10.0]); // d(t0 t1)/dt0 = t1, /dt1 = t0
+        // itself: pairs (0,0) (1,0) (1,1), Z = t0^2, t0 t1, t1^2
+        let s = DotShape { itself: true, out_stride: 3, ..s };
+        dot_interaction_backward(&t, &[1.0, 5.0, 2.0], &mut dt, s);
+        assert_eq!(dt, [2.0 * 2.0 + 15.0, 10.0 + 2.0 * 2.0 * 3.0]);
     }
 
     #[test]
