@@ -44,30 +44,12 @@ impl DotShape {
     }
 }
 
-/// `a . b` with eight independent partial sums (LLVM keeps them in one vector register);
-/// fused multiply-adds when `FMA` (only inside an FMA-enabled function: elsewhere
-/// `mul_add` is a slow libm call).
-#[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let madd = |x: f32, y: f32, acc: f32| if FMA { x.mul_add(y, acc) } else { x * y + acc };
-    let mut acc = [0.0f32; 8];
-    let (ca, ra) = a.as_chunks::<8>();
-    let (cb, rb) = b.as_chunks::<8>();
-    for (x, y) in ca.iter().zip(cb) {
-        for l in 0..8 {
-            acc[l] = madd(x[l], y[l], acc[l]);
-        }
-    }
-    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s = madd(*x, *y, s);
-    }
-    s
-}
-
-/// The fast path: the lower triangle of `T T^T` only, with vectorised dot products
-/// (compiled twice: with AVX2+FMA, picked at run time, and for baseline x86-64, where
-/// `mul_add` would be a libm call, as plain multiply-adds).
+/// The fast path: the lower triangle of `T T^T` only, eight pairs at a time with no
+/// horizontal sums. Each sample's `T` is first transposed into a `[D, F]` scratch (padded to
+/// a multiple of 8 features), so the products of row `i` with rows `j .. j + 8` are eight
+/// lanes: `acc[l] += T[i][c] * T^T[c][j + l]` over `c`. Compiled twice: with AVX2+FMA, picked
+/// at run time, and for baseline x86-64 (where `mul_add` would be a libm call) with plain
+/// multiply-adds.
 pub fn dot_interaction(t: &[f32], out: &mut [f32], shape: DotShape) {
     shape.check(t, out);
     #[cfg(target_arch = "x86_64")]
@@ -88,18 +70,35 @@ unsafe fn dot_interaction_avx2(t: &[f32], out: &mut [f32], shape: DotShape) {
 
 #[inline(always)]
 fn dot_interaction_body<const FMA: bool>(t: &[f32], out: &mut [f32], shape: DotShape) {
-    let DotShape { batch, features, dim, itself, t_stride, out_stride } = shape;
+    let DotShape { batch, features: f, dim, itself, t_stride, out_stride } = shape;
+    let madd = |x: f32, y: f32, acc: f32| if FMA { x.mul_add(y, acc) } else { x * y + acc };
     let extra = usize::from(itself);
+    let fp = f.div_ceil(8) * 8;
+    let mut tt = vec![0.0f32; dim * fp];
     for b in 0..batch {
-        let tb = &t[b * t_stride..b * t_stride + features * dim];
+        let tb = &t[b * t_stride..b * t_stride + f * dim];
+        for (j, row) in tb.chunks_exact(dim).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                tt[c * fp + j] = v;
+            }
+        }
         let ob = &mut out[b * out_stride..];
         let mut p = 0;
-        for i in 0..features {
+        for i in 0..f {
             let ti = &tb[i * dim..i * dim + dim];
-            for j in 0..i + extra {
-                ob[p] = dot::<FMA>(ti, &tb[j * dim..j * dim + dim]);
-                p += 1;
+            let n = i + extra;
+            for j0 in (0..n).step_by(8) {
+                let mut acc = [0.0f32; 8];
+                for (c, &x) in ti.iter().enumerate() {
+                    let col: &[f32; 8] = tt[c * fp + j0..c * fp + j0 + 8].try_into().expect("8 lanes");
+                    for l in 0..8 {
+                        acc[l] = madd(x, col[l], acc[l]);
+                    }
+                }
+                let w = (n - j0).min(8);
+                ob[p + j0..p + j0 + w].copy_from_slice(&acc[..w]);
             }
+            p += n;
         }
     }
 }
@@ -156,33 +155,46 @@ unsafe fn dot_backward_avx2(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShap
     dot_backward_body::<true>(t, g, dt, shape)
 }
 
+/// Row `i`'s pairs `(i, j)`, `j < i`, column block by column block: row `i`'s gradient block
+/// stays in registers across `j` (8 lanes at a time), row `j`'s is updated in place.
 #[inline(always)]
 fn dot_backward_body<const FMA: bool>(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
     let DotShape { batch, features: f, dim: d, itself, t_stride, out_stride } = shape;
     let madd = |x: f32, y: f32, acc: f32| if FMA { x.mul_add(y, acc) } else { x * y + acc };
+    let d8 = d / 8 * 8;
     for b in 0..batch {
         let tb = &t[b * t_stride..b * t_stride + f * d];
         let gb = &g[b * out_stride..];
         let db = &mut dt[b * t_stride..b * t_stride + f * d];
         db.fill(0.0);
-        let mut p = 0;
         for i in 0..f {
+            // pairs before row i: (r, 0..r) [and (r, r)] for every r < i
+            let p0 = if itself { i * (i + 1) / 2 } else { i * i.saturating_sub(1) / 2 };
+            let gi = &gb[p0..p0 + i];
+            let (lo, hi) = db.split_at_mut(i * d);
+            let di = &mut hi[..d];
             let ti = &tb[i * d..i * d + d];
-            for j in 0..i {
-                let gp = gb[p];
-                p += 1;
-                let tj = &tb[j * d..j * d + d];
-                let (lo, hi) = db.split_at_mut(i * d);
-                let (dj, di) = (&mut lo[j * d..j * d + d], &mut hi[..d]);
-                for c in 0..d {
-                    di[c] = madd(gp, tj[c], di[c]);
-                    dj[c] = madd(gp, ti[c], dj[c]);
+            for c0 in (0..d8).step_by(8) {
+                let ti8: [f32; 8] = ti[c0..c0 + 8].try_into().expect("8 columns");
+                let mut acc: [f32; 8] = di[c0..c0 + 8].try_into().expect("8 columns");
+                for (j, &gp) in gi.iter().enumerate() {
+                    let tj = &tb[j * d + c0..j * d + c0 + 8];
+                    let dj = &mut lo[j * d + c0..j * d + c0 + 8];
+                    for l in 0..8 {
+                        acc[l] = madd(gp, tj[l], acc[l]);
+                        dj[l] = madd(gp, ti8[l], dj[l]);
+                    }
+                }
+                di[c0..c0 + 8].copy_from_slice(&acc);
+            }
+            for c in d8..d {
+                for (j, &gp) in gi.iter().enumerate() {
+                    di[c] = madd(gp, tb[j * d + c], di[c]);
+                    lo[j * d + c] = madd(gp, ti[c], lo[j * d + c]);
                 }
             }
             if itself {
-                let g2 = 2.0 * gb[p];
-                p += 1;
-                let di = &mut db[i * d..i * d + d];
+                let g2 = 2.0 * gb[p0 + i];
                 for c in 0..d {
                     di[c] = madd(g2, ti[c], di[c]);
                 }
