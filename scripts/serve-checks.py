@@ -92,6 +92,7 @@ def main():
     ap.add_argument("--addr", default="127.0.0.1:8129")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--instances", type=int, default=None)
+    ap.add_argument("--http-threads", type=int, default=None, help="serve's --http-threads (its default if not given)")
     ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--max-queue-delay-us", type=int, default=500)
     ap.add_argument("--max-queue", type=int, default=4096)
@@ -114,13 +115,14 @@ def main():
     url = f"http://{a.addr}"
     name = "m"
     layout = ["--threads", str(a.threads)] + (["--instances", str(a.instances)] if a.instances else [])
+    http_only = ["--http-threads", str(a.http_threads)] if a.http_threads else []
     batching = ["--max-batch", str(a.max_batch), "--max-queue-delay-us", str(a.max_queue_delay_us),
                 "--max-queue", str(a.max_queue), "--max-queue-wait-ms", str(a.max_queue_wait_ms)]
     load = ["--ids-per-table", str(a.ids_per_table), "--query-size", a.query_size, "--pool", str(a.pool), "--json"]
     out = {"settings": vars(a)}
 
     server = subprocess.Popen([a.dlrs, "serve", "--model", a.model, "--name", name, "--addr", a.addr,
-                               "--tables", "ram", "--watch-interval-ms", "0"] + layout + batching,
+                               "--tables", "ram", "--watch-interval-ms", "0"] + layout + http_only + batching,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):
@@ -132,7 +134,7 @@ def main():
             if server.poll() is not None:
                 sys.exit("the server exited: " + server.stderr.read())
             time.sleep(0.2)
-        print(f"server up: {' '.join(layout + batching)}; RSS {rss_mb(server.pid):.0f} MB", flush=True)
+        print(f"server up: {' '.join(layout + http_only + batching)}; RSS {rss_mb(server.pid):.0f} MB", flush=True)
         loadgen = [a.dlrs, "loadgen", "--url", url, "--model", name, "--binary"] + load
 
         # 1. latency-bounded throughput, HTTP then in process
