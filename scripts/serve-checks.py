@@ -103,6 +103,8 @@ def main():
     ap.add_argument("--start-qps", type=float, default=500.0)
     ap.add_argument("--step-s", type=float, default=4.0)
     ap.add_argument("--max-steps", type=int, default=8)
+    ap.add_argument("--max-error-rate", type=float, default=0.0,
+                    help="share of a search step's queries that may fail (both searches), default 0")
     ap.add_argument("--pool", type=int, default=256)
     ap.add_argument("--overload-s", type=float, default=60.0)
     ap.add_argument("--recovery-s", type=float, default=10.0)
@@ -139,7 +141,7 @@ def main():
 
         # 1. latency-bounded throughput, HTTP then in process
         search = ["--target-p99-ms", str(a.target_p99_ms), "--qps", str(a.start_qps), "--duration", str(a.step_s),
-                  "--max-steps", str(a.max_steps), "--warmup", "3"]
+                  "--max-steps", str(a.max_steps), "--warmup", "3", "--max-error-rate", str(a.max_error_rate)]
         http = run_json(loadgen + search)
         out["http"] = http
         best = http.get("latency_bounded")

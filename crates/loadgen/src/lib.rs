@@ -125,6 +125,11 @@ pub struct LoadArgs {
     /// most measurements of a search
     #[arg(long, default_value_t = 12)]
     pub max_steps: usize,
+    /// share of a search step's queries that may fail (e.g. a few 503s when a Poisson burst
+    /// overflows --max-queue) with the step still meeting the target; the p99 is that of the
+    /// answered queries. 0: any failure is a miss
+    #[arg(long, default_value_t = 0.0)]
+    pub max_error_rate: f64,
     /// print exactly one JSON object on stdout
     #[arg(long)]
     pub json: bool,
@@ -224,6 +229,10 @@ impl LoadArgs {
         );
         ensure!(self.pool >= 1, "--pool must be at least 1");
         ensure!(self.max_steps >= 1, "--max-steps must be at least 1");
+        ensure!(
+            (0.0..1.0).contains(&self.max_error_rate),
+            "--max-error-rate must be at least 0 and below 1"
+        );
         if let Some(t) = self.target_p99_ms {
             ensure!(t.is_finite() && t > 0.0, "--target-p99-ms must be positive");
         }
@@ -360,10 +369,16 @@ fn drive(
     };
 
     out.line(&format!(
-        "search: highest QPS with p99 <= {target} ms, from {} QPS, {} s per step, at most {} steps",
-        load.qps, load.duration, load.max_steps
+        "search: highest QPS with p99 <= {target} ms and at most {}% failed, from {} QPS, {} s per step, at most {} steps",
+        load.max_error_rate * 100.0,
+        load.qps,
+        load.duration,
+        load.max_steps
     ));
-    let plan = SearchPlan::new(target, load.qps, load.max_steps);
+    let plan = SearchPlan {
+        max_error_rate: load.max_error_rate,
+        ..SearchPlan::new(target, load.qps, load.max_steps)
+    };
     let s = search::search(
         plan,
         |step, qps| measure(qps, load.duration, load.seed.wrapping_add(step as u64)),
@@ -389,6 +404,7 @@ fn drive(
         header,
         json!({
             "target_p99_ms": target,
+            "max_error_rate": load.max_error_rate,
             "step_duration_s": load.duration,
             "points": s.points,
             "latency_bounded": best.map(|b| json!({

@@ -9,7 +9,7 @@ use crate::stats::Report;
 pub struct Point {
     /// 1-based, in the order measured
     pub step: usize,
-    /// no failed query and p99 <= the target
+    /// failed queries within the plan's `max_error_rate` and p99 <= the target
     pub meets_target: bool,
     #[serde(flatten)]
     pub report: Report,
@@ -44,6 +44,9 @@ pub struct SearchPlan {
     pub tolerance: f64,
     /// give up below this rate
     pub min_qps: f64,
+    /// share of a step's queries that may fail (503 when the queue is full, timeouts, ...)
+    /// with the step still meeting the target; 0: any failure is a miss
+    pub max_error_rate: f64,
 }
 
 impl SearchPlan {
@@ -54,6 +57,7 @@ impl SearchPlan {
             max_steps,
             tolerance: 1.05,
             min_qps: 0.5,
+            max_error_rate: 0.0,
         }
     }
 }
@@ -71,13 +75,17 @@ pub fn search(
         plan.target_p99_ms.is_finite() && plan.target_p99_ms > 0.0,
         "--target-p99-ms must be positive"
     );
+    anyhow::ensure!(
+        (0.0..1.0).contains(&plan.max_error_rate),
+        "--max-error-rate must be at least 0 and below 1"
+    );
     anyhow::ensure!(plan.max_steps >= 1, "--max-steps must be at least 1");
     let mut points = Vec::new();
     let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
     let mut qps = plan.start_qps;
     for step in 1..=plan.max_steps {
         let report = measure(step, qps)?;
-        let meets = report.meets(plan.target_p99_ms);
+        let meets = report.meets(plan.target_p99_ms, plan.max_error_rate);
         let p = Point {
             step,
             meets_target: meets,

@@ -178,9 +178,12 @@ impl Report {
         }
     }
 
-    /// Whether this point keeps the target: no failed query and p99 <= `target_ms`.
-    pub fn meets(&self, target_ms: f64) -> bool {
-        self.errors.total == 0 && self.ok > 0 && self.latency_ms.p99.is_some_and(|p| p <= target_ms)
+    /// Whether this point keeps the target: at most `max_error_rate` of its queries failed
+    /// (0: none), at least one was answered, and the answers' p99 is <= `target_ms`.
+    pub fn meets(&self, target_ms: f64, max_error_rate: f64) -> bool {
+        self.errors.total as f64 <= max_error_rate * self.queries as f64
+            && self.ok > 0
+            && self.latency_ms.p99.is_some_and(|p| p <= target_ms)
     }
 
     /// The error counts in one line (`none` without errors).

@@ -89,3 +89,40 @@ fn respects_max_steps_and_reports_no_rate_when_none_passes() {
     assert!(none.best().is_none());
     assert!(none.points.len() < 50, "gives up below the minimum rate");
 }
+
+#[test]
+fn an_error_allowance_lets_rare_failures_pass() {
+    // the capacity system, but one query in 200 of every step refused (a 503)
+    let rare = |q: f64| {
+        let mut r = system(1000.0, q);
+        if q < 1000.0 {
+            let n = 200;
+            let mut outcomes: Vec<Outcome> = (0..n)
+                .map(|i| Outcome {
+                    status: Status::Ok,
+                    latency_s: (1.0 / (1000.0 - q)) * (1.0 + 4.0 * i as f64 / n as f64),
+                })
+                .collect();
+            outcomes[0] = Outcome {
+                status: Status::Http(503),
+                latency_s: 0.001,
+            };
+            r = Report::new(q, 1.0, &outcomes, &vec![1; n], 1.0);
+        }
+        r
+    };
+    let strict = search(SearchPlan::new(50.0, 10.0, 30), |_, q| Ok(rare(q)), |_| {}).unwrap();
+    assert!(strict.best().is_none(), "any failure is a miss by default");
+    let plan = SearchPlan {
+        max_error_rate: 0.01,
+        ..SearchPlan::new(50.0, 10.0, 30)
+    };
+    let lenient = search(plan, |_, q| Ok(rare(q)), |_| {}).unwrap();
+    let q = lenient.best().expect("a passing rate").report.offered_qps;
+    assert!((800.0..=900.0).contains(&q), "best {q}");
+    let bad = SearchPlan {
+        max_error_rate: 1.0,
+        ..SearchPlan::new(50.0, 10.0, 30)
+    };
+    assert!(search(bad, |_, q| Ok(rare(q)), |_| {}).is_err());
+}
