@@ -232,14 +232,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A shape with padded strides and features of small varied values.
+    fn case(batch: usize, features: usize, dim: usize, itself: bool, pad_t: usize, pad_o: usize) -> (DotShape, Vec<f32>) {
+        let shape = DotShape {
+            batch,
+            features,
+            dim,
+            itself,
+            t_stride: features * dim + pad_t,
+            out_stride: pair_count(features, itself) + pad_o,
+        };
+        let t = (0..batch * shape.t_stride).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+        (shape, t)
+    }
+
     proptest! {
         #[test]
         fn fast_matches_reference(batch in 0usize..6, features in 1usize..30, dim in 1usize..40,
                                   itself: bool, pad_t in 0usize..4, pad_o in 0usize..4) {
-            let shape = DotShape { batch, features, dim, itself,
-                                   t_stride: features * dim + pad_t,
-                                   out_stride: pair_count(features, itself) + pad_o };
-            let t: Vec<f32> = (0..batch * shape.t_stride).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+            let (shape, t) = case(batch, features, dim, itself, pad_t, pad_o);
             let mut want = vec![-9.0; batch * shape.out_stride];
             let mut got = want.clone();
             dot_interaction_ref(&t, &mut want, shape);
@@ -254,10 +265,7 @@ mod tests {
         #[test]
         fn backward_matches_reference(batch in 0usize..5, features in 1usize..30, dim in 1usize..40,
                                       itself: bool, pad_t in 0usize..4, pad_o in 0usize..4) {
-            let shape = DotShape { batch, features, dim, itself,
-                                   t_stride: features * dim + pad_t,
-                                   out_stride: pair_count(features, itself) + pad_o };
-            let t: Vec<f32> = (0..batch * shape.t_stride).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+            let (shape, t) = case(batch, features, dim, itself, pad_t, pad_o);
             let g: Vec<f32> = (0..batch * shape.out_stride).map(|i| ((i * 7) % 13) as f32 / 6.0 - 1.0).collect();
             let mut want = vec![-9.0; batch * shape.t_stride];
             let mut got = want.clone();

@@ -450,15 +450,22 @@ pub fn dot_top_input(cfg: &DlrmConfig, features: &[f32], m: usize, out: &mut [f3
     for i in 0..m {
         out[i * iw..i * iw + d].copy_from_slice(&features[i * fw..i * fw + d]);
     }
-    let shape = DotShape {
+    dot_interaction(features, &mut out[d..], dot_shape(cfg, m));
+}
+
+/// The shape of the `dot` interaction of `m` rows of `features` (stride
+/// `cfg.features_width()`) into the pair columns of the top-MLP input (stride
+/// `cfg.interaction_width()`, after its first D columns): what [`dot_top_input`] and
+/// training's backward both use.
+pub fn dot_shape(cfg: &DlrmConfig, m: usize) -> DotShape {
+    DotShape {
         batch: m,
         features: cfg.n_tables() + 1,
-        dim: d,
+        dim: cfg.dim,
         itself: cfg.interaction_itself,
-        t_stride: fw,
-        out_stride: iw,
-    };
-    dot_interaction(features, &mut out[d..], shape);
+        t_stride: cfg.features_width(),
+        out_stride: cfg.interaction_width(),
+    }
 }
 
 /// An MLP over `m` rows: ReLU between layers, `last` after the final one, whose output

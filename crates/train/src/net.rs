@@ -26,11 +26,11 @@
 //! then summed in range order, so a step is deterministic for a given thread count.
 
 use anyhow::{Result, bail};
-use dlrs_kernels::interaction::{DotShape, dot_interaction_backward};
+use dlrs_kernels::interaction::dot_interaction_backward;
 use dlrs_kernels::mlp::{Activation, LinearShape, linear};
 use dlrs_model::config::{Interaction, RowFormat};
 use dlrs_model::weights::Layer;
-use dlrs_model::forward::dot_top_input;
+use dlrs_model::forward::{dot_shape, dot_top_input};
 use dlrs_model::{Batch, DlrmConfig, Model};
 use rayon::prelude::*;
 
@@ -639,15 +639,7 @@ fn micro_batch(
     // dot interaction backward: the pairs' gradients back to the features, then x's own
     // gradient (it also feeds the top MLP directly, as the first D inputs)
     if cfg.interaction == Interaction::Dot {
-        let shape = DotShape {
-            batch: m,
-            features: cfg.n_tables() + 1,
-            dim: d,
-            itself: cfg.interaction_itself,
-            t_stride: fw,
-            out_stride: iw,
-        };
-        dot_interaction_backward(&tb.features, &tb.dinter[d..], dfeat, shape);
+        dot_interaction_backward(&tb.features, &tb.dinter[d..], dfeat, dot_shape(cfg, m));
         for i in 0..m {
             for (o, g) in dfeat[i * fw..i * fw + d].iter_mut().zip(&tb.dinter[i * iw..i * iw + d]) {
                 *o += g;
