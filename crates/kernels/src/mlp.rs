@@ -75,12 +75,10 @@ impl LinearShape {
 /// On slices that do not fit `shape`.
 pub fn linear(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation, threads: usize) {
     shape.check(x, w, bias, y);
-    let LinearShape { m, k, n, ldx, ldy } = shape;
-    if m == 0 || n == 0 {
-        return;
-    }
     #[cfg(target_arch = "x86_64")]
-    if (2..=128).contains(&m) && k >= 512 && has_avx512() {
+    if let LinearShape { m: m @ 2..=128, k: 512.., n, ldy, .. } = shape
+        && has_avx512()
+    {
         // few rows, long rows: the gemm crate's packing of w costs more than the product
         // (one Zen 5 core: m = 64, k = 512, n = 256: 85-107 GFLOP/s there, 198-210 here;
         // m = 8, k = 2560, n = 512: 18 against 122). At m = 1 its GEMV path is faster, and
