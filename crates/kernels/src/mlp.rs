@@ -76,13 +76,16 @@ impl LinearShape {
 pub fn linear(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation, threads: usize) {
     shape.check(x, w, bias, y);
     #[cfg(target_arch = "x86_64")]
-    if let LinearShape { m: m @ 2..=128, k: 512.., n, ldy, .. } = shape
+    if let LinearShape { m: m @ 2..=128, k: k @ 512.., n, ldy, .. } = shape
+        && (m <= 16 || n * k * 4 <= NT_WEIGHT_BYTES)
         && has_avx512()
     {
         // few rows, long rows: the gemm crate's packing of w costs more than the product
         // (one Zen 5 core: m = 64, k = 512, n = 256: 85-107 GFLOP/s there, 198-210 here;
-        // m = 8, k = 2560, n = 512: 18 against 122). At m = 1 its GEMV path is faster, and
-        // at k = 256 or m >= 256 its packed microkernel is (0.7-0.9x here).
+        // m = 8, k = 2560, n = 512: 18 against 122). This path reads w once per 4 rows, so
+        // beyond a few rows w must stay in L2 (RMC3's 5 MB bottom layer at m = 128 ran 22%
+        // slower here). At m = 1 gemm's GEMV path is faster, and at k = 256 or m >= 256 its
+        // packed microkernel is (0.7-0.9x here).
         // SAFETY: AVX-512F is present; `shape.check` validated the slices.
         unsafe { nt_avx512::linear_nt(x, w, bias, y, shape) };
         for i in 0..m {
@@ -164,6 +167,11 @@ pub fn linear_nt(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: Linea
     }
     linear(x, w, bias, y, shape, act, threads)
 }
+
+/// The largest weight the no-packing path takes for more than 16 rows: half of a Zen 4/5
+/// core's 1 MiB L2, since it reads the weight once per 4 rows.
+#[cfg(target_arch = "x86_64")]
+const NT_WEIGHT_BYTES: usize = 512 << 10;
 
 /// AVX-512F on this CPU (and the reference kernels not forced with `DLRS_FORCE_SCALAR=1`).
 #[cfg(target_arch = "x86_64")]
