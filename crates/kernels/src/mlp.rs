@@ -76,7 +76,7 @@ impl LinearShape {
 pub fn linear(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation, threads: usize) {
     shape.check(x, w, bias, y);
     #[cfg(target_arch = "x86_64")]
-    if let LinearShape { m: m @ 2..=128, k: k @ 512.., n, ldy, .. } = shape
+    if let LinearShape { m: m @ 2..=128, k: k @ 512.., n, .. } = shape
         && (m <= 16 || n * k * 4 <= NT_WEIGHT_BYTES)
         && has_avx512()
     {
@@ -87,11 +87,7 @@ pub fn linear(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearSh
         // slower here). At m = 1 gemm's GEMV path is faster, and at k = 256 or m >= 256 its
         // packed microkernel is (0.7-0.9x here).
         // SAFETY: AVX-512F is present; `shape.check` validated the slices.
-        unsafe { nt_avx512::linear_nt(x, w, bias, y, shape) };
-        for i in 0..m {
-            act.apply(&mut y[i * ldy..i * ldy + n]);
-        }
-        return;
+        return unsafe { nt_layer(x, w, bias, y, shape, act) };
     }
     linear_gemm_only(x, w, bias, y, shape, act, threads)
 }
@@ -157,15 +153,23 @@ pub fn linear_nt(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: Linea
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: AVX-512F is present; `shape.check` validated the slices.
-        unsafe { nt_avx512::linear_nt(x, w, bias, y, shape) };
-        if act != Activation::None {
-            for i in 0..shape.m {
-                act.apply(&mut y[i * shape.ldy..i * shape.ldy + shape.n]);
-            }
-        }
-        return;
+        return unsafe { nt_layer(x, w, bias, y, shape, act) };
     }
     linear(x, w, bias, y, shape, act, threads)
+}
+
+/// The no-packing product, then the activation on each output row.
+///
+/// # Safety
+/// AVX-512F present; `shape.check` passed for the slices.
+#[cfg(target_arch = "x86_64")]
+unsafe fn nt_layer(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { nt_avx512::linear_nt(x, w, bias, y, shape) };
+    let LinearShape { m, n, ldy, .. } = shape;
+    for i in 0..m {
+        act.apply(&mut y[i * ldy..i * ldy + n]);
+    }
 }
 
 /// The largest weight the no-packing path takes for more than 16 rows: half of a Zen 4/5

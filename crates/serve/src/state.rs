@@ -310,8 +310,6 @@ fn retire(old: Arc<Version>) {
     }
 }
 
-/// Loads a model version; mapped tables with checksums are then verified on a background
-/// thread ahead of traffic (first touch verifies them anyway: a bad shard is never served).
 /// The threads a reload copies and checks tables on: named `dlrs-reload-N` and at the
 /// lowest priority like the reload thread itself. (Loading splits its work with rayon; on
 /// rayon's global pool that work ran at normal priority on threads named after whichever
@@ -330,6 +328,8 @@ fn reload_pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
+/// Loads a model version; mapped tables with checksums are then verified on a background
+/// thread ahead of traffic (first touch verifies them anyway: a bad shard is never served).
 fn load(
     dir: &std::path::Path,
     mode: dlrs_model::TableMode,
