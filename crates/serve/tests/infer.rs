@@ -197,6 +197,27 @@ fn requests_larger_than_max_batch_are_split() {
     srv.stop().unwrap();
 }
 
+/// A binary-extension answer: the length of its JSON header (from
+/// `Inference-Header-Content-Length`) and the whole body.
+fn binary_answer(r: &mut ureq::http::Response<ureq::Body>) -> (usize, Vec<u8>) {
+    let json_len = r
+        .headers()
+        .get("inference-header-content-length")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (json_len, r.body_mut().read_to_vec().unwrap())
+}
+
+/// Little-endian f32s.
+fn le_f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
 #[test]
 fn binary_tensor_data_extension() {
     let md = ModelDir::new(4);
@@ -237,22 +258,11 @@ fn binary_tensor_data_extension() {
         .send(&body[..])
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let json_len: usize = r
-        .headers()
-        .get("inference-header-content-length")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = r.body_mut().read_to_vec().unwrap();
+    let (json_len, bytes) = binary_answer(&mut r);
     let head: serde_json::Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
     assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 12);
     assert!(head["outputs"][0].get("data").is_none());
-    let got: Vec<f32> = bytes[json_len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let got = le_f32s(&bytes[json_len..]);
     assert_close(&got, &want);
 
     // as tritonclient asks when no outputs are named: JSON inputs, binary output
@@ -265,20 +275,9 @@ fn binary_tensor_data_extension() {
         .send(&req.to_string())
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let json_len: usize = r
-        .headers()
-        .get("inference-header-content-length")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = r.body_mut().read_to_vec().unwrap();
+    let (json_len, bytes) = binary_answer(&mut r);
     assert_eq!(bytes.len(), json_len + 12);
-    let got: Vec<f32> = bytes[json_len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let got = le_f32s(&bytes[json_len..]);
     assert_close(&got, &want);
     srv.stop().unwrap();
 }

@@ -203,16 +203,19 @@ fn file_bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-#[test]
-fn resumed_run_ends_with_the_same_bytes_as_an_uninterrupted_one() {
+/// A temporary directory with the TINY model (`arch`) and `rows` samples drawn from teacher 3
+/// (`train.jsonl`).
+fn tiny_train_set(rows: u64, dist: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let arch = write_model(&dir.path().join("arch"), TINY, 5);
     let train = dir.path().join("train.jsonl");
-    run_synth(
-        &synth_args(&arch, 3, 2_000, &train, "zipf:1.05"),
-        &mut Vec::new(),
-    )
-    .unwrap();
+    run_synth(&synth_args(&arch, 3, rows, &train, dist), &mut Vec::new()).unwrap();
+    (dir, arch, train)
+}
+
+#[test]
+fn resumed_run_ends_with_the_same_bytes_as_an_uninterrupted_one() {
+    let (dir, arch, train) = tiny_train_set(2_000, "zipf:1.05");
     for (opt, dense, shuffle) in [
         (SparseOptimizer::RowwiseAdagrad, DenseOptimizer::Adam, true),
         (SparseOptimizer::Adagrad, DenseOptimizer::Adagrad, false),
@@ -275,14 +278,7 @@ fn resumed_run_ends_with_the_same_bytes_as_an_uninterrupted_one() {
 
 #[test]
 fn resume_refuses_changed_settings_and_out_guards() {
-    let dir = tempfile::tempdir().unwrap();
-    let arch = write_model(&dir.path().join("arch"), TINY, 5);
-    let train = dir.path().join("train.jsonl");
-    run_synth(
-        &synth_args(&arch, 3, 300, &train, "uniform"),
-        &mut Vec::new(),
-    )
-    .unwrap();
+    let (dir, arch, train) = tiny_train_set(300, "uniform");
     let out = dir.path().join("out");
     let a = train_args(&arch, &train, &out);
     run_train(&a, &mut Vec::new()).unwrap();
@@ -481,14 +477,7 @@ fn table_values(m: &Model) -> Vec<f32> {
 /// flag; a resume must use the rates it was started with.
 #[test]
 fn sparse_and_dense_learning_rates() {
-    let dir = tempfile::tempdir().unwrap();
-    let arch = write_model(&dir.path().join("arch"), TINY, 5);
-    let train = dir.path().join("train.jsonl");
-    run_synth(
-        &synth_args(&arch, 3, 2_000, &train, "zipf:1.05"),
-        &mut Vec::new(),
-    )
-    .unwrap();
+    let (dir, arch, train) = tiny_train_set(2_000, "zipf:1.05");
     let out = dir.path().join("out");
     for (flag, sparse, dense) in [
         ("--sparse-lr", Some(0.0), None),
