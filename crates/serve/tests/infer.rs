@@ -54,14 +54,7 @@ fn v2_and_v1_scores_equal_forward() {
         &format!("/v1/models/{NAME}/predict"),
         &v1_request(&s).to_string(),
     );
-    assert_eq!(r.status, 200, "{}", r.body);
-    let got: Vec<f32> = r.json()["scores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    assert_close(&got, &want);
+    assert_close(&r.v1_scores(), &want);
 
     // an empty request is answered without computing
     let r = srv.post(&format!("/v1/models/{NAME}/predict"), r#"{"samples": []}"#);
@@ -150,14 +143,7 @@ fn concurrent_requests_get_their_own_scores_and_are_batched() {
                             &format!("/v1/models/{NAME}/predict"),
                             &v1_request(&s).to_string(),
                         );
-                        assert_eq!(r.status, 200, "{}", r.body);
-                        let got: Vec<f32> = r.json()["scores"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|x| x.as_f64().unwrap() as f32)
-                            .collect();
-                        assert_close(&got, &want);
+                        assert_close(&r.v1_scores(), &want);
                     }
                 }
             });

@@ -210,13 +210,22 @@ impl Resp {
         let out = &v["outputs"][0];
         assert_eq!(out["name"], "score");
         assert_eq!(out["datatype"], "FP32");
-        out["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect()
+        f32s(&out["data"])
     }
+    /// The scores of a /v1 answer.
+    pub fn v1_scores(&self) -> Vec<f32> {
+        assert_eq!(self.status, 200, "{}", self.body);
+        f32s(&self.json()["scores"])
+    }
+}
+
+/// A JSON array of numbers as f32s.
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 /// A deterministic pseudo-random generator (tests need no rand).
