@@ -106,16 +106,7 @@ fn http_latency_counts_the_wait_behind_a_stalled_connection() {
         .route("/v2/models/fake", get(metadata))
         .route("/v2/models/fake/infer", post(infer))
         .with_state(fake.clone());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(async move { axum::serve(listener, app).await });
+    let (rt, addr) = common::serve_app(app, 2);
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -224,15 +224,6 @@ fn loadgen_against_dlrs_serve() {
 #[test]
 fn without_model_dir_a_server_that_publishes_no_row_counts_is_a_clear_error() {
     // a KServe v2 server whose metadata has the tensors but no parameters.table_rows
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let app = axum::Router::new().route(
         "/v2/models/other",
         axum::routing::get(|| async {
@@ -247,7 +238,8 @@ fn without_model_dir_a_server_that_publishes_no_row_counts_is_a_clear_error() {
             }))
         }),
     );
-    rt.spawn(async move { axum::serve(listener, app).await });
+    let (_rt, addr) = common::serve_app(app, 1);
+    let url = format!("http://{addr}");
     let e = dlrs_loadgen::loadgen_json(loadgen_args(&[
         "--url",
         &url,

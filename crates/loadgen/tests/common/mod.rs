@@ -130,3 +130,19 @@ pub fn try_loadgen_args(argv: &[&str]) -> Result<dlrs_loadgen::LoadgenArgs, clap
     )
     .map(|c| c.args)
 }
+
+/// Serves `app` on 127.0.0.1:0 from a runtime of `workers` threads (a stand-in server for
+/// what `dlrs serve` is not); the runtime must outlive the requests.
+pub fn serve_app(app: axum::Router, workers: usize) -> (tokio::runtime::Runtime, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (rt, addr)
+}
