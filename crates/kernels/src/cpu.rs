@@ -39,3 +39,10 @@ pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(detect)
 }
+
+/// AVX-512F on this CPU, on top of [`Isa::Avx2`] (so `DLRS_FORCE_SCALAR=1` turns it off too).
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| isa() == Isa::Avx2 && is_x86_feature_detected!("avx512f"))
+}

@@ -53,6 +53,11 @@ impl DotShape {
 pub fn dot_interaction(t: &[f32], out: &mut [f32], shape: DotShape) {
     shape.check(t, out);
     #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_avx512() {
+        // SAFETY: AVX-512F is present; `shape.check` validated the slices.
+        return unsafe { dot_avx512::forward(t, out, shape) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if crate::cpu::isa() == crate::cpu::Isa::Avx2 {
         // SAFETY: `isa()` found AVX2 and FMA on this CPU; `shape.check` validated the slices.
         return unsafe { dot_interaction_avx2(t, out, shape) };
@@ -140,6 +145,12 @@ pub fn dot_interaction_backward(t: &[f32], g: &[f32], dt: &mut [f32], shape: Dot
     shape.check(t, g);
     shape.check(dt, g);
     #[cfg(target_arch = "x86_64")]
+    if shape.dim % 16 == 0 && crate::cpu::has_avx512() {
+        // SAFETY: AVX-512F is present, D is a multiple of 16; `shape.check` validated the
+        // slices.
+        return unsafe { dot_avx512::backward(t, g, dt, shape) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if crate::cpu::isa() == crate::cpu::Isa::Avx2 {
         // SAFETY: `isa()` found AVX2 and FMA on this CPU; `shape.check` validated the slices.
         return unsafe { dot_backward_avx2(t, g, dt, shape) };
@@ -197,6 +208,141 @@ fn dot_backward_body<const FMA: bool>(t: &[f32], g: &[f32], dt: &mut [f32], shap
                 let g2 = 2.0 * gb[p0 + i];
                 for c in 0..d {
                     di[c] = madd(g2, ti[c], di[c]);
+                }
+            }
+        }
+    }
+}
+
+/// The AVX-512 paths: 16 lanes, intrinsics with explicit masks for the ragged ends, no
+/// bounds checks in the inner loops (the callers' `shape.check` bounds every access).
+#[cfg(target_arch = "x86_64")]
+mod dot_avx512 {
+    use std::arch::x86_64::*;
+
+    use super::DotShape;
+
+    /// Lanes `0 .. n` (n <= 16).
+    #[inline(always)]
+    fn lanes(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    /// [`super::dot_interaction`]'s lower triangle, sixteen pairs at a time: each sample's `T`
+    /// is transposed into a `[D, F]` scratch padded to 16-feature blocks, row `i`'s products
+    /// with rows `j0 .. j0 + 16` are one vector `sum_c T[i][c] * T^T[c][j0 ..]`, and row `i`'s
+    /// pairs, contiguous in `out`, are stored with a mask.
+    ///
+    /// # Safety
+    /// AVX-512F present; `shape.check(t, out)` passed.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn forward(t: &[f32], out: &mut [f32], shape: DotShape) {
+        let DotShape { batch, features: f, dim: d, itself, t_stride, out_stride } = shape;
+        let extra = usize::from(itself);
+        let fp = f.div_ceil(16) * 16;
+        let mut tt = vec![0.0f32; d * fp];
+        let tt = tt.as_mut_ptr();
+        for b in 0..batch {
+            // SAFETY (whole loop body): by `shape.check`, sample b's `f * d` features start at
+            // `b * t_stride` inside `t` and its `pair_count` outputs at `b * out_stride` inside
+            // `out`; `tt` holds `d * fp` floats and is indexed by `c < d`, `j < fp`; the
+            // stores write lanes `j0 .. n` of row i's `n` pairs only.
+            unsafe {
+                let tb = t.as_ptr().add(b * t_stride);
+                for j in 0..f {
+                    for c in 0..d {
+                        *tt.add(c * fp + j) = *tb.add(j * d + c);
+                    }
+                }
+                let ob = out.as_mut_ptr().add(b * out_stride);
+                let mut p = 0;
+                for i in 0..f {
+                    let n = i + extra;
+                    let ti = tb.add(i * d);
+                    let mut j0 = 0;
+                    while j0 < n {
+                        // up to two column blocks share each broadcast; two chains over c
+                        // (even, odd) per block, so the FMAs' latency overlaps
+                        let two = j0 + 16 < n;
+                        let col = tt.add(j0);
+                        let z = _mm512_setzero_ps();
+                        let (mut a0, mut a1, mut b0, mut b1) = (z, z, z, z);
+                        let mut c = 0;
+                        while c < d {
+                            let odd = c + 1 < d;
+                            let x0 = _mm512_set1_ps(*ti.add(c));
+                            a0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(col.add(c * fp)), a0);
+                            if two {
+                                b0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(col.add(c * fp + 16)), b0);
+                            }
+                            if odd {
+                                let x1 = _mm512_set1_ps(*ti.add(c + 1));
+                                a1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(col.add((c + 1) * fp)), a1);
+                                if two {
+                                    b1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(col.add((c + 1) * fp + 16)), b1);
+                                }
+                            }
+                            c += 2;
+                        }
+                        _mm512_mask_storeu_ps(ob.add(p + j0), lanes((n - j0).min(16)), _mm512_add_ps(a0, a1));
+                        if two {
+                            _mm512_mask_storeu_ps(ob.add(p + j0 + 16), lanes((n - j0 - 16).min(16)), _mm512_add_ps(b0, b1));
+                        }
+                        j0 += 32;
+                    }
+                    p += n;
+                }
+            }
+        }
+    }
+
+    /// [`super::dot_interaction_backward`] for D a multiple of 16: row `i`'s gradient stays in
+    /// a register across its pairs `(i, j)`, row `j`'s is updated in place (in L1).
+    ///
+    /// # Safety
+    /// AVX-512F present; `d % 16 == 0`; `shape.check(t, g)` and `shape.check(dt, g)` passed.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn backward(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
+        let DotShape { batch, features: f, dim: d, itself, t_stride, out_stride } = shape;
+        for b in 0..batch {
+            // SAFETY (whole loop body): by the checks, sample b's `f * d` features lie at
+            // `b * t_stride` in `t` and `dt`, its pair gradients at `b * out_stride` in `g`;
+            // `c0 + 16 <= d` as d is a multiple of 16; pair indices stay below
+            // `pair_count(f, itself)`.
+            unsafe {
+                let tb = t.as_ptr().add(b * t_stride);
+                let gb = g.as_ptr().add(b * out_stride);
+                let db = dt.as_mut_ptr().add(b * t_stride);
+                std::ptr::write_bytes(db, 0, f * d);
+                for i in 0..f {
+                    let p0 = if itself { i * (i + 1) / 2 } else { i * i.saturating_sub(1) / 2 };
+                    for c0 in (0..d).step_by(16) {
+                        let ti = _mm512_loadu_ps(tb.add(i * d + c0));
+                        // two chains over j (even, odd), so the FMAs' latency overlaps
+                        let (mut a0, mut a1) = (_mm512_loadu_ps(db.add(i * d + c0)), _mm512_setzero_ps());
+                        let mut j = 0;
+                        while j + 2 <= i {
+                            let (g0, g1) = (_mm512_set1_ps(*gb.add(p0 + j)), _mm512_set1_ps(*gb.add(p0 + j + 1)));
+                            let (d0, d1) = (db.add(j * d + c0), db.add((j + 1) * d + c0));
+                            a0 = _mm512_fmadd_ps(g0, _mm512_loadu_ps(tb.add(j * d + c0)), a0);
+                            a1 = _mm512_fmadd_ps(g1, _mm512_loadu_ps(tb.add((j + 1) * d + c0)), a1);
+                            _mm512_storeu_ps(d0, _mm512_fmadd_ps(g0, ti, _mm512_loadu_ps(d0)));
+                            _mm512_storeu_ps(d1, _mm512_fmadd_ps(g1, ti, _mm512_loadu_ps(d1)));
+                            j += 2;
+                        }
+                        if j < i {
+                            let g0 = _mm512_set1_ps(*gb.add(p0 + j));
+                            let d0 = db.add(j * d + c0);
+                            a0 = _mm512_fmadd_ps(g0, _mm512_loadu_ps(tb.add(j * d + c0)), a0);
+                            _mm512_storeu_ps(d0, _mm512_fmadd_ps(g0, ti, _mm512_loadu_ps(d0)));
+                        }
+                        if itself {
+                            let g2 = _mm512_set1_ps(2.0 * *gb.add(p0 + i));
+                            a1 = _mm512_fmadd_ps(g2, ti, a1);
+                        }
+                        let sum = _mm512_add_ps(a0, a1);
+                        _mm512_storeu_ps(db.add(i * d + c0), sum);
+                    }
                 }
             }
         }
@@ -277,6 +423,31 @@ mod tests {
                 } else {
                     prop_assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "at {}: {} vs {}", k, g, w);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// D a multiple of 16 and up to 64 features: the AVX-512 paths' shapes (their ragged
+        /// ends are the feature counts), forward and backward.
+        #[test]
+        fn wide_rows_match_reference(batch in 1usize..4, features in 1usize..64, dim16 in 1usize..4,
+                                     itself: bool, pad_t in 0usize..3, pad_o in 0usize..3) {
+            let (shape, t) = case(batch, features, dim16 * 16, itself, pad_t, pad_o);
+            let mut want = vec![-9.0; batch * shape.out_stride];
+            let mut got = want.clone();
+            dot_interaction_ref(&t, &mut want, shape);
+            dot_interaction(&t, &mut got, shape);
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                prop_assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "forward at {}: {} vs {}", k, g, w);
+            }
+            let g: Vec<f32> = (0..batch * shape.out_stride).map(|i| ((i * 7) % 13) as f32 / 6.0 - 1.0).collect();
+            let mut want = vec![-9.0; batch * shape.t_stride];
+            let mut got = want.clone();
+            dot_interaction_backward_ref(&t, &g, &mut want, shape);
+            dot_interaction_backward(&t, &g, &mut got, shape);
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                prop_assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "backward at {}: {} vs {}", k, g, w);
             }
         }
     }

@@ -19,6 +19,7 @@
 
 pub mod cpu;
 pub mod embedding;
+pub mod grad;
 pub mod ids;
 pub mod interaction;
 pub mod mlp;

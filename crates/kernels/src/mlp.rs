@@ -78,7 +78,7 @@ pub fn linear(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearSh
     #[cfg(target_arch = "x86_64")]
     if let LinearShape { m: m @ 2..=128, k: k @ 512.., n, .. } = shape
         && (m <= 16 || n * k * 4 <= NT_WEIGHT_BYTES)
-        && has_avx512()
+        && crate::cpu::has_avx512()
     {
         // few rows, long rows: the gemm crate's packing of w costs more than the product
         // (one Zen 5 core: m = 64, k = 512, n = 256: 85-107 GFLOP/s there, 198-210 here;
@@ -151,7 +151,7 @@ pub fn linear_gemm_only(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape
 pub fn linear_nt(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation, threads: usize) {
     shape.check(x, w, bias, y);
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if crate::cpu::has_avx512() {
         // SAFETY: AVX-512F is present; `shape.check` validated the slices.
         return unsafe { nt_layer(x, w, bias, y, shape, act) };
     }
@@ -177,12 +177,6 @@ unsafe fn nt_layer(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: Lin
 #[cfg(target_arch = "x86_64")]
 const NT_WEIGHT_BYTES: usize = 512 << 10;
 
-/// AVX-512F on this CPU (and the reference kernels not forced with `DLRS_FORCE_SCALAR=1`).
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| crate::cpu::isa() == crate::cpu::Isa::Avx2 && is_x86_feature_detected!("avx512f"))
-}
 
 #[cfg(target_arch = "x86_64")]
 mod nt_avx512 {

@@ -27,6 +27,7 @@
 
 use anyhow::{Result, bail};
 use dlrs_kernels::interaction::dot_interaction_backward;
+use dlrs_kernels::grad::{column_sums, relu_backward};
 use dlrs_kernels::mlp::{Activation, LinearShape, linear};
 use dlrs_model::config::{Interaction, RowFormat};
 use dlrs_model::weights::Layer;
@@ -45,8 +46,10 @@ pub struct LayerGrad {
 #[derive(Clone, Debug, Default)]
 pub struct SparseGrad {
     pub ids: Vec<u32>,
-    /// `[ids.len(), D]` row-major
-    pub values: Vec<f32>,
+    /// `[ids.len(), D]` row-major in its first `len` floats ([`SparseGrad::values`]); the
+    /// rest is room kept for the next step
+    values: Vec<f32>,
+    len: usize,
     /// scratch: `(id << 32) | sample` per occurrence
     keys: Vec<u64>,
 }
@@ -239,19 +242,6 @@ pub fn grad_input(
             false,
             gemm_par(threads),
         );
-    }
-}
-
-/// `db[j] (+)= sum_r dz[r, j]`.
-fn grad_bias(dz: &[f32], ldz: usize, m: usize, db: &mut [f32], accumulate: bool) {
-    if !accumulate {
-        db.fill(0.0);
-    }
-    let n = db.len();
-    for r in 0..m {
-        for (d, g) in db.iter_mut().zip(&dz[r * ldz..r * ldz + n]) {
-            *d += g;
-        }
     }
 }
 
@@ -682,17 +672,10 @@ fn layer_backward(
     threads: usize,
 ) {
     grad_weight(dz, layer.out_w, src, ld, m, layer.out_w, layer.in_w, &mut g.dw, accumulate, threads);
-    grad_bias(dz, layer.out_w, m, &mut g.db, accumulate);
+    column_sums(dz, layer.out_w, m, &mut g.db, accumulate);
     if let Some(a) = prev {
         grad_input(dz, layer.out_w, &layer.weight, m, layer.out_w, layer.in_w, da, layer.in_w, threads);
-        relu_back(dz, da, a, m * layer.in_w);
-    }
-}
-
-/// `dz = da` where the ReLU's output `a` is positive, else 0.
-fn relu_back(dz: &mut [f32], da: &[f32], a: &[f32], n: usize) {
-    for ((dz, &da), &a) in dz[..n].iter_mut().zip(&da[..n]).zip(&a[..n]) {
-        *dz = if a > 0.0 { da } else { 0.0 };
+        relu_backward(dz, da, a, m * layer.in_w);
     }
 }
 
@@ -717,22 +700,50 @@ impl SparseGrad {
         }
         self.keys.sort_unstable();
         self.ids.clear();
-        self.values.clear();
+        // sized for every occurrence distinct, cut to the distinct ids at the end (no
+        // reallocation once warm, and no `memcpy` call per 64-byte row)
+        if self.values.len() < self.keys.len() * d {
+            self.values.resize(self.keys.len() * d, 0.0);
+        }
         let mut last = u64::MAX;
+        let mut n = 0;
         for &k in &self.keys {
             let id = k >> 32;
             let s = (k & 0xffff_ffff) as usize;
             let row = &dpooled[s * stride..s * stride + d];
             if id != last {
                 self.ids.push(id as u32);
-                self.values.extend_from_slice(row);
+                copy_row(&mut self.values[n..n + d], row);
+                n += d;
                 last = id;
             } else {
-                let n = self.values.len();
-                for (v, g) in self.values[n - d..].iter_mut().zip(row) {
+                for (v, g) in self.values[n - d..n].iter_mut().zip(row) {
                     *v += g;
                 }
             }
         }
+        self.len = n;
+    }
+
+    /// The gradient rows, `[ids.len(), D]` row-major.
+    pub fn values(&self) -> &[f32] {
+        &self.values[..self.len]
+    }
+}
+
+/// `dst.copy_from_slice(src)` with the common embedding widths as fixed-size moves (a
+/// `memcpy` call per 64-byte row was ~1% of a training step).
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let s: &[f32; N] = src.try_into().expect("N floats");
+        let d: &mut [f32; N] = dst.try_into().expect("N floats");
+        *d = *s;
+    }
+    match src.len() {
+        16 => fixed::<16>(dst, src),
+        32 => fixed::<32>(dst, src),
+        64 => fixed::<64>(dst, src),
+        _ => dst.copy_from_slice(src),
     }
 }
