@@ -137,6 +137,14 @@ fn gemm_par(threads: usize) -> gemm::Parallelism {
     }
 }
 
+/// Layer inputs narrower than this get their weight gradient as `dw^T` ([`grad_weight`]).
+const NARROW_IN: usize = 64;
+
+thread_local! {
+    /// `dw^T` of a narrow-input layer, reused across calls.
+    static NARROW_DWT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `dw[out, in] (+)= dz^T a` with `dz: [m, out]` (row stride `ldz`), `a: [m, in]` (stride
 /// `lda`); `accumulate` adds to `dw` instead of overwriting it.
 #[allow(clippy::too_many_arguments)]
@@ -161,6 +169,49 @@ pub fn grad_weight(
     }
     assert!(ldz >= out && lda >= inp);
     assert!(dz.len() >= (m - 1) * ldz + out && a.len() >= (m - 1) * lda + inp);
+    if inp < NARROW_IN && out >= 64 && m >= 64 {
+        // a narrow input (the 13 dense features): as `dw [out, in]`, gemm's vector lanes run
+        // along `in` (one 16-lane tile, 13 used) and it packs all of dz; as `dw^T [in, out]`
+        // they run along `out`, unit stride in dz (m = 1024, out = 512: 187-227 us -> 108 us)
+        NARROW_DWT.with_borrow_mut(|dwt| {
+            dwt.resize(inp * out, 0.0);
+            // SAFETY: by the asserts above: lhs = dz^T as out x m with element (o, b) at
+            // dz[b * ldz + o] (row step 1, column step ldz); rhs = a as m x in with element
+            // (b, j) at a[b * lda + j] (row step lda, column step 1); dst = dwt as out x in
+            // with element (o, j) at dwt[j * out + o] (row step 1, column step out), inside
+            // its inp * out floats. dwt is a thread-local buffer aliasing neither input.
+            unsafe {
+                gemm::gemm(
+                    out,
+                    inp,
+                    m,
+                    dwt.as_mut_ptr(),
+                    out as isize,
+                    1,
+                    false,
+                    dz.as_ptr(),
+                    ldz as isize,
+                    1,
+                    a.as_ptr(),
+                    1,
+                    lda as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm_par(threads),
+                );
+            }
+            for (o, row) in dw.chunks_exact_mut(inp).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    let g = dwt[j * out + o];
+                    *v = if accumulate { *v + g } else { g };
+                }
+            }
+        });
+        return;
+    }
     // SAFETY: the asserts above prove every element addressed lies inside its slice:
     // lhs = dz^T is out x m, element (o, b) at dz[b * ldz + o] (row step 1, column step ldz);
     // rhs = a is m x in, element (b, j) at a[b * lda + j] (row step lda, column step 1);
@@ -745,5 +796,54 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
         32 => fixed::<32>(dst, src),
         64 => fixed::<64>(dst, src),
         _ => dst.copy_from_slice(src),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vals(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104729) % 61) as f32 - 30.0) / 17.0).collect()
+    }
+
+    proptest! {
+        /// Both GEMM layouts of the weight gradient (the narrow-input one needs m >= 64 and
+        /// out >= 64) and the input gradient against f64 sums, with padded strides.
+        #[test]
+        fn layer_gradients_match_reference(m in prop_oneof![1usize..20, 64usize..100],
+                                           out in prop_oneof![1usize..20, 64usize..80],
+                                           inp in prop_oneof![1usize..20, 60usize..70],
+                                           pad in 0usize..3, accumulate: bool, threads in 1usize..3) {
+            let (ldz, lda) = (out + pad, inp + pad);
+            let dz = vals(m * ldz, 1);
+            let a = vals(m * lda, 2);
+            let w = vals(out * inp, 3);
+            let start = vals(out * inp, 4);
+            let mut dw = start.clone();
+            grad_weight(&dz, ldz, &a, lda, m, out, inp, &mut dw, accumulate, threads);
+            for o in 0..out {
+                for j in 0..inp {
+                    let s: f64 = (0..m).map(|b| dz[b * ldz + o] as f64 * a[b * lda + j] as f64).sum();
+                    let want = s + if accumulate { start[o * inp + j] as f64 } else { 0.0 };
+                    let got = dw[o * inp + j] as f64;
+                    prop_assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "dw[{}][{}]: {} vs {}", o, j, got, want);
+                }
+            }
+            let mut da = vec![9.0f32; m * lda];
+            grad_input(&dz, ldz, &w, m, out, inp, &mut da, lda, threads);
+            for b in 0..m {
+                for j in 0..lda {
+                    let got = da[b * lda + j] as f64;
+                    if j >= inp {
+                        prop_assert_eq!(got, 9.0, "padding written at row {} column {}", b, j);
+                        continue;
+                    }
+                    let want: f64 = (0..out).map(|o| dz[b * ldz + o] as f64 * w[o * inp + j] as f64).sum();
+                    prop_assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "da[{}][{}]: {} vs {}", b, j, got, want);
+                }
+            }
+        }
     }
 }
