@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A stock tritonclient[http] (PyPI) against `dlrs serve`, unchanged: health, metadata, and
-inference with JSON and with binary tensor data, checked against the reference PyTorch
-outputs of a parity fixture. Run by scripts/test-tritonclient.sh (which installs the client).
+inference with JSON, with binary tensor data and through system shared memory
+(tritonclient.utils.shared_memory), checked against the reference PyTorch outputs of a parity
+fixture. Run by scripts/test-tritonclient.sh (which installs the client).
 
   python test_dlrs_serve.py PATH/TO/dlrs
 """
@@ -15,6 +16,7 @@ import traceback
 
 import numpy as np
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "parity", "criteo-kaggle-cap1000")
@@ -32,7 +34,7 @@ def load_fixture():
 
 def start_server(dlrs):
     p = subprocess.Popen([dlrs, "serve", "--model", FIXTURE, "--name", NAME, "--addr", "127.0.0.1:0",
-                          "--max-queue-delay-us", "200"],
+                          "--max-queue-delay-us", "200", "--allow-client-shm"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -88,6 +90,55 @@ def test_infer_json(client, data):
 def test_infer_binary(client, data):
     dense, lengths, indices, expected = data
     check_scores(infer(client, dense, lengths, indices, binary=True), expected)
+
+
+def test_infer_system_shared_memory(client, data):
+    """Inputs from and the output to a system shared memory region, as Triton's
+    simple_http_shm_client does: the same scores as the request with the tensors in its body."""
+    dense, lengths, indices, expected = data
+    plain = infer(client, dense, lengths, indices, binary=True)
+    tensors = [dense, lengths, indices]
+    offsets = np.cumsum([0] + [t.nbytes for t in tensors]).tolist()
+    out_offset, out_size = offsets[-1], len(expected) * 4
+    byte_size = out_offset + out_size
+    key = f"/dlrs-tritonclient-{os.getpid()}"
+    handle = shm.create_shared_memory_region("dlrs_io", key, byte_size)
+    try:
+        client.unregister_system_shared_memory()
+        shm.set_shared_memory_region(handle, tensors)
+        client.register_system_shared_memory("dlrs_io", key, byte_size)
+        status = client.get_system_shared_memory_status()
+        assert status == [{"name": "dlrs_io", "key": key, "offset": 0, "byte_size": byte_size}], status
+        inputs = [httpclient.InferInput("dense", list(dense.shape), "FP32"),
+                  httpclient.InferInput("lengths", list(lengths.shape), "INT32"),
+                  httpclient.InferInput("indices", list(indices.shape), "INT64")]
+        for x, t, off in zip(inputs, tensors, offsets):
+            x.set_shared_memory("dlrs_io", t.nbytes, offset=off)
+        out = httpclient.InferRequestedOutput("score", binary_data=True)
+        out.set_shared_memory("dlrs_io", out_size, offset=out_offset)
+        r = client.infer(NAME, inputs, outputs=[out], request_id="shm-1")
+        o = r.get_output("score")
+        assert o["parameters"]["shared_memory_region"] == "dlrs_io", o
+        assert "data" not in o, o
+        score = shm.get_contents_as_numpy(handle, np.float32, o["shape"], offset=out_offset)
+        check_scores(score, expected)
+        assert np.array_equal(score, plain), (score[:4], plain[:4])
+
+        # the output back in the answer, the inputs still from shared memory
+        r = client.infer(NAME, inputs, outputs=[httpclient.InferRequestedOutput("score", binary_data=False)])
+        assert np.array_equal(r.as_numpy("score"), plain)
+
+        # a region that is not registered is a clear 4xx naming it
+        inputs[0].set_shared_memory("nope", dense.nbytes)
+        try:
+            client.infer(NAME, inputs)
+            raise AssertionError("an unregistered region was accepted")
+        except httpclient.InferenceServerException as e:
+            assert "nope" in str(e) and "shared_memory_region" in str(e), str(e)
+    finally:
+        client.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(handle)
+    assert client.get_system_shared_memory_status() == []
 
 
 def test_bad_input_is_a_clear_4xx(client, data):

@@ -9,6 +9,8 @@ use dlrs_model::ModelError;
 pub enum ApiError {
     /// 400: the request is malformed or does not fit the model.
     BadRequest(String),
+    /// 403: a feature this server was not started with (e.g. `--allow-client-shm`).
+    Forbidden(String),
     /// 404: unknown model, model version or path.
     NotFound(String),
     /// 405: known path, wrong method.
@@ -33,6 +35,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -50,6 +53,7 @@ impl ApiError {
         match self {
             ApiError::Overloaded(_) | ApiError::ShuttingDown(_) => Some(1),
             ApiError::BadRequest(_)
+            | ApiError::Forbidden(_)
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed(_)
             | ApiError::BodyTimeout(_)
@@ -63,6 +67,7 @@ impl ApiError {
     pub fn message(&self) -> &str {
         match self {
             ApiError::BadRequest(m)
+            | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::MethodNotAllowed(m)
             | ApiError::BodyTimeout(m)

@@ -49,6 +49,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
         .route("/v1/models/{name}/predict", post(predict))
         .route("/v2/repository/models/{name}/load", post(load))
+        .route("/v2/systemsharedmemory/status", get(shm_status_all))
+        .route(
+            "/v2/systemsharedmemory/region/{region}/status",
+            get(shm_status),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{region}/register",
+            post(shm_register),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{region}/unregister",
+            post(shm_unregister),
+        )
+        .route(
+            "/v2/systemsharedmemory/unregister",
+            post(shm_unregister_all),
+        )
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -87,11 +104,15 @@ async fn method_not_allowed(req: Request) -> ApiError {
     ))
 }
 
-async fn server_metadata() -> Response {
+async fn server_metadata(State(st): St) -> Response {
+    let mut extensions = vec!["binary_tensor_data", "model_repository"];
+    if st.shm.enabled() {
+        extensions.push("system_shared_memory");
+    }
     axum::Json(json!({
         "name": "dlrs",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_repository"],
+        "extensions": extensions,
     }))
     .into_response()
 }
@@ -160,6 +181,38 @@ async fn load(State(st): St, Path(name): Path<String>) -> Result<Response, ApiEr
     st.check_model(&name, None)?;
     let number = st.reload(false).await?;
     Ok(axum::Json(json!({"name": st.name, "version": number.to_string()})).into_response())
+}
+
+async fn shm_status_all(State(st): St) -> Result<Response, ApiError> {
+    Ok(axum::Json(st.shm.status(None)?).into_response())
+}
+
+async fn shm_status(State(st): St, Path(region): Path<String>) -> Result<Response, ApiError> {
+    Ok(axum::Json(st.shm.status(Some(&region))?).into_response())
+}
+
+async fn shm_register(
+    State(st): St,
+    Extension(budget): Budget,
+    Path(region): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut drained = false;
+    let body = read_body(&st, &budget, &headers, body, None, &mut drained).await?;
+    let req = kserve::from_json(&body.bytes, "")?;
+    st.shm.register(&region, req)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn shm_unregister(State(st): St, Path(region): Path<String>) -> Response {
+    st.shm.unregister(Some(&region));
+    StatusCode::OK.into_response()
+}
+
+async fn shm_unregister_all(State(st): St) -> Response {
+    st.shm.unregister(None);
+    StatusCode::OK.into_response()
 }
 
 /// The deadline of a request that arrived at `t0`.
@@ -390,9 +443,16 @@ fn parse(
     body: &[u8],
     header_len: Option<usize>,
     v: &Version,
+    st: &AppState,
 ) -> Result<Parsed, ApiError> {
     match proto {
-        Protocol::V2 => kserve::parse_infer(body, header_len, &v.model.config).map(Parsed::V2),
+        Protocol::V2 => {
+            let r = kserve::parse_infer(body, header_len, &v.model.config, &st.shm)?;
+            if r.shm_inputs > 0 {
+                st.metrics.shm_inputs.increment(r.shm_inputs as u64);
+            }
+            Ok(Parsed::V2(r))
+        }
         Protocol::V1 => kserve::parse_predict(body, &v.model.config).map(Parsed::V1),
     }
 }
@@ -455,12 +515,12 @@ async fn run_inference(
     let v = st.current();
     // the body (and its share of the budget) is dropped once parsed
     let parsed = if body.bytes.len() >= PARSE_OFFLOAD_BYTES {
-        let v = Arc::clone(&v);
-        tokio::task::spawn_blocking(move || parse(proto, &body.bytes, header_len, &v))
+        let (v, st) = (Arc::clone(&v), Arc::clone(&st));
+        tokio::task::spawn_blocking(move || parse(proto, &body.bytes, header_len, &v, &st))
             .await
             .map_err(|e| ApiError::Internal(format!("parsing the request failed: {e}")))??
     } else {
-        let parsed = parse(proto, &body.bytes, header_len, &v);
+        let parsed = parse(proto, &body.bytes, header_len, &v, &st);
         drop(body);
         parsed?
     };
@@ -475,6 +535,7 @@ async fn run_inference(
                 Answer::V2 {
                     id: r.id,
                     binary: r.binary_output,
+                    shm: r.shm_output,
                 },
                 until,
             )
@@ -501,9 +562,19 @@ async fn run_inference(
         wait(rx, deadline).await?
     };
     Ok(match answer {
-        Answer::V2 { id, binary } => {
-            let (body, json_len) =
-                kserve::infer_response(&st.name, v.number, id.as_deref(), &scores, binary);
+        Answer::V2 { id, binary, shm } => {
+            if let Some(r) = &shm {
+                let bytes: Vec<u8> = scores.iter().flat_map(|s| s.to_le_bytes()).collect();
+                r.write(&bytes);
+            }
+            let (body, json_len) = kserve::infer_response(
+                &st.name,
+                v.number,
+                id.as_deref(),
+                &scores,
+                binary,
+                shm.as_ref(),
+            );
             match json_len {
                 None => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
                 Some(h) => (
@@ -553,7 +624,12 @@ impl IntoResponse for Failure {
 
 /// How to answer a request once its scores are known.
 enum Answer {
-    V2 { id: Option<String>, binary: bool },
+    /// `shm`: write the scores there (holding the region mapped until then)
+    V2 {
+        id: Option<String>,
+        binary: bool,
+        shm: Option<kserve::ShmRef>,
+    },
     V1,
 }
 

@@ -2,6 +2,7 @@
 //! parsing into a validated [`Batch`], every error naming the tensor and field.
 
 use std::fmt;
+use std::sync::Arc;
 
 use dlrs_model::batch::parse_sample;
 use dlrs_model::{Bags, Batch, DlrmConfig, ModelError};
@@ -11,6 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::shm::{Region, Registry};
 
 pub const DENSE: &str = "dense";
 pub const LENGTHS: &str = "lengths";
@@ -46,7 +48,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 /// Deserializes the JSON object `json`, found at `at` in the request (`""`: the body), into
 /// `T`. A syntax error is "malformed JSON"; a data error names the field by its path (e.g.
 /// `inputs[0]: missing field `shape``, `outputs: invalid type: null, expected a sequence`).
-fn from_json<'a, T: Deserialize<'a>>(json: &'a [u8], at: &str) -> Result<T, ApiError> {
+pub(crate) fn from_json<'a, T: Deserialize<'a>>(json: &'a [u8], at: &str) -> Result<T, ApiError> {
     use serde_json::error::Category;
     let within = if at.is_empty() {
         String::new()
@@ -127,6 +129,115 @@ pub struct InferRequest {
     pub binary_output: bool,
     /// Triton's request parameter `timeout`, in microseconds
     pub timeout_us: Option<u64>,
+    /// where to write `score` instead of answering it (system shared memory extension)
+    pub shm_output: Option<ShmRef>,
+    /// inputs whose data came from system shared memory
+    pub shm_inputs: usize,
+}
+
+/// A tensor's bytes in a registered system shared memory region: the parameters
+/// `shared_memory_region`, `shared_memory_byte_size` and `shared_memory_offset` (default 0),
+/// checked to lie within the region. Holds the region: it stays mapped while the request
+/// lives, even if it is unregistered meanwhile.
+#[derive(Clone)]
+pub struct ShmRef {
+    pub region: Arc<Region>,
+    pub offset: usize,
+    pub size: usize,
+    /// whether the request gave `shared_memory_offset` (echoed in the answer as given)
+    pub offset_given: bool,
+}
+
+impl fmt::Debug for ShmRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShmRef")
+            .field("region", &self.region.name)
+            .field("offset", &self.offset)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl ShmRef {
+    /// The parameters naming this range, as a response output carries them.
+    pub fn parameters(&self) -> Value {
+        let mut p = serde_json::json!({
+            "shared_memory_region": self.region.name,
+            "shared_memory_byte_size": self.size,
+        });
+        if self.offset_given {
+            p["shared_memory_offset"] = Value::from(self.offset);
+        }
+        p
+    }
+
+    /// Writes `data` at the start of the range (which the caller checked holds it).
+    pub fn write(&self, data: &[u8]) {
+        assert!(data.len() <= self.size, "the range holds the data");
+        self.region.write(self.offset, data);
+    }
+}
+
+/// The shared memory range `params` name for tensor `label` (`None` when they name none).
+/// Errors name the tensor and the parameter: a missing or mistyped parameter, a region that
+/// is not registered, a range past the region's end.
+fn shm_ref(
+    params: &Option<Map<String, Value>>,
+    label: &str,
+    shm: &Registry,
+) -> Result<Option<ShmRef>, ApiError> {
+    const REGION: &str = "shared_memory_region";
+    const SIZE: &str = "shared_memory_byte_size";
+    const OFFSET: &str = "shared_memory_offset";
+    let Some(p) = params else { return Ok(None) };
+    let (region, size, offset) = (p.get(REGION), p.get(SIZE), p.get(OFFSET));
+    if region.is_none() && size.is_none() && offset.is_none() {
+        return Ok(None);
+    }
+    let name = match region {
+        Some(Value::String(n)) => n,
+        Some(v) => {
+            return Err(bad(format!(
+                "{label}: parameter \"{REGION}\" must be a region name (a string), got {v}"
+            )));
+        }
+        None => {
+            return Err(bad(format!(
+                "{label}: parameter \"{}\" without \"{REGION}\"",
+                if size.is_some() { SIZE } else { OFFSET }
+            )));
+        }
+    };
+    let int = |key: &str, v: &Value| {
+        v.as_u64().ok_or_else(|| {
+            bad(format!(
+                "{label}: parameter \"{key}\" must be a non-negative integer, got {v}"
+            ))
+        })
+    };
+    let size = match size {
+        Some(v) => int(SIZE, v)?,
+        None => {
+            return Err(bad(format!(
+                "{label}: parameter \"{REGION}\" needs \"{SIZE}\" too"
+            )));
+        }
+    };
+    let offset_given = offset.is_some();
+    let offset = offset.map(|v| int(OFFSET, v)).transpose()?.unwrap_or(0);
+    let region = shm.get(name).ok_or_else(|| {
+        bad(format!(
+            "{label}: parameter \"{REGION}\": no system shared memory region \"{name}\" is registered"
+        ))
+    })?;
+    region.check_range(label, offset, size)?;
+    // within the region, whose size is a usize
+    Ok(Some(ShmRef {
+        region,
+        offset: offset as usize,
+        size: size as usize,
+        offset_given,
+    }))
 }
 
 /// An element type of a tensor.
@@ -281,6 +392,7 @@ struct Input<'a> {
 enum Data<'a> {
     Json(&'a RawValue),
     Binary(&'a [u8]),
+    Shm(ShmRef),
 }
 
 impl Input<'_> {
@@ -294,43 +406,48 @@ impl Input<'_> {
         format!("{:?}", self.shape)
     }
 
-    /// The values, decoded from JSON or read in place from the binary data.
+    /// The values, decoded from JSON or read in place from the binary data or the shared
+    /// memory region (whose bytes another process may change meanwhile: see
+    /// [`Region::bytes`]; every value is read once, into the batch).
     fn values<T: Elem>(&self) -> Result<Values<'_, T>, ApiError> {
         let n = self.count();
-        match self.data {
-            Data::Binary(bytes) => {
-                if bytes.len() != n * T::SIZE {
-                    return Err(bad(format!(
-                        "{}: binary_data_size {} bytes for shape {} of {} ({} bytes expected)",
-                        self.label(),
-                        bytes.len(),
-                        self.shape_str(),
-                        T::DATATYPE,
-                        n * T::SIZE
-                    )));
-                }
-                Ok(Values::Le(bytes, std::marker::PhantomData))
-            }
-            Data::Json(raw) => {
-                let mut out = Vec::with_capacity(n.min(raw.get().len() / 2 + 1));
-                let mut de = serde_json::Deserializer::from_str(raw.get());
-                Flat {
-                    out: &mut out,
-                    depth: 0,
-                }
-                .deserialize(&mut de)
-                .map_err(|e| bad(format!("{}: {e}", self.label())))?;
-                if out.len() != n {
-                    return Err(bad(format!(
-                        "{}: {} values in \"data\" for shape {} ({n} expected)",
-                        self.label(),
-                        out.len(),
-                        self.shape_str()
-                    )));
-                }
-                Ok(Values::Decoded(out))
-            }
+        let (bytes, param) = match &self.data {
+            Data::Binary(bytes) => (*bytes, "binary_data_size"),
+            Data::Shm(r) => (r.region.bytes(r.offset, r.size), "shared_memory_byte_size"),
+            Data::Json(raw) => return self.decode(raw, n),
+        };
+        if bytes.len() != n * T::SIZE {
+            return Err(bad(format!(
+                "{}: {param} {} bytes for shape {} of {} ({} bytes expected)",
+                self.label(),
+                bytes.len(),
+                self.shape_str(),
+                T::DATATYPE,
+                n * T::SIZE
+            )));
         }
+        Ok(Values::Le(bytes, std::marker::PhantomData))
+    }
+
+    /// The values of JSON `data`.
+    fn decode<T: Elem>(&self, raw: &RawValue, n: usize) -> Result<Values<'_, T>, ApiError> {
+        let mut out = Vec::with_capacity(n.min(raw.get().len() / 2 + 1));
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        Flat {
+            out: &mut out,
+            depth: 0,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| bad(format!("{}: {e}", self.label())))?;
+        if out.len() != n {
+            return Err(bad(format!(
+                "{}: {} values in \"data\" for shape {} ({n} expected)",
+                self.label(),
+                out.len(),
+                self.shape_str()
+            )));
+        }
+        Ok(Values::Decoded(out))
     }
 }
 
@@ -364,16 +481,18 @@ impl<T: Elem> Values<'_, T> {
 }
 
 impl Values<'_, i64> {
-    /// Appends ids `range` to `dst` as u32; `Err(k)` when id `k` (an index into these
+    /// Appends ids `range` to `dst` as u32; `Err(Some(k))` when id `k` (an index into these
     /// values) is negative or not below `rows` (`dst` is then partly filled). The binary data goes
-    /// through `narrow_ids_le`, which vectorizes the check into the copy.
+    /// through `narrow_ids_le`, which vectorizes the check into the copy. `Err(None)`: an id
+    /// was out of range when copied but no longer is when looked for (shared memory that
+    /// its client changed meanwhile).
     fn push_ids(
         &self,
         range: std::ops::Range<usize>,
         rows: u64,
         dst: &mut Vec<u32>,
-    ) -> Result<(), usize> {
-        let start = range.start;
+    ) -> Result<(), Option<usize>> {
+        let (start, end) = (range.start, range.end);
         let old = dst.len();
         dst.resize(old + range.len(), 0);
         let out = &mut dst[old..];
@@ -393,9 +512,7 @@ impl Values<'_, i64> {
         if ok {
             return Ok(());
         }
-        Err((start..)
-            .find(|&k| (self.get(k) as u64) >= rows)
-            .expect("a bad id exists"))
+        Err((start..end).find(|&k| (self.get(k) as u64) >= rows))
     }
 }
 
@@ -435,11 +552,13 @@ pub fn declared_batch(json_header: &[u8]) -> Option<usize> {
 
 /// Parses a KServe v2 inference request. `header_len` is the `Inference-Header-Content-Length`
 /// header (the binary tensor data extension): the JSON is that many leading bytes, the
-/// binary data of the inputs follows in input order.
+/// binary data of the inputs follows in input order. Inputs and the output may name ranges
+/// of the system shared memory regions registered in `shm` instead.
 pub fn parse_infer(
     body: &[u8],
     header_len: Option<usize>,
     cfg: &DlrmConfig,
+    shm: &Registry,
 ) -> Result<InferRequest, ApiError> {
     let (json, mut binary) = match header_len {
         Some(l) if l > body.len() => {
@@ -455,6 +574,7 @@ pub fn parse_infer(
 
     // input headers: names, datatypes, shapes, where the data is
     let mut slots: [Option<Input>; 3] = [None, None, None];
+    let mut shm_inputs = 0;
     for (i, raw) in req.inputs.iter().enumerate() {
         let inp: RawInput = from_json(raw.get().as_bytes(), &format!("inputs[{i}]"))?;
         let (slot, name) = match inp.name.as_str() {
@@ -488,25 +608,45 @@ pub fn parse_infer(
             )));
         }
         let shape: Vec<usize> = inp.shape.iter().map(|&d| d as usize).collect();
-        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if count.is_none_or(|c| c > body.len()) {
-            return Err(bad(format!(
-                "{label}: shape {shape:?} has more elements than the body could hold"
-            )));
-        }
         let binary_size = match inp.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
             None => None,
             Some(v) => Some(v.as_u64().ok_or_else(|| {
                 bad(format!("{label}: parameter \"binary_data_size\" must be a non-negative integer, got {v}"))
             })? as usize),
         };
-        let data = match (binary_size, inp.data) {
-            (Some(_), Some(_)) => {
+        let in_shm = shm_ref(&inp.parameters, &label, shm)?;
+        // every element takes at least a byte of the body or of the shared memory range
+        let (room, of) = match &in_shm {
+            Some(r) => (r.size, "shared memory range"),
+            None => (body.len(), "body"),
+        };
+        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if count.is_none_or(|c| c > room) {
+            return Err(bad(format!(
+                "{label}: shape {shape:?} has more elements than the {of} could hold"
+            )));
+        }
+        let data = match (binary_size, inp.data, in_shm) {
+            (_, Some(_), Some(_)) => {
+                return Err(bad(format!(
+                    "{label}: has both \"data\" and parameter \"shared_memory_region\""
+                )));
+            }
+            (Some(_), None, Some(_)) => {
+                return Err(bad(format!(
+                    "{label}: has both parameters \"binary_data_size\" and \"shared_memory_region\""
+                )));
+            }
+            (None, None, Some(r)) => {
+                shm_inputs += 1;
+                Data::Shm(r)
+            }
+            (Some(_), Some(_), None) => {
                 return Err(bad(format!(
                     "{label}: has both \"data\" and parameter \"binary_data_size\""
                 )));
             }
-            (Some(n), None) => {
+            (Some(n), None, None) => {
                 if header_len.is_none() {
                     return Err(bad(format!(
                         "{label}: parameter \"binary_data_size\" needs the Inference-Header-Content-Length header"
@@ -522,8 +662,8 @@ pub fn parse_infer(
                 binary = rest;
                 Data::Binary(mine)
             }
-            (None, Some(raw)) => Data::Json(raw),
-            (None, None) => return Err(bad(format!("{label}: missing \"data\""))),
+            (None, Some(raw), None) => Data::Json(raw),
+            (None, None, None) => return Err(bad(format!("{label}: missing \"data\""))),
         };
         slots[slot] = Some(Input {
             index: i,
@@ -626,12 +766,21 @@ pub fn parse_infer(
             let l = lengths[s * nt + t] as usize;
             let rows = cfg.tables[t] as u64;
             // (a negative id is >= rows as u64)
-            if let Err(j) = indices.push_ids(at..at + l, rows, &mut bag.ids) {
-                return Err(bad(format!(
-                    "{}: indices[{j}] = {} (sample {s}, table {t}): out of range for table {t} with {rows} rows",
-                    indices_in.label(),
-                    indices.get(j)
-                )));
+            match indices.push_ids(at..at + l, rows, &mut bag.ids) {
+                Ok(()) => {}
+                Err(Some(j)) => {
+                    return Err(bad(format!(
+                        "{}: indices[{j}] = {} (sample {s}, table {t}): out of range for table {t} with {rows} rows",
+                        indices_in.label(),
+                        indices.get(j)
+                    )));
+                }
+                Err(None) => {
+                    return Err(bad(format!(
+                        "{}: an id of sample {s}, table {t} was out of range for table {t} with {rows} rows when read, and changed after (shared memory written while the request was read)",
+                        indices_in.label()
+                    )));
+                }
             }
             at += l;
             bag.offsets.push(bag.ids.len() as u32);
@@ -650,6 +799,7 @@ pub fn parse_infer(
 
     // requested outputs
     let mut binary_output = bool_param(&req.parameters, "binary_data_output", "parameters")?;
+    let mut shm_output = None;
     for (i, raw) in req.outputs.iter().flatten().enumerate() {
         let out: RawOutput = from_json(raw.get().as_bytes(), &format!("outputs[{i}]"))?;
         if out.name != SCORE {
@@ -669,6 +819,17 @@ pub fn parse_infer(
                 &format!("outputs[{i}] \"score\""),
             )?;
         }
+        let label = format!("outputs[{i}] \"score\"");
+        if let Some(r) = shm_ref(&out.parameters, &label, shm)? {
+            let need = b * 4;
+            if r.size < need {
+                return Err(bad(format!(
+                    "{label}: parameter \"shared_memory_byte_size\" {} is too small for shape [{b}, 1] of FP32 ({need} bytes)",
+                    r.size
+                )));
+            }
+            shm_output = Some(r);
+        }
     }
     let timeout_us = match req.parameters.as_ref().and_then(|p| p.get("timeout")) {
         None => None,
@@ -683,6 +844,8 @@ pub fn parse_infer(
         id: req.id,
         binary_output,
         timeout_us,
+        shm_output,
+        shm_inputs,
     })
 }
 
@@ -707,19 +870,27 @@ struct InferResponse<'a> {
 }
 
 /// The response body, and the JSON header length when the scores follow it in binary.
+/// With `shm` (the scores were written to shared memory), the output carries that range's
+/// parameters and no data.
 pub fn infer_response(
     model: &str,
     version: u64,
     id: Option<&str>,
     scores: &[f32],
     binary: bool,
+    shm: Option<&ShmRef>,
 ) -> (Vec<u8>, Option<usize>) {
+    let binary = binary && shm.is_none();
+    let parameters = match shm {
+        Some(r) => Some(r.parameters()),
+        None => binary.then(|| serde_json::json!({"binary_data_size": scores.len() * 4})),
+    };
     let out = OutputTensor {
         name: SCORE,
         datatype: "FP32",
         shape: [scores.len(), 1],
-        parameters: binary.then(|| serde_json::json!({"binary_data_size": scores.len() * 4})),
-        data: (!binary).then_some(scores),
+        parameters,
+        data: (!binary && shm.is_none()).then_some(scores),
     };
     let resp = InferResponse {
         model_name: model,
@@ -796,12 +967,14 @@ mod tests {
             req("[1, 2.5, 3, 4]", "[2, 0, 1, 1]", "[4, 0, 3, 2]", 4).as_bytes(),
             None,
             &cfg(),
+            &Registry::new(false),
         )
         .unwrap();
         let nested = parse_infer(
             req("[[1, 2.5], [3, 4]]", "[[2, 0], [1, 1]]", "[4, 0, 3, 2]", 4).as_bytes(),
             None,
             &cfg(),
+            &Registry::new(false),
         )
         .unwrap();
         assert_eq!(flat.batch, nested.batch);
@@ -832,6 +1005,7 @@ mod tests {
             req(&deep, "[2, 0, 1, 1]", "[4, 0, 3, 2]", 4).as_bytes(),
             None,
             &cfg(),
+            &Registry::new(false),
         )
         .unwrap_err();
         assert_eq!(e.status(), 400);
@@ -840,7 +1014,7 @@ mod tests {
 
     #[test]
     fn binary_header_length_past_the_body_is_400() {
-        let e = parse_infer(b"{}", Some(10), &cfg()).unwrap_err();
+        let e = parse_infer(b"{}", Some(10), &cfg(), &Registry::new(false)).unwrap_err();
         assert!(
             e.message().contains("Inference-Header-Content-Length: 10"),
             "{e}"

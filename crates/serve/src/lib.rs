@@ -14,6 +14,11 @@
 //! | `POST /v2/models/{name}[/versions/{v}]/infer` | KServe v2 inference (below) |
 //! | `POST /v1/models/{name}/predict` | `{"samples": [{"dense": [..], "sparse": [[..], ..]}, ..]}` → `{"scores": [..]}` |
 //! | `POST /v2/repository/models/{name}/load` | reloads the model directory and swaps it in (below) |
+//! | `GET /v2/systemsharedmemory/status` | `[{"name", "key", "offset", "byte_size"}, ..]`: the registered system shared memory regions (below) |
+//! | `GET /v2/systemsharedmemory/region/{region}/status` | that region's status (a one-element array); 404 naming it when not registered |
+//! | `POST /v2/systemsharedmemory/region/{region}/register` | `{"key": "/NAME", "offset": N, "byte_size": N}`: maps and registers a region (needs `--allow-client-shm`) |
+//! | `POST /v2/systemsharedmemory/region/{region}/unregister` | unregisters it (a name not registered is no error, as in Triton) |
+//! | `POST /v2/systemsharedmemory/unregister` | unregisters every region |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! `{name}` is `--name` (default: the model directory's file name); another name is 404.
@@ -35,6 +40,34 @@
 //! from the bytes after the JSON header, whose length the `Inference-Header-Content-Length`
 //! header gives; an output requested with `"parameters": {"binary_data": true}` (or a request
 //! with `"parameters": {"binary_data_output": true}`) comes back the same way.
+//!
+//! ## System shared memory
+//!
+//! Triton's system shared memory extension (what `tritonclient.utils.shared_memory` and
+//! perf_analyzer's `--shared-memory system` use), for clients on the same machine, enabled by
+//! `--allow-client-shm` (a registering client makes the server map, read and write a
+//! `/dev/shm` object of its choice: only for trusted local clients; without the flag,
+//! registering is 403 and the metadata does not list `system_shared_memory`). A client
+//! registers a range of a POSIX shared memory object once: `POST
+//! /v2/systemsharedmemory/region/{region}/register` with `{"key": "/NAME", "offset": N,
+//! "byte_size": N}` opens `/dev/shm/NAME` (one path component: no other `/`, not `..`;
+//! symbolic links are not followed), checks that the range lies in the object and maps it
+//! shared, read-write. A name already registered is a 400 naming it; at most 64 regions are
+//! kept (400 beyond). An input whose `parameters` carry `"shared_memory_region": REGION,
+//! "shared_memory_byte_size": N` (and optionally `"shared_memory_offset": O`, default 0,
+//! counted from the region's start) then takes its `N` bytes, little-endian as binary data,
+//! from there instead of `data` or the body; they are checked like binary data (the size
+//! against the shape and datatype, ids range-checked, dense values finite, lengths summing to
+//! the ids), and read once into the batch, so a client writing the region meanwhile can only
+//! produce values that fail or pass those checks. A requested output with the same parameters
+//! is written there (the range must hold `B x 4` bytes) and answered with those parameters and
+//! no data. Every error is a 400 naming the tensor and parameter: a region not registered, a
+//! range past the region's end, a size not matching the shape, data given both in the request
+//! and in shared memory. A region unregistered while requests use it stays mapped until they
+//! are answered; the client may unlink the object once it is registered. The client must not
+//! shrink the object while it is registered: reading a page past its end faults (SIGBUS) and
+//! stops the server, as with Triton. `dlrs loadgen --shared-memory system` sends its queries
+//! this way.
 //!
 //! # Batching
 //!
@@ -78,8 +111,9 @@
 //!
 //! | status | when |
 //! |---|---|
-//! | 400 | malformed JSON; unknown, missing or duplicate input; wrong datatype or shape; data count not matching the shape; negative lengths; lengths not summing to the ids; id out of range (names sample and table); non-finite dense value; unknown output; bad `x-dlrs-deadline-ms` |
-//! | 404 | unknown model name or version; unknown path |
+//! | 400 | malformed JSON; unknown, missing or duplicate input; wrong datatype or shape; data count not matching the shape; negative lengths; lengths not summing to the ids; id out of range (names sample and table); non-finite dense value; unknown output; bad `x-dlrs-deadline-ms`; a bad shared memory registration or reference (see above) |
+//! | 403 | registering a shared memory region without `--allow-client-shm` |
+//! | 404 | unknown model name or version; unknown path; status of a shared memory region not registered |
 //! | 405 | known path, wrong method |
 //! | 408 | the body did not arrive within `--body-timeout-ms` (slow clients) |
 //! | 413 | body over `--max-body-bytes` (refused from `Content-Length` before it is read, or as soon as a streamed body crosses it); a request of more samples than `--max-queue` |
@@ -133,7 +167,8 @@
 //! computed batch), `dlrs_queue_wait_seconds` (queued → computing), `dlrs_compute_seconds`
 //! (one batch's forward pass), `dlrs_expired_requests_total`, `dlrs_model_reloads_total{result}`,
 //! `dlrs_model_version`, `dlrs_connections` (open), `dlrs_connections_refused_total`,
-//! `dlrs_connections_timed_out_total{phase}` (`header` or `idle`).
+//! `dlrs_connections_timed_out_total{phase}` (`header` or `idle`), `dlrs_shm_inputs_total`
+//! (inputs read from system shared memory).
 
 mod batcher;
 mod conn;
@@ -141,6 +176,7 @@ mod error;
 mod http;
 mod kserve;
 mod metrics;
+mod shm;
 mod state;
 
 use std::fmt;
@@ -228,6 +264,11 @@ pub struct ServeArgs {
     /// being received or parsed); beyond it requests get 503
     #[arg(long, default_value_t = 256 << 20)]
     pub max_body_memory_bytes: usize,
+    /// let local clients register system shared memory regions (Triton's system shared
+    /// memory extension: inputs read from, outputs written to /dev/shm objects the client
+    /// names); only for trusted local clients
+    #[arg(long)]
+    pub allow_client_shm: bool,
     /// test hooks (not a command-line option)
     #[arg(skip)]
     #[doc(hidden)]

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub model_version: Gauge,
     pub connections: Gauge,
     pub connections_refused: Counter,
+    pub shm_inputs: Counter,
 }
 
 impl Default for Metrics {
@@ -103,6 +104,11 @@ impl Metrics {
                 "connections answered 503 at once (over --max-connections)",
             ),
             (
+                "dlrs_shm_inputs_total",
+                None,
+                "inference inputs read from system shared memory",
+            ),
+            (
                 "dlrs_connections_timed_out_total",
                 None,
                 "connections closed by a timeout, by phase (header: --header-timeout-ms, idle: --idle-timeout-ms)",
@@ -127,6 +133,8 @@ impl Metrics {
                 &Key::from_static_name("dlrs_connections_refused_total"),
                 &META,
             ),
+            shm_inputs: recorder
+                .register_counter(&Key::from_static_name("dlrs_shm_inputs_total"), &META),
             recorder,
             handle,
         }

@@ -16,6 +16,7 @@ use crate::ServeArgs;
 use crate::batcher::{self, BatcherConfig, Queue};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::shm::Registry;
 
 /// One loaded version of the model.
 pub struct Version {
@@ -63,6 +64,8 @@ pub struct AppState {
     reload: tokio::sync::Mutex<ReloadState>,
     pub queue: Arc<Queue>,
     pub metrics: Arc<Metrics>,
+    /// registered system shared memory regions
+    pub shm: Registry,
     draining: AtomicBool,
     inflight: AtomicUsize,
     batchers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -116,6 +119,7 @@ impl AppState {
             }),
             queue,
             metrics,
+            shm: Registry::new(args.allow_client_shm),
             draining: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             batchers: std::sync::Mutex::new(batchers),

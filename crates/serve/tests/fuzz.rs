@@ -238,6 +238,9 @@ fn key() -> impl Strategy<Value = String> {
         "binary_data",
         "binary_data_output",
         "timeout",
+        "shared_memory_region",
+        "shared_memory_byte_size",
+        "shared_memory_offset",
     ]);
     prop_oneof![3 => known.prop_map(String::from), 1 => "[a-z]{1,6}"]
 }

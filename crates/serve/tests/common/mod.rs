@@ -402,3 +402,26 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// The three input tensors of `samples` as the binary tensor data extension (and system
+/// shared memory) carries them: dense FP32, lengths INT32, indices INT64, little-endian.
+pub fn le_tensors(samples: &[Sample]) -> [Vec<u8>; 3] {
+    let dense = samples
+        .iter()
+        .flat_map(|s| s.dense.iter().flat_map(|v| v.to_le_bytes()))
+        .collect();
+    let lengths = samples
+        .iter()
+        .flat_map(|s| s.sparse.iter().flat_map(|b| (b.len() as i32).to_le_bytes()))
+        .collect();
+    let indices = samples
+        .iter()
+        .flat_map(|s| {
+            s.sparse
+                .iter()
+                .flatten()
+                .flat_map(|&i| (i as i64).to_le_bytes())
+        })
+        .collect();
+    [dense, lengths, indices]
+}
