@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The serving checks of issue 5, in one run against one `dlrs serve` (python3 stdlib only).
 
-1. latency-bounded throughput over HTTP (KServe v2, binary tensors) and in process (`dlrs
+1. latency-bounded throughput over HTTP (KServe v2, binary tensors, or with --shared-memory
+   system the tensors in a system shared memory region) and in process (`dlrs
    twin`, the same queue and compute instances, no HTTP) at the same p99 target: the ratio;
 2. overload: 3x the sustainable HTTP rate for --overload-s seconds; the queue depth
    (/metrics, sampled every 0.25 s) stays <= --max-queue, 503s come back fast, accepted
@@ -110,6 +111,9 @@ def main():
     ap.add_argument("--recovery-s", type=float, default=10.0)
     ap.add_argument("--reload-s", type=float, default=95.0)
     ap.add_argument("--reload-every-s", type=float, default=30.0)
+    ap.add_argument("--shared-memory", choices=["none", "system"], default="none",
+                    help="loadgen's --shared-memory: system puts the tensors in a system shared memory region "
+                         "(the server then runs with --allow-client-shm)")
     ap.add_argument("--skip", default="", help="comma list of checks to skip: twin,overload,reload")
     ap.add_argument("--json", help="write all figures to this file")
     a = ap.parse_args()
@@ -118,6 +122,8 @@ def main():
     name = "m"
     layout = ["--threads", str(a.threads)] + (["--instances", str(a.instances)] if a.instances else [])
     http_only = ["--http-threads", str(a.http_threads)] if a.http_threads else []
+    if a.shared_memory == "system":
+        http_only += ["--allow-client-shm"]
     batching = ["--max-batch", str(a.max_batch), "--max-queue-delay-us", str(a.max_queue_delay_us),
                 "--max-queue", str(a.max_queue), "--max-queue-wait-ms", str(a.max_queue_wait_ms)]
     load = ["--ids-per-table", str(a.ids_per_table), "--query-size", a.query_size, "--pool", str(a.pool), "--json"]
@@ -137,7 +143,8 @@ def main():
                 sys.exit("the server exited: " + server.stderr.read())
             time.sleep(0.2)
         print(f"server up: {' '.join(layout + http_only + batching)}; RSS {rss_mb(server.pid):.0f} MB", flush=True)
-        loadgen = [a.dlrs, "loadgen", "--url", url, "--model", name, "--binary"] + load
+        loadgen = [a.dlrs, "loadgen", "--url", url, "--model", name, "--binary",
+                   "--shared-memory", a.shared_memory] + load
 
         # 1. latency-bounded throughput, HTTP then in process
         search = ["--target-p99-ms", str(a.target_p99_ms), "--qps", str(a.start_qps), "--duration", str(a.step_s),

@@ -98,22 +98,34 @@ impl Endpoint {
 
     /// `GET` of `path` under the base; the status and body.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        self.call(Method::GET, path, Bytes::new()).await
+    }
+
+    /// `POST` of the JSON `body` to `path` under the base; the status and body.
+    pub async fn post(&self, path: &str, body: String) -> anyhow::Result<(u16, Bytes)> {
+        self.call(Method::POST, path, Bytes::from(body)).await
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
         let mut s = self.connect().await?;
-        let req = Request::builder()
-            .method(Method::GET)
+        let mut req = Request::builder()
+            .method(&method)
             .uri(format!("{}{path}", self.base))
-            .header(header::HOST, &self.host)
-            .body(Full::new(Bytes::new()))?;
+            .header(header::HOST, &self.host);
+        if !body.is_empty() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(Full::new(body))?;
         let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(req))
             .await
-            .context("GET timed out")?
-            .with_context(|| format!("GET {path}"))?;
+            .with_context(|| format!("{method} {path} timed out"))?
+            .with_context(|| format!("{method} {path}"))?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()
             .collect()
             .await
-            .with_context(|| format!("reading GET {path}"))?
+            .with_context(|| format!("reading {method} {path}"))?
             .to_bytes();
         Ok((status, body))
     }

@@ -35,6 +35,14 @@
 //! HTTP/1.1 connections (default 64) opened before the clock starts. A 200 answer counts as ok
 //! when it carries one score per sample.
 //!
+//! With `--shared-memory system` (Triton's system shared memory extension, as perf_analyzer
+//! calls it) the pool's input tensors are written once into one POSIX shared memory object
+//! (`/dev/shm/dlrs-loadgen-PID-N`), registered with the server as one region; each request
+//! is then a small JSON body naming its tensors' offsets there (scores still come back in the
+//! answer). The object is unlinked once the server has mapped it, and the region is
+//! unregistered when the run ends, fails or is interrupted. The server must run on the same
+//! machine, started with `--allow-client-shm`; `--binary` then changes nothing.
+//!
 //! # Twin (`dlrs twin`)
 //!
 //! The same arrivals and queries against the model in process (`--model DIR`, tables in RAM),
@@ -52,7 +60,8 @@
 //!
 //! - always: `mode` (`"http"` or `"twin"`), `query_size`, `dist`, `ids_per_table`, `seed`,
 //!   `pool` (the pool's actual size), `warmup_s`, `drain_s`; HTTP: `url`, `model`, `model_dir`, `protocol`, `binary`,
-//!   `connections`; twin: `model_dir`, `threads`, `instances`, `max_batch`,
+//!   `shared_memory` (`none` or `system`), `transport` (`json`, `binary` or
+//!   `system_shared_memory`), `connections`; twin: `model_dir`, `threads`, `instances`, `max_batch`,
 //!   `max_queue_delay_us`, `max_queue`, `max_queue_wait_ms`, `deadline_ms`;
 //! - one measurement: `offered_qps`, `duration_s`, `queries`, `ok`, `ok_samples`,
 //!   `achieved_qps`, `samples_per_s`, `mean_query_size`, `latency_ms.{p50, p95, p99, p999,
@@ -77,6 +86,7 @@ pub mod http;
 pub mod payload;
 pub mod plot;
 pub mod search;
+pub mod shm;
 pub mod stats;
 pub mod twin;
 
@@ -94,6 +104,7 @@ use crate::dist::QuerySize;
 use crate::driver::Measure;
 use crate::payload::{Protocol, Workload};
 use crate::search::{Point, SearchPlan};
+use crate::shm::{SharedMemory, ShmPool};
 use crate::stats::{Report, ms};
 
 fn parse_dist(s: &str) -> Result<IdDist, String> {
@@ -169,6 +180,12 @@ pub struct LoadgenArgs {
     /// send v2 tensors with the binary tensor data extension instead of JSON
     #[arg(long)]
     pub binary: bool,
+    /// none: tensors in the request bodies; system: the pool's tensors in one POSIX shared
+    /// memory object registered with the server once, each request naming its offsets
+    /// (Triton's system shared memory extension, as perf_analyzer's --shared-memory system;
+    /// the server runs on this machine with --allow-client-shm). Needs --protocol v2
+    #[arg(long, default_value = "none", value_parser = SharedMemory::parse)]
+    pub shared_memory: SharedMemory,
     /// keep-alive connections (a query waits while all are busy; the wait counts)
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
@@ -454,6 +471,11 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
         !(args.binary && args.protocol == Protocol::V1),
         "--binary needs --protocol v2"
     );
+    let shm = args.shared_memory == SharedMemory::System;
+    ensure!(
+        !(shm && args.protocol == Protocol::V1),
+        "--shared-memory system needs --protocol v2"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dlrs-loadgen")
@@ -467,17 +489,29 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
     let cfg = rt.block_on(ep.model_config(args.model_dir.as_deref()))?;
 
     let t0 = Instant::now();
-    let bodies = args
-        .load
-        .workload()
-        .bodies(&cfg, args.protocol, args.binary)?;
+    let workload = args.load.workload();
+    // with --shared-memory system, the region stays registered while `pool` lives
+    let (pool, bodies) = if shm {
+        let (pool, bodies) = ShmPool::create(&rt, &ep, &workload, &cfg)?;
+        (Some(pool), bodies)
+    } else {
+        (None, workload.bodies(&cfg, args.protocol, args.binary)?)
+    };
     let bytes: usize = bodies.iter().map(|b| b.bytes.len()).sum();
     let bodies = Arc::new(bodies);
     let out = Out {
         json: args.load.json,
     };
+    let in_shm = pool.as_ref().map_or(String::new(), |p| {
+        format!(
+            ", {:.1} MB of tensors in shared memory region \"{}\" (key {})",
+            p.byte_size as f64 / 1e6,
+            p.region,
+            p.key
+        )
+    });
     out.line(&format!(
-        "generated {} queries ({:.1} MB of request bodies) in {:.2} s",
+        "generated {} queries ({:.1} MB of request bodies{in_shm}) in {:.2} s",
         bodies.len(),
         bytes as f64 / 1e6,
         t0.elapsed().as_secs_f64()
@@ -493,15 +527,17 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
     );
     header.insert("protocol".into(), json!(args.protocol.name()));
     header.insert("binary".into(), json!(args.binary));
+    header.insert("shared_memory".into(), json!(args.shared_memory.name()));
+    header.insert("transport".into(), json!(transport(&args)));
     header.insert("connections".into(), json!(args.connections));
     header.extend(args.load.header());
     header.insert("pool".into(), json!(bodies.len()));
     let title = format!(
-        "dlrs loadgen: {} model \"{}\" ({}{}, {} connections), query size {}, ids {} x{}",
+        "dlrs loadgen: {} model \"{}\" ({} {}, {} connections), query size {}, ids {} x{}",
         args.url,
         args.model,
         args.protocol.name(),
-        if args.binary { " binary" } else { " JSON" },
+        transport(&args),
         args.connections,
         args.load.query_size.name(),
         args.load.dist.name(),
@@ -529,6 +565,15 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
         args.protocol.name()
     );
     drive(&args.load, header, &title, &plot_title, &mut measure)
+}
+
+/// How the tensors travel: `json` or `binary` (in the body) or `system_shared_memory`.
+fn transport(args: &LoadgenArgs) -> &'static str {
+    match (args.shared_memory, args.binary) {
+        (SharedMemory::System, _) => "system_shared_memory",
+        (SharedMemory::None, true) => "binary",
+        (SharedMemory::None, false) => "json",
+    }
 }
 
 /// [`run_twin`] without printing the JSON object: returns it.

@@ -83,11 +83,37 @@ impl Workload {
         protocol: Protocol,
         binary: bool,
     ) -> anyhow::Result<Vec<Body>> {
+        self.encoded(cfg, |b| Ok(encode(b, protocol, binary)))
+    }
+
+    /// The pool as v2 requests whose tensors are in the system shared memory region
+    /// `region` ([`encode_shm`]; fewer than `pool` if they would exceed [`MAX_POOL_BYTES`]):
+    /// `store` writes each tensor ([`tensors_le`]) and returns its offset in the region.
+    pub fn shm_bodies(
+        &self,
+        cfg: &DlrmConfig,
+        region: &str,
+        store: &mut dyn FnMut(&[u8]) -> anyhow::Result<u64>,
+    ) -> anyhow::Result<Vec<Body>> {
+        self.encoded(cfg, |b| {
+            let [d, l, i] = tensors_le(b);
+            let offsets = [store(&d)?, store(&l)?, store(&i)?];
+            Ok(encode_shm(b, region, offsets))
+        })
+    }
+
+    /// The pool, each batch encoded by `enc` (fewer than `pool` if the batches would exceed
+    /// [`MAX_POOL_BYTES`]).
+    fn encoded(
+        &self,
+        cfg: &DlrmConfig,
+        mut enc: impl FnMut(&Batch) -> anyhow::Result<Body>,
+    ) -> anyhow::Result<Vec<Body>> {
         let mut out = Vec::with_capacity(self.pool);
         let mut bytes = 0;
         self.generate(cfg, |_, b| {
             bytes += batch_bytes(&b);
-            out.push(encode(&b, protocol, binary));
+            out.push(enc(&b)?);
             Ok(bytes < MAX_POOL_BYTES)
         })?;
         Ok(out)
@@ -196,25 +222,15 @@ pub fn encode(b: &Batch, protocol: Protocol, binary: bool) -> Body {
             }
         }
         Protocol::V2 if binary => {
-            let mut s = String::new();
-            write!(
-                s,
-                "{{\"inputs\":[\
-                 {{\"name\":\"dense\",\"datatype\":\"FP32\",\"shape\":[{n},{nd}],\"parameters\":{{\"binary_data_size\":{}}}}},\
-                 {{\"name\":\"lengths\",\"datatype\":\"INT32\",\"shape\":[{n},{nt}],\"parameters\":{{\"binary_data_size\":{}}}}},\
-                 {{\"name\":\"indices\",\"datatype\":\"INT64\",\"shape\":[{n_ids}],\"parameters\":{{\"binary_data_size\":{}}}}}],\
-                 \"outputs\":[{{\"name\":\"score\"}}]}}",
-                n * nd * 4,
-                n * nt * 4,
-                n_ids * 8
-            )
-            .expect("writing to a String");
+            let t = tensors_le(b);
+            let params = t
+                .each_ref()
+                .map(|x| format!("{{\"binary_data_size\":{}}}", x.len()));
+            let s = v2_header(b, &params);
             let header_len = s.len();
             let mut bytes = s.into_bytes();
-            bytes.reserve(n * nd * 4 + n * nt * 4 + n_ids * 8);
-            bytes.extend(b.dense().iter().flat_map(|v| v.to_le_bytes()));
-            bytes.extend(lengths(b).flat_map(|v| (v as i32).to_le_bytes()));
-            bytes.extend(indices(b).flat_map(|v| (v as i64).to_le_bytes()));
+            bytes.reserve(t.iter().map(Vec::len).sum());
+            t.iter().for_each(|x| bytes.extend_from_slice(x));
             Body {
                 bytes: Bytes::from(bytes),
                 header_len: Some(header_len),
@@ -245,6 +261,56 @@ pub fn encode(b: &Batch, protocol: Protocol, binary: bool) -> Body {
                 size: n,
             }
         }
+    }
+}
+
+/// The three input tensors of `b` (dense FP32, lengths INT32, indices INT64) as
+/// little-endian bytes: the binary data of the binary tensor data extension, and what system
+/// shared memory holds.
+pub fn tensors_le(b: &Batch) -> [Vec<u8>; 3] {
+    [
+        b.dense().iter().flat_map(|v| v.to_le_bytes()).collect(),
+        lengths(b).flat_map(|v| (v as i32).to_le_bytes()).collect(),
+        indices(b).flat_map(|v| (v as i64).to_le_bytes()).collect(),
+    ]
+}
+
+/// The JSON of a v2 request for `b` whose inputs `dense`, `lengths`, `indices` carry
+/// `parameters` (JSON objects) instead of data; the output is answered in JSON.
+fn v2_header(b: &Batch, parameters: &[String; 3]) -> String {
+    let n = b.size();
+    let nt = b.bags().len();
+    let nd = b.dense().len().checked_div(n).unwrap_or(0);
+    let n_ids = b.id_count();
+    let [pd, pl, pi] = parameters;
+    format!(
+        "{{\"inputs\":[\
+         {{\"name\":\"dense\",\"datatype\":\"FP32\",\"shape\":[{n},{nd}],\"parameters\":{pd}}},\
+         {{\"name\":\"lengths\",\"datatype\":\"INT32\",\"shape\":[{n},{nt}],\"parameters\":{pl}}},\
+         {{\"name\":\"indices\",\"datatype\":\"INT64\",\"shape\":[{n_ids}],\"parameters\":{pi}}}],\
+         \"outputs\":[{{\"name\":\"score\"}}]}}"
+    )
+}
+
+/// The v2 request body of `b` whose three input tensors ([`tensors_le`]) are at `offsets`
+/// of the system shared memory region `region` (Triton's system shared memory extension):
+/// a small JSON request, no tensor data.
+pub fn encode_shm(b: &Batch, region: &str, offsets: [u64; 3]) -> Body {
+    let sizes = [
+        b.dense().len() * 4,
+        b.size() * b.bags().len() * 4,
+        b.id_count() * 8,
+    ];
+    let params = std::array::from_fn(|k| {
+        format!(
+            "{{\"shared_memory_region\":\"{region}\",\"shared_memory_offset\":{},\"shared_memory_byte_size\":{}}}",
+            offsets[k], sizes[k]
+        )
+    });
+    Body {
+        bytes: Bytes::from(v2_header(b, &params)),
+        header_len: None,
+        size: b.size(),
     }
 }
 

@@ -221,6 +221,109 @@ fn loadgen_against_dlrs_serve() {
     );
 }
 
+/// This process's shared memory objects in /dev/shm (those the load generator makes).
+fn loadgen_shm_objects() -> Vec<String> {
+    let prefix = format!("dlrs-loadgen-{}-", std::process::id());
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// `GET path` of the server at `url`: the status and the body.
+fn get(url: &str, path: &str) -> (u16, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ep =
+            dlrs_loadgen::http::Endpoint::resolve(url, NAME, dlrs_loadgen::payload::Protocol::V2)
+                .await
+                .unwrap();
+        let (status, body) = ep.get(path).await.unwrap();
+        (status, body.to_vec())
+    })
+}
+
+#[test]
+fn loadgen_with_system_shared_memory() {
+    let m = ModelDir::new(3);
+    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
+    sa.watch_interval_ms = 0;
+    sa.allow_client_shm = true;
+    let server = Server::start(sa);
+    let url = server.url();
+    let argv = |url: &str| {
+        loadgen_args(&[
+            "--url",
+            url,
+            "--model",
+            NAME,
+            "--shared-memory",
+            "system",
+            "--qps",
+            "40",
+            "--duration",
+            "1",
+            "--query-size",
+            "normal:20,4",
+            "--ids-per-table",
+            "3",
+            "--dist",
+            "zipf:1.1",
+            "--json",
+            "--warmup",
+            "0",
+            "--connections",
+            "4",
+        ])
+    };
+    let v = dlrs_loadgen::loadgen_json(argv(&url)).unwrap();
+    assert_clean_run(&v, 40.0, 1.0);
+    assert_eq!(v["shared_memory"], "system");
+    assert_eq!(v["transport"], "system_shared_memory");
+    // every input of every query came from shared memory
+    let metrics = String::from_utf8(get(&url, "/metrics").1).unwrap();
+    let shm_inputs = metrics
+        .lines()
+        .find(|l| l.starts_with("dlrs_shm_inputs_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert_eq!(
+        shm_inputs,
+        Some(3 * v["queries"].as_u64().unwrap()),
+        "{metrics}"
+    );
+    // nothing left behind: no object in /dev/shm, no region on the server
+    assert_eq!(loadgen_shm_objects(), Vec::<String>::new());
+    assert_eq!(
+        get(&url, "/v2/systemsharedmemory/status"),
+        (200, b"[]".to_vec())
+    );
+
+    // a server that does not allow it: a clear error, and nothing left behind either
+    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
+    sa.watch_interval_ms = 0;
+    let closed = Server::start(sa);
+    let e = dlrs_loadgen::loadgen_json(argv(&closed.url())).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("HTTP 403") && e.contains("--allow-client-shm"),
+        "{e}"
+    );
+    assert_eq!(loadgen_shm_objects(), Vec::<String>::new());
+
+    // v1 has no shared memory
+    let mut a = argv(&url);
+    a.protocol = dlrs_loadgen::payload::Protocol::V1;
+    let e = dlrs_loadgen::loadgen_json(a).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("--shared-memory system needs --protocol v2"),
+        "{e:#}"
+    );
+}
+
 #[test]
 fn without_model_dir_a_server_that_publishes_no_row_counts_is_a_clear_error() {
     // a KServe v2 server whose metadata has the tensors but no parameters.table_rows
@@ -412,6 +515,8 @@ fn flags_parse_with_the_documented_defaults() {
     assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--query-size", "gamma:1"]).is_err());
     assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--dist", "zipf:0"]).is_err());
     assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--protocol", "v3"]).is_err());
+    assert_eq!(a.shared_memory, dlrs_loadgen::shm::SharedMemory::None);
+    assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--shared-memory", "cuda"]).is_err());
     let t = twin_args(&["--model", "/x"]);
     assert_eq!(
         (t.threads, t.max_batch, t.max_queue_delay_us),
