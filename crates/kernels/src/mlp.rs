@@ -100,10 +100,11 @@ pub fn linear_gemm_only(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape
     if m == 0 || n == 0 {
         return;
     }
-    for i in 0..m {
-        y[i * ldy..i * ldy + n].copy_from_slice(bias);
-    }
-    if k > 0 {
+    if k == 0 {
+        for i in 0..m {
+            y[i * ldy..i * ldy + n].copy_from_slice(bias);
+        }
+    } else {
         let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         if k < SHORT_K && m >= 64 {
             // a short input: the gemm crate would pack `w [n, k]` with a strided gather (one
@@ -121,11 +122,42 @@ pub fn linear_gemm_only(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape
             unsafe { gemm_xw(x, ldx, w, k, 1, y, shape, par) }
         }
     }
-    if act != Activation::None {
+    bias_act(y, ldy, m, bias, act, k > 0);
+}
+
+/// `y[i, j] = act(y[i, j] + bias[j])` over `m` rows (or `act(bias[j])` when `!add`, the
+/// rows already holding it): the bias and activation in one pass after the GEMM, instead of
+/// a bias pre-fill the GEMM reads back plus an activation pass. AVX-512 where present.
+fn bias_act(y: &mut [f32], ldy: usize, m: usize, bias: &[f32], act: Activation, add: bool) {
+    #[inline(always)]
+    fn body(y: &mut [f32], ldy: usize, m: usize, bias: &[f32], act: Activation, add: bool) {
+        let n = bias.len();
         for i in 0..m {
-            act.apply(&mut y[i * ldy..i * ldy + n]);
+            let row = &mut y[i * ldy..i * ldy + n];
+            if add {
+                match act {
+                    Activation::None => row.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
+                    Activation::Relu => row.iter_mut().zip(bias).for_each(|(v, b)| *v = (*v + b).max(0.0)),
+                    Activation::Sigmoid => row.iter_mut().zip(bias).for_each(|(v, b)| *v = sigmoid(*v + b)),
+                }
+            } else {
+                act.apply(row);
+            }
         }
     }
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn body_avx512(y: &mut [f32], ldy: usize, m: usize, bias: &[f32], act: Activation, add: bool) {
+        body(y, ldy, m, bias, act, add)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_avx512() {
+        // SAFETY: AVX-512F is present.
+        return unsafe { body_avx512(y, ldy, m, bias, act, add) };
+    }
+    body(y, ldy, m, bias, act, add)
 }
 
 /// Inputs narrower than this go to gemm with a transposed copy of the weight.
@@ -136,7 +168,7 @@ thread_local! {
     static SHORT_WT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `y += x w^T` through the gemm crate, where w^T's element (kk, j) is at
+/// `y = x w^T` through the gemm crate, where w^T's element (kk, j) is at
 /// `wt[kk * rs + j * cs]`.
 ///
 /// # Safety
@@ -157,7 +189,7 @@ unsafe fn gemm_xw(x: &[f32], ldx: usize, wt: &[f32], cs: usize, rs: usize, y: &m
             y.as_mut_ptr(),
             1,
             ldy as isize,
-            true,
+            false,
             x.as_ptr(),
             1,
             ldx as isize,
