@@ -145,7 +145,7 @@ pub fn dot_interaction_backward(t: &[f32], g: &[f32], dt: &mut [f32], shape: Dot
     shape.check(t, g);
     shape.check(dt, g);
     #[cfg(target_arch = "x86_64")]
-    if shape.dim % 16 == 0 && crate::cpu::has_avx512() {
+    if shape.dim.is_multiple_of(16) && crate::cpu::has_avx512() {
         // SAFETY: AVX-512F is present, D is a multiple of 16; `shape.check` validated the
         // slices.
         return unsafe { dot_avx512::backward(t, g, dt, shape) };
@@ -228,120 +228,201 @@ mod dot_avx512 {
         ((1u32 << n) - 1) as __mmask16
     }
 
+    /// The transpose of a 16 x 16 tile held as 16 row vectors: column `q` comes back as
+    /// vector `q`. Four rounds of in-lane unpacks and 128-bit lane shuffles.
+    #[inline(always)]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // SAFETY: register-only shuffles; AVX-512F is enabled in every caller.
+        unsafe {
+            // per 128-bit lane L: t[2i] = rows 2i, 2i+1 interleaved at columns 4L, 4L+1; t[2i+1]
+            // at columns 4L+2, 4L+3
+            let t: [__m512; 16] = std::array::from_fn(|k| {
+                let (a, b) = (r[k & !1], r[k | 1]);
+                if k % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+            });
+            // u[4g + q], lane L: column 4L + q of rows 4g .. 4g + 4
+            let u: [__m512; 16] = std::array::from_fn(|k| {
+                let (g, q) = (k / 4, k % 4);
+                let (a, b) = (_mm512_castps_pd(t[4 * g + q / 2]), _mm512_castps_pd(t[4 * g + 2 + q / 2]));
+                _mm512_castpd_ps(if q % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+            });
+            // v[q] = [col q, col 8+q] of rows 0-3, then of rows 4-7; v[4+q]: cols 4+q, 12+q;
+            // v[8..16]: the same for rows 8-15
+            let v: [__m512; 16] = std::array::from_fn(|k| {
+                let (h, q) = (k / 4, k % 4);
+                let (a, b) = (u[(h / 2) * 8 + q], u[(h / 2) * 8 + 4 + q]);
+                if h % 2 == 0 { _mm512_shuffle_f32x4::<0x88>(a, b) } else { _mm512_shuffle_f32x4::<0xdd>(a, b) }
+            });
+            std::array::from_fn(|c| {
+                let q = c % 4;
+                match c / 4 {
+                    0 => _mm512_shuffle_f32x4::<0x88>(v[q], v[8 + q]),
+                    1 => _mm512_shuffle_f32x4::<0x88>(v[4 + q], v[12 + q]),
+                    2 => _mm512_shuffle_f32x4::<0xdd>(v[q], v[8 + q]),
+                    _ => _mm512_shuffle_f32x4::<0xdd>(v[4 + q], v[12 + q]),
+                }
+            })
+        }
+    }
+
+    /// Row `i`'s pairs start at this index of a sample's outputs.
+    #[inline(always)]
+    fn row_start(i: usize, itself: bool) -> usize {
+        if itself { i * (i + 1) / 2 } else { i * i.saturating_sub(1) / 2 }
+    }
+
+    /// Four rows `i0 ..` of `Z` against columns `j0 .. j0 + 16` (and `j0 + 16 ..` when `TWO`):
+    /// each `T^T` load feeds four multiply-adds, eight independent chains with `TWO`. Rows past
+    /// `f` repeat row `f - 1` (computed, not stored); only each row's own pairs are stored.
+    ///
+    /// # Safety
+    /// AVX-512F; `tb` a sample's `f * d` features, `tt` its `[d, fp]` transpose with
+    /// `j0 + 16 (* 2 with TWO) <= fp`, `ob` its outputs.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows4<const TWO: bool>(tb: *const f32, tt: *const f32, ob: *mut f32, f: usize, d: usize, fp: usize, i0: usize, j0: usize, itself: bool) {
+        // SAFETY: by the contract; rows are clamped below f, columns below fp, stores masked
+        // to each row's pairs.
+        unsafe {
+            let extra = usize::from(itself);
+            let rows: [*const f32; 4] = std::array::from_fn(|r| tb.add((i0 + r).min(f - 1) * d));
+            let z = _mm512_setzero_ps();
+            let (mut a, mut b) = ([z; 4], [z; 4]);
+            for c in 0..d {
+                let v0 = _mm512_loadu_ps(tt.add(c * fp + j0));
+                let v1 = if TWO { _mm512_loadu_ps(tt.add(c * fp + j0 + 16)) } else { z };
+                for r in 0..4 {
+                    let x = _mm512_set1_ps(*rows[r].add(c));
+                    a[r] = _mm512_fmadd_ps(x, v0, a[r]);
+                    if TWO {
+                        b[r] = _mm512_fmadd_ps(x, v1, b[r]);
+                    }
+                }
+            }
+            for r in 0..4 {
+                let i = i0 + r;
+                let n = i + extra;
+                if i >= f || j0 >= n {
+                    continue;
+                }
+                let o = ob.add(row_start(i, itself) + j0);
+                _mm512_mask_storeu_ps(o, lanes((n - j0).min(16)), a[r]);
+                if TWO && j0 + 16 < n {
+                    _mm512_mask_storeu_ps(o.add(16), lanes((n - j0 - 16).min(16)), b[r]);
+                }
+            }
+        }
+    }
+
     /// [`super::dot_interaction`]'s lower triangle, sixteen pairs at a time: each sample's `T`
-    /// is transposed into a `[D, F]` scratch padded to 16-feature blocks, row `i`'s products
-    /// with rows `j0 .. j0 + 16` are one vector `sum_c T[i][c] * T^T[c][j0 ..]`, and row `i`'s
-    /// pairs, contiguous in `out`, are stored with a mask.
+    /// is transposed into a `[D, F]` scratch padded to 32-feature blocks (16 x 16 tiles through
+    /// registers when D is a multiple of 16), and four rows `i` at a time get their products
+    /// with rows `j0 .. j0 + 16` (and `+ 32`) as vectors `sum_c T[i][c] * T^T[c][j0 ..]`
+    /// ([`rows4`]); row `i`'s pairs, contiguous in `out`, are stored with a mask.
     ///
     /// # Safety
     /// AVX-512F present; `shape.check(t, out)` passed.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn forward(t: &[f32], out: &mut [f32], shape: DotShape) {
         let DotShape { batch, features: f, dim: d, itself, t_stride, out_stride } = shape;
+        if f == 0 {
+            return;
+        }
         let extra = usize::from(itself);
-        let fp = f.div_ceil(16) * 16;
+        let fp = f.div_ceil(32) * 32;
         let mut tt = vec![0.0f32; d * fp];
         let tt = tt.as_mut_ptr();
         for b in 0..batch {
             // SAFETY (whole loop body): by `shape.check`, sample b's `f * d` features start at
             // `b * t_stride` inside `t` and its `pair_count` outputs at `b * out_stride` inside
-            // `out`; `tt` holds `d * fp` floats and is indexed by `c < d`, `j < fp`; the
-            // stores write lanes `j0 .. n` of row i's `n` pairs only.
+            // `out`; `tt` is `[d, fp]` with fp a multiple of 32, so both blocks of a pair
+            // starting at a multiple of 32 are inside a row; tiles read rows below f only.
             unsafe {
                 let tb = t.as_ptr().add(b * t_stride);
-                for j in 0..f {
-                    for c in 0..d {
-                        *tt.add(c * fp + j) = *tb.add(j * d + c);
+                if d.is_multiple_of(16) {
+                    // 16 x 16 tiles through registers (the padding rows stay zero)
+                    for j0 in (0..f).step_by(16) {
+                        for c0 in (0..d).step_by(16) {
+                            let rows: [__m512; 16] = std::array::from_fn(|r| {
+                                if j0 + r < f { _mm512_loadu_ps(tb.add((j0 + r) * d + c0)) } else { _mm512_setzero_ps() }
+                            });
+                            for (q, col) in transpose16(rows).iter().enumerate() {
+                                _mm512_storeu_ps(tt.add((c0 + q) * fp + j0), *col);
+                            }
+                        }
+                    }
+                } else {
+                    for j in 0..f {
+                        for c in 0..d {
+                            *tt.add(c * fp + j) = *tb.add(j * d + c);
+                        }
                     }
                 }
                 let ob = out.as_mut_ptr().add(b * out_stride);
-                let mut p = 0;
-                for i in 0..f {
-                    let n = i + extra;
-                    let ti = tb.add(i * d);
+                for i0 in (0..f).step_by(4) {
+                    let nmax = ((i0 + 3).min(f - 1) + extra).max(1);
                     let mut j0 = 0;
-                    while j0 < n {
-                        // up to two column blocks share each broadcast; two chains over c
-                        // (even, odd) per block, so the FMAs' latency overlaps
-                        let two = j0 + 16 < n;
-                        let col = tt.add(j0);
-                        let z = _mm512_setzero_ps();
-                        let (mut a0, mut a1, mut b0, mut b1) = (z, z, z, z);
-                        let mut c = 0;
-                        while c < d {
-                            let odd = c + 1 < d;
-                            let x0 = _mm512_set1_ps(*ti.add(c));
-                            a0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(col.add(c * fp)), a0);
-                            if two {
-                                b0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(col.add(c * fp + 16)), b0);
-                            }
-                            if odd {
-                                let x1 = _mm512_set1_ps(*ti.add(c + 1));
-                                a1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(col.add((c + 1) * fp)), a1);
-                                if two {
-                                    b1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(col.add((c + 1) * fp + 16)), b1);
-                                }
-                            }
-                            c += 2;
-                        }
-                        _mm512_mask_storeu_ps(ob.add(p + j0), lanes((n - j0).min(16)), _mm512_add_ps(a0, a1));
-                        if two {
-                            _mm512_mask_storeu_ps(ob.add(p + j0 + 16), lanes((n - j0 - 16).min(16)), _mm512_add_ps(b0, b1));
+                    while j0 < nmax {
+                        if j0 + 16 < nmax {
+                            rows4::<true>(tb, tt, ob, f, d, fp, i0, j0, itself);
+                        } else {
+                            rows4::<false>(tb, tt, ob, f, d, fp, i0, j0, itself);
                         }
                         j0 += 32;
                     }
-                    p += n;
                 }
             }
         }
     }
 
-    /// [`super::dot_interaction_backward`] for D a multiple of 16: row `i`'s gradient stays in
-    /// a register across its pairs `(i, j)`, row `j`'s is updated in place (in L1).
+    /// [`super::dot_interaction_backward`] for D a multiple of 16, as `dT = G T` with `G` the pair gradients made symmetric in a `[F, F]`
+    /// scratch (the diagonal `2 g_ii` with `itself`): four rows of `dT` at a time, each `T_j`
+    /// load feeding four multiply-adds, and no read-modify-write of other rows.
     ///
     /// # Safety
     /// AVX-512F present; `d % 16 == 0`; `shape.check(t, g)` and `shape.check(dt, g)` passed.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn backward(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
         let DotShape { batch, features: f, dim: d, itself, t_stride, out_stride } = shape;
+        let mut gs = vec![0.0f32; f * f];
         for b in 0..batch {
             // SAFETY (whole loop body): by the checks, sample b's `f * d` features lie at
-            // `b * t_stride` in `t` and `dt`, its pair gradients at `b * out_stride` in `g`;
-            // `c0 + 16 <= d` as d is a multiple of 16; pair indices stay below
-            // `pair_count(f, itself)`.
+            // `b * t_stride` in `t` and `dt`, its pair gradients at `b * out_stride` in `g`
+            // (indices below `pair_count(f, itself)`); `c0 + 16 <= d` as d is a multiple of
+            // 16; `gs` is `[f, f]` indexed below f.
             unsafe {
                 let tb = t.as_ptr().add(b * t_stride);
                 let gb = g.as_ptr().add(b * out_stride);
                 let db = dt.as_mut_ptr().add(b * t_stride);
-                std::ptr::write_bytes(db, 0, f * d);
+                let gsp = gs.as_mut_ptr();
+                let mut p = 0;
                 for i in 0..f {
-                    let p0 = if itself { i * (i + 1) / 2 } else { i * i.saturating_sub(1) / 2 };
+                    for j in 0..i {
+                        let v = *gb.add(p + j);
+                        *gsp.add(i * f + j) = v;
+                        *gsp.add(j * f + i) = v;
+                    }
+                    p += i;
+                    *gsp.add(i * f + i) = if itself {
+                        p += 1;
+                        2.0 * *gb.add(p - 1)
+                    } else {
+                        0.0
+                    };
+                }
+                for i0 in (0..f).step_by(4) {
+                    let gr: [*const f32; 4] = std::array::from_fn(|r| gsp.add((i0 + r).min(f - 1) * f).cast_const());
                     for c0 in (0..d).step_by(16) {
-                        let ti = _mm512_loadu_ps(tb.add(i * d + c0));
-                        // two chains over j (even, odd), so the FMAs' latency overlaps
-                        let (mut a0, mut a1) = (_mm512_loadu_ps(db.add(i * d + c0)), _mm512_setzero_ps());
-                        let mut j = 0;
-                        while j + 2 <= i {
-                            let (g0, g1) = (_mm512_set1_ps(*gb.add(p0 + j)), _mm512_set1_ps(*gb.add(p0 + j + 1)));
-                            let (d0, d1) = (db.add(j * d + c0), db.add((j + 1) * d + c0));
-                            a0 = _mm512_fmadd_ps(g0, _mm512_loadu_ps(tb.add(j * d + c0)), a0);
-                            a1 = _mm512_fmadd_ps(g1, _mm512_loadu_ps(tb.add((j + 1) * d + c0)), a1);
-                            _mm512_storeu_ps(d0, _mm512_fmadd_ps(g0, ti, _mm512_loadu_ps(d0)));
-                            _mm512_storeu_ps(d1, _mm512_fmadd_ps(g1, ti, _mm512_loadu_ps(d1)));
-                            j += 2;
+                        let mut acc = [_mm512_setzero_ps(); 4];
+                        for j in 0..f {
+                            let tj = _mm512_loadu_ps(tb.add(j * d + c0));
+                            for r in 0..4 {
+                                acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*gr[r].add(j)), tj, acc[r]);
+                            }
                         }
-                        if j < i {
-                            let g0 = _mm512_set1_ps(*gb.add(p0 + j));
-                            let d0 = db.add(j * d + c0);
-                            a0 = _mm512_fmadd_ps(g0, _mm512_loadu_ps(tb.add(j * d + c0)), a0);
-                            _mm512_storeu_ps(d0, _mm512_fmadd_ps(g0, ti, _mm512_loadu_ps(d0)));
+                        for (r, a) in acc.iter().enumerate().take(f - i0) {
+                            _mm512_storeu_ps(db.add((i0 + r) * d + c0), *a);
                         }
-                        if itself {
-                            let g2 = _mm512_set1_ps(2.0 * *gb.add(p0 + i));
-                            a1 = _mm512_fmadd_ps(g2, ti, a1);
-                        }
-                        let sum = _mm512_add_ps(a0, a1);
-                        _mm512_storeu_ps(db.add(i * d + c0), sum);
                     }
                 }
             }
