@@ -511,6 +511,21 @@ async fn run_inference(
             error,
             body_unread: !drained,
         })?;
+    // a JSON request small enough to parse here (one whose tensors are in shared memory,
+    // say) holds its room before it is parsed: under overload it is refused for the price of
+    // reading its header, not of copying its ids
+    let reservation = match reservation {
+        None if matches!(proto, Protocol::V2)
+            && header_len.is_none()
+            && body.bytes.len() < PARSE_OFFLOAD_BYTES =>
+        {
+            kserve::declared_batch(&body.bytes)
+                .filter(|&n| n > 0)
+                .map(|n| st.queue.reserve(n))
+                .transpose()?
+        }
+        r => r,
+    };
     // the version serving now; the request runs on it even if a reload swaps in another
     let v = st.current();
     // the body (and its share of the budget) is dropped once parsed

@@ -59,6 +59,14 @@ fn full_queue_is_503_with_retry_after_at_once() {
             !head.to_ascii_lowercase().contains("connection: close"),
             "{head}"
         );
+        // so is a small JSON request, from its declared batch size before it is parsed:
+        // its ids of -1 (which a parse would answer 400) are never looked at
+        let mut req = v2_request(&c, None);
+        let n_ids = req["inputs"][2]["data"].as_array().unwrap().len();
+        req["inputs"][2]["data"] = serde_json::json!(vec![-1; n_ids]);
+        let r = srv.post("/v2/models/tiny/infer", &req.to_string());
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.error().contains("queue full"), "{}", r.body);
         // a request larger than the whole queue can never fit: 413
         let r = srv.infer(&samples(&mut Lcg(9), 3));
         assert_eq!(r.status, 413, "{}", r.body);
@@ -72,7 +80,7 @@ fn full_queue_is_503_with_retry_after_at_once() {
     let m = srv.metrics();
     assert_eq!(
         metric(&m, "dlrs_requests_total", r#"status="503""#),
-        Some(2.0),
+        Some(3.0),
         "{m}"
     );
     assert_eq!(
