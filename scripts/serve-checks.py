@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--max-queue-delay-us", type=int, default=500)
     ap.add_argument("--max-queue", type=int, default=4096)
     ap.add_argument("--max-queue-wait-ms", type=int, default=0)
+    ap.add_argument("--compute-nice", type=int, default=0,
+                    help="serve's --compute-nice (the compute threads' nice value; the HTTP threads preempt them)")
     ap.add_argument("--ids-per-table", type=int, default=80)
     ap.add_argument("--query-size", default="normal:165,16")
     ap.add_argument("--target-p99-ms", type=float, default=10.0)
@@ -124,6 +126,8 @@ def main():
     http_only = ["--http-threads", str(a.http_threads)] if a.http_threads else []
     if a.shared_memory == "system":
         http_only += ["--allow-client-shm"]
+    if a.compute_nice:
+        http_only += ["--compute-nice", str(a.compute_nice)]
     batching = ["--max-batch", str(a.max_batch), "--max-queue-delay-us", str(a.max_queue_delay_us),
                 "--max-queue", str(a.max_queue), "--max-queue-wait-ms", str(a.max_queue_wait_ms)]
     load = ["--ids-per-table", str(a.ids_per_table), "--query-size", a.query_size, "--pool", str(a.pool), "--json"]

@@ -57,7 +57,9 @@ pub fn measure(
     };
     let queue = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
     let instances =
-        dlrs_serve::spawn_instances(&queue, batching.instances, batching.threads, hooks)
+        // compute at the default priority: with no HTTP threads beside them, a nice value
+        // (serve's --compute-nice) would change nothing here
+        dlrs_serve::spawn_instances(&queue, batching.instances, batching.threads, 0, hooks)
             .context("starting the compute threads")?;
     let start = start_instant();
     let results = Arc::new(Results::new(start, offsets.len()));

@@ -74,12 +74,23 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(threads: usize) -> Result<Self> {
+        Self::with_nice(threads, 0)
+    }
+
+    /// An executor whose pool threads (if any) run at nice value `nice` (see
+    /// [`crate::set_thread_nice`]; 0 leaves them as the process is).
+    pub fn with_nice(threads: usize, nice: i32) -> Result<Self> {
         let threads = threads.max(1);
         let pool = if threads > 1 {
             Some(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .thread_name(|i| format!("dlrs-worker-{i}"))
+                    .start_handler(move |_| {
+                        if nice != 0 {
+                            crate::set_thread_nice(nice)
+                        }
+                    })
                     .build()
                     .map_err(|e| {
                         ModelError::io("<thread pool>", std::io::Error::other(e.to_string()))

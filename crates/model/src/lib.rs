@@ -40,10 +40,18 @@ pub use weights::TableMode;
 /// version — so that it uses the cores the compute threads leave idle. Best effort: a
 /// failure leaves the priority as it was.
 pub fn lower_thread_priority() {
+    set_thread_nice(19);
+}
+
+/// Sets the calling thread's nice value (Linux scheduling is per thread; raising it needs no
+/// privilege). Best effort: a failure leaves the priority as it was.
+pub fn set_thread_nice(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: gettid and setpriority take and return plain integers.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }

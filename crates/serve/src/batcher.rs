@@ -443,16 +443,22 @@ pub fn spawn(
     queue: &Arc<Queue>,
     instances: usize,
     threads: usize,
+    nice: i32,
     hooks: &Hooks,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::with_capacity(instances);
     queue.lock().instances = instances.max(1);
     for i in 0..instances.max(1) {
-        let exec = Executor::new(threads).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let exec = Executor::with_nice(threads, nice).map_err(|e| std::io::Error::other(e.to_string()))?;
         let (queue, hooks) = (Arc::clone(queue), hooks.clone());
         let h = std::thread::Builder::new()
             .name(format!("dlrs-batcher-{i}"))
-            .spawn(move || run(&queue, &exec, &hooks))?;
+            .spawn(move || {
+                if nice != 0 {
+                    dlrs_model::set_thread_nice(nice);
+                }
+                run(&queue, &exec, &hooks)
+            })?;
         handles.push(h);
     }
     Ok(handles)

@@ -228,6 +228,11 @@ pub struct ServeArgs {
     /// threads that run HTTP (tokio workers: accept, read and parse requests, answer)
     #[arg(long, default_value_t = 2)]
     pub http_threads: usize,
+    /// nice value of the compute instances' threads (0-19; Linux). Above 0 the HTTP threads
+    /// preempt them when the cores are saturated, so requests are read, refused (503) or
+    /// queued at once instead of waiting behind a batch's compute
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub compute_nice: i32,
     /// mmap: map the model file; ram: copy tables into huge pages
     #[arg(long, default_value = "ram", value_parser = parse_table_mode)]
     pub tables: TableMode,

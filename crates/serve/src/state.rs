@@ -105,7 +105,7 @@ impl AppState {
         };
         let queue = Arc::new(Queue::new(cfg, Arc::clone(&metrics)));
         let (instances, threads) = args.compute_layout()?;
-        let batchers = batcher::spawn(&queue, instances, threads, &args.hooks)
+        let batchers = batcher::spawn(&queue, instances, threads, args.compute_nice, &args.hooks)
             .context("starting the compute threads")?;
         Ok(Arc::new(AppState {
             name: args.model_name(),
