@@ -753,7 +753,7 @@ mod tests {
         let v = version();
         for instances in 1..=3 {
             let q = queue(5, Duration::from_micros(200), 10_000);
-            let handles = spawn(&q, instances, 1, &Hooks::default()).unwrap();
+            let handles = spawn(&q, instances, 1, 0, &Hooks::default()).unwrap();
             let results: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
                 let workers: Vec<_> = (0..4u32)
                     .map(|t| {
@@ -810,7 +810,7 @@ mod tests {
                 }
             })),
         };
-        let handles = spawn(&q, 1, 1, &hooks).unwrap();
+        let handles = spawn(&q, 1, 1, 0, &hooks).unwrap();
         let first = submit(&q, &v, batch(&v, 0, 2), Duration::from_secs(30)).unwrap();
         while computed.load(Ordering::SeqCst) == 0 {
             std::thread::yield_now();
@@ -860,7 +860,7 @@ mod tests {
         let hooks = Hooks {
             before_forward: Some(Arc::new(|b: &Batch| assert!(b.size() != 3, "boom"))),
         };
-        let handles = spawn(&q, 1, 2, &hooks).unwrap();
+        let handles = spawn(&q, 1, 2, 0, &hooks).unwrap();
         let bad = submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).unwrap();
         assert!(
             matches!(bad.blocking_recv().unwrap(), Err(ApiError::Internal(m)) if m.contains("boom"))
