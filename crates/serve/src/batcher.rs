@@ -172,12 +172,22 @@ struct State {
     waiting: usize,
     /// no more admissions; instances exit once `pending` is empty
     closed: bool,
-    /// compute seconds per sample on one instance, a moving average of the batches computed
-    /// (0 until the first batch)
+    /// compute seconds per sample on one instance: the median of the last [`PER_SAMPLE_WINDOW`]
+    /// batches (0 until the first batch)
     per_sample_s: f64,
+    /// the last batches' compute seconds per sample, oldest overwritten first
+    recent: Vec<f64>,
+    /// where the next batch's figure goes in `recent`
+    next_recent: usize,
     /// compute instances taking batches
     instances: usize,
 }
+
+/// Batches whose compute time per sample the wait bound takes the median of. A median, not a
+/// moving average: one batch slowed by a page fault or a preemption moved an average with
+/// weight 0.2 far enough to refuse requests at 35% load (0.85% of the twin's queries at 700
+/// QPS on RMC1).
+const PER_SAMPLE_WINDOW: usize = 32;
 
 /// The shared queue: admission on one side, batches for the instances on the other.
 pub struct Queue {
@@ -197,6 +207,8 @@ impl Queue {
             waiting: 0,
             closed: false,
             per_sample_s: 0.0,
+            recent: Vec::with_capacity(PER_SAMPLE_WINDOW),
+            next_recent: 0,
             instances: 1,
         };
         Queue {
@@ -307,11 +319,18 @@ impl Queue {
         }
         let per = took.as_secs_f64() / size as f64;
         let mut st = self.lock();
-        st.per_sample_s = if st.per_sample_s == 0.0 {
-            per
+        if st.recent.len() < PER_SAMPLE_WINDOW {
+            st.recent.push(per);
         } else {
-            0.8 * st.per_sample_s + 0.2 * per
-        };
+            let at = st.next_recent;
+            st.recent[at] = per;
+        }
+        st.next_recent = (st.next_recent + 1) % PER_SAMPLE_WINDOW;
+        let mut sorted = [0.0f64; PER_SAMPLE_WINDOW];
+        let n = st.recent.len();
+        sorted[..n].copy_from_slice(&st.recent);
+        sorted[..n].sort_unstable_by(f64::total_cmp);
+        st.per_sample_s = sorted[n / 2];
     }
 
     /// Closes the queue: what it holds is still computed, then the instances exit.
@@ -895,6 +914,10 @@ mod tests {
             Err(ApiError::Overloaded(m)) => assert!(m.contains("--max-queue-wait-ms"), "{m}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
+        // one batch 50 times slower is an outlier of the median, not a new estimate
+        q.observe(2, Duration::from_millis(2));
+        q.observe(2, Duration::from_millis(100));
+        assert_eq!(q.lock().per_sample_s, 1e-3);
         // two instances halve the estimate
         q.lock().instances = 2;
         assert!(submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(30)).is_ok());

@@ -214,8 +214,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4096)]
     pub max_queue: usize,
     /// most estimated work waiting ahead of a new request, in milliseconds (waiting samples
-    /// times the measured compute time per sample, over the instances); beyond it requests
-    /// get 503 at once. 0: no bound by time (only --max-queue)
+    /// times the median compute time per sample of the last 32 batches, over the
+    /// instances); beyond it requests get 503 at once. 0: no bound by time (only --max-queue)
     #[arg(long, default_value_t = 0)]
     pub max_queue_wait_ms: u64,
     /// threads of the forward pass, over all instances
