@@ -180,7 +180,7 @@ fn dot_backward_body<const FMA: bool>(t: &[f32], g: &[f32], dt: &mut [f32], shap
         db.fill(0.0);
         for i in 0..f {
             // pairs before row i: (r, 0..r) [and (r, r)] for every r < i
-            let p0 = if itself { i * (i + 1) / 2 } else { i * i.saturating_sub(1) / 2 };
+            let p0 = pair_count(i, itself);
             let gi = &gb[p0..p0 + i];
             let (lo, hi) = db.split_at_mut(i * d);
             let di = &mut hi[..d];
@@ -220,7 +220,7 @@ fn dot_backward_body<const FMA: bool>(t: &[f32], g: &[f32], dt: &mut [f32], shap
 mod dot_avx512 {
     use std::arch::x86_64::*;
 
-    use super::DotShape;
+    use super::{DotShape, pair_count};
 
     /// Lanes `0 .. n` (n <= 16).
     #[inline(always)]
@@ -265,12 +265,6 @@ mod dot_avx512 {
         }
     }
 
-    /// Row `i`'s pairs start at this index of a sample's outputs.
-    #[inline(always)]
-    fn row_start(i: usize, itself: bool) -> usize {
-        if itself { i * (i + 1) / 2 } else { i * i.saturating_sub(1) / 2 }
-    }
-
     /// Four rows `i0 ..` of `Z` against columns `j0 .. j0 + 16` (and `j0 + 16 ..` when `TWO`):
     /// each `T^T` load feeds four multiply-adds, eight independent chains with `TWO`. Rows past
     /// `f` repeat row `f - 1` (computed, not stored); only each row's own pairs are stored.
@@ -305,7 +299,8 @@ mod dot_avx512 {
                 if i >= f || j0 >= n {
                     continue;
                 }
-                let o = ob.add(row_start(i, itself) + j0);
+                // row i's pairs follow those of rows 0 .. i
+                let o = ob.add(pair_count(i, itself) + j0);
                 _mm512_mask_storeu_ps(o, lanes((n - j0).min(16)), a[r]);
                 if TWO && j0 + 16 < n {
                     _mm512_mask_storeu_ps(o.add(16), lanes((n - j0 - 16).min(16)), b[r]);

@@ -125,9 +125,10 @@ pub fn linear_gemm_only(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape
     bias_act(y, ldy, m, bias, act, k > 0);
 }
 
-/// `y[i, j] = act(y[i, j] + bias[j])` over `m` rows (or `act(bias[j])` when `!add`, the
-/// rows already holding it): the bias and activation in one pass after the GEMM, instead of
-/// a bias pre-fill the GEMM reads back plus an activation pass. AVX-512 where present.
+/// `y[i, j] = act(y[i, j] + bias[j])` over `m` rows, or `act(y[i, j])` when `!add` (rows
+/// that already include their bias: a bias pre-fill, or the no-packing product): the bias
+/// and activation in one pass after the GEMM, instead of a bias pre-fill the GEMM reads back
+/// plus an activation pass. AVX-512 where present.
 fn bias_act(y: &mut [f32], ldy: usize, m: usize, bias: &[f32], act: Activation, add: bool) {
     #[inline(always)]
     fn body(y: &mut [f32], ldy: usize, m: usize, bias: &[f32], act: Activation, add: bool) {
@@ -224,7 +225,7 @@ pub fn linear_nt(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: Linea
     linear(x, w, bias, y, shape, act, threads)
 }
 
-/// The no-packing product, then the activation on each output row.
+/// The no-packing product (bias included), then the activation on each output row.
 ///
 /// # Safety
 /// AVX-512F present; `shape.check` passed for the slices.
@@ -232,17 +233,13 @@ pub fn linear_nt(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: Linea
 unsafe fn nt_layer(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation) {
     // SAFETY: forwarded from this function's contract.
     unsafe { nt_avx512::linear_nt(x, w, bias, y, shape) };
-    let LinearShape { m, n, ldy, .. } = shape;
-    for i in 0..m {
-        act.apply(&mut y[i * ldy..i * ldy + n]);
-    }
+    bias_act(y, shape.ldy, shape.m, bias, act, false);
 }
 
 /// The largest weight the no-packing path takes for more than 16 rows: half of a Zen 4/5
 /// core's 1 MiB L2, since it reads the weight once per 4 rows.
 #[cfg(target_arch = "x86_64")]
 const NT_WEIGHT_BYTES: usize = 512 << 10;
-
 
 #[cfg(target_arch = "x86_64")]
 mod nt_avx512 {
