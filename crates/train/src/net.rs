@@ -46,10 +46,8 @@ pub struct LayerGrad {
 #[derive(Clone, Debug, Default)]
 pub struct SparseGrad {
     pub ids: Vec<u32>,
-    /// `[ids.len(), D]` row-major in its first `len` floats ([`SparseGrad::values`]); the
-    /// rest is room kept for the next step
-    values: Vec<f32>,
-    len: usize,
+    /// `[ids.len(), D]` row-major
+    pub values: Vec<f32>,
     /// scratch: `(id << 32) | sample` per occurrence
     keys: Vec<u64>,
     /// scratch of [`sort_keys`]
@@ -758,13 +756,8 @@ impl SparseGrad {
         }
         sort_keys(&mut self.keys, &mut self.scratch);
         self.ids.clear();
-        // sized for every occurrence distinct, cut to the distinct ids at the end (no
-        // reallocation once warm, and no `memcpy` call per 64-byte row)
-        if self.values.len() < self.keys.len() * d {
-            self.values.resize(self.keys.len() * d, 0.0);
-        }
+        self.values.clear();
         let mut last = u64::MAX;
-        let mut n = 0;
         // the rows are read in id order, i.e. at random samples: fetch them ahead
         const AHEAD: usize = 8;
         let base = dpooled.as_ptr().cast::<u8>();
@@ -780,21 +773,15 @@ impl SparseGrad {
             let row = &dpooled[s * stride..s * stride + d];
             if id != last {
                 self.ids.push(id as u32);
-                copy_row(&mut self.values[n..n + d], row);
-                n += d;
+                self.values.extend_from_slice(row);
                 last = id;
             } else {
-                for (v, g) in self.values[n - d..n].iter_mut().zip(row) {
+                let n = self.values.len();
+                for (v, g) in self.values[n - d..].iter_mut().zip(row) {
                     *v += g;
                 }
             }
         }
-        self.len = n;
-    }
-
-    /// The gradient rows, `[ids.len(), D]` row-major.
-    pub fn values(&self) -> &[f32] {
-        &self.values[..self.len]
     }
 }
 
@@ -825,23 +812,6 @@ fn sort_keys(keys: &mut Vec<u64>, scratch: &mut Vec<u64>) {
         }
         std::mem::swap(keys, scratch);
         shift += 8;
-    }
-}
-
-/// `dst.copy_from_slice(src)` with the common embedding widths as fixed-size moves (a
-/// `memcpy` call per 64-byte row was ~1% of a training step).
-#[inline(always)]
-fn copy_row(dst: &mut [f32], src: &[f32]) {
-    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
-        let s: &[f32; N] = src.try_into().expect("N floats");
-        let d: &mut [f32; N] = dst.try_into().expect("N floats");
-        *d = *s;
-    }
-    match src.len() {
-        16 => fixed::<16>(dst, src),
-        32 => fixed::<32>(dst, src),
-        64 => fixed::<64>(dst, src),
-        _ => dst.copy_from_slice(src),
     }
 }
 

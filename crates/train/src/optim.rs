@@ -463,7 +463,7 @@ pub fn sparse_update(
             }
         }
         let r = id as usize;
-        let gr = &g.values()[k * d..k * d + d];
+        let gr = &g.values[k * d..k * d + d];
         let w = &mut table[r * d..r * d + d];
         match opt {
             SparseOptimizer::Sgd => {

@@ -205,7 +205,7 @@ fn check(cfg_json: &str, seed: u64, n: usize, threads: usize) {
                 .ids
                 .iter()
                 .position(|&id| id as usize == row)
-                .map_or(0.0, |j| sg.values()[j * d + c]);
+                .map_or(0.0, |j| sg.values[j * d + c]);
             let want = fd(&|p: &mut P, e| p.tables[t][k] += e);
             close(format!("emb[{t}][{row}][{c}]"), got, want);
             nonzero += usize::from(want.abs() > 1e-6);
