@@ -97,8 +97,8 @@ impl Workload {
     ) -> anyhow::Result<Vec<Body>> {
         self.encoded(cfg, |b| {
             let [d, l, i] = tensors_le(b);
-            let offsets = [store(&d)?, store(&l)?, store(&i)?];
-            Ok(encode_shm(b, region, offsets))
+            let ranges = [(store(&d)?, d.len()), (store(&l)?, l.len()), (store(&i)?, i.len())];
+            Ok(encode_shm(b, region, ranges))
         })
     }
 
@@ -292,19 +292,13 @@ fn v2_header(b: &Batch, parameters: &[String; 3]) -> String {
     )
 }
 
-/// The v2 request body of `b` whose three input tensors ([`tensors_le`]) are at `offsets`
-/// of the system shared memory region `region` (Triton's system shared memory extension):
-/// a small JSON request, no tensor data.
-pub fn encode_shm(b: &Batch, region: &str, offsets: [u64; 3]) -> Body {
-    let sizes = [
-        b.dense().len() * 4,
-        b.size() * b.bags().len() * 4,
-        b.id_count() * 8,
-    ];
-    let params = std::array::from_fn(|k| {
+/// The v2 request body of `b` whose three input tensors ([`tensors_le`]) are at `ranges`
+/// (offset, byte size) of the system shared memory region `region` (Triton's system shared
+/// memory extension): a small JSON request, no tensor data.
+pub fn encode_shm(b: &Batch, region: &str, ranges: [(u64, usize); 3]) -> Body {
+    let params = ranges.map(|(offset, size)| {
         format!(
-            "{{\"shared_memory_region\":\"{region}\",\"shared_memory_offset\":{},\"shared_memory_byte_size\":{}}}",
-            offsets[k], sizes[k]
+            "{{\"shared_memory_region\":\"{region}\",\"shared_memory_offset\":{offset},\"shared_memory_byte_size\":{size}}}"
         )
     });
     Body {

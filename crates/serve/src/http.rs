@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::batcher::{Job, Reply, ReplyTo};
+use crate::batcher::{Job, Reply, ReplyTo, Reservation};
 use crate::error::ApiError;
 use crate::kserve;
 use crate::state::{AppState, Version};
@@ -286,6 +286,15 @@ struct BodyBytes {
 /// a streamed body crosses it; 408 when it has not all arrived within `--body-timeout-ms`;
 /// 503 when the bodies in memory would exceed `--max-body-memory-bytes`.
 /// A look at the start of a body while it is read (see [`read_body`]).
+/// Room in the queue for the batch a v2 request's JSON declares (none if it declares none):
+/// taken before the request is parsed, so that under overload it is refused at once.
+fn hold_room(st: &AppState, json: &[u8]) -> Result<Option<Reservation>, ApiError> {
+    kserve::declared_batch(json)
+        .filter(|&n| n > 0)
+        .map(|n| st.queue.reserve(n))
+        .transpose()
+}
+
 type PrefixCheck<'a> = &'a mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send);
 
 /// Reads a request body within the limits. With `on_prefix = Some((n, f))`, `f` sees the
@@ -497,9 +506,7 @@ async fn run_inference(
         // for it then, so that under overload it is refused before its binary data is read
         let mut reservation = None;
         let mut reserve = |json: &[u8]| {
-            if let Some(n) = kserve::declared_batch(json).filter(|&n| n > 0) {
-                reservation = Some(st.queue.reserve(n)?);
-            }
+            reservation = hold_room(&st, json)?;
             Ok(())
         };
         let on_prefix = header_len.map(|n| (n, &mut reserve as PrefixCheck<'_>));
@@ -519,10 +526,7 @@ async fn run_inference(
             && header_len.is_none()
             && body.bytes.len() < PARSE_OFFLOAD_BYTES =>
         {
-            kserve::declared_batch(&body.bytes)
-                .filter(|&n| n > 0)
-                .map(|n| st.queue.reserve(n))
-                .transpose()?
+            hold_room(&st, &body.bytes)?
         }
         r => r,
     };
