@@ -808,18 +808,14 @@ pub fn parse_infer(
                 out.name
             )));
         }
+        let label = format!("outputs[{i}] \"score\"");
         if out
             .parameters
             .as_ref()
             .is_some_and(|p| p.contains_key("binary_data"))
         {
-            binary_output = bool_param(
-                &out.parameters,
-                "binary_data",
-                &format!("outputs[{i}] \"score\""),
-            )?;
+            binary_output = bool_param(&out.parameters, "binary_data", &label)?;
         }
-        let label = format!("outputs[{i}] \"score\"");
         if let Some(r) = shm_ref(&out.parameters, &label, shm)? {
             let need = b * 4;
             if r.size < need {
