@@ -100,6 +100,8 @@ pub struct TrainWorkspace {
     /// gradients of the last step
     pub grads: Grads,
     batch: usize,
+    /// F * D of the last step's model
+    width: usize,
 }
 
 /// Checks that a model can be trained: every table fp32 and held in memory (writable).
@@ -368,11 +370,27 @@ impl TrainWorkspace {
         labels: &[f32],
         threads: usize,
     ) -> f64 {
+        let loss = self.forward_backward_mlps(model, batch, labels, threads);
+        self.coalesce_tables(model, batch);
+        loss
+    }
+
+    /// [`forward_backward`](Self::forward_backward) up to the pooled embeddings' gradients:
+    /// the MLP gradients land in [`grads`](Self::grads), and each bag's gradient stays in
+    /// [`pooled_grads`](Self::pooled_grads) (the tables' [`SparseGrad`]s are not built).
+    pub fn forward_backward_mlps(
+        &mut self,
+        model: &Model,
+        batch: &Batch,
+        labels: &[f32],
+        threads: usize,
+    ) -> f64 {
         let cfg = &model.config;
         let b = batch.size();
         assert_eq!(labels.len(), b, "one label per sample");
         self.batch = b;
         let fw = cfg.features_width();
+        self.width = fw;
         let w = &model.weights;
         self.scores.resize(b, 0.0);
         ensure(&mut self.dfeatures, b * fw);
@@ -421,9 +439,15 @@ impl TrainWorkspace {
         let used = &self.threads[..n_ranges];
         reduce_into(&mut g.bot, &used.iter().map(|t| &t.bot).collect::<Vec<_>>());
         reduce_into(&mut g.top, &used.iter().map(|t| &t.top).collect::<Vec<_>>());
+        self.loss(labels)
+    }
 
-        // embeddings: sparse, coalesced per table (tables in parallel)
-        let d = cfg.dim;
+    /// The tables' sparse gradients from the last [`forward_backward_mlps`](Self::forward_backward_mlps)
+    /// on `batch`: coalesced per table (tables in parallel).
+    pub fn coalesce_tables(&mut self, model: &Model, batch: &Batch) {
+        let cfg = &model.config;
+        let (d, fw) = (cfg.dim, cfg.features_width());
+        let g = &mut self.grads;
         g.emb.resize_with(cfg.n_tables(), SparseGrad::default);
         let dfeatures = &self.dfeatures;
         g.emb
@@ -433,7 +457,12 @@ impl TrainWorkspace {
             .for_each(|(t, (sg, bag))| {
                 sg.coalesce(&bag.offsets, &bag.ids, &dfeatures[(t + 1) * d..], fw, d);
             });
-        self.loss(labels)
+    }
+
+    /// The gradient of every bag of the last step: `[B, F * D]` row-major, bag (b, t) at
+    /// `[b * F * D + (t + 1) * D..][..D]` (the first D columns are x's).
+    pub fn pooled_grads(&self) -> &[f32] {
+        &self.dfeatures[..self.batch * self.width]
     }
 }
 

@@ -19,7 +19,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use dlrs_model::Model;
+use dlrs_model::{Batch, Model};
+
 use dlrs_model::table::EmbeddingTable;
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -200,8 +201,47 @@ impl Optimizer {
 
     /// Applies one step of gradients to `model`.
     pub fn step(&mut self, model: &mut Model, grads: &Grads) {
+        self.dense_step(model, grads);
+        let sparse = self.sparse;
+        let sparse_lr = self.sparse_lr;
+        let d = model.config.dim;
+        model
+            .weights
+            .tables
+            .par_iter_mut()
+            .zip(&grads.emb)
+            .zip(self.sparse_state.par_iter_mut())
+            .for_each(|((table, g), st)| {
+                sparse_update(sparse, sparse_lr, d, table_f32_mut(table), g, st);
+            });
+    }
+
+    /// One step whose table gradients are still per bag (`sparse` must be SGD): the MLPs from
+    /// `grads`, and every id of bag (b, t) of `batch` moved by `-lr` times that bag's gradient,
+    /// `pooled[b * width + (t + 1) * D..][..D]`, one occurrence at a time in the batch's order.
+    /// That is how PyTorch applies a sparse gradient to a dense table (`add_` of an uncoalesced
+    /// tensor is an `index_add_`). For SGD it equals [`step`](Self::step) on the coalesced
+    /// gradient up to the order of the float additions, without building that gradient.
+    pub fn step_pooled(&mut self, model: &mut Model, grads: &Grads, batch: &Batch, pooled: &[f32], width: usize) {
+        assert_eq!(self.sparse, SparseOptimizer::Sgd, "per-bag table gradients need SGD");
+        self.dense_step(model, grads);
+        let (lr, d) = (self.sparse_lr, model.config.dim);
+        assert_eq!(pooled.len(), batch.size() * width, "pooled gradients do not fit the batch");
+        model
+            .weights
+            .tables
+            .par_iter_mut()
+            .zip(batch.bags())
+            .enumerate()
+            .for_each(|(t, (table, bag))| {
+                sgd_from_bags(lr, d, table_f32_mut(table), &bag.offsets, &bag.ids, &pooled[(t + 1) * d..], width);
+            });
+    }
+
+    /// The step count and the MLPs' update.
+    fn dense_step(&mut self, model: &mut Model, grads: &Grads) {
         self.step += 1;
-        let (lr, sparse_lr) = (self.dense_lr, self.sparse_lr);
+        let lr = self.dense_lr;
         let dense = self.dense;
         let t = self.step;
         let params = dense_params(model);
@@ -213,17 +253,6 @@ impl Optimizer {
             .zip(self.dense_state.par_iter_mut())
             .for_each(|((p, g), st)| {
                 dense_update(dense, lr, t, p, g, st);
-            });
-        let sparse = self.sparse;
-        let d = model.config.dim;
-        model
-            .weights
-            .tables
-            .par_iter_mut()
-            .zip(&grads.emb)
-            .zip(self.sparse_state.par_iter_mut())
-            .for_each(|((table, g), st)| {
-                sparse_update(sparse, sparse_lr, d, table_f32_mut(table), g, st);
             });
     }
 
@@ -433,6 +462,45 @@ pub fn dense_update(
                 *v = *v * b2 + (1.0 - b2) * g * g;
                 let denom = v.sqrt() / bc2_sqrt + ADAM_EPS;
                 *w -= step_size * *m / denom;
+            }
+        }
+    }
+}
+
+/// SGD on one table straight from its bags' gradients: each id of bag `s` (`ids[offsets[s]
+/// ..offsets[s + 1]]`) takes `w -= lr * pooled[s * stride..][..d]`, in bag order.
+pub fn sgd_from_bags(
+    lr: f32,
+    d: usize,
+    table: &mut [f32],
+    offsets: &[u32],
+    ids: &[u32],
+    pooled: &[f32],
+    stride: usize,
+) {
+    let bags = offsets.len().saturating_sub(1);
+    if bags == 0 {
+        return;
+    }
+    assert!(pooled.len() >= (bags - 1) * stride + d, "pooled gradients too short");
+    let n = offsets[bags] as usize;
+    assert!(offsets[0] == 0 && n <= ids.len());
+    let rows = table.len() / d;
+    // as sparse_update: rows are random in a large table, so ask for one a few ids ahead
+    const AHEAD: usize = 16;
+    let row_bytes = d * std::mem::size_of::<f32>();
+    let mut k = 0usize;
+    for (s, w) in offsets.windows(2).enumerate() {
+        let g = &pooled[s * stride..s * stride + d];
+        for &id in &ids[w[0] as usize..w[1] as usize] {
+            if let Some(&next) = ids[..n].get(k + AHEAD) {
+                dlrs_kernels::prefetch::row(table.as_ptr().cast(), next as usize, row_bytes, row_bytes);
+            }
+            k += 1;
+            let r = id as usize;
+            assert!(r < rows, "id {r} out of the table's {rows} rows");
+            for (w, g) in table[r * d..r * d + d].iter_mut().zip(g) {
+                *w -= lr * g;
             }
         }
     }

@@ -1,10 +1,11 @@
 //! Sparse optimizers against scalar references written from their definitions, with
-//! duplicate ids in a batch (their gradients are summed before the update).
+//! duplicate ids in a batch (their gradients are summed before the update), and SGD applied
+//! straight from the bags against SGD on the coalesced gradient.
 
 use std::collections::BTreeMap;
 
 use dlrs_train::net::SparseGrad;
-use dlrs_train::optim::{ADAGRAD_EPS, ROWWISE_EPS, SparseOptimizer, sparse_update};
+use dlrs_train::optim::{ADAGRAD_EPS, ROWWISE_EPS, SparseOptimizer, sgd_from_bags, sparse_update};
 
 const D: usize = 3;
 const ROWS: usize = 6;
@@ -154,4 +155,58 @@ fn rowwise_adagrad_keeps_one_accumulator_per_row() {
     assert!((s[2] as f64 - want).abs() < 1e-6, "{} vs {want}", s[2]);
     assert_eq!(s[1], 0.0);
     assert_eq!(s[3], 0.0);
+}
+
+proptest::proptest! {
+    /// SGD straight from the bags (`sgd_from_bags`, what `Trainer::step` runs for SGD tables)
+    /// against coalescing then updating, on multi-hot bags with repeats, empty bags and a
+    /// pooled stride wider than D; and bit for bit against one `w -= lr * g` per occurrence in
+    /// bag order (PyTorch's `index_add_` of an uncoalesced sparse gradient).
+    #[test]
+    fn sgd_from_bags_matches_coalesced_sgd(
+        bags in proptest::collection::vec(proptest::collection::vec(0u32..9, 0..5), 1..40),
+        d in 1usize..20,
+        pad in 0usize..3,
+        seed in 0u32..1000,
+    ) {
+        const ROWS: usize = 9;
+        let stride = d + pad;
+        let lr = 0.05f32;
+        let offsets: Vec<u32> = std::iter::once(0)
+            .chain(bags.iter().scan(0u32, |o, b| { *o += b.len() as u32; Some(*o) }))
+            .collect();
+        let ids: Vec<u32> = bags.concat();
+        let pooled: Vec<f32> = (0..bags.len() * stride)
+            .map(|i| ((i as u32 * 2654435761u32 ^ seed) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let init: Vec<f32> = (0..ROWS * d).map(|i| (i as f32 * 0.37).sin()).collect();
+
+        let mut fused = init.clone();
+        sgd_from_bags(lr, d, &mut fused, &offsets, &ids, &pooled, stride);
+
+        let mut coalesced = init.clone();
+        let mut g = SparseGrad::default();
+        g.coalesce(&offsets, &ids, &pooled, stride, d);
+        sparse_update(SparseOptimizer::Sgd, lr, d, &mut coalesced, &g, &mut []);
+
+        let mut exact = init.clone();
+        for (s, bag) in bags.iter().enumerate() {
+            for &id in bag {
+                let r = id as usize;
+                for c in 0..d {
+                    exact[r * d + c] -= lr * pooled[s * stride + c];
+                }
+            }
+        }
+        proptest::prop_assert_eq!(&fused, &exact);
+        for (i, (a, b)) in fused.iter().zip(&coalesced).enumerate() {
+            proptest::prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "element {}: {} vs {}", i, a, b);
+        }
+        // rows in no bag are untouched
+        for r in 0..ROWS {
+            if !ids.contains(&(r as u32)) {
+                proptest::prop_assert_eq!(&fused[r * d..r * d + d], &init[r * d..r * d + d]);
+            }
+        }
+    }
 }
