@@ -27,7 +27,7 @@
 
 use anyhow::{Result, bail};
 use dlrs_kernels::interaction::dot_interaction_backward;
-use dlrs_kernels::grad::{column_sums, relu_backward};
+use dlrs_kernels::grad::{column_sums, relu_backward_sums};
 use dlrs_kernels::mlp::{Activation, LinearShape, linear};
 use dlrs_model::config::{Interaction, RowFormat};
 use dlrs_model::weights::Layer;
@@ -679,8 +679,12 @@ fn micro_batch(
         } else {
             (&tb.top_acts[l - 1], layer.in_w)
         };
-        let prev = if l > 0 { Some(tb.top_acts[l - 1].as_slice()) } else { None };
-        layer_backward(layer, src, ld, m, prev, &mut tb.dz, &mut tb.da, &mut tb.top[l], accumulate, threads);
+        let (lower, here) = tb.top.split_at_mut(l);
+        let below = match lower.last_mut() {
+            Some(g) => Some((tb.top_acts[l - 1].as_slice(), g.db.as_mut_slice())),
+            None => None,
+        };
+        layer_backward(layer, src, ld, m, below, &mut tb.dz, &mut tb.da, &mut here[0], l == nt - 1, accumulate, threads);
         if l == 0 {
             match cfg.interaction {
                 Interaction::Cat => grad_input(
@@ -735,32 +739,42 @@ fn micro_batch(
         } else {
             (&tb.bot_acts[l - 1], layer.in_w)
         };
-        let prev = if l > 0 { Some(tb.bot_acts[l - 1].as_slice()) } else { None };
-        layer_backward(layer, src, ld, m, prev, &mut tb.dz, &mut tb.da, &mut tb.bot[l], accumulate, threads);
+        let (lower, here) = tb.bot.split_at_mut(l);
+        let below = match lower.last_mut() {
+            Some(g) => Some((tb.bot_acts[l - 1].as_slice(), g.db.as_mut_slice())),
+            None => None,
+        };
+        layer_backward(layer, src, ld, m, below, &mut tb.dz, &mut tb.da, &mut here[0], l == nb - 1, accumulate, threads);
     }
 }
 
-/// One `nn.Linear` backward: `dW` and `db` from `dz` and the layer's input `src` (row stride
-/// `ld`); then, for a hidden layer whose input came out of a ReLU (`prev` = that ReLU's
-/// output), the input gradient through that ReLU, left in `dz` for the layer below.
+/// One `nn.Linear` backward: `dW` from `dz` and the layer's input `src` (row stride `ld`),
+/// and `db` when `own_db` (otherwise the layer above made it with the mask below); then, for a
+/// hidden layer whose input came out of a ReLU (`below` = that ReLU's output and the lower
+/// layer's bias gradient), the input gradient through that ReLU, left in `dz` for the layer
+/// below, and the lower layer's bias gradient from it in the same pass.
 #[allow(clippy::too_many_arguments)]
 fn layer_backward(
     layer: &Layer,
     src: &[f32],
     ld: usize,
     m: usize,
-    prev: Option<&[f32]>,
+    below: Option<(&[f32], &mut [f32])>,
     dz: &mut Vec<f32>,
     da: &mut Vec<f32>,
     g: &mut LayerGrad,
+    own_db: bool,
     accumulate: bool,
     threads: usize,
 ) {
     grad_weight(dz, layer.out_w, src, ld, m, layer.out_w, layer.in_w, &mut g.dw, accumulate, threads);
-    column_sums(dz, layer.out_w, m, &mut g.db, accumulate);
-    if let Some(a) = prev {
+    if own_db {
+        column_sums(dz, layer.out_w, m, &mut g.db, accumulate);
+    }
+    if let Some((a, lower_db)) = below {
         grad_input(dz, layer.out_w, &layer.weight, m, layer.out_w, layer.in_w, da, layer.in_w, threads);
-        relu_backward(dz, da, a, m * layer.in_w);
+        debug_assert_eq!(lower_db.len(), layer.in_w);
+        relu_backward_sums(dz, da, a, m, lower_db, accumulate);
     }
 }
 
