@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--max-queue-wait-ms", type=int, default=0)
     ap.add_argument("--compute-nice", type=int, default=0,
                     help="serve's --compute-nice (the compute threads' nice value; the HTTP threads preempt them)")
+    ap.add_argument("--http-slice-us", type=int, default=0,
+                    help="serve's --http-slice-us and loadgen's --slice-us (0: the kernel's default slice)")
     ap.add_argument("--ids-per-table", type=int, default=80)
     ap.add_argument("--query-size", default="normal:165,16")
     ap.add_argument("--target-p99-ms", type=float, default=10.0)
@@ -128,9 +130,12 @@ def main():
         http_only += ["--allow-client-shm"]
     if a.compute_nice:
         http_only += ["--compute-nice", str(a.compute_nice)]
+    if a.http_slice_us:
+        http_only += ["--http-slice-us", str(a.http_slice_us)]
     batching = ["--max-batch", str(a.max_batch), "--max-queue-delay-us", str(a.max_queue_delay_us),
                 "--max-queue", str(a.max_queue), "--max-queue-wait-ms", str(a.max_queue_wait_ms)]
-    load = ["--ids-per-table", str(a.ids_per_table), "--query-size", a.query_size, "--pool", str(a.pool), "--json"]
+    load = ["--ids-per-table", str(a.ids_per_table), "--query-size", a.query_size, "--pool", str(a.pool), "--json",
+            "--slice-us", str(a.http_slice_us)]
     out = {"settings": vars(a)}
 
     server = subprocess.Popen([a.dlrs, "serve", "--model", a.model, "--name", name, "--addr", a.addr,

@@ -15,19 +15,21 @@ pub struct Job {
     pub scheduled: Instant,
 }
 
-/// Starts the dispatcher thread: for each offset (seconds after `start`, ascending) it
-/// sleeps until that instant and calls `send`. It stops early when `stop` is set or when
+/// Starts the dispatcher thread (asking for `slice`): for each offset (seconds after
+/// `start`, ascending) it sleeps until that instant and calls `send`. It stops early when `stop` is set or when
 /// `send` returns false. Sleeping happens on this thread, never on the answering side, so
 /// a slow answer delays no arrival (open loop).
 pub fn spawn_dispatcher(
     start: Instant,
     offsets: Arc<Vec<f64>>,
     stop: Arc<AtomicBool>,
+    slice: Duration,
     mut send: impl FnMut(Job) -> bool + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("dlrs-loadgen-dispatch".into())
         .spawn(move || {
+            ask_for_slice(slice);
             for (index, &t) in offsets.iter().enumerate() {
                 let scheduled = start + Duration::from_secs_f64(t);
                 loop {
@@ -166,6 +168,20 @@ pub struct Measure {
     /// longest wait for answers after the last arrival; then unanswered queries time out
     pub drain_s: f64,
     pub seed: u64,
+    /// the scheduler slice the dispatcher asks for (`--slice-us`; zero: the default)
+    pub slice: Duration,
+}
+
+/// Asks for `slice` on the calling thread (see [`dlrs_model::set_thread_slice`]); zero or a
+/// kernel without custom slices leaves it as it is (reported once per process).
+pub fn ask_for_slice(slice: Duration) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !slice.is_zero()
+        && let Err(e) = dlrs_model::set_thread_slice(slice)
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        eprintln!("dlrs loadgen: --slice-us {} not applied ({e})", slice.as_micros());
+    }
 }
 
 /// The instant a measurement starts: a moment from now, so the dispatcher starts on time.

@@ -340,7 +340,7 @@ pub fn measure(
         .collect();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let dispatcher = spawn_dispatcher(start, Arc::clone(&offsets), Arc::clone(&stop), move |job| {
+    let dispatcher = spawn_dispatcher(start, Arc::clone(&offsets), Arc::clone(&stop), m.slice, move |job| {
         tx.send(job).is_ok()
     });
     let deadline = start + Duration::from_secs_f64(m.duration_s + m.drain_s);

@@ -159,6 +159,12 @@ pub struct LoadArgs {
     /// distinct queries generated before the run (query i is pool entry i mod pool)
     #[arg(long, default_value_t = 2048)]
     pub pool: usize,
+    /// time slice the threads that send queries and take answers ask the scheduler for, in
+    /// microseconds (Linux 6.12+; 0, the default: the kernel's), as serve's --http-slice-us:
+    /// on cores shared with the server's compute they then run when they wake instead of
+    /// after a batch's slice, so less of the latency measured is the client's own wait
+    #[arg(long, default_value_t = 0)]
+    pub slice_us: u64,
 }
 
 /// Options of `dlrs loadgen`.
@@ -275,6 +281,7 @@ impl LoadArgs {
             "pool": self.pool,
             "warmup_s": self.warmup,
             "drain_s": self.drain,
+            "slice_us": self.slice_us,
         });
         match v {
             Value::Object(m) => m,
@@ -476,9 +483,11 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
         !(shm && args.protocol == Protocol::V1),
         "--shared-memory system needs --protocol v2"
     );
+    let slice = Duration::from_micros(args.load.slice_us);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dlrs-loadgen")
+        .on_thread_start(move || driver::ask_for_slice(slice))
         .build()
         .context("starting the tokio runtime")?;
     let ep = Arc::new(rt.block_on(http::Endpoint::resolve(
@@ -544,6 +553,7 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
         args.load.ids_per_table
     );
     let drain_s = args.load.drain;
+    let slice = Duration::from_micros(args.load.slice_us);
     let mut measure = |qps: f64, duration_s: f64, seed: u64| {
         http::measure(
             &rt,
@@ -555,6 +565,7 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
                 duration_s,
                 drain_s,
                 seed,
+                slice,
             },
         )
     };
@@ -635,6 +646,7 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         threads,
     };
     let drain_s = args.load.drain;
+    let slice = Duration::from_micros(args.load.slice_us);
     let hooks = dlrs_serve::Hooks::default();
     let mut measure = |qps: f64, duration_s: f64, seed: u64| {
         twin::measure(
@@ -647,6 +659,7 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
                 duration_s,
                 drain_s,
                 seed,
+                slice,
             },
         )
     };

@@ -72,7 +72,7 @@ pub fn measure(
             Arc::clone(version),
         );
         let deadline = batching.deadline;
-        spawn_dispatcher(start, Arc::clone(&offsets), Arc::clone(&stop), move |job| {
+        spawn_dispatcher(start, Arc::clone(&offsets), Arc::clone(&stop), m.slice, move |job| {
             let batch = Arc::clone(&queries[job.index % queries.len()]);
             let n = batch.size();
             let answer = Arc::clone(&results);

@@ -138,6 +138,7 @@ fn http_latency_counts_the_wait_behind_a_stalled_connection() {
             duration_s: 1.5,
             drain_s: 5.0,
             seed: 1,
+            slice: Duration::ZERO,
         },
     )
     .unwrap();
@@ -204,6 +205,7 @@ fn twin_latency_counts_the_wait_behind_a_stalled_batch() {
             duration_s: 1.5,
             drain_s: 5.0,
             seed: 1,
+            slice: Duration::ZERO,
         },
     )
     .unwrap();
@@ -225,6 +227,7 @@ fn unanswered_queries_time_out_after_the_drain() {
             duration_s: 1.0,
             drain_s: 0.5,
             seed: 2,
+            slice: Duration::ZERO,
         },
     )
     .unwrap();
@@ -252,6 +255,7 @@ fn twin_refuses_over_the_queue_bound_and_expires_past_the_deadline() {
             duration_s: 1.0,
             drain_s: 2.0,
             seed: 3,
+            slice: Duration::ZERO,
         },
     )
     .unwrap();

@@ -233,6 +233,14 @@ pub struct ServeArgs {
     /// queued at once instead of waiting behind a batch's compute
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compute_nice: i32,
+    /// time slice the HTTP threads ask the scheduler for, in microseconds (Linux 6.12+,
+    /// EEVDF; 0, the default: the kernel's). A slice shorter than the compute threads' lets a
+    /// waking HTTP thread preempt a running batch at once instead of after the batch's slice
+    /// (on a 250 Hz kernel up to a 4 ms tick). Threads keep their nice value. With
+    /// --compute-nice 10 under overload, 100 cut the HTTP and client threads' waits for a
+    /// core of over 2 ms by two thirds (docs/benchmarks.md)
+    #[arg(long, default_value_t = 0)]
+    pub http_slice_us: u64,
     /// mmap: map the model file; ram: copy tables into huge pages
     #[arg(long, default_value = "ram", value_parser = parse_table_mode)]
     pub tables: TableMode,
@@ -359,19 +367,35 @@ impl fmt::Debug for Hooks {
 
 /// Runs the server on `args.addr` until SIGTERM or SIGINT, then drains and returns.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.http_threads >= 1, "--http-threads must be at least 1");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.http_threads)
-        .enable_all()
-        .thread_name("dlrs-http")
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = http_runtime(&args)?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.addr)
             .await
             .with_context(|| format!("listening on {}", args.addr))?;
         serve(args, listener, shutdown_signal()).await
     })
+}
+
+/// The tokio runtime the HTTP side runs on: `--http-threads` workers named `dlrs-http`, each
+/// asking for `--http-slice-us` slices (a failure to is reported once and changes nothing).
+pub fn http_runtime(args: &ServeArgs) -> anyhow::Result<tokio::runtime::Runtime> {
+    anyhow::ensure!(args.http_threads >= 1, "--http-threads must be at least 1");
+    let slice = std::time::Duration::from_micros(args.http_slice_us);
+    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.http_threads)
+        .enable_all()
+        .thread_name("dlrs-http")
+        .on_thread_start(move || {
+            if !slice.is_zero()
+                && let Err(e) = dlrs_model::set_thread_slice(slice)
+                && !warned.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                eprintln!("dlrs serve: --http-slice-us {} not applied ({e}); HTTP threads keep the default slice", slice.as_micros());
+            }
+        })
+        .build()
+        .context("starting the tokio runtime")
 }
 
 /// Completes on the first SIGTERM or SIGINT.
