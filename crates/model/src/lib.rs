@@ -49,8 +49,9 @@ pub fn lower_thread_priority() {
 /// at once (`PREEMPT_SHORT`) instead of waiting for the running thread's slice to end, which
 /// on a 250 Hz kernel can be a whole 4 ms tick. For threads that wake often and run briefly
 /// (a server's HTTP threads, a load generator's senders) beside long-running compute. The
-/// thread keeps its policy (SCHED_OTHER) and nice value; the kernel clamps the slice to
-/// 0.1-100 ms. An error (an older kernel, another OS) leaves the thread as it was.
+/// thread is set to SCHED_OTHER (the default policy) with its nice value kept; the kernel
+/// clamps the slice to 0.1-100 ms. An error (an older kernel, another OS) leaves the thread
+/// as it was.
 pub fn set_thread_slice(slice: std::time::Duration) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
