@@ -35,12 +35,24 @@ pub use error::ModelError;
 pub use forward::{Executor, Model, StageTimes, Workspace};
 pub use weights::TableMode;
 
-/// Puts the calling thread at the lowest CPU priority (nice 19; Linux scheduling is per
-/// thread): for background work beside serving — verifying checksums, loading a new model
-/// version — so that it uses the cores the compute threads leave idle. Best effort: a
-/// failure leaves the priority as it was.
+/// Puts the calling thread at the lowest CPU priority (Linux scheduling is per thread): nice
+/// 19 and the SCHED_IDLE policy. For background work beside serving — verifying checksums,
+/// loading a new model version — so that it uses the cores the compute threads leave idle.
+/// SCHED_IDLE matters as much as the nice value: a normal thread waking on a core that a
+/// nice-19 thread is running waited for that thread's slice to end (up to a 4 ms tick on a
+/// 250 Hz kernel; `perf sched` showed compute and HTTP threads waiting up to 9 ms behind the
+/// reload's copy threads, and the queue overflowing), while a SCHED_IDLE thread is preempted
+/// at once. Best effort: a failure leaves the priority as it was.
 pub fn lower_thread_priority() {
     set_thread_nice(19);
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid takes nothing; sched_setscheduler reads a valid sched_param that
+    // outlives the call.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param);
+    }
 }
 
 /// Asks the scheduler for short time slices on the calling thread: Linux's EEVDF scheduler

@@ -349,18 +349,20 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn reload_work_runs_on_named_lowest_priority_threads() {
         let pool = super::reload_pool().expect("a reload pool");
-        let seen: Vec<(Option<String>, i32)> = pool.broadcast(|_| {
-            // SAFETY: gettid and getpriority take and return plain integers.
-            let nice = unsafe {
+        let seen: Vec<(Option<String>, i32, i32)> = pool.broadcast(|_| {
+            // SAFETY: gettid, getpriority and sched_getscheduler take and return plain
+            // integers.
+            let (nice, policy) = unsafe {
                 let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::getpriority(libc::PRIO_PROCESS, tid)
+                (libc::getpriority(libc::PRIO_PROCESS, tid), libc::sched_getscheduler(tid as libc::pid_t))
             };
-            (std::thread::current().name().map(str::to_string), nice)
+            (std::thread::current().name().map(str::to_string), nice, policy)
         });
         assert!(!seen.is_empty());
-        for (name, nice) in seen {
+        for (name, nice, policy) in seen {
             assert!(name.as_deref().is_some_and(|n| n.starts_with("dlrs-reload-")), "{name:?}");
             assert_eq!(nice, 19, "{name:?} runs at nice {nice}");
+            assert_eq!(policy, libc::SCHED_IDLE, "{name:?} runs under policy {policy}");
         }
     }
 }
