@@ -282,10 +282,6 @@ struct BodyBytes {
     _held: OwnedSemaphorePermit,
 }
 
-/// Reads the body: 413 before reading when `Content-Length` is over the limit, or as soon as
-/// a streamed body crosses it; 408 when it has not all arrived within `--body-timeout-ms`;
-/// 503 when the bodies in memory would exceed `--max-body-memory-bytes`.
-/// A look at the start of a body while it is read (see [`read_body`]).
 /// Room in the queue for the batch a v2 request's JSON declares (none if it declares none):
 /// taken before the request is parsed, so that under overload it is refused at once.
 fn hold_room(st: &AppState, json: &[u8]) -> Result<Option<Reservation>, ApiError> {
@@ -295,9 +291,13 @@ fn hold_room(st: &AppState, json: &[u8]) -> Result<Option<Reservation>, ApiError
         .transpose()
 }
 
+/// A look at the start of a body while it is read (see [`read_body`]).
 type PrefixCheck<'a> = &'a mut (dyn FnMut(&[u8]) -> Result<(), ApiError> + Send);
 
-/// Reads a request body within the limits. With `on_prefix = Some((n, f))`, `f` sees the
+/// Reads a request body within the limits: 413 before reading when `Content-Length` is over
+/// the limit, or as soon as a streamed body crosses it; 408 when it has not all arrived
+/// within `--body-timeout-ms`; 503 when the bodies in memory would exceed
+/// `--max-body-memory-bytes`. With `on_prefix = Some((n, f))`, `f` sees the
 /// body's first `n` bytes as soon as they are in (once, if the body has that many); an error
 /// from it is returned at once (the answer goes out while the body is still arriving), the
 /// rest of the body is read and dropped by a task of its own (so the connection stays usable
