@@ -172,16 +172,10 @@ pub struct Measure {
     pub slice: Duration,
 }
 
-/// Asks for `slice` on the calling thread (see [`dlrs_model::set_thread_slice`]); zero or a
-/// kernel without custom slices leaves it as it is (reported once per process).
+/// Asks for `slice` on the calling thread (`--slice-us`; see
+/// [`dlrs_model::ask_for_thread_slice`]).
 pub fn ask_for_slice(slice: Duration) {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if !slice.is_zero()
-        && let Err(e) = dlrs_model::set_thread_slice(slice)
-        && !WARNED.swap(true, Ordering::Relaxed)
-    {
-        eprintln!("dlrs loadgen: --slice-us {} not applied ({e})", slice.as_micros());
-    }
+    dlrs_model::ask_for_thread_slice(slice, &format!("dlrs loadgen: --slice-us {}", slice.as_micros()));
 }
 
 /// The instant a measurement starts: a moment from now, so the dispatcher starts on time.

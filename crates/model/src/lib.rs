@@ -46,13 +46,18 @@ pub use weights::TableMode;
 pub fn lower_thread_priority() {
     set_thread_nice(19);
     #[cfg(target_os = "linux")]
-    // SAFETY: gettid takes nothing; sched_setscheduler reads a valid sched_param that
-    // outlives the call.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+    {
         let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param);
+        // SAFETY: sched_setscheduler reads a valid sched_param that outlives the call.
+        unsafe { libc::sched_setscheduler(current_tid(), libc::SCHED_IDLE, &param) };
     }
+}
+
+/// The calling thread's id (Linux scheduling settings are per thread).
+#[cfg(target_os = "linux")]
+fn current_tid() -> libc::pid_t {
+    // SAFETY: gettid takes no arguments and returns the caller's thread id.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
 }
 
 /// Asks the scheduler for short time slices on the calling thread: Linux's EEVDF scheduler
@@ -81,16 +86,16 @@ pub fn set_thread_slice(slice: std::time::Duration) -> std::io::Result<()> {
             sched_util_min: u32,
             sched_util_max: u32,
         }
-        // SAFETY: gettid and getpriority take and return plain integers; getpriority may
-        // return -1 as a valid nice value, so errno is cleared first and checked after.
-        let (tid, nice) = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+        let tid = current_tid();
+        // SAFETY: getpriority takes and returns plain integers; it may return -1 as a valid
+        // nice value, so errno is cleared first and checked after.
+        let nice = unsafe {
             *libc::__errno_location() = 0;
             let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
             if nice == -1 && *libc::__errno_location() != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            (tid, nice)
+            nice
         };
         let attr = SchedAttr {
             size: std::mem::size_of::<SchedAttr>() as u32,
@@ -119,14 +124,26 @@ pub fn set_thread_slice(slice: std::time::Duration) -> std::io::Result<()> {
     }
 }
 
+/// [`set_thread_slice`] for a thread pool's start hook: nothing for a zero slice; a failure
+/// leaves the thread as it was and is reported on stderr once per process, as `{what} not
+/// applied (error)` (`what` names the option, e.g. `dlrs serve: --http-slice-us 100`).
+pub fn ask_for_thread_slice(slice: std::time::Duration, what: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !slice.is_zero()
+        && let Err(e) = set_thread_slice(slice)
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!("{what} not applied ({e}); the thread keeps the kernel's slice");
+    }
+}
+
 /// Sets the calling thread's nice value (Linux scheduling is per thread; raising it needs no
 /// privilege). Best effort: a failure leaves the priority as it was.
 pub fn set_thread_nice(nice: i32) {
     #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority take and return plain integers.
+    // SAFETY: setpriority takes and returns plain integers.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+        libc::setpriority(libc::PRIO_PROCESS, current_tid() as libc::id_t, nice);
     }
     #[cfg(not(target_os = "linux"))]
     let _ = nice;

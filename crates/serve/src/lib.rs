@@ -381,19 +381,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 pub fn http_runtime(args: &ServeArgs) -> anyhow::Result<tokio::runtime::Runtime> {
     anyhow::ensure!(args.http_threads >= 1, "--http-threads must be at least 1");
     let slice = std::time::Duration::from_micros(args.http_slice_us);
-    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let what = format!("dlrs serve: --http-slice-us {}", args.http_slice_us);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.http_threads)
         .enable_all()
         .thread_name("dlrs-http")
-        .on_thread_start(move || {
-            if !slice.is_zero()
-                && let Err(e) = dlrs_model::set_thread_slice(slice)
-                && !warned.swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                eprintln!("dlrs serve: --http-slice-us {} not applied ({e}); HTTP threads keep the default slice", slice.as_micros());
-            }
-        })
+        .on_thread_start(move || dlrs_model::ask_for_thread_slice(slice, &what))
         .build()
         .context("starting the tokio runtime")
 }
