@@ -16,9 +16,9 @@ pub struct Job {
 }
 
 /// Starts the dispatcher thread (asking for `slice`): for each offset (seconds after
-/// `start`, ascending) it sleeps until that instant and calls `send`. It stops early when `stop` is set or when
-/// `send` returns false. Sleeping happens on this thread, never on the answering side, so
-/// a slow answer delays no arrival (open loop).
+/// `start`, ascending) it sleeps until that instant and calls `send`. It stops early when
+/// `stop` is set or when `send` returns false. Sleeping happens on this thread, never on the
+/// answering side, so a slow answer delays no arrival (open loop).
 pub fn spawn_dispatcher(
     start: Instant,
     offsets: Arc<Vec<f64>>,

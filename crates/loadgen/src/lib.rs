@@ -233,6 +233,11 @@ pub struct TwinArgs {
 }
 
 impl LoadArgs {
+    /// `--slice-us` as a duration.
+    fn slice(&self) -> Duration {
+        Duration::from_micros(self.slice_us)
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         ensure!(
             self.qps.is_finite() && self.qps > 0.0,
@@ -483,7 +488,7 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
         !(shm && args.protocol == Protocol::V1),
         "--shared-memory system needs --protocol v2"
     );
-    let slice = Duration::from_micros(args.load.slice_us);
+    let slice = args.load.slice();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dlrs-loadgen")
@@ -553,7 +558,6 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
         args.load.ids_per_table
     );
     let drain_s = args.load.drain;
-    let slice = Duration::from_micros(args.load.slice_us);
     let mut measure = |qps: f64, duration_s: f64, seed: u64| {
         http::measure(
             &rt,
@@ -646,7 +650,7 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         threads,
     };
     let drain_s = args.load.drain;
-    let slice = Duration::from_micros(args.load.slice_us);
+    let slice = args.load.slice();
     let hooks = dlrs_serve::Hooks::default();
     let mut measure = |qps: f64, duration_s: f64, seed: u64| {
         twin::measure(
