@@ -226,8 +226,7 @@ impl Trainer {
             if opt.sparse == SparseOptimizer::Sgd {
                 // SGD moves each id by its bag's gradient: no coalesced gradient needed
                 let loss = ws.forward_backward_mlps(model, batch, labels, threads);
-                let width = model.config.features_width();
-                opt.step_pooled(model, &ws.grads, batch, ws.pooled_grads(), width);
+                opt.step_pooled(model, &ws.grads, batch, ws.pooled_grads());
                 loss
             } else {
                 let loss = ws.forward_backward(model, batch, labels, threads);

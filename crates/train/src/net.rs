@@ -679,12 +679,8 @@ fn micro_batch(
         } else {
             (&tb.top_acts[l - 1], layer.in_w)
         };
-        let (lower, here) = tb.top.split_at_mut(l);
-        let below = match lower.last_mut() {
-            Some(g) => Some((tb.top_acts[l - 1].as_slice(), g.db.as_mut_slice())),
-            None => None,
-        };
-        layer_backward(layer, src, ld, m, below, &mut tb.dz, &mut tb.da, &mut here[0], l == nt - 1, accumulate, threads);
+        let (g, below) = with_below(&mut tb.top, &tb.top_acts, l);
+        layer_backward(layer, src, ld, m, below, &mut tb.dz, &mut tb.da, g, l == nt - 1, accumulate, threads);
         if l == 0 {
             match cfg.interaction {
                 Interaction::Cat => grad_input(
@@ -739,13 +735,21 @@ fn micro_batch(
         } else {
             (&tb.bot_acts[l - 1], layer.in_w)
         };
-        let (lower, here) = tb.bot.split_at_mut(l);
-        let below = match lower.last_mut() {
-            Some(g) => Some((tb.bot_acts[l - 1].as_slice(), g.db.as_mut_slice())),
-            None => None,
-        };
-        layer_backward(layer, src, ld, m, below, &mut tb.dz, &mut tb.da, &mut here[0], l == nb - 1, accumulate, threads);
+        let (g, below) = with_below(&mut tb.bot, &tb.bot_acts, l);
+        layer_backward(layer, src, ld, m, below, &mut tb.dz, &mut tb.da, g, l == nb - 1, accumulate, threads);
     }
+}
+
+/// Layer `l`'s gradient, and for `l > 0` what [`layer_backward`] needs of the layer below:
+/// its ReLU output `acts[l - 1]` (layer `l`'s input) and its bias gradient.
+fn with_below<'a>(
+    grads: &'a mut [LayerGrad],
+    acts: &'a [Vec<f32>],
+    l: usize,
+) -> (&'a mut LayerGrad, Option<(&'a [f32], &'a mut [f32])>) {
+    let (lower, here) = grads.split_at_mut(l);
+    let below = lower.last_mut().map(|g| (acts[l - 1].as_slice(), g.db.as_mut_slice()));
+    (&mut here[0], below)
 }
 
 /// One `nn.Linear` backward: `dW` from `dz` and the layer's input `src` (row stride `ld`),

@@ -217,14 +217,14 @@ impl Optimizer {
 
     /// One step whose table gradients are still per bag (`sparse` must be SGD): the MLPs from
     /// `grads`, and every id of bag (b, t) of `batch` moved by `-lr` times that bag's gradient,
-    /// `pooled[b * width + (t + 1) * D..][..D]`, one occurrence at a time in the batch's order.
+    /// `pooled[b * F * D + (t + 1) * D..][..D]`, one occurrence at a time in the batch's order.
     /// That is how PyTorch applies a sparse gradient to a dense table (`add_` of an uncoalesced
     /// tensor is an `index_add_`). For SGD it equals [`step`](Self::step) on the coalesced
     /// gradient up to the order of the float additions, without building that gradient.
-    pub fn step_pooled(&mut self, model: &mut Model, grads: &Grads, batch: &Batch, pooled: &[f32], width: usize) {
+    pub fn step_pooled(&mut self, model: &mut Model, grads: &Grads, batch: &Batch, pooled: &[f32]) {
         assert_eq!(self.sparse, SparseOptimizer::Sgd, "per-bag table gradients need SGD");
         self.dense_step(model, grads);
-        let (lr, d) = (self.sparse_lr, model.config.dim);
+        let (lr, d, width) = (self.sparse_lr, model.config.dim, model.config.features_width());
         assert_eq!(pooled.len(), batch.size() * width, "pooled gradients do not fit the batch");
         model
             .weights
