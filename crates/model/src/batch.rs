@@ -2,7 +2,8 @@
 //! (offsets `[B + 1]` and ids), the layout of TorchRec's `KeyedJaggedTensor` per key.
 //!
 //! Validation happens once, here, at the edge: dense values finite, the right number of
-//! tables, offsets that start at 0 and end at the id count, every id inside its table. The
+//! tables, offsets that start at 0 and end at the id count, every id inside its table (or,
+//! through [`Batch::from_parts_ids_checked`], checked by a caller as it built the bags). The
 //! kernels downstream trust it. Nothing is ever clamped or remapped.
 
 use serde_json::Value;
@@ -42,6 +43,39 @@ impl Batch {
         size: usize,
         dense: Vec<f32>,
         bags: Vec<Bags>,
+    ) -> Result<Self> {
+        Self::validate(cfg, size, dense, bags, true)
+    }
+
+    /// [`Batch::from_parts`] for a caller that has already range-checked every id as it
+    /// built the bags (the KServe parser checks them while narrowing them to `u32`): checks
+    /// the dense values, the table count and the offsets, but not the ids again.
+    ///
+    /// Contract: every id of table `t` is below `cfg.tables[t]` (debug builds assert it).
+    /// Breaking it is not undefined behaviour (the embedding kernels assert each id), but it
+    /// turns what should have been a refused request into a panic in the forward pass.
+    pub fn from_parts_ids_checked(
+        cfg: &DlrmConfig,
+        size: usize,
+        dense: Vec<f32>,
+        bags: Vec<Bags>,
+    ) -> Result<Self> {
+        debug_assert!(
+            bags.iter()
+                .zip(&cfg.tables)
+                .all(|(b, &rows)| dlrs_kernels::ids::ids_below_ref(&b.ids, rows)),
+            "from_parts_ids_checked: an id out of range"
+        );
+        Self::validate(cfg, size, dense, bags, false)
+    }
+
+    /// The checks of [`Batch::from_parts`]; the ids' range only with `check_ids`.
+    fn validate(
+        cfg: &DlrmConfig,
+        size: usize,
+        dense: Vec<f32>,
+        bags: Vec<Bags>,
+        check_ids: bool,
     ) -> Result<Self> {
         let nd = cfg.n_dense();
         if dense.len() != size * nd {
@@ -86,7 +120,8 @@ impl Batch {
                 ));
             }
             let rows = cfg.tables[t];
-            if !dlrs_kernels::ids::ids_below(&b.ids, rows)
+            if check_ids
+                && !dlrs_kernels::ids::ids_below(&b.ids, rows)
                 && let Some(j) = b.ids.iter().position(|&id| id as usize >= rows)
             {
                 let s = b.offsets.partition_point(|&o| o as usize <= j) - 1;
@@ -425,5 +460,57 @@ mod tests {
                 .contains("dense[0][1]")
         );
         assert!(Batch::from_parts(&c, 1, vec![0.0], ok()).is_err());
+    }
+
+    #[test]
+    fn from_parts_ids_checked_checks_all_but_the_ids() {
+        let c = cfg();
+        let ok = || {
+            vec![
+                Bags {
+                    offsets: vec![0, 1],
+                    ids: vec![4],
+                },
+                Bags {
+                    offsets: vec![0, 0],
+                    ids: vec![],
+                },
+            ]
+        };
+        let err = |dense: Vec<f32>, bags: Vec<Bags>| {
+            Batch::from_parts_ids_checked(&c, 1, dense, bags)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            Batch::from_parts_ids_checked(&c, 1, vec![0.0, 1.0], ok()).unwrap(),
+            Batch::from_parts(&c, 1, vec![0.0, 1.0], ok()).unwrap()
+        );
+        let mut b = ok();
+        b[0].offsets = vec![0, 2];
+        assert!(err(vec![0.0, 1.0], b).contains("offsets[0]"));
+        let mut b = ok();
+        b[1].offsets = vec![1, 1];
+        assert!(err(vec![0.0, 1.0], b).contains("offsets[1]"));
+        assert!(err(vec![0.0, 1.0], ok()[..1].to_vec()).contains("1 tables"));
+        assert!(err(vec![0.0, f32::NAN], ok()).contains("dense[0][1]"));
+        assert!(err(vec![0.0], ok()).contains("dense"));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "an id out of range")]
+    fn from_parts_ids_checked_asserts_the_contract_in_debug_builds() {
+        let bags = vec![
+            Bags {
+                offsets: vec![0, 1],
+                ids: vec![5],
+            },
+            Bags {
+                offsets: vec![0, 0],
+                ids: vec![],
+            },
+        ];
+        let _ = Batch::from_parts_ids_checked(&cfg(), 1, vec![0.0, 1.0], bags);
     }
 }
