@@ -260,7 +260,7 @@ impl Elem for f32 {
         Ok(v as f32)
     }
     /// Values beyond f32's range become infinite here and are refused as not finite by
-    /// `Batch::from_parts`, which names the sample and feature.
+    /// `Batch::from_parts_ids_checked`, which names the sample and feature.
     fn from_f64(v: f64) -> Result<Self, String> {
         Ok(v as f32)
     }
@@ -481,11 +481,14 @@ impl<T: Elem> Values<'_, T> {
 }
 
 impl Values<'_, i64> {
-    /// Appends ids `range` to `dst` as u32; `Err(Some(k))` when id `k` (an index into these
-    /// values) is negative or not below `rows` (`dst` is then partly filled). The binary data goes
-    /// through `narrow_ids_le`, which vectorizes the check into the copy. `Err(None)`: an id
-    /// was out of range when copied but no longer is when looked for (shared memory that
-    /// its client changed meanwhile).
+    /// Appends ids `range` to `dst` as u32, written straight into its spare capacity (no
+    /// zeroing first; the caller reserves each table's ids once, or this grows `dst`).
+    /// `Err(Some(k))` when id `k` (an index into these values) is negative or not below
+    /// `rows`; `dst` is then unchanged. The binary data goes through `narrow_ids_le_uninit`,
+    /// which vectorizes the check into the copy and reads each id once for both, so the ids
+    /// appended are the ids checked even from shared memory. `Err(None)`: an id was out of
+    /// range when copied but no longer is when looked for (shared memory that its client
+    /// changed meanwhile).
     fn push_ids(
         &self,
         range: std::ops::Range<usize>,
@@ -493,23 +496,27 @@ impl Values<'_, i64> {
         dst: &mut Vec<u32>,
     ) -> Result<(), Option<usize>> {
         let (start, end) = (range.start, range.end);
-        let old = dst.len();
-        dst.resize(old + range.len(), 0);
-        let out = &mut dst[old..];
+        let n = end - start;
+        dst.reserve(n);
+        let out = &mut dst.spare_capacity_mut()[..n];
         let ok = match self {
             Values::Decoded(v) => {
                 let mut ok = true;
-                for (d, &id) in out.iter_mut().zip(&v[range]) {
+                for (d, &id) in out.iter_mut().zip(&v[start..end]) {
                     ok &= (id as u64) < rows;
-                    *d = id as u32;
+                    d.write(id as u32);
                 }
                 ok
             }
             Values::Le(b, _) => {
-                dlrs_kernels::ids::narrow_ids_le(&b[range.start * 8..range.end * 8], rows, out)
+                dlrs_kernels::ids::narrow_ids_le_uninit(&b[start * 8..end * 8], rows, out)
             }
         };
         if ok {
+            // SAFETY: `out`, the `n` elements after `dst.len()`, lies within the capacity
+            // and is initialized: the loop zips it with `n` values and writes each, and
+            // `narrow_ids_le_uninit` initializes all of its `dst`.
+            unsafe { dst.set_len(dst.len() + n) };
             return Ok(());
         }
         Err((start..end).find(|&k| (self.get(k) as u64) >= rows))
@@ -786,7 +793,8 @@ pub fn parse_infer(
             bag.offsets.push(bag.ids.len() as u32);
         }
     }
-    let batch = Batch::from_parts(cfg, b, dense, bags).map_err(|e| {
+    // the ids were range-checked as they were narrowed (push_ids)
+    let batch = Batch::from_parts_ids_checked(cfg, b, dense, bags).map_err(|e| {
         let label = match &e {
             ModelError::Input { field, .. } if field.starts_with("dense") => dense_in.label(),
             _ => indices_in.label(),

@@ -51,10 +51,10 @@ impl Region {
     ///
     /// Another process (the client) may write these bytes while the server reads them: what
     /// is read from here must be treated as untrusted input that can change under the
-    /// reader, i.e. read once into private memory and validated there (ids are narrowed
-    /// into the batch and range-checked again by `Batch::from_parts`, dense values are
-    /// checked finite there, lengths are copied before they are summed), never trusted from
-    /// a second read.
+    /// reader, i.e. read once into private memory and validated there (each id is read once
+    /// and range-checked as it is narrowed into the batch, dense values are copied and then
+    /// checked finite by `Batch::from_parts_ids_checked`, lengths are copied before they are
+    /// summed), never trusted from a second read.
     pub fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         assert!(
             offset.checked_add(len).is_some_and(|e| e <= self.byte_size),

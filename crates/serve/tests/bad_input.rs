@@ -378,3 +378,82 @@ fn slow_body_is_408_and_does_not_hold_the_server() {
     });
     srv.stop().unwrap();
 }
+
+/// Posts the tensors `t` (dense, lengths, indices) of `b` samples with the binary tensor
+/// data extension.
+fn post_binary(srv: &Server, b: usize, t: &[Vec<u8>; 3]) -> Resp {
+    let cfg = config();
+    let header = json!({
+        "inputs": [
+            {"name": "dense", "datatype": "FP32", "shape": [b, cfg.n_dense()], "parameters": {"binary_data_size": t[0].len()}},
+            {"name": "lengths", "datatype": "INT32", "shape": [b, cfg.n_tables()], "parameters": {"binary_data_size": t[1].len()}},
+            {"name": "indices", "datatype": "INT64", "shape": [t[2].len() / 8], "parameters": {"binary_data_size": t[2].len()}},
+        ],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    t.iter().for_each(|x| body.extend(x));
+    let mut r = srv
+        .agent
+        .post(srv.url(&format!("/v2/models/{NAME}/infer")))
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .send(&body[..])
+        .unwrap();
+    Resp {
+        status: r.status().as_u16(),
+        retry_after: None,
+        body: r.body_mut().read_to_string().unwrap(),
+    }
+}
+
+#[test]
+fn an_id_out_of_range_in_binary_data_names_its_sample_and_table() {
+    let md = ModelDir::new(2);
+    let srv = Server::start(md.args());
+    // tables of 10, 20, 5 rows; empty bags between the full ones
+    let sparse = [
+        [vec![1, 2], vec![], vec![4]],
+        [vec![], vec![19, 0, 7], vec![]],
+        [vec![9], vec![3], vec![0, 1]],
+        [vec![5, 5, 5], vec![], vec![2]],
+    ];
+    let s: Vec<dlrs_model::Sample> = sparse
+        .iter()
+        .enumerate()
+        .map(|(i, bags)| dlrs_model::Sample {
+            dense: vec![0.25 * i as f32; 4],
+            sparse: bags.to_vec(),
+            label: None,
+        })
+        .collect();
+    let t = le_tensors(&s);
+    let want = reference(&md.model, &s);
+    assert_close(&post_binary(&srv, 4, &t).scores(), &want);
+    // (index into indices, sample, table, bad id); 2^32 narrows to 0, in range once narrowed
+    let cases = [
+        (0, 0, 0, 10),
+        (4, 1, 1, 20),
+        (5, 1, 1, -1),
+        (7, 2, 1, 1 << 32),
+        (8, 2, 2, i64::MIN),
+        (12, 3, 0, i64::MAX),
+        (13, 3, 2, 5),
+    ];
+    let rows = [10, 20, 5];
+    for (j, sample, table, bad) in cases {
+        let mut t = t.clone();
+        t[2][8 * j..8 * j + 8].copy_from_slice(&bad.to_le_bytes());
+        let r = post_binary(&srv, 4, &t);
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(
+            r.error(),
+            format!(
+                "inputs[2] \"indices\": indices[{j}] = {bad} (sample {sample}, table {table}): out of range for table {table} with {} rows",
+                rows[table]
+            )
+        );
+    }
+    // still serving
+    assert_close(&post_binary(&srv, 4, &t).scores(), &want);
+    srv.stop().unwrap();
+}

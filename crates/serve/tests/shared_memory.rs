@@ -547,6 +547,26 @@ fn bad_registrations_and_requests_are_400s_naming_the_field() {
             "out of range",
         ],
     );
+    // the last id, in a later bag: one past its table's last row
+    let cfg = config();
+    let j = t[2].len() / 8 - 1;
+    let (sample, table) = (0..s.len())
+        .flat_map(|i| (0..cfg.n_tables()).map(move |k| (i, k)))
+        .rfind(|&(i, k)| !s[i].sparse[k].is_empty())
+        .unwrap();
+    assert!(sample > 0 || table > 0, "the last id is in the first bag");
+    let rows = cfg.tables[table];
+    let mut bad_ids = t[2].clone();
+    bad_ids[8 * j..].copy_from_slice(&(rows as i64).to_le_bytes());
+    obj.write(offs[2], &bad_ids);
+    assert_400(
+        &srv,
+        &p,
+        &ok.to_string(),
+        &[&format!(
+            "inputs[2] \"indices\": indices[{j}] = {rows} (sample {sample}, table {table}): out of range for table {table} with {rows} rows"
+        )],
+    );
     obj.write(offs[2], &t[2]);
     obj.write(offs[0], &f32::NAN.to_le_bytes());
     assert_400(
