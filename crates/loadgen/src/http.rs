@@ -7,8 +7,10 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::io::{IoSlice, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -18,7 +20,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Uri, header};
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
 
 use crate::driver::{Job, Measure, Results, spawn_dispatcher, start_instant};
 use crate::payload::{Body, Protocol, answer_ok};
@@ -77,8 +78,8 @@ impl Endpoint {
         }
     }
 
-    /// Opens one keep-alive HTTP/1.1 connection.
-    pub async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    /// Opens a TCP connection (no Nagle delay; nonblocking, as tokio left it).
+    pub async fn connect_stream(&self) -> anyhow::Result<std::net::TcpStream> {
         let stream = tokio::time::timeout(
             Duration::from_secs(5),
             tokio::net::TcpStream::connect(self.addr),
@@ -87,6 +88,13 @@ impl Endpoint {
         .with_context(|| format!("connecting to {} timed out", self.addr))?
         .with_context(|| format!("connecting to {}", self.addr))?;
         let _ = stream.set_nodelay(true);
+        Ok(stream.into_std()?)
+    }
+
+    /// Opens one keep-alive HTTP/1.1 connection driven by hyper (requests besides the
+    /// measured queries).
+    pub async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let stream = tokio::net::TcpStream::from_std(self.connect_stream().await?)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .with_context(|| format!("HTTP handshake with {}", self.addr))?;
@@ -225,61 +233,379 @@ impl Endpoint {
     }
 }
 
-/// One query sent on `conn` (opened or reopened first if needed); its status.
-async fn send_one(
-    ep: &Endpoint,
-    path: &str,
-    conn: &mut Option<SendRequest<Full<Bytes>>>,
-    body: &Body,
-) -> Status {
-    // a connection the server closed (or that failed) is replaced before sending
-    if conn.as_ref().is_none_or(|c| c.is_closed()) {
-        *conn = ep.connect().await.ok();
+/// Where a measurement's queries go and how they are sent: the HTTP/1.1 requests are
+/// encoded once (head and body; only the body's bytes are shared with `bodies`), so sending
+/// a query is one `writev`.
+///
+/// Threads: the dispatcher writes a released query itself on an idle connection (no
+/// handover to another thread: a wakeup and two context switches less per query than
+/// giving it to the connection's task); each connection's tokio task reads the answers and
+/// sends the query that waited longest when its connection frees up. A request the socket
+/// does not take at once (a large body) is finished by the connection's task.
+struct Wire {
+    ep: Arc<Endpoint>,
+    requests: Vec<Encoded>,
+    conns: Vec<Conn>,
+    /// connections without a query in flight, and queries waiting for one
+    sched: Mutex<Sched>,
+    results: Arc<Results>,
+}
+
+/// One query's request, ready to write.
+struct Encoded {
+    head: Vec<u8>,
+    body: Bytes,
+    size: usize,
+}
+
+impl Encoded {
+    fn len(&self) -> usize {
+        self.head.len() + self.body.len()
     }
-    let Some(c) = conn.as_mut() else {
-        return Status::Transport;
-    };
-    if c.ready().await.is_err() {
-        *conn = ep.connect().await.ok();
-        let Some(c2) = conn.as_mut() else {
-            return Status::Transport;
+
+    /// The request's bytes from offset `at` on, as at most two slices.
+    fn rest(&self, at: usize) -> [&[u8]; 2] {
+        let h = self.head.len();
+        if at < h {
+            [&self.head[at..], &self.body[..]]
+        } else {
+            [&[], &self.body[at - h..]]
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sched {
+    idle: Vec<usize>,
+    waiting: VecDeque<Job>,
+}
+
+/// One keep-alive connection: the write side (a `dup` of the socket its task reads from;
+/// `None` while there is no socket) and the query in flight.
+struct Conn {
+    writer: Mutex<Option<std::net::TcpStream>>,
+    flight: Mutex<Option<Flight>>,
+    /// the task has bytes of the request in flight to write
+    write_more: tokio::sync::Notify,
+}
+
+#[derive(Clone, Copy)]
+struct Flight {
+    job: Job,
+    /// bytes of its request written so far
+    written: usize,
+}
+
+/// Requests at most this long are written by the dispatcher; longer ones by the connection's
+/// task (a blocked write must not hold up the next arrivals).
+const INLINE_WRITE: usize = 64 << 10;
+
+impl Wire {
+    fn new(ep: &Arc<Endpoint>, bodies: &[Body], connections: usize, results: Arc<Results>) -> Self {
+        let path = ep.infer_path();
+        let requests = bodies
+            .iter()
+            .map(|b| {
+                let mut head = format!(
+                    "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+                    ep.host,
+                    b.bytes.len()
+                );
+                if let Some(h) = b.header_len {
+                    head.push_str(&format!("inference-header-content-length: {h}\r\n"));
+                }
+                head.push_str("\r\n");
+                Encoded {
+                    head: head.into_bytes(),
+                    body: b.bytes.clone(),
+                    size: b.size,
+                }
+            })
+            .collect();
+        let conns = (0..connections)
+            .map(|_| Conn {
+                writer: Mutex::new(None),
+                flight: Mutex::new(None),
+                write_more: tokio::sync::Notify::new(),
+            })
+            .collect();
+        Wire {
+            ep: Arc::clone(ep),
+            requests,
+            conns,
+            sched: Mutex::new(Sched::default()),
+            results,
+        }
+    }
+
+    fn request(&self, job: &Job) -> &Encoded {
+        &self.requests[job.index % self.requests.len()]
+    }
+
+    /// A released query: sent now on an idle connection, or queued until one frees up.
+    fn release(&self, job: Job) {
+        let idle = {
+            let mut s = lock(&self.sched);
+            let c = s.idle.pop();
+            if c.is_none() {
+                s.waiting.push_back(job);
+            }
+            c
         };
-        if c2.ready().await.is_err() {
-            *conn = None;
-            return Status::Transport;
+        if let Some(c) = idle {
+            self.start(c, job);
         }
     }
-    let c = conn.as_mut().expect("connected above");
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(path)
-        .header(header::HOST, &ep.host)
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some(h) = body.header_len {
-        req = req.header("inference-header-content-length", h);
+
+    /// Puts `job` in flight on connection `c` (idle, with a socket) and writes as much of its
+    /// request as the socket takes at once if it is short; the connection's task writes the
+    /// rest. The write happens under the flight's lock, so an early answer is not taken
+    /// before `written` says how much of the request went out.
+    fn start(&self, c: usize, job: Job) {
+        let conn = &self.conns[c];
+        let req = self.request(&job);
+        let mut flight = lock(&conn.flight);
+        let mut written = 0;
+        if req.len() <= INLINE_WRITE
+            && let Some(w) = lock(&conn.writer).as_ref()
+        {
+            written = write_some(w, req);
+        }
+        *flight = Some(Flight { job, written });
+        drop(flight);
+        if written < req.len() {
+            conn.write_more.notify_one();
+        }
     }
-    let req = req
-        .body(Full::new(body.bytes.clone()))
-        .expect("a valid request");
-    let resp = match c.send_request(req).await {
-        Ok(r) => r,
-        Err(_) => {
-            *conn = None;
-            return Status::Transport;
+
+    /// The query in flight on `c` ended with `status`; the connection takes the next waiting
+    /// query or goes idle (`open`: it has a socket to send on).
+    fn finish(&self, c: usize, status: Option<Status>, open: bool) {
+        if let Some(f) = lock(&self.conns[c].flight).take() {
+            self.results
+                .record(f.job, status.unwrap_or(Status::Transport));
         }
-    };
-    let code = resp.status().as_u16();
-    let bytes = match resp.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            *conn = None;
-            return Status::Transport;
+        if !open {
+            return;
         }
+        let next = {
+            let mut s = lock(&self.sched);
+            let j = s.waiting.pop_front();
+            if j.is_none() {
+                s.idle.push(c);
+            }
+            j
+        };
+        if let Some(job) = next {
+            self.start(c, job);
+        }
+    }
+
+    /// Connection `c`'s task: opens its socket, reads the answers, finishes requests the
+    /// dispatcher could not write whole, and reconnects when the server closes.
+    async fn run(self: Arc<Self>, c: usize, first: tokio::net::TcpStream) {
+        let mut stream = Some(first);
+        let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+        loop {
+            let Some(s) = stream.as_ref() else {
+                // no socket: (re)connect before taking a query; a query in flight on a
+                // connection that failed already counted as a transport error
+                match self.ep.connect_stream().await {
+                    Ok(s) => {
+                        stream = Some(self.adopt(c, s));
+                        self.finish(c, None, true);
+                    }
+                    Err(_) => {
+                        // give the waiting queries a transport error, as a failed connect
+                        // would, instead of letting them wait for the drain to end
+                        let job = lock(&self.sched).waiting.pop_front();
+                        match job {
+                            Some(job) => self.results.record(job, Status::Transport),
+                            None => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                }
+                continue;
+            };
+            let conn = &self.conns[c];
+            tokio::select! {
+                // the rest of a request first: an answer read before it went out must still
+                // wait for it (below), as the connection carries nothing else until it has
+                biased;
+                () = conn.write_more.notified() => {
+                    let Some(f) = *lock(&conn.flight) else { continue };
+                    let req = self.request(&f.job);
+                    // on failure the flight stays as it is: the server may have answered
+                    // before closing (read below), else the read sees the end
+                    if write_rest(s, req, f.written).await.is_ok()
+                        && let Some(g) = lock(&conn.flight).as_mut()
+                        && g.job.index == f.job.index
+                    {
+                        g.written = req.len();
+                    }
+                }
+                r = s.readable() => {
+                    let read = match r {
+                        Ok(()) => read_some(s, &mut buf),
+                        Err(e) => Err(e),
+                    };
+                    match read {
+                        Ok(0) => {
+                            // closed by the server: what is in flight has no answer
+                            self.drop_socket(c, &mut stream);
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(_) => {
+                            self.drop_socket(c, &mut stream);
+                            continue;
+                        }
+                    }
+                    let (code, body, len, close) = match parse_answer(&buf) {
+                        Answer::Partial => continue,
+                        Answer::Bad => {
+                            // not an answer this client can delimit: it counts as one that
+                            // could not be parsed, and the connection is given up
+                            self.finish(c, Some(Status::BadResponse), false);
+                            self.drop_socket(c, &mut stream);
+                            continue;
+                        }
+                        Answer::Done { code, body, len, close } => (code, body, len, close),
+                    };
+                    let flight = *lock(&conn.flight);
+                    let Some(f) = flight else {
+                        // an answer to nothing (e.g. the server's idle timeout): not a
+                        // connection to trust
+                        self.drop_socket(c, &mut stream);
+                        continue;
+                    };
+                    let req = self.request(&f.job);
+                    let status = answer_status(self.ep.protocol, code, &buf[body..len], req.size);
+                    buf.drain(..len);
+                    // answered before all of the request went out (an early error): the rest
+                    // goes out before the connection carries another request
+                    let unsent = f.written < req.len();
+                    if close || (unsent && write_rest(s, req, f.written).await.is_err()) {
+                        self.finish(c, Some(status), false);
+                        self.drop_socket(c, &mut stream);
+                    } else {
+                        self.finish(c, Some(status), true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a new socket for connection `c`: the task reads from the returned stream, the
+    /// dispatcher writes through a `dup` of it.
+    fn adopt(&self, c: usize, s: std::net::TcpStream) -> tokio::net::TcpStream {
+        let w = s.try_clone().ok();
+        *lock(&self.conns[c].writer) = w;
+        tokio::net::TcpStream::from_std(s).expect("a nonblocking socket in a runtime")
+    }
+
+    /// The socket of `c` failed or closed: the query in flight counts as a transport error.
+    fn drop_socket(&self, c: usize, stream: &mut Option<tokio::net::TcpStream>) {
+        *lock(&self.conns[c].writer) = None;
+        *stream = None;
+        self.finish(c, None, false);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes what the nonblocking socket `w` takes of `req` now; the bytes written.
+fn write_some(mut w: &std::net::TcpStream, req: &Encoded) -> usize {
+    let mut at = 0;
+    while at < req.len() {
+        let [a, b] = req.rest(at);
+        match w.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    at
+}
+
+/// Writes `req` from byte `at` to its end.
+async fn write_rest(s: &tokio::net::TcpStream, req: &Encoded, mut at: usize) -> std::io::Result<()> {
+    while at < req.len() {
+        s.writable().await?;
+        let [a, b] = req.rest(at);
+        match s.try_write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what the socket has into `buf` (growing it); the bytes read, 0 at the end.
+fn read_some(s: &tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    buf.reserve(16 << 10);
+    s.try_read_buf(buf)
+}
+
+/// What the bytes read so far hold.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// not a whole answer yet
+    Partial,
+    /// not HTTP/1.1 this client understands (no `content-length`, or chunked)
+    Bad,
+    /// an answer: its status, where its body starts and ends, and whether the server
+    /// closes the connection after it
+    Done { code: u16, body: usize, len: usize, close: bool },
+}
+
+fn parse_answer(buf: &[u8]) -> Answer {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut headers);
+    let head = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Answer::Partial,
+        Err(_) => return Answer::Bad,
     };
+    let Some(code) = r.code else { return Answer::Bad };
+    let mut length = None;
+    let mut close = r.version == Some(0);
+    for h in r.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_none() {
+                return Answer::Bad;
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Answer::Bad;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            close = v.split(',').any(|t| t.trim() == "close");
+        }
+    }
+    // a body-less status (1xx, 204, 304) has none; every other answer here must say its length
+    let length = match (code, length) {
+        (100..=199 | 204 | 304, _) => 0,
+        (_, Some(n)) => n,
+        (_, None) => return Answer::Bad,
+    };
+    if buf.len() < head + length {
+        return Answer::Partial;
+    }
+    Answer::Done { code, body: head, len: head + length, close }
+}
+
+/// The outcome of an answer with status `code` and `body` to a query of `size` samples.
+fn answer_status(protocol: Protocol, code: u16, body: &[u8], size: usize) -> Status {
     if code != 200 {
-        return Status::Http(code);
-    }
-    if answer_ok(ep.protocol, &bytes, body.size) {
+        Status::Http(code)
+    } else if answer_ok(protocol, body, size) {
         Status::Ok
     } else {
         Status::BadResponse
@@ -303,58 +629,95 @@ pub fn measure(
         .collect();
 
     // every connection is open before the clock starts
-    let conns = rt.block_on(async {
+    let sockets = rt.block_on(async {
         let mut v = Vec::with_capacity(connections);
         for _ in 0..connections {
-            v.push(ep.connect().await?);
+            v.push(ep.connect_stream().await?);
         }
         anyhow::Ok(v)
     })?;
-
     let start = start_instant();
     let results = Arc::new(Results::new(start, offsets.len()));
-    let (tx, rx) = mpsc::unbounded_channel::<Job>();
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let path: Arc<str> = ep.infer_path().into();
-    let workers: Vec<_> = conns
-        .into_iter()
-        .map(|c| {
-            let (ep, rx, results, bodies, path) = (
-                Arc::clone(ep),
-                Arc::clone(&rx),
-                Arc::clone(&results),
-                Arc::clone(bodies),
-                Arc::clone(&path),
-            );
-            rt.spawn(async move {
-                let mut conn = Some(c);
-                loop {
-                    let job = { rx.lock().await.recv().await };
-                    let Some(job) = job else { return };
-                    let body = &bodies[job.index % bodies.len()];
-                    let status = send_one(&ep, &path, &mut conn, body).await;
-                    results.record(job, status);
-                }
+    let wire = Arc::new(Wire::new(ep, bodies, connections, Arc::clone(&results)));
+    let tasks: Vec<_> = {
+        let _in_rt = rt.enter();
+        sockets
+            .into_iter()
+            .enumerate()
+            .map(|(c, s)| {
+                let s = wire.adopt(c, s);
+                lock(&wire.sched).idle.push(c);
+                rt.spawn(Arc::clone(&wire).run(c, s))
             })
-        })
-        .collect();
+            .collect()
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
-    let dispatcher = spawn_dispatcher(start, Arc::clone(&offsets), Arc::clone(&stop), m.slice, move |job| {
-        tx.send(job).is_ok()
-    });
+    let dispatcher = {
+        let wire = Arc::clone(&wire);
+        spawn_dispatcher(start, Arc::clone(&offsets), Arc::clone(&stop), m.slice, move |job| {
+            wire.release(job);
+            true
+        })
+    };
     let deadline = start + Duration::from_secs_f64(m.duration_s + m.drain_s);
     results.wait_all(deadline);
     let ended = results.close();
     stop.store(true, Ordering::Relaxed);
     let _ = dispatcher.join();
-    for w in &workers {
-        w.abort();
+    for t in &tasks {
+        t.abort();
     }
     rt.block_on(async {
-        for w in workers {
-            let _ = w.await;
+        for t in tasks {
+            let _ = t.await;
         }
     });
     Ok(results.report(m.qps, m.duration_s, &offsets, &sizes, ended))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_parsed_whole_or_not_at_all() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\nhello";
+        let head = ok.len() - 5;
+        assert_eq!(
+            parse_answer(ok),
+            Answer::Done { code: 200, body: head, len: ok.len(), close: false }
+        );
+        for cut in 0..ok.len() {
+            assert_eq!(parse_answer(&ok[..cut]), Answer::Partial, "cut at {cut}");
+        }
+        // a second answer behind the first is left for later
+        let two = [&ok[..], &ok[..]].concat();
+        assert_eq!(parse_answer(&two), Answer::Done { code: 200, body: head, len: ok.len(), close: false });
+        let close = b"HTTP/1.1 413 Payload Too Large\r\nConnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(
+            parse_answer(close),
+            Answer::Done { code: 413, body: close.len(), len: close.len(), close: true }
+        );
+        let http10 = b"HTTP/1.0 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+        assert!(matches!(parse_answer(http10), Answer::Done { code: 503, close: true, .. }));
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert_eq!(parse_answer(bad), Answer::Bad, "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(matches!(parse_answer(b"HTTP/1.1 204 No Content\r\n\r\n"), Answer::Done { code: 204, .. }));
+    }
+
+    #[test]
+    fn a_request_is_written_from_any_offset() {
+        let req = Encoded { head: b"HEAD".to_vec(), body: Bytes::from_static(b"body"), size: 1 };
+        for at in 0..=req.len() {
+            let [a, b] = req.rest(at);
+            assert_eq!([a, b].concat(), b"HEADbody"[at..].to_vec(), "from {at}");
+        }
+    }
 }
