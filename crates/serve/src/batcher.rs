@@ -158,8 +158,16 @@ pub struct BatcherConfig {
     pub max_batch: usize,
     /// longest the oldest queued request waits for others to join its batch
     pub max_delay: Duration,
-    /// most samples waiting; beyond it requests are refused at once
+    /// most samples waiting while the queue stands (it has not drained for `drain_window`);
+    /// beyond it requests are refused at once
     pub max_queue: usize,
+    /// most samples waiting while the queue has drained within the last `drain_window`: room
+    /// for a burst (arrivals bunched by a stall on either side) that a standing queue does not
+    /// get, as in the controlled-delay queues of "Fail at scale" (Maurer, ACM Queue 2015).
+    /// At most `max_queue` has no effect.
+    pub max_queue_burst: usize,
+    /// how long a queue may go without draining before `max_queue` bounds it again
+    pub drain_window: Duration,
     /// longest estimated wait ahead of a new request (the samples waiting times the measured
     /// compute time per sample, over the instances); beyond it the request is refused at once.
     /// `None`: no bound by time.
@@ -170,6 +178,8 @@ struct State {
     pending: VecDeque<Pending>,
     /// samples admitted and not yet handed to a batch
     waiting: usize,
+    /// when `waiting` was last 0
+    drained: Instant,
     /// no more admissions; instances exit once `pending` is empty
     closed: bool,
     /// compute seconds per sample on one instance: the median of the last [`PER_SAMPLE_WINDOW`]
@@ -205,6 +215,7 @@ impl Queue {
         let state = State {
             pending: VecDeque::new(),
             waiting: 0,
+            drained: Instant::now(),
             closed: false,
             per_sample_s: 0.0,
             recent: Vec::with_capacity(PER_SAMPLE_WINDOW),
@@ -238,18 +249,24 @@ impl Queue {
     /// Counts `n` more samples waiting, or refuses them (413 larger than the queue, 503
     /// queue full or closed).
     fn admit(&self, st: &mut State, n: usize) -> Result<(), ApiError> {
-        let capacity = self.cfg.max_queue;
-        if n > capacity {
+        let max = self.cfg.max_queue;
+        if n > max {
             return Err(ApiError::TooLarge(format!(
-                "the request has {n} samples; the server queues at most {capacity} (--max-queue)"
+                "the request has {n} samples; the server queues at most {max} (--max-queue)"
             )));
         }
         if st.closed {
             return Err(ApiError::ShuttingDown("the server is shutting down".into()));
         }
+        let capacity = self.capacity(st, Instant::now());
         if st.waiting + n > capacity {
+            let which = if capacity > max {
+                "--max-queue-burst"
+            } else {
+                "--max-queue"
+            };
             return Err(ApiError::Overloaded(format!(
-                "queue full: {} of {capacity} samples waiting, the request has {n}; retry later",
+                "queue full: {} of {capacity} samples waiting ({which}), the request has {n}; retry later",
                 st.waiting
             )));
         }
@@ -270,9 +287,26 @@ impl Queue {
         Ok(())
     }
 
+    /// The most samples that may wait at `now`: `max_queue_burst` while the queue has drained
+    /// within the last `drain_window`, else `max_queue`.
+    fn capacity(&self, st: &mut State, now: Instant) -> usize {
+        if st.waiting == 0 {
+            st.drained = now;
+        }
+        let standing = now.saturating_duration_since(st.drained) > self.cfg.drain_window;
+        if standing {
+            self.cfg.max_queue
+        } else {
+            self.cfg.max_queue.max(self.cfg.max_queue_burst)
+        }
+    }
+
     /// `n` samples left the queue (handed to a batch, expired, refused after a reservation).
     fn release(&self, st: &mut State, n: usize) {
         st.waiting -= n;
+        if st.waiting == 0 {
+            st.drained = Instant::now();
+        }
         self.metrics.queue_depth.decrement(n as f64);
     }
 
@@ -703,6 +737,8 @@ mod tests {
                 max_batch,
                 max_delay,
                 max_queue,
+                max_queue_burst: 0,
+                drain_window: Duration::from_millis(100),
                 max_wait: None,
             },
             Arc::new(Metrics::new()),
@@ -899,6 +935,8 @@ mod tests {
             max_batch: 4,
             max_delay: Duration::ZERO,
             max_queue: 1000,
+            max_queue_burst: 0,
+            drain_window: Duration::from_millis(100),
             max_wait: Some(Duration::from_millis(5)),
         };
         let q = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
@@ -921,5 +959,45 @@ mod tests {
         // two instances halve the estimate
         q.lock().instances = 2;
         assert!(submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(30)).is_ok());
+    }
+
+    #[test]
+    fn a_drained_queue_takes_a_burst_a_standing_one_only_max_queue() {
+        let cfg = |burst| BatcherConfig {
+            max_batch: 4,
+            max_delay: Duration::ZERO,
+            max_queue: 6,
+            max_queue_burst: burst,
+            drain_window: Duration::from_millis(50),
+            max_wait: None,
+        };
+        let refused = |r: Result<Reservation, ApiError>, flag: &str| match r {
+            Err(ApiError::Overloaded(m)) => assert!(m.contains(flag), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        };
+        // off: 6 samples, drained or not
+        let q = Arc::new(Queue::new(cfg(0), Arc::new(Metrics::new())));
+        let _a = q.reserve(5).unwrap();
+        refused(q.reserve(5), "(--max-queue)");
+
+        let q = Arc::new(Queue::new(cfg(12), Arc::new(Metrics::new())));
+        // just drained: up to 12
+        let a = q.reserve(5).unwrap();
+        let b = q.reserve(5).unwrap();
+        refused(q.reserve(3), "(--max-queue-burst)");
+        // not drained for longer than the window: a standing queue, back to 6
+        std::thread::sleep(Duration::from_millis(70));
+        refused(q.reserve(1), "(--max-queue)");
+        drop(b);
+        std::thread::sleep(Duration::from_millis(70));
+        refused(q.reserve(2), "(--max-queue)");
+        let c = q.reserve(1).unwrap();
+        // drained: the burst room again
+        drop((a, c));
+        let _d = q.reserve(6).unwrap();
+        let _e = q.reserve(6).unwrap();
+        // a request larger than --max-queue is 413 even when a burst would hold it
+        drop((_d, _e));
+        assert!(matches!(q.reserve(7), Err(ApiError::TooLarge(_))));
     }
 }
