@@ -276,7 +276,10 @@ impl Encoded {
 
 #[derive(Default)]
 struct Sched {
-    idle: Vec<usize>,
+    /// in the order they went idle: the one idle longest is used first, so that no
+    /// connection sits idle long enough for the server's idle timeout to close it (a query
+    /// sent as it closes would fail)
+    idle: VecDeque<usize>,
     waiting: VecDeque<Job>,
 }
 
@@ -346,7 +349,7 @@ impl Wire {
     fn release(&self, job: Job) {
         let idle = {
             let mut s = lock(&self.sched);
-            let c = s.idle.pop();
+            let c = s.idle.pop_front();
             if c.is_none() {
                 s.waiting.push_back(job);
             }
@@ -392,7 +395,8 @@ impl Wire {
             let mut s = lock(&self.sched);
             let j = s.waiting.pop_front();
             if j.is_none() {
-                s.idle.push(c);
+                debug_assert!(!s.idle.contains(&c), "connection {c} is idle already");
+                s.idle.push_back(c);
             }
             j
         };
@@ -407,14 +411,21 @@ impl Wire {
         let mut stream = Some(first);
         let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
         loop {
+            let conn = &self.conns[c];
             let Some(s) = stream.as_ref() else {
-                // no socket: (re)connect before taking a query; a query in flight on a
-                // connection that failed already counted as a transport error
+                // no socket (the server closed it, or it failed): reconnect. A query the
+                // dispatcher put on this connection meanwhile goes out whole on the new one.
                 match self.ep.connect_stream().await {
                     Ok(s) => {
                         stream = Some(self.adopt(c, s));
-                        self.finish(c, None, true);
+                        let resend = lock(&conn.flight).as_mut().map(|f| f.written = 0).is_some();
+                        if resend {
+                            conn.write_more.notify_one();
+                        } else {
+                            self.finish(c, None, true);
+                        }
                     }
+                    Err(_) if lock(&conn.flight).is_some() => self.finish(c, None, false),
                     Err(_) => {
                         // give the waiting queries a transport error, as a failed connect
                         // would, instead of letting them wait for the drain to end
@@ -427,7 +438,6 @@ impl Wire {
                 }
                 continue;
             };
-            let conn = &self.conns[c];
             tokio::select! {
                 // the rest of a request first: an answer read before it went out must still
                 // wait for it (below), as the connection carries nothing else until it has
@@ -505,11 +515,13 @@ impl Wire {
         tokio::net::TcpStream::from_std(s).expect("a nonblocking socket in a runtime")
     }
 
-    /// The socket of `c` failed or closed: the query in flight counts as a transport error.
+    /// The socket of `c` failed or closed: the query in flight counts as a transport error,
+    /// and the connection is no longer idle (it is again once reconnected).
     fn drop_socket(&self, c: usize, stream: &mut Option<tokio::net::TcpStream>) {
         *lock(&self.conns[c].writer) = None;
         *stream = None;
         self.finish(c, None, false);
+        lock(&self.sched).idle.retain(|&i| i != c);
     }
 }
 
@@ -646,7 +658,7 @@ pub fn measure(
             .enumerate()
             .map(|(c, s)| {
                 let s = wire.adopt(c, s);
-                lock(&wire.sched).idle.push(c);
+                lock(&wire.sched).idle.push_back(c);
                 rt.spawn(Arc::clone(&wire).run(c, s))
             })
             .collect()

@@ -85,27 +85,31 @@ fn fake_with_rcvbuf(handle: fn(BufReader<TcpStream>), rcvbuf: Option<i32>) -> (S
 /// 50 queries/s for 1 s over `connections`, bodies of `body_len` bytes (3 samples each);
 /// the report and how long the measurement took.
 fn run(url: &str, connections: usize, body_len: usize) -> (Report, Duration) {
+    let body = Body {
+        bytes: Bytes::from(vec![b'x'; body_len]),
+        header_len: None,
+        size: 3,
+    };
+    let t = Instant::now();
+    let r = run_bodies(url, connections, vec![body], 50.0, 1.0);
+    (r, t.elapsed())
+}
+
+/// `qps` queries/s of `bodies` for `secs` over `connections`.
+fn run_bodies(url: &str, connections: usize, bodies: Vec<Body>, qps: f64, secs: f64) -> Report {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let ep = Arc::new(rt.block_on(Endpoint::resolve(url, "fake", Protocol::V2)).unwrap());
-    let bodies = Arc::new(vec![Body {
-        bytes: Bytes::from(vec![b'x'; body_len]),
-        header_len: None,
-        size: 3,
-    }]);
-    let t = Instant::now();
     let m = Measure {
-        qps: 50.0,
-        duration_s: 1.0,
+        qps,
+        duration_s: secs,
         drain_s: 20.0,
         seed: 7,
         slice: Duration::ZERO,
     };
-    let r = http::measure(&rt, &ep, connections, &bodies, &m).unwrap();
-    (r, t.elapsed())
+    http::measure(&rt, &ep, connections, &Arc::new(bodies), &m).unwrap()
 }
 
 #[test]
@@ -122,6 +126,39 @@ fn answers_on_kept_alive_connections_count_ok() {
     assert_eq!(rep.ok, rep.queries, "{rep:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert_eq!(accepted.load(Ordering::Relaxed), 4, "connections are kept alive");
+}
+
+#[test]
+fn connections_the_server_closes_while_idle_are_reopened_and_answers_stay_paired() {
+    // the server closes a connection 20 ms after its last answer (an idle timeout), and
+    // answers each query with as many scores as the query's body says it has samples: an
+    // answer paired with another query would be a bad response, a connection used twice
+    // at once a lost query
+    let (url, accepted) = fake(|mut r| {
+        r.get_ref().set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        while let Some(len) = read_head(&mut r) {
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let size: usize = String::from_utf8_lossy(&body).trim_matches('x').parse().unwrap();
+            r.get_mut().write_all(&score_answer(size)).unwrap();
+        }
+    });
+    let bodies: Vec<Body> = (1..=5)
+        .map(|n| Body {
+            bytes: Bytes::from(format!("xx{n}xx")),
+            header_len: None,
+            size: n,
+        })
+        .collect();
+    let rep = run_bodies(&url, 8, bodies, 200.0, 2.0);
+    assert!(rep.queries > 200, "{rep:?}");
+    // a query sent just as the server closes its connection fails (as with any client that
+    // does not retry a POST); nothing else may
+    let e = &rep.errors;
+    assert_eq!((e.bad_response, e.timeout, e.failed), (0, 0, 0), "{rep:?}");
+    assert_eq!(rep.ok + e.transport, rep.queries, "{rep:?}");
+    assert!(e.transport * 20 < rep.queries, "{rep:?}");
+    assert!(accepted.load(Ordering::Relaxed) > 16, "the idle connections were closed and reopened");
 }
 
 #[test]
