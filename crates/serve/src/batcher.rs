@@ -603,7 +603,8 @@ fn compute(
 }
 
 /// The batch of `segments`: the request's own batch when it is one whole request, else the
-/// rows of each segment concatenated (validated again by `Batch::from_parts`).
+/// rows of each segment concatenated. Every segment is of a batch validated for the model
+/// `cfg` describes (a batch never mixes versions), so the ids are not range-checked again.
 fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Batch>, ApiError> {
     if let [(entry, 0, r1)] = segments {
         if *r1 == entry.len() {
@@ -615,9 +616,17 @@ fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Bat
     let size: usize = segments.iter().map(|(_, r0, r1)| r1 - r0).sum();
     let mut dense = Vec::with_capacity(size * nd);
     let mut bags: Vec<Bags> = (0..nt)
-        .map(|_| Bags {
+        .map(|t| Bags {
             offsets: Vec::with_capacity(size + 1),
-            ids: Vec::new(),
+            ids: Vec::with_capacity(
+                segments
+                    .iter()
+                    .map(|(e, r0, r1)| {
+                        let o = &e.batch.bags()[t].offsets;
+                        (o[*r1] - o[*r0]) as usize
+                    })
+                    .sum(),
+            ),
         })
         .collect();
     for b in &mut bags {
@@ -643,7 +652,7 @@ fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Bat
             );
         }
     }
-    Batch::from_parts(cfg, size, dense, bags)
+    Batch::from_parts_ids_checked(cfg, size, dense, bags)
         .map(Cow::Owned)
         .map_err(ApiError::from_compute)
 }
