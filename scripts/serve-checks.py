@@ -100,7 +100,7 @@ def main():
     ap.add_argument("--max-queue-wait-ms", type=int, default=0)
     ap.add_argument("--max-queue-burst", type=int, default=0,
                     help="serve's and the twin's --max-queue-burst (0: off)")
-    ap.add_argument("--queue-drain-window-ms", type=int, default=100)
+    ap.add_argument("--burst-cooldown-ms", type=int, default=100)
     ap.add_argument("--compute-nice", type=int, default=0,
                     help="serve's --compute-nice (the compute threads' nice value; the HTTP threads preempt them)")
     ap.add_argument("--http-slice-us", type=int, default=0,
@@ -137,7 +137,7 @@ def main():
         http_only += ["--http-slice-us", str(a.http_slice_us)]
     batching = ["--max-batch", str(a.max_batch), "--max-queue-delay-us", str(a.max_queue_delay_us),
                 "--max-queue", str(a.max_queue), "--max-queue-wait-ms", str(a.max_queue_wait_ms),
-                "--max-queue-burst", str(a.max_queue_burst), "--queue-drain-window-ms", str(a.queue_drain_window_ms)]
+                "--max-queue-burst", str(a.max_queue_burst), "--burst-cooldown-ms", str(a.burst_cooldown_ms)]
     load = ["--ids-per-table", str(a.ids_per_table), "--query-size", a.query_size, "--pool", str(a.pool), "--json",
             "--slice-us", str(a.http_slice_us)]
     out = {"settings": vars(a)}

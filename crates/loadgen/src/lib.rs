@@ -62,7 +62,7 @@
 //!   `pool` (the pool's actual size), `warmup_s`, `drain_s`; HTTP: `url`, `model`, `model_dir`, `protocol`, `binary`,
 //!   `shared_memory` (`none` or `system`), `transport` (`json`, `binary` or
 //!   `system_shared_memory`), `connections`; twin: `model_dir`, `threads`, `instances`, `max_batch`,
-//!   `max_queue_delay_us`, `max_queue`, `max_queue_burst`, `queue_drain_window_ms`,
+//!   `max_queue_delay_us`, `max_queue`, `max_queue_burst`, `burst_cooldown_ms`,
 //!   `max_queue_wait_ms`, `deadline_ms`;
 //! - one measurement: `offered_qps`, `duration_s`, `queries`, `ok`, `ok_samples`,
 //!   `achieved_qps`, `samples_per_s`, `mean_query_size`, `latency_ms.{p50, p95, p99, p999,
@@ -221,13 +221,13 @@ pub struct TwinArgs {
     /// most samples waiting; beyond it a query is refused (503), as `dlrs serve --max-queue`
     #[arg(long, default_value_t = 4096)]
     pub max_queue: usize,
-    /// most samples waiting while the queue has drained within the last
-    /// --queue-drain-window-ms (0: off), as `dlrs serve --max-queue-burst`
+    /// most samples waiting when no query was refused within the last --burst-cooldown-ms
+    /// (0: off), as `dlrs serve --max-queue-burst`
     #[arg(long, default_value_t = 0)]
     pub max_queue_burst: usize,
-    /// as `dlrs serve --queue-drain-window-ms`
+    /// as `dlrs serve --burst-cooldown-ms`
     #[arg(long, default_value_t = 100)]
-    pub queue_drain_window_ms: u64,
+    pub burst_cooldown_ms: u64,
     /// most estimated work waiting ahead of a query in milliseconds (503 beyond; 0: none), as
     /// `dlrs serve --max-queue-wait-ms`
     #[arg(long, default_value_t = 0)]
@@ -634,7 +634,7 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
     header.insert("max_queue_delay_us".into(), json!(args.max_queue_delay_us));
     header.insert("max_queue".into(), json!(args.max_queue));
     header.insert("max_queue_burst".into(), json!(args.max_queue_burst));
-    header.insert("queue_drain_window_ms".into(), json!(args.queue_drain_window_ms));
+    header.insert("burst_cooldown_ms".into(), json!(args.burst_cooldown_ms));
     header.insert("max_queue_wait_ms".into(), json!(args.max_queue_wait_ms));
     header.insert("deadline_ms".into(), json!(args.deadline_ms));
     header.extend(args.load.header());
@@ -654,7 +654,7 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         max_queue_delay: Duration::from_micros(args.max_queue_delay_us),
         max_queue: args.max_queue,
         max_queue_burst: args.max_queue_burst,
-        drain_window: Duration::from_millis(args.queue_drain_window_ms),
+        burst_cooldown: Duration::from_millis(args.burst_cooldown_ms),
         max_wait: (args.max_queue_wait_ms > 0)
             .then(|| Duration::from_millis(args.max_queue_wait_ms)),
         deadline: Duration::from_millis(args.deadline_ms),

@@ -23,9 +23,9 @@ pub struct Batching {
     pub max_queue_delay: Duration,
     /// most samples waiting; beyond it a query is refused (503)
     pub max_queue: usize,
-    /// most samples waiting while the queue has drained within `drain_window`
+    /// most samples waiting when no query was refused within `burst_cooldown`
     pub max_queue_burst: usize,
-    pub drain_window: Duration,
+    pub burst_cooldown: Duration,
     /// most estimated work waiting ahead of a query (503 beyond); `None`: no bound by time
     pub max_wait: Option<Duration>,
     /// a query not computed this long after it was queued is answered 504
@@ -57,7 +57,7 @@ pub fn measure(
         max_delay: batching.max_queue_delay,
         max_queue: batching.max_queue,
         max_queue_burst: batching.max_queue_burst,
-        drain_window: batching.drain_window,
+        burst_cooldown: batching.burst_cooldown,
         max_wait: batching.max_wait,
     };
     let queue = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));

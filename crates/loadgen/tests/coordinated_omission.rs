@@ -172,7 +172,7 @@ fn one_query_batches() -> Batching {
         max_queue_delay: Duration::ZERO,
         max_queue: 1 << 20,
         max_queue_burst: 0,
-        drain_window: Duration::from_millis(100),
+        burst_cooldown: Duration::from_millis(100),
         max_wait: None,
         deadline: Duration::from_secs(60),
         instances: 1,

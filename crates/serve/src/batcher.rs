@@ -158,16 +158,17 @@ pub struct BatcherConfig {
     pub max_batch: usize,
     /// longest the oldest queued request waits for others to join its batch
     pub max_delay: Duration,
-    /// most samples waiting while the queue stands (it has not drained for `drain_window`);
-    /// beyond it requests are refused at once
+    /// most samples waiting within `burst_cooldown` of a refusal; beyond it requests are
+    /// refused at once
     pub max_queue: usize,
-    /// most samples waiting while the queue has drained within the last `drain_window`: room
-    /// for a burst (arrivals bunched by a stall on either side) that a standing queue does not
-    /// get, as in the controlled-delay queues of "Fail at scale" (Maurer, ACM Queue 2015).
-    /// At most `max_queue` has no effect.
+    /// most samples waiting when no request was refused for `burst_cooldown`: room for a
+    /// burst (arrivals bunched by a stall on either side) at a load the server keeps up
+    /// with, which an overloaded queue (one that refuses) does not get. Like the
+    /// controlled-delay queues of "Fail at scale" (Maurer, ACM Queue 2015), a queue is
+    /// allowed more while it is not standing. At most `max_queue` has no effect.
     pub max_queue_burst: usize,
-    /// how long a queue may go without draining before `max_queue` bounds it again
-    pub drain_window: Duration,
+    /// how long after a refusal `max_queue` bounds the queue again
+    pub burst_cooldown: Duration,
     /// longest estimated wait ahead of a new request (the samples waiting times the measured
     /// compute time per sample, over the instances); beyond it the request is refused at once.
     /// `None`: no bound by time.
@@ -178,8 +179,8 @@ struct State {
     pending: VecDeque<Pending>,
     /// samples admitted and not yet handed to a batch
     waiting: usize,
-    /// when `waiting` was last 0
-    drained: Instant,
+    /// when a request was last refused for want of room
+    refused: Option<Instant>,
     /// no more admissions; instances exit once `pending` is empty
     closed: bool,
     /// compute seconds per sample on one instance: the median of the last [`PER_SAMPLE_WINDOW`]
@@ -215,7 +216,7 @@ impl Queue {
         let state = State {
             pending: VecDeque::new(),
             waiting: 0,
-            drained: Instant::now(),
+            refused: None,
             closed: false,
             per_sample_s: 0.0,
             recent: Vec::with_capacity(PER_SAMPLE_WINDOW),
@@ -258,8 +259,10 @@ impl Queue {
         if st.closed {
             return Err(ApiError::ShuttingDown("the server is shutting down".into()));
         }
-        let capacity = self.capacity(st, Instant::now());
+        let now = Instant::now();
+        let capacity = self.capacity(st, now);
         if st.waiting + n > capacity {
+            st.refused = Some(now);
             let which = if capacity > max {
                 "--max-queue-burst"
             } else {
@@ -273,6 +276,7 @@ impl Queue {
         if let Some(max) = self.cfg.max_wait {
             let wait = st.waiting as f64 * st.per_sample_s / st.instances.max(1) as f64;
             if wait > max.as_secs_f64() {
+                st.refused = Some(now);
                 return Err(ApiError::Overloaded(format!(
                     "queue full: {} samples waiting, about {:.1} ms of work, over the {} ms the server queues \
                      (--max-queue-wait-ms); retry later",
@@ -287,14 +291,13 @@ impl Queue {
         Ok(())
     }
 
-    /// The most samples that may wait at `now`: `max_queue_burst` while the queue has drained
-    /// within the last `drain_window`, else `max_queue`.
-    fn capacity(&self, st: &mut State, now: Instant) -> usize {
-        if st.waiting == 0 {
-            st.drained = now;
-        }
-        let standing = now.saturating_duration_since(st.drained) > self.cfg.drain_window;
-        if standing {
+    /// The most samples that may wait at `now`: `max_queue` within `burst_cooldown` of a
+    /// refusal, else `max_queue_burst` (if larger).
+    fn capacity(&self, st: &State, now: Instant) -> usize {
+        let cooling = st
+            .refused
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.burst_cooldown);
+        if cooling {
             self.cfg.max_queue
         } else {
             self.cfg.max_queue.max(self.cfg.max_queue_burst)
@@ -304,9 +307,6 @@ impl Queue {
     /// `n` samples left the queue (handed to a batch, expired, refused after a reservation).
     fn release(&self, st: &mut State, n: usize) {
         st.waiting -= n;
-        if st.waiting == 0 {
-            st.drained = Instant::now();
-        }
         self.metrics.queue_depth.decrement(n as f64);
     }
 
@@ -747,7 +747,7 @@ mod tests {
                 max_delay,
                 max_queue,
                 max_queue_burst: 0,
-                drain_window: Duration::from_millis(100),
+                burst_cooldown: Duration::from_millis(100),
                 max_wait: None,
             },
             Arc::new(Metrics::new()),
@@ -945,7 +945,7 @@ mod tests {
             max_delay: Duration::ZERO,
             max_queue: 1000,
             max_queue_burst: 0,
-            drain_window: Duration::from_millis(100),
+            burst_cooldown: Duration::from_millis(100),
             max_wait: Some(Duration::from_millis(5)),
         };
         let q = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
@@ -971,42 +971,44 @@ mod tests {
     }
 
     #[test]
-    fn a_drained_queue_takes_a_burst_a_standing_one_only_max_queue() {
+    fn the_queue_takes_a_burst_unless_it_refused_lately() {
         let cfg = |burst| BatcherConfig {
             max_batch: 4,
             max_delay: Duration::ZERO,
             max_queue: 6,
             max_queue_burst: burst,
-            drain_window: Duration::from_millis(50),
+            burst_cooldown: Duration::from_millis(50),
             max_wait: None,
         };
         let refused = |r: Result<Reservation, ApiError>, flag: &str| match r {
             Err(ApiError::Overloaded(m)) => assert!(m.contains(flag), "{m}"),
             other => panic!("{:?}", other.map(|_| ())),
         };
-        // off: 6 samples, drained or not
+        // off: 6 samples
         let q = Arc::new(Queue::new(cfg(0), Arc::new(Metrics::new())));
         let _a = q.reserve(5).unwrap();
         refused(q.reserve(5), "(--max-queue)");
 
         let q = Arc::new(Queue::new(cfg(12), Arc::new(Metrics::new())));
-        // just drained: up to 12
+        // nothing refused yet: up to 12
         let a = q.reserve(5).unwrap();
         let b = q.reserve(5).unwrap();
         refused(q.reserve(3), "(--max-queue-burst)");
-        // not drained for longer than the window: a standing queue, back to 6
-        std::thread::sleep(Duration::from_millis(70));
-        refused(q.reserve(1), "(--max-queue)");
+        // within the cooldown of that refusal: 6, even with room freed
         drop(b);
-        std::thread::sleep(Duration::from_millis(70));
         refused(q.reserve(2), "(--max-queue)");
         let c = q.reserve(1).unwrap();
-        // drained: the burst room again
-        drop((a, c));
+        // the cooldown restarts with each refusal
+        std::thread::sleep(Duration::from_millis(30));
+        refused(q.reserve(1), "(--max-queue)");
+        std::thread::sleep(Duration::from_millis(30));
+        refused(q.reserve(1), "(--max-queue)");
+        // none for longer than the cooldown: the burst room again
+        std::thread::sleep(Duration::from_millis(60));
         let _d = q.reserve(6).unwrap();
+        drop((a, c));
         let _e = q.reserve(6).unwrap();
         // a request larger than --max-queue is 413 even when a burst would hold it
-        drop((_d, _e));
         assert!(matches!(q.reserve(7), Err(ApiError::TooLarge(_))));
     }
 }

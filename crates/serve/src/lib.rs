@@ -213,16 +213,16 @@ pub struct ServeArgs {
     /// most samples waiting in the queue; beyond it requests get 503 at once
     #[arg(long, default_value_t = 4096)]
     pub max_queue: usize,
-    /// most samples waiting while the queue has drained (been empty) within the last
-    /// --queue-drain-window-ms: room for a burst of arrivals after a stall, which a standing
-    /// queue (one that has not drained for that long, as under overload) does not get; there
-    /// --max-queue applies. 0 or at most --max-queue: off
+    /// most samples waiting when no request was refused within the last
+    /// --burst-cooldown-ms: room for a burst of arrivals (bunched by a stall) at a load the
+    /// server keeps up with. Within the cooldown of a refusal, as under overload, --max-queue
+    /// bounds the queue. 0 or at most --max-queue: off
     #[arg(long, default_value_t = 0)]
     pub max_queue_burst: usize,
-    /// how long the queue may go without draining before --max-queue bounds it again (see
-    /// --max-queue-burst), in milliseconds
+    /// how long after a refusal --max-queue applies instead of --max-queue-burst, in
+    /// milliseconds
     #[arg(long, default_value_t = 100)]
-    pub queue_drain_window_ms: u64,
+    pub burst_cooldown_ms: u64,
     /// most estimated work waiting ahead of a new request, in milliseconds (waiting samples
     /// times the median compute time per sample of the last 32 batches, over the
     /// instances); beyond it requests get 503 at once. 0: no bound by time (only --max-queue)

@@ -101,7 +101,7 @@ impl AppState {
             max_delay: Duration::from_micros(args.max_queue_delay_us),
             max_queue: args.max_queue,
             max_queue_burst: args.max_queue_burst,
-            drain_window: Duration::from_millis(args.queue_drain_window_ms),
+            burst_cooldown: Duration::from_millis(args.burst_cooldown_ms),
             max_wait: (args.max_queue_wait_ms > 0)
                 .then(|| Duration::from_millis(args.max_queue_wait_ms)),
         };
