@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--max-queue-delay-us", type=int, default=500)
     ap.add_argument("--max-queue", type=int, default=4096)
     ap.add_argument("--max-queue-wait-ms", type=int, default=0)
+    ap.add_argument("--keep-reload-memory", action="store_true",
+                    help="serve's --keep-reload-memory (memory for a second copy of the tables from the start)")
     ap.add_argument("--max-queue-burst", type=int, default=0,
                     help="serve's and the twin's --max-queue-burst (0: off)")
     ap.add_argument("--burst-cooldown-ms", type=int, default=100)
@@ -133,6 +135,8 @@ def main():
         http_only += ["--allow-client-shm"]
     if a.compute_nice:
         http_only += ["--compute-nice", str(a.compute_nice)]
+    if a.keep_reload_memory:
+        http_only += ["--keep-reload-memory"]
     if a.http_slice_us:
         http_only += ["--http-slice-us", str(a.http_slice_us)]
     batching = ["--max-batch", str(a.max_batch), "--max-queue-delay-us", str(a.max_queue_delay_us),

@@ -17,14 +17,109 @@ use xxhash_rust::xxh3::xxh3_64;
 
 const HUGE_PAGE: usize = 2 << 20;
 
-/// A zero-initialised byte buffer, 2 MiB aligned when large, with huge pages requested.
+/// A byte buffer, 2 MiB aligned when large, with huge pages requested: zero-initialised
+/// ([`HugeBuf::zeroed`]), or of any content for a caller that overwrites all of it
+/// ([`HugeBuf::for_overwrite`]).
 pub struct HugeBuf {
-    map: MmapMut,
+    /// `None` only once dropped into the spare memory
+    map: Option<MmapMut>,
     offset: usize,
     len: usize,
 }
 
+/// Table memory kept when its buffer drops, for the next buffer of the same length that
+/// will be overwritten whole (a server's next model version): see [`keep_spare_table_memory`].
+struct Spare {
+    /// most bytes kept; 0: none (buffers are freed when dropped)
+    limit: usize,
+    bytes: usize,
+    bufs: Vec<(MmapMut, usize, usize)>,
+}
+
+static SPARE: std::sync::Mutex<Spare> = std::sync::Mutex::new(Spare {
+    limit: 0,
+    bytes: 0,
+    bufs: Vec::new(),
+});
+
+fn spare() -> std::sync::MutexGuard<'static, Spare> {
+    SPARE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keeps up to `limit` bytes of dropped table memory for reuse by the next tables loaded
+/// for overwriting (0: keep none, and free what is kept).
+///
+/// Why: on a VM whose guest hands freed memory back to the host (virtio-balloon free page
+/// reporting, as on this project's Firecracker machines), the first touch of each page of
+/// a new allocation traps to the host; copying a 4 GB model version into fresh memory there
+/// stalled both vCPUs for 26-43 ms at a time, even for threads at normal priority, while
+/// a server's requests waited. Memory reused from the replaced version was never given
+/// back, so writing it costs nothing but the copy. The price is the kept memory: a server
+/// holds two versions' tables from its first reload on.
+pub fn keep_spare_table_memory(limit: usize) {
+    let freed = {
+        let mut s = spare();
+        s.limit = limit;
+        let mut freed = Vec::new();
+        while s.bytes > s.limit {
+            let Some(b) = s.bufs.pop() else { break };
+            s.bytes -= b.0.len();
+            freed.push(b);
+        }
+        freed
+    };
+    for (map, _, _) in freed {
+        free_gently(map);
+    }
+}
+
+/// Bytes of table memory kept for reuse now.
+pub fn spare_table_memory() -> usize {
+    spare().bytes
+}
+
+/// Raises the spare memory's limit by what buffers of `lens` bytes take, and fills it now
+/// with such buffers, every page touched: a server's first reload then finds its memory
+/// ready, as every later one does (the replaced version's). `lens` are the tables' byte
+/// lengths ([`EmbeddingTable::bytes`]).
+pub fn reserve_spare_table_memory(lens: &[usize]) -> std::io::Result<()> {
+    for &len in lens {
+        let mut b = HugeBuf::zeroed(len)?;
+        let map = b.map.as_mut().expect("a live buffer has its mapping");
+        let total = map.len();
+        // one write per page makes it resident (a zero: the content stays zeroes)
+        for at in (0..total).step_by(4096) {
+            map[at] = 0;
+        }
+        spare().limit += total;
+        drop(b); // into the spare memory
+    }
+    Ok(())
+}
+
 impl HugeBuf {
+    /// A buffer of `len` bytes to be overwritten whole: kept memory of that length if there
+    /// is some (any content), else a new zeroed one.
+    pub fn for_overwrite(len: usize) -> std::io::Result<Self> {
+        let reused = {
+            let mut s = spare();
+            let at = s.bufs.iter().position(|b| b.2 == len);
+            at.map(|i| {
+                let b = s.bufs.swap_remove(i);
+                s.bytes -= b.0.len();
+                b
+            })
+        };
+        match reused {
+            Some((map, offset, len)) => Ok(HugeBuf {
+                map: Some(map),
+                offset,
+                len,
+            }),
+            None => Self::zeroed(len),
+        }
+    }
+
     pub fn zeroed(len: usize) -> std::io::Result<Self> {
         // over-allocate so the data can start on a 2 MiB boundary: THP only backs aligned 2 MiB spans
         let slack = if len >= HUGE_PAGE { HUGE_PAGE } else { 0 };
@@ -42,39 +137,64 @@ impl HugeBuf {
             // a refusal only costs speed; the buffer is valid either way
             let _ = map.advise(Advice::HugePage);
         }
-        Ok(HugeBuf { map, offset, len })
+        Ok(HugeBuf {
+            map: Some(map),
+            offset,
+            len,
+        })
+    }
+
+    fn map(&self) -> &MmapMut {
+        self.map.as_ref().expect("a live buffer has its mapping")
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.map[self.offset..self.offset + self.len]
+        &self.map()[self.offset..self.offset + self.len]
     }
 
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.map[self.offset..self.offset + self.len]
+        let (o, n) = (self.offset, self.len);
+        &mut self.map.as_mut().expect("a live buffer has its mapping")[o..o + n]
     }
 }
 
 impl Drop for HugeBuf {
-    /// Gives the pages back 64 MiB at a time before the mapping goes. `munmap` of a 4 GB table
-    /// holds the process's mmap lock for writing while it frees everything (11 ms here with
-    /// no other thread running), and every page fault or mapping of the other threads (a
-    /// server's HTTP threads allocating body buffers) waits for it. `MADV_DONTNEED` frees
-    /// under the lock held for reading, 0.4 ms per step at most; the final unmap is then cheap.
+    /// Into the spare memory if there is room for it there (see [`keep_spare_table_memory`]),
+    /// else freed with [`free_gently`].
     fn drop(&mut self) {
-        const CHUNK: usize = 64 << 20;
-        let total = self.map.len();
-        if total < 4 * CHUNK {
-            return;
-        }
-        let mut off = 0;
-        while off < total {
-            let n = CHUNK.min(total - off);
-            // SAFETY: the buffer is being dropped, so nothing reads it any more; DONTNEED on
-            // this private anonymous mapping only releases its pages (a failure just leaves
-            // them to the unmap).
-            let _ = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, off, n) };
-            off += n;
-        }
+        let Some(map) = self.map.take() else { return };
+        let map = {
+            let mut s = spare();
+            if s.bytes + map.len() <= s.limit {
+                s.bytes += map.len();
+                s.bufs.push((map, self.offset, self.len));
+                return;
+            }
+            map
+        };
+        free_gently(map);
+    }
+}
+
+/// Gives the pages back 64 MiB at a time before the mapping goes. `munmap` of a 4 GB table
+/// holds the process's mmap lock for writing while it frees everything (11 ms here with no
+/// other thread running), and every page fault or mapping of the other threads (a server's
+/// HTTP threads allocating body buffers) waits for it. `MADV_DONTNEED` frees under the lock
+/// held for reading, 0.4 ms per step at most; the final unmap is then cheap.
+fn free_gently(map: MmapMut) {
+    const CHUNK: usize = 64 << 20;
+    let total = map.len();
+    if total < 4 * CHUNK {
+        return;
+    }
+    let mut off = 0;
+    while off < total {
+        let n = CHUNK.min(total - off);
+        // SAFETY: the buffer is being dropped, so nothing reads it any more; DONTNEED on
+        // this private anonymous mapping only releases its pages (a failure just leaves
+        // them to the unmap).
+        let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, off, n) };
+        off += n;
     }
 }
 
@@ -216,6 +336,22 @@ impl EmbeddingTable {
 
     /// A zero-filled table (for fp32; quantized rows of zeros have scale 0 and bias 0).
     pub fn zeroed(rows: usize, dim: usize, format: RowFormat) -> std::io::Result<Self> {
+        Self::owned(rows, dim, format, HugeBuf::zeroed)
+    }
+
+    /// A table of any content, for a caller that writes all of [`EmbeddingTable::bytes_mut`]
+    /// (a model loaded into memory): it reuses spare table memory if some is kept
+    /// ([`keep_spare_table_memory`]).
+    pub fn for_overwrite(rows: usize, dim: usize, format: RowFormat) -> std::io::Result<Self> {
+        Self::owned(rows, dim, format, HugeBuf::for_overwrite)
+    }
+
+    fn owned(
+        rows: usize,
+        dim: usize,
+        format: RowFormat,
+        buf: fn(usize) -> std::io::Result<HugeBuf>,
+    ) -> std::io::Result<Self> {
         let stride = Self::stride_for(format, dim);
         let len = rows
             .checked_mul(stride)
@@ -225,9 +361,17 @@ impl EmbeddingTable {
             dim,
             format,
             stride,
-            storage: Storage::Owned(HugeBuf::zeroed(len)?),
+            storage: Storage::Owned(buf(len)?),
             check: None,
         })
+    }
+
+    /// Bytes of memory the table owns (its mapping; 0 for a view of the model file).
+    pub fn owned_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Owned(b) => b.map().len(),
+            Storage::Mapped { .. } => 0,
+        }
     }
 
     /// A table whose rows are `map[offset .. offset + rows * stride]`, verified against

@@ -284,7 +284,8 @@ impl Weights {
                     ));
                 }
                 TableMode::Ram => {
-                    let mut table = EmbeddingTable::zeroed(rows, cfg.dim, fmt)
+                    // every byte is written below
+                    let mut table = EmbeddingTable::for_overwrite(rows, cfg.dim, fmt)
                         .map_err(|e| ModelError::io(path, e))?;
                     copy_verified(v.data(), table.bytes_mut(), sums.as_ref()).map_err(|k| {
                         corrupt(&expected[t].0, k, sums.as_ref().map_or(0, |s| s.1.len()))

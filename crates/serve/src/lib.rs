@@ -254,6 +254,14 @@ pub struct ServeArgs {
     /// mmap: map the model file; ram: copy tables into huge pages
     #[arg(long, default_value = "ram", value_parser = parse_table_mode)]
     pub tables: TableMode,
+    /// with --tables ram: hold memory for a second copy of the tables from the start, so a
+    /// reload copies the new version into memory that is already resident (the replaced
+    /// version's memory is kept for the next one) instead of into fresh pages. Costs twice
+    /// the tables' memory. On VMs that hand freed memory back to the host (free page
+    /// reporting), the first touch of fresh pages stalls the vCPUs (both cores, 26-43 ms at a
+    /// time while 4 GB was copied here) and a reload under load refuses requests
+    #[arg(long)]
+    pub keep_reload_memory: bool,
     /// deadline of requests without an x-dlrs-deadline-ms header, in milliseconds
     #[arg(long, default_value_t = 1000)]
     pub default_deadline_ms: u64,

@@ -94,6 +94,19 @@ impl AppState {
                 .context("loading the model")?
                 .with_context(|| format!("loading the model from {}", dir.display()))?
         };
+        if args.keep_reload_memory {
+            let lens: Vec<usize> = model
+                .weights
+                .tables
+                .iter()
+                .filter(|t| t.owned_bytes() > 0)
+                .map(|t| t.bytes().len())
+                .collect();
+            tokio::task::spawn_blocking(move || dlrs_model::table::reserve_spare_table_memory(&lens))
+                .await
+                .context("reserving memory for reloads")?
+                .context("reserving memory for reloads (--keep-reload-memory)")?;
+        }
         let metrics = Arc::new(Metrics::new());
         metrics.model_version.set(1.0);
         let cfg = BatcherConfig {

@@ -96,6 +96,33 @@ fn the_watcher_reloads_files_replaced_by_rename() {
 }
 
 #[test]
+fn reloads_into_kept_memory_serve_each_new_version_exactly() {
+    // --keep-reload-memory: each reload copies into the replaced version's memory (kept, not
+    // zeroed); the scores must be those of the version loaded, never a mix with the last
+    let md = ModelDir::new(1);
+    let mut args = md.args();
+    args.keep_reload_memory = true;
+    let srv = Server::start(args);
+    let kept = dlrs_model::table::spare_table_memory();
+    assert!(kept > 0, "memory for a second copy of the tables is held from the start");
+    let mut rng = Lcg(8);
+    let s = samples(&mut rng, 4);
+    let load = format!("/v2/repository/models/{NAME}/load");
+    for i in 0..4u64 {
+        let seed = 2 + i;
+        let m = replace_model(&md.dir(), seed);
+        let r = srv.post(&load, "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_close(&srv.infer(&s).scores(), &reference(&m, &s));
+    }
+    // the replaced version's memory went back (its last request done, on a background thread)
+    eventually("the replaced version's memory kept again", || {
+        dlrs_model::table::spare_table_memory() == kept
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
 fn no_request_fails_during_reloads() {
     let md = ModelDir::new(1);
     let srv = Server::start(md.args());
