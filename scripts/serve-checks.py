@@ -5,13 +5,19 @@
    system the tensors in a system shared memory region) and in process (`dlrs
    twin`, the same queue and compute instances, no HTTP) at the same p99 target: the ratio;
 2. overload: 3x the sustainable HTTP rate for --overload-s seconds; the queue depth
-   (/metrics, sampled every 0.25 s) stays <= --max-queue, 503s come back fast, accepted
+   (/metrics, sampled every 0.25 s) stays <= --max-queue (--max-queue-burst if larger),
+   503s come back fast, accepted
    requests keep p99 <= target + max-queue-delay, server RSS stays bounded;
 3. recovery: right after the overload, --recovery-s seconds at the sustainable rate: p99
    under target, no errors;
 4. reload under load: --reload-s seconds at half the sustainable rate while the model is
    reloaded (POST /v2/repository/models/{name}/load) every --reload-every-s seconds: zero
    failed requests.
+
+Each check starts after --settle-s seconds of quiet: the steps before it allocate and free
+gigabytes (the server's tables, the twin's copy of the model, the load generator's query
+pool), and on VMs that hand freed memory back to the host, the host's work on it stalls the
+vCPUs for a while after.
 
 Prints the figures for people and, with --json FILE, writes them all.
 
@@ -123,6 +129,8 @@ def main():
     ap.add_argument("--shared-memory", choices=["none", "system"], default="none",
                     help="loadgen's --shared-memory: system puts the tensors in a system shared memory region "
                          "(the server then runs with --allow-client-shm)")
+    ap.add_argument("--settle-s", type=float, default=15.0,
+                    help="quiet seconds before each check (after the server starts, the twin exits, ...)")
     ap.add_argument("--skip", default="", help="comma list of checks to skip: twin,overload,reload")
     ap.add_argument("--json", help="write all figures to this file")
     a = ap.parse_args()
@@ -164,6 +172,7 @@ def main():
                    "--shared-memory", a.shared_memory] + load
 
         # 1. latency-bounded throughput, HTTP then in process
+        time.sleep(a.settle_s)
         search = ["--target-p99-ms", str(a.target_p99_ms), "--qps", str(a.start_qps), "--duration", str(a.step_s),
                   "--max-steps", str(a.max_steps), "--warmup", "3", "--max-error-rate", str(a.max_error_rate)]
         http = run_json(loadgen + search)
@@ -185,6 +194,7 @@ def main():
 
         # 2. overload at 3x, then 3. recovery
         if "overload" not in skip:
+            time.sleep(a.settle_s)
             sampler = Sampler(server.pid, url)
             sampler.start()
             rss0 = rss_mb(server.pid)
@@ -204,13 +214,14 @@ def main():
                   f"{over['errors']['by_status']} (+{over['errors']['timeout']} timeouts); accepted p99 {lat['p99']} ms "
                   f"(limit {a.target_p99_ms + a.max_queue_delay_us / 1000} ms); 503 p50/p99/max "
                   f"{e503.get('p50')}/{e503.get('p99')}/{e503.get('max')} ms; queue depth max "
-                  f"{out['overload']['queue_depth_max']} (bound {a.max_queue}); RSS {rss0:.0f} -> max "
+                  f"{out['overload']['queue_depth_max']} (bound {max(a.max_queue, a.max_queue_burst)}); RSS {rss0:.0f} -> max "
                   f"{max(sampler.rss):.0f} MB", flush=True)
             print(f"recovery {qps:.0f} QPS for {a.recovery_s:.0f} s right after: p99 {rec['latency_ms']['p99']} ms, "
                   f"errors {rec['errors']['total']}", flush=True)
 
         # 4. reload under load
         if "reload" not in skip:
+            time.sleep(a.settle_s)
             reloads = []
             stop = threading.Event()
 
