@@ -225,11 +225,14 @@ def main():
             reloads = []
             stop = threading.Event()
 
+            started = time.time()
+
             def reloader():
                 while not stop.wait(a.reload_every_s):
                     t0 = time.time()
                     status, body = post(f"{url}/v2/repository/models/{name}/load")
-                    reloads.append({"status": status, "seconds": time.time() - t0, "body": body[:200]})
+                    reloads.append({"status": status, "seconds": time.time() - t0, "body": body[:200],
+                                    "started_s": t0 - started})
 
             t = threading.Thread(target=reloader, daemon=True)
             t.start()
@@ -241,6 +244,10 @@ def main():
                   f"{len(reloads)} reloads (status {[r['status'] for r in reloads]}, "
                   f"{[round(r['seconds'], 1) for r in reloads]} s); {rl['ok']} ok, {rl['errors']['total']} failed; "
                   f"p99 {rl['latency_ms']['p99']} ms", flush=True)
+            # when: reloads from the load generator's start (its clock starts after it built its queries)
+            print(f"  reloads began at {[round(r['started_s'], 1) for r in reloads]} s; failures by second "
+                  f"{rl.get('failures_by_second')}; slowest answer due at {rl.get('slowest_at_s')} s, "
+                  f"{rl['latency_ms']['max']} ms", flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -156,7 +156,9 @@ impl Results {
         let last = g.last_answer.map_or(0.0, |t| {
             t.saturating_duration_since(self.start).as_secs_f64()
         });
-        Report::new(qps, duration_s, &outcomes, sizes, last)
+        let mut r = Report::new(qps, duration_s, &outcomes, sizes, last);
+        r.locate(&outcomes, offsets);
+        r
     }
 }
 

@@ -67,7 +67,9 @@
 //! - one measurement: `offered_qps`, `duration_s`, `queries`, `ok`, `ok_samples`,
 //!   `achieved_qps`, `samples_per_s`, `mean_query_size`, `latency_ms.{p50, p95, p99, p999,
 //!   max, mean}` (null without ok answers), `errors.{by_status, bad_response, transport,
-//!   timeout, failed, total}`;
+//!   timeout, failed, total}`, `error_latency_ms` (by status), `slowest_at_s` (when the
+//!   slowest ok query was due, seconds from the start), `failures_by_second` (failed queries
+//!   by the whole second they were due in);
 //! - a search (`--target-p99-ms X`): `target_p99_ms`, `step_duration_s`, `points` (each a
 //!   measurement as above plus `step` and `meets_target`), `latency_bounded` (`offered_qps`,
 //!   `achieved_qps`, `samples_per_s`, `p50_ms`, `p99_ms` of the best point, or null), `plot`.
@@ -334,14 +336,24 @@ fn report_lines(r: &Report) -> Vec<String> {
             r.achieved_qps, r.samples_per_s, r.mean_query_size
         ),
         format!(
-            "  latency   p50 {} ms, p95 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+            "  latency   p50 {} ms, p95 {} ms, p99 {} ms, p99.9 {} ms, max {} ms{}",
             ms(l.p50),
             ms(l.p95),
             ms(l.p99),
             ms(l.p999),
-            ms(l.max)
+            ms(l.max),
+            r.slowest_at_s
+                .map_or(String::new(), |t| format!(" (due at {t:.1} s)"))
         ),
     ];
+    if !r.failures_by_second.is_empty() && r.failures_by_second.len() <= 20 {
+        let at: Vec<String> = r
+            .failures_by_second
+            .iter()
+            .map(|(s, n)| format!("{n} at {s} s"))
+            .collect();
+        lines.push(format!("  failed    {}", at.join(", ")));
+    }
     for (status, l) in &r.error_latency_ms {
         lines.push(format!(
             "  HTTP {status} answered in p50 {} ms, p99 {} ms, max {} ms",

@@ -116,6 +116,12 @@ pub struct Report {
     /// under overload), from their scheduled send time
     pub error_latency_ms: BTreeMap<String, Latency>,
     pub errors: Errors,
+    /// when the slowest query answered 200 was scheduled, seconds from the start (filled in
+    /// by [`Report::locate`])
+    pub slowest_at_s: Option<f64>,
+    /// failed queries by the second of the schedule they were due in (whole seconds from the
+    /// start; only seconds with failures): when a stall or a reload cost requests
+    pub failures_by_second: BTreeMap<u64, u64>,
 }
 
 impl Report {
@@ -175,7 +181,27 @@ impl Report {
                 .map(|(k, v)| (k.clone(), Latency::of(v)))
                 .collect(),
             errors,
+            slowest_at_s: None,
+            failures_by_second: BTreeMap::new(),
         }
+    }
+
+    /// Fills in when things happened: `offsets[i]` is when query `i` of `outcomes` was
+    /// scheduled, seconds from the start.
+    pub fn locate(&mut self, outcomes: &[Outcome], offsets: &[f64]) {
+        assert_eq!(outcomes.len(), offsets.len());
+        let mut slowest: Option<(f64, f64)> = None;
+        self.failures_by_second.clear();
+        for (o, &t) in outcomes.iter().zip(offsets) {
+            if o.status == Status::Ok {
+                if slowest.is_none_or(|(l, _)| o.latency_s > l) {
+                    slowest = Some((o.latency_s, t));
+                }
+            } else {
+                *self.failures_by_second.entry(t as u64).or_default() += 1;
+            }
+        }
+        self.slowest_at_s = slowest.map(|(_, t)| t);
     }
 
     /// Whether this point keeps the target: at most `max_error_rate` of its queries failed

@@ -115,6 +115,18 @@ fn the_report_counts_errors_apart_and_takes_percentiles_of_ok_answers() {
     assert_eq!(r.queries, 16);
     assert!(r.meets(100.0, 0.4) && !r.meets(100.0, 0.35));
     assert!(!r.meets(4.0, 0.4), "the answers' p99 still counts");
+    // when: the slowest answer and the failures by scheduled second
+    let mut located = r.clone();
+    let offsets: Vec<f64> = (0..outcomes.len()).map(|i| i as f64 * 0.25).collect();
+    located.locate(&outcomes, &offsets);
+    // the ten answers come first, the slowest (10 ms) last, at 9 x 0.25 s; the six failures
+    // are due at 2.5 .. 3.75 s
+    assert_eq!(located.slowest_at_s, Some(2.25));
+    assert_eq!(
+        located.failures_by_second,
+        std::collections::BTreeMap::from([(2, 2), (3, 4)])
+    );
+    assert_eq!(located.failures_by_second.values().sum::<u64>(), r.errors.total);
     let clean = Report::new(8.0, 2.0, &outcomes[..10], &sizes[..10], 1.0);
     assert!(clean.meets(10.0, 0.0) && !clean.meets(9.5, 0.0));
     assert_eq!(clean.errors_line(), "none");
