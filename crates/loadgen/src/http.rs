@@ -418,6 +418,8 @@ impl Wire {
                 match self.ep.connect_stream().await {
                     Ok(s) => {
                         stream = Some(self.adopt(c, s));
+                        // whatever the old socket left half read is not the new one's
+                        buf.clear();
                         let resend = lock(&conn.flight).as_mut().map(|f| f.written = 0).is_some();
                         if resend {
                             conn.write_more.notify_one();

@@ -421,21 +421,24 @@ mod tests {
         }
     }
 
+    /// One sample's bags for `cfg()`: id 4 in table 0, none in table 1.
+    fn one_sample_bags() -> Vec<Bags> {
+        vec![
+            Bags {
+                offsets: vec![0, 1],
+                ids: vec![4],
+            },
+            Bags {
+                offsets: vec![0, 0],
+                ids: vec![],
+            },
+        ]
+    }
+
     #[test]
     fn from_parts_rejects_bad_offsets_and_ids() {
         let c = cfg();
-        let ok = || {
-            vec![
-                Bags {
-                    offsets: vec![0, 1],
-                    ids: vec![4],
-                },
-                Bags {
-                    offsets: vec![0, 0],
-                    ids: vec![],
-                },
-            ]
-        };
+        let ok = one_sample_bags;
         assert!(Batch::from_parts(&c, 1, vec![0.0, 1.0], ok()).is_ok());
         let mut b = ok();
         b[0].ids[0] = 5;
@@ -465,18 +468,7 @@ mod tests {
     #[test]
     fn from_parts_ids_checked_checks_all_but_the_ids() {
         let c = cfg();
-        let ok = || {
-            vec![
-                Bags {
-                    offsets: vec![0, 1],
-                    ids: vec![4],
-                },
-                Bags {
-                    offsets: vec![0, 0],
-                    ids: vec![],
-                },
-            ]
-        };
+        let ok = one_sample_bags;
         let err = |dense: Vec<f32>, bags: Vec<Bags>| {
             Batch::from_parts_ids_checked(&c, 1, dense, bags)
                 .unwrap_err()
