@@ -214,26 +214,9 @@ pub struct TwinArgs {
     /// compute instances, as `dlrs serve --instances` (default: one per thread)
     #[arg(long)]
     pub instances: Option<usize>,
-    /// most samples computed in one batch (larger queries are split)
-    #[arg(long, default_value_t = 256)]
-    pub max_batch: usize,
-    /// longest the oldest queued query waits for more queries to batch with, microseconds
-    #[arg(long, default_value_t = 500)]
-    pub max_queue_delay_us: u64,
-    /// most samples waiting; beyond it a query is refused (503), as `dlrs serve --max-queue`
-    #[arg(long, default_value_t = 4096)]
-    pub max_queue: usize,
-    /// most samples waiting when no query was refused within the last --burst-cooldown-ms
-    /// (0: off), as `dlrs serve --max-queue-burst`
-    #[arg(long, default_value_t = 0)]
-    pub max_queue_burst: usize,
-    /// as `dlrs serve --burst-cooldown-ms`
-    #[arg(long, default_value_t = 100)]
-    pub burst_cooldown_ms: u64,
-    /// most estimated work waiting ahead of a query in milliseconds (503 beyond; 0: none), as
-    /// `dlrs serve --max-queue-wait-ms`
-    #[arg(long, default_value_t = 0)]
-    pub max_queue_wait_ms: u64,
+    /// batching and admission, with `dlrs serve`'s options and defaults
+    #[command(flatten)]
+    pub queue: dlrs_serve::QueueArgs,
     /// a query not computed this many milliseconds after it was queued gets 504, as
     /// `dlrs serve --default-deadline-ms`
     #[arg(long, default_value_t = 1000)]
@@ -614,7 +597,7 @@ fn transport(args: &LoadgenArgs) -> &'static str {
 /// [`run_twin`] without printing the JSON object: returns it.
 pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
     args.load.check()?;
-    ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
+    ensure!(args.queue.max_batch >= 1, "--max-batch must be at least 1");
     let (instances, threads) = dlrs_serve::compute_layout(args.threads, args.instances)?;
     let model = Model::load_with(&args.model, TableMode::Ram)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
@@ -642,12 +625,13 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
     header.insert("model_dir".into(), json!(args.model.display().to_string()));
     header.insert("threads".into(), json!(args.threads));
     header.insert("instances".into(), json!(instances));
-    header.insert("max_batch".into(), json!(args.max_batch));
-    header.insert("max_queue_delay_us".into(), json!(args.max_queue_delay_us));
-    header.insert("max_queue".into(), json!(args.max_queue));
-    header.insert("max_queue_burst".into(), json!(args.max_queue_burst));
-    header.insert("burst_cooldown_ms".into(), json!(args.burst_cooldown_ms));
-    header.insert("max_queue_wait_ms".into(), json!(args.max_queue_wait_ms));
+    let q = &args.queue;
+    header.insert("max_batch".into(), json!(q.max_batch));
+    header.insert("max_queue_delay_us".into(), json!(q.max_queue_delay_us));
+    header.insert("max_queue".into(), json!(q.max_queue));
+    header.insert("max_queue_burst".into(), json!(q.max_queue_burst));
+    header.insert("burst_cooldown_ms".into(), json!(q.burst_cooldown_ms));
+    header.insert("max_queue_wait_ms".into(), json!(q.max_queue_wait_ms));
     header.insert("deadline_ms".into(), json!(args.deadline_ms));
     header.extend(args.load.header());
     header.insert("pool".into(), json!(queries.len()));
@@ -655,20 +639,14 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         "dlrs twin: {} in process ({} threads in {instances} instances, max batch {}, max queue delay {} us), query size {}, ids {} x{}",
         args.model.display(),
         args.threads,
-        args.max_batch,
-        args.max_queue_delay_us,
+        args.queue.max_batch,
+        args.queue.max_queue_delay_us,
         args.load.query_size.name(),
         args.load.dist.name(),
         args.load.ids_per_table
     );
     let batching = twin::Batching {
-        max_batch: args.max_batch,
-        max_queue_delay: Duration::from_micros(args.max_queue_delay_us),
-        max_queue: args.max_queue,
-        max_queue_burst: args.max_queue_burst,
-        burst_cooldown: Duration::from_millis(args.burst_cooldown_ms),
-        max_wait: (args.max_queue_wait_ms > 0)
-            .then(|| Duration::from_millis(args.max_queue_wait_ms)),
+        queue: args.queue.config(),
         deadline: Duration::from_millis(args.deadline_ms),
         instances,
         threads,
@@ -697,7 +675,7 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
     );
     let plot_title = format!(
         "twin {name} ({} thr / {instances} inst, batch {}, delay {} us): p99 / p50 vs QPS",
-        args.threads, args.max_batch, args.max_queue_delay_us
+        args.threads, args.queue.max_batch, args.queue.max_queue_delay_us
     );
     drive(&args.load, header, &title, &plot_title, &mut measure)
 }

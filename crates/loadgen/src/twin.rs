@@ -14,20 +14,11 @@ use dlrs_serve::{ApiError, BatcherConfig, Hooks, Job, Metrics, Queue, ReplyTo, V
 use crate::driver::{Measure, Results, spawn_dispatcher, start_instant};
 use crate::stats::{Report, Status};
 
-/// The serving settings (the same knobs and defaults as `dlrs serve`).
+/// The serving settings: `dlrs serve`'s queue rules, deadline and compute layout.
 #[derive(Clone, Debug)]
 pub struct Batching {
-    /// most samples in one forward pass; larger queries are split into chunks
-    pub max_batch: usize,
-    /// longest the oldest queued query waits for others to join its batch
-    pub max_queue_delay: Duration,
-    /// most samples waiting; beyond it a query is refused (503)
-    pub max_queue: usize,
-    /// most samples waiting when no query was refused within `burst_cooldown`
-    pub max_queue_burst: usize,
-    pub burst_cooldown: Duration,
-    /// most estimated work waiting ahead of a query (503 beyond); `None`: no bound by time
-    pub max_wait: Option<Duration>,
+    /// batching and admission, as `dlrs serve`'s (`QueueArgs::config`)
+    pub queue: BatcherConfig,
     /// a query not computed this long after it was queued is answered 504
     pub deadline: Duration,
     /// compute instances
@@ -46,21 +37,13 @@ pub fn measure(
     hooks: &Hooks,
     m: &Measure,
 ) -> anyhow::Result<Report> {
-    ensure!(batching.max_batch >= 1, "--max-batch must be at least 1");
+    ensure!(batching.queue.max_batch >= 1, "--max-batch must be at least 1");
     ensure!(!queries.is_empty(), "no queries to send");
     let offsets = Arc::new(crate::dist::poisson_schedule(m.qps, m.duration_s, m.seed)?);
     let sizes: Vec<usize> = (0..offsets.len())
         .map(|i| queries[i % queries.len()].size())
         .collect();
-    let cfg = BatcherConfig {
-        max_batch: batching.max_batch,
-        max_delay: batching.max_queue_delay,
-        max_queue: batching.max_queue,
-        max_queue_burst: batching.max_queue_burst,
-        burst_cooldown: batching.burst_cooldown,
-        max_wait: batching.max_wait,
-    };
-    let queue = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
+    let queue = Arc::new(Queue::new(batching.queue.clone(), Arc::new(Metrics::new())));
     let instances =
         // compute at the default priority: with no HTTP threads beside them, a nice value
         // (serve's --compute-nice) would change nothing here

@@ -168,12 +168,14 @@ fn twin_setup() -> (Arc<dlrs_serve::Version>, Arc<Vec<Arc<dlrs_model::Batch>>>) 
 /// Batches of one query on one instance: a stall is one forward pass that takes long.
 fn one_query_batches() -> Batching {
     Batching {
-        max_batch: 4,
-        max_queue_delay: Duration::ZERO,
-        max_queue: 1 << 20,
-        max_queue_burst: 0,
-        burst_cooldown: Duration::from_millis(100),
-        max_wait: None,
+        queue: dlrs_serve::BatcherConfig {
+            max_batch: 4,
+            max_delay: Duration::ZERO,
+            max_queue: 1 << 20,
+            max_queue_burst: 0,
+            burst_cooldown: Duration::from_millis(100),
+            max_wait: None,
+        },
         deadline: Duration::from_secs(60),
         instances: 1,
         threads: 1,
@@ -245,7 +247,7 @@ fn unanswered_queries_time_out_after_the_drain() {
 fn twin_refuses_over_the_queue_bound_and_expires_past_the_deadline() {
     let (version, queries) = twin_setup();
     let mut b = one_query_batches();
-    b.max_queue = 8;
+    b.queue.max_queue = 8;
     b.deadline = Duration::from_millis(200);
     let r = twin::measure(
         &version,

@@ -367,7 +367,7 @@ fn http_errors_are_counted_by_status() {
     let m = ModelDir::new(2);
     let mut sa = dlrs_serve::ServeArgs::new(m.dir());
     sa.watch_interval_ms = 0;
-    sa.max_queue = 2;
+    sa.queue.max_queue = 2;
     let server = Server::start(sa);
     let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
         "--url",
@@ -519,7 +519,7 @@ fn flags_parse_with_the_documented_defaults() {
     assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--shared-memory", "cuda"]).is_err());
     let t = twin_args(&["--model", "/x"]);
     assert_eq!(
-        (t.threads, t.max_batch, t.max_queue_delay_us),
+        (t.threads, t.queue.max_batch, t.queue.max_queue_delay_us),
         (2, 256, 500)
     );
 }

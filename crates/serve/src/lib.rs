@@ -183,6 +183,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use dlrs_model::{Batch, TableMode};
@@ -204,30 +205,9 @@ pub struct ServeArgs {
     /// address to listen on
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub addr: String,
-    /// most samples computed in one batch (larger requests are split)
-    #[arg(long, default_value_t = 256)]
-    pub max_batch: usize,
-    /// longest a queued request waits for more requests to batch with, in microseconds
-    #[arg(long, default_value_t = 500)]
-    pub max_queue_delay_us: u64,
-    /// most samples waiting in the queue; beyond it requests get 503 at once
-    #[arg(long, default_value_t = 4096)]
-    pub max_queue: usize,
-    /// most samples waiting when no request was refused within the last
-    /// --burst-cooldown-ms: room for a burst of arrivals (bunched by a stall) at a load the
-    /// server keeps up with. Within the cooldown of a refusal, as under overload, --max-queue
-    /// bounds the queue. 0 or at most --max-queue: off
-    #[arg(long, default_value_t = 0)]
-    pub max_queue_burst: usize,
-    /// how long after a refusal --max-queue applies instead of --max-queue-burst, in
-    /// milliseconds
-    #[arg(long, default_value_t = 100)]
-    pub burst_cooldown_ms: u64,
-    /// most estimated work waiting ahead of a new request, in milliseconds (waiting samples
-    /// times the median compute time per sample of the last 32 batches, over the
-    /// instances); beyond it requests get 503 at once. 0: no bound by time (only --max-queue)
-    #[arg(long, default_value_t = 0)]
-    pub max_queue_wait_ms: u64,
+    /// the batching and admission rules (shared with `dlrs twin`)
+    #[command(flatten)]
+    pub queue: QueueArgs,
     /// threads of the forward pass, over all instances
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -308,6 +288,51 @@ pub struct ServeArgs {
 
 fn parse_table_mode(s: &str) -> Result<TableMode, String> {
     TableMode::parse(s).ok_or_else(|| format!("`{s}`: expected mmap or ram"))
+}
+
+/// The batching and admission rules: the options `dlrs serve` and `dlrs twin` share, so that
+/// the twin queues exactly as the server does.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// most samples computed in one batch (larger ones are split)
+    #[arg(long, default_value_t = 256)]
+    pub max_batch: usize,
+    /// longest a queued request waits for more to batch with, in microseconds
+    #[arg(long, default_value_t = 500)]
+    pub max_queue_delay_us: u64,
+    /// most samples waiting in the queue; beyond it requests get 503 at once
+    #[arg(long, default_value_t = 4096)]
+    pub max_queue: usize,
+    /// most samples waiting when no request was refused within the last
+    /// --burst-cooldown-ms: room for a burst of arrivals (bunched by a stall) at a load the
+    /// server keeps up with. Within the cooldown of a refusal, as under overload, --max-queue
+    /// bounds the queue. 0 or at most --max-queue: off
+    #[arg(long, default_value_t = 0)]
+    pub max_queue_burst: usize,
+    /// how long after a refusal --max-queue applies instead of --max-queue-burst, in
+    /// milliseconds
+    #[arg(long, default_value_t = 100)]
+    pub burst_cooldown_ms: u64,
+    /// most estimated work waiting ahead of a new request, in milliseconds (waiting samples
+    /// times the median compute time per sample of the last 32 batches, over the
+    /// instances); beyond it requests get 503 at once. 0: no bound by time (only --max-queue)
+    #[arg(long, default_value_t = 0)]
+    pub max_queue_wait_ms: u64,
+}
+
+impl QueueArgs {
+    /// The queue's rules from the options.
+    pub fn config(&self) -> BatcherConfig {
+        BatcherConfig {
+            max_batch: self.max_batch,
+            max_delay: Duration::from_micros(self.max_queue_delay_us),
+            max_queue: self.max_queue,
+            max_queue_burst: self.max_queue_burst,
+            burst_cooldown: Duration::from_millis(self.burst_cooldown_ms),
+            max_wait: (self.max_queue_wait_ms > 0)
+                .then(|| Duration::from_millis(self.max_queue_wait_ms)),
+        }
+    }
 }
 
 impl ServeArgs {
@@ -433,8 +458,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(args.max_batch >= 1, "--max-batch must be at least 1");
-    anyhow::ensure!(args.max_queue >= 1, "--max-queue must be at least 1");
+    anyhow::ensure!(args.queue.max_batch >= 1, "--max-batch must be at least 1");
+    anyhow::ensure!(args.queue.max_queue >= 1, "--max-queue must be at least 1");
     let limits = conn::Limits::from_args(&args)?;
     let state = state::AppState::start(args).await?;
     let addr = listener

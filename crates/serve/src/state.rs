@@ -13,7 +13,7 @@ use dlrs_model::{Model, TableMode};
 use tokio::task::JoinHandle;
 
 use crate::ServeArgs;
-use crate::batcher::{self, BatcherConfig, Queue};
+use crate::batcher::{self, Queue};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::shm::Registry;
@@ -109,15 +109,7 @@ impl AppState {
         }
         let metrics = Arc::new(Metrics::new());
         metrics.model_version.set(1.0);
-        let cfg = BatcherConfig {
-            max_batch: args.max_batch,
-            max_delay: Duration::from_micros(args.max_queue_delay_us),
-            max_queue: args.max_queue,
-            max_queue_burst: args.max_queue_burst,
-            burst_cooldown: Duration::from_millis(args.burst_cooldown_ms),
-            max_wait: (args.max_queue_wait_ms > 0)
-                .then(|| Duration::from_millis(args.max_queue_wait_ms)),
-        };
+        let cfg = args.queue.config();
         let queue = Arc::new(Queue::new(cfg, Arc::clone(&metrics)));
         let (instances, threads) = args.compute_layout()?;
         let batchers = batcher::spawn(&queue, instances, threads, args.compute_nice, &args.hooks)

@@ -124,7 +124,7 @@ fn health_metadata_and_metrics_endpoints() {
 fn concurrent_requests_get_their_own_scores_and_are_batched() {
     let md = ModelDir::new(2);
     let mut args = md.args();
-    args.max_queue_delay_us = 3000;
+    args.queue.max_queue_delay_us = 3000;
     let srv = Server::start(args);
     let model = &md.model;
     std::thread::scope(|sc| {
@@ -168,7 +168,7 @@ fn concurrent_requests_get_their_own_scores_and_are_batched() {
 fn requests_larger_than_max_batch_are_split() {
     let md = ModelDir::new(3);
     let mut args = md.args();
-    args.max_batch = 4;
+    args.queue.max_batch = 4;
     let srv = Server::start(args);
     let mut rng = Lcg(11);
     let s = samples(&mut rng, 11);

@@ -14,8 +14,8 @@ fn full_queue_is_503_with_retry_after_at_once() {
     let md = ModelDir::new(1);
     let gate = Gate::new();
     let mut args = md.args();
-    args.max_queue = 2;
-    args.max_queue_delay_us = 0;
+    args.queue.max_queue = 2;
+    args.queue.max_queue_delay_us = 0;
     args.hooks = gate.hook();
     // one compute instance: the batch held at the gate holds every batch behind it
     args.instances = Some(1);
@@ -156,7 +156,7 @@ fn expired_deadline_is_504_and_never_computed() {
     let md = ModelDir::new(1);
     let gate = Gate::new();
     let mut args = md.args();
-    args.max_queue_delay_us = 0;
+    args.queue.max_queue_delay_us = 0;
     args.hooks = gate.hook();
     // one compute instance: the batch held at the gate holds every batch behind it
     args.instances = Some(1);
