@@ -78,13 +78,16 @@ pub fn spare_table_memory() -> usize {
     spare().bytes
 }
 
-/// Raises the spare memory's limit by what buffers of `lens` bytes take, and fills it now
-/// with such buffers, every page touched: a server's first reload then finds its memory
-/// ready, as every later one does (the replaced version's). `lens` are the tables' byte
-/// lengths ([`EmbeddingTable::bytes`]).
-pub fn reserve_spare_table_memory(lens: &[usize]) -> std::io::Result<()> {
-    for &len in lens {
-        let mut b = HugeBuf::zeroed(len)?;
+/// Raises the spare memory's limit by what a second copy of the tables held in memory
+/// among `tables` takes (mapped tables need none), and fills it now with such buffers, every
+/// page touched: a server's first reload then finds its memory ready, as every later one does
+/// (the replaced version's).
+pub fn reserve_spare_table_memory(tables: &[EmbeddingTable]) -> std::io::Result<()> {
+    for t in tables {
+        let Storage::Owned(owned) = &t.storage else {
+            continue;
+        };
+        let mut b = HugeBuf::zeroed(owned.len)?;
         let map = b.map.as_mut().expect("a live buffer has its mapping");
         let total = map.len();
         // one write per page makes it resident (a zero: the content stays zeroes)
@@ -364,14 +367,6 @@ impl EmbeddingTable {
             storage: Storage::Owned(buf(len)?),
             check: None,
         })
-    }
-
-    /// Bytes of memory the table owns (its mapping; 0 for a view of the model file).
-    pub fn owned_bytes(&self) -> usize {
-        match &self.storage {
-            Storage::Owned(b) => b.map().len(),
-            Storage::Mapped { .. } => 0,
-        }
     }
 
     /// A table whose rows are `map[offset .. offset + rows * stride]`, verified against

@@ -87,26 +87,21 @@ impl AppState {
         let dir = args.model.clone();
         let mode = args.tables;
         let fp = fingerprint(&dir);
+        let keep = args.keep_reload_memory;
         let model = {
             let d = dir.clone();
-            tokio::task::spawn_blocking(move || load(&d, mode))
-                .await
-                .context("loading the model")?
-                .with_context(|| format!("loading the model from {}", dir.display()))?
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
+                let model = load(&d, mode)
+                    .with_context(|| format!("loading the model from {}", d.display()))?;
+                if keep {
+                    dlrs_model::table::reserve_spare_table_memory(&model.weights.tables)
+                        .context("reserving memory for reloads (--keep-reload-memory)")?;
+                }
+                Ok(model)
+            })
+            .await
+            .context("loading the model")??
         };
-        if args.keep_reload_memory {
-            let lens: Vec<usize> = model
-                .weights
-                .tables
-                .iter()
-                .filter(|t| t.owned_bytes() > 0)
-                .map(|t| t.bytes().len())
-                .collect();
-            tokio::task::spawn_blocking(move || dlrs_model::table::reserve_spare_table_memory(&lens))
-                .await
-                .context("reserving memory for reloads")?
-                .context("reserving memory for reloads (--keep-reload-memory)")?;
-        }
         let metrics = Arc::new(Metrics::new());
         metrics.model_version.set(1.0);
         let cfg = args.queue.config();
