@@ -493,16 +493,8 @@ mod tests {
     #[cfg(debug_assertions)]
     #[should_panic(expected = "an id out of range")]
     fn from_parts_ids_checked_asserts_the_contract_in_debug_builds() {
-        let bags = vec![
-            Bags {
-                offsets: vec![0, 1],
-                ids: vec![5],
-            },
-            Bags {
-                offsets: vec![0, 0],
-                ids: vec![],
-            },
-        ];
+        let mut bags = one_sample_bags();
+        bags[0].ids[0] = 5; // table 0 has 5 rows
         let _ = Batch::from_parts_ids_checked(&cfg(), 1, vec![0.0, 1.0], bags);
     }
 }
