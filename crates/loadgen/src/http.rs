@@ -1,14 +1,16 @@
-//! The HTTP side: a lean HTTP/1.1 client on hyper's connection API, one task per pooled
-//! keep-alive connection, each taking the next released query from a shared queue.
+//! The HTTP side. The measured queries go out as HTTP/1.1 requests encoded once per pooled
+//! query, written on a pool of keep-alive connections by the dispatcher itself, their
+//! answers parsed with `httparse` by one task per connection (see [`Wire`]); hyper's client
+//! serves the few control requests (metadata, shared memory registration).
 //!
-//! A query waits in that queue while every connection is busy; since its latency counts
-//! from its scheduled time, that wait is measured, not hidden.
+//! A query waits while every connection is busy; since its latency counts from its
+//! scheduled time, that wait is measured, not hidden.
 
+use std::collections::VecDeque;
+use std::io::{IoSlice, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
-use std::collections::VecDeque;
-use std::io::{IoSlice, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
