@@ -3,7 +3,8 @@
 
 1. latency-bounded throughput over HTTP (KServe v2, binary tensors, or with --shared-memory
    system the tensors in a system shared memory region) and in process (`dlrs
-   twin`, the same queue and compute instances, no HTTP) at the same p99 target: the ratio;
+   twin`, the same queue and compute instances, no HTTP) at the same p99 target, a step of
+   each in turn (`dlrs twin --versus-url`): the ratio;
 2. overload: 3x the sustainable HTTP rate for --overload-s seconds; the queue depth
    (/metrics, sampled every 0.25 s) stays <= --max-queue (--max-queue-burst if larger),
    503s come back fast, accepted
@@ -171,25 +172,31 @@ def main():
         loadgen = [a.dlrs, "loadgen", "--url", url, "--model", name, "--binary",
                    "--shared-memory", a.shared_memory] + load
 
-        # 1. latency-bounded throughput, HTTP then in process
+        # 1. latency-bounded throughput over HTTP and in process, a step of each in turn
+        #    (`dlrs twin --versus-url`), so that the minutes when this machine runs slower
+        #    fall on both searches, not on whichever ran then
         time.sleep(a.settle_s)
         search = ["--target-p99-ms", str(a.target_p99_ms), "--qps", str(a.start_qps), "--duration", str(a.step_s),
                   "--max-steps", str(a.max_steps), "--warmup", "3", "--max-error-rate", str(a.max_error_rate)]
-        http = run_json(loadgen + search)
+        if "twin" in skip:
+            http = run_json(loadgen + search)
+        else:
+            versus = ["--versus-url", url, "--versus-model", name, "--versus-binary",
+                      "--versus-shared-memory", a.shared_memory]
+            both = run_json([a.dlrs, "twin", "--model", a.model] + layout + batching + load + search + versus)
+            http = both["http"]
+            out["twin"] = both["twin"]
         out["http"] = http
         best = http.get("latency_bounded")
         if not best:
             sys.exit("no HTTP rate met the target")
         print(f"HTTP: {best['achieved_qps']:.0f} QPS, {best['samples_per_s']:.0f} samples/s at p99 "
               f"{best['p99_ms']:.2f} ms", flush=True)
-        if "twin" not in skip:
-            twin = run_json([a.dlrs, "twin", "--model", a.model] + layout + batching + load + search)
-            out["twin"] = twin
-            tb = twin.get("latency_bounded")
-            if tb:
-                out["http_over_twin"] = best["samples_per_s"] / tb["samples_per_s"]
-                print(f"twin: {tb['achieved_qps']:.0f} QPS, {tb['samples_per_s']:.0f} samples/s at p99 "
-                      f"{tb['p99_ms']:.2f} ms; HTTP / twin = {out['http_over_twin']:.2f}", flush=True)
+        tb = out.get("twin", {}).get("latency_bounded")
+        if tb:
+            out["http_over_twin"] = best["samples_per_s"] / tb["samples_per_s"]
+            print(f"twin: {tb['achieved_qps']:.0f} QPS, {tb['samples_per_s']:.0f} samples/s at p99 "
+                  f"{tb['p99_ms']:.2f} ms; HTTP / twin = {out['http_over_twin']:.2f}", flush=True)
         qps = best["offered_qps"]
 
         # 2. overload at 3x, then 3. recovery

@@ -222,7 +222,33 @@ pub struct TwinArgs {
     #[arg(long, default_value_t = 1000)]
     pub deadline_ms: u64,
     #[command(flatten)]
+    pub versus: VersusArgs,
+    #[command(flatten)]
     pub load: LoadArgs,
+}
+
+/// `dlrs twin --versus-url`: the same load over HTTP against a running `dlrs serve`, in turn
+/// with the twin's, so that both figures come from the same stretch of time.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VersusArgs {
+    /// also load a `dlrs serve` at this URL (started with the same batching options), a
+    /// step of each in turn (HTTP, twin; twin, HTTP; ...), each step after --warmup seconds
+    /// at its rate, and report HTTP / twin: a machine whose speed drifts then slows both
+    /// searches alike instead of whichever ran during the slow minutes
+    #[arg(long)]
+    pub versus_url: Option<String>,
+    /// the model's name on that server
+    #[arg(long, requires = "versus_url")]
+    pub versus_model: Option<String>,
+    /// send the HTTP load's tensors as `dlrs loadgen --binary` does
+    #[arg(long, requires = "versus_url")]
+    pub versus_binary: bool,
+    /// put the HTTP load's tensors in shared memory, as `dlrs loadgen --shared-memory`
+    #[arg(long, default_value = "none", value_parser = SharedMemory::parse, requires = "versus_url")]
+    pub versus_shared_memory: SharedMemory,
+    /// keep-alive connections of the HTTP load, as `dlrs loadgen --connections`
+    #[arg(long, default_value_t = 64, requires = "versus_url")]
+    pub versus_connections: usize,
 }
 
 impl LoadArgs {
@@ -258,6 +284,24 @@ impl LoadArgs {
             ensure!(t.is_finite() && t > 0.0, "--target-p99-ms must be positive");
         }
         Ok(())
+    }
+
+    /// One measurement at `qps` for `duration_s` seconds of arrivals drawn with `seed`.
+    fn at(&self, qps: f64, duration_s: f64, seed: u64) -> Measure {
+        Measure {
+            qps,
+            duration_s,
+            drain_s: self.drain,
+            seed,
+            slice: self.slice(),
+        }
+    }
+
+    fn plan(&self, target_p99_ms: f64) -> SearchPlan {
+        SearchPlan {
+            max_error_rate: self.max_error_rate,
+            ..SearchPlan::new(target_p99_ms, self.qps, self.max_steps)
+        }
     }
 
     fn workload(&self) -> Workload {
@@ -374,14 +418,17 @@ fn merge(mut header: Map<String, Value>, v: Value) -> Value {
     Value::Object(header)
 }
 
-/// Runs the measurement(s) `load` asks for with `measure(qps, seconds, seed)`, prints the
-/// report for people (to stderr with `--json`), draws the plot and returns the JSON object.
+/// One measurement of a load: `measure(qps, seconds, seed)`.
+type MeasureFn<'a> = dyn FnMut(f64, f64, u64) -> anyhow::Result<Report> + 'a;
+
+/// Runs the measurement(s) `load` asks for with `measure`, prints the report for people
+/// (to stderr with `--json`), draws the plot and returns the JSON object.
 fn drive(
     load: &LoadArgs,
     header: Map<String, Value>,
     title: &str,
     plot_title: &str,
-    measure: &mut dyn FnMut(f64, f64, u64) -> anyhow::Result<Report>,
+    measure: &mut MeasureFn,
 ) -> anyhow::Result<Value> {
     let out = Out { json: load.json };
     out.line(title);
@@ -399,56 +446,128 @@ fn drive(
         }
         return Ok(merge(header, serde_json::to_value(&r)?));
     };
+    out.line(&search_line(load, target));
+    let s = search::search(
+        load.plan(target),
+        |step, qps| measure(qps, load.duration, load.seed.wrapping_add(step as u64)),
+        |p| out.line(&point_line(p)),
+    )?;
+    out.line(&best_line("", &s));
+    if let Some(path) = &load.plot {
+        plot::plot(path, &s, plot_title)?;
+        out.line(&format!("plot: {}", path.display()));
+    }
+    Ok(merge(header, search_json(load, &s, load.plot.as_deref())))
+}
 
+/// The two loads of a paired search, each with its JSON header and plot title.
+struct Side<'a> {
+    name: &'static str,
+    header: Map<String, Value>,
+    plot_title: String,
+    measure: &'a mut MeasureFn<'a>,
+}
+
+/// [`drive`] for two loads searched in turn for the highest rate with p99 <= `target` ms
+/// ([`search::search_paired`]): each step runs
+/// after `--warmup` seconds at its own rate (the other side's load just ended), and the
+/// JSON object holds both searches and the ratio of their latency-bounded throughputs
+/// (samples per second), the first side's over the second's.
+fn drive_paired(
+    load: &LoadArgs,
+    target: f64,
+    title: &str,
+    mut sides: [Side; 2],
+) -> anyhow::Result<Value> {
+    let out = Out { json: load.json };
+    out.line(title);
     out.line(&format!(
+        "{}, a step of {} and of {} in turn",
+        search_line(load, target),
+        sides[0].name,
+        sides[1].name
+    ));
+    let names = [sides[0].name, sides[1].name];
+    let searches = search::search_paired(
+        [load.plan(target), load.plan(target)],
+        |side, step, qps| {
+            let m = &mut sides[side].measure;
+            if load.warmup > 0.0 {
+                m(qps, load.warmup, load.seed.wrapping_add(1_000_003 + step as u64))?;
+            }
+            m(qps, load.duration, load.seed.wrapping_add(step as u64))
+        },
+        |side, p| out.line(&format!("{:<5}{}", names[side], point_line(p))),
+    )?;
+    let mut v = Map::new();
+    for (side, s) in sides.into_iter().zip(&searches) {
+        out.line(&best_line(&format!("{}: ", side.name), s));
+        let plot = load.plot.as_ref().map(|p| paired_plot_path(p, side.name));
+        if let Some(path) = &plot {
+            plot::plot(path, s, &side.plot_title)?;
+            out.line(&format!("plot: {}", path.display()));
+        }
+        v.insert(side.name.into(), merge(side.header, search_json(load, s, plot.as_deref())));
+    }
+    let ratio = match (searches[0].best(), searches[1].best()) {
+        (Some(a), Some(b)) => Some(a.report.samples_per_s / b.report.samples_per_s),
+        _ => None,
+    };
+    if let Some(r) = ratio {
+        out.line(&format!("{} / {} = {r:.3} (latency-bounded samples per second)", names[0], names[1]));
+    }
+    v.insert(format!("{}_over_{}", names[0], names[1]), json!(ratio));
+    Ok(Value::Object(v))
+}
+
+/// `dir/name.svg` for side `side` of a paired search: `dir/name-side.svg`.
+fn paired_plot_path(path: &std::path::Path, side: &str) -> PathBuf {
+    let stem = path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let ext = path.extension().map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+    path.with_file_name(format!("{stem}-{side}{ext}"))
+}
+
+fn search_line(load: &LoadArgs, target: f64) -> String {
+    format!(
         "search: highest QPS with p99 <= {target} ms and at most {}% failed, from {} QPS, {} s per step, at most {} steps",
         load.max_error_rate * 100.0,
         load.qps,
         load.duration,
         load.max_steps
-    ));
-    let plan = SearchPlan {
-        max_error_rate: load.max_error_rate,
-        ..SearchPlan::new(target, load.qps, load.max_steps)
-    };
-    let s = search::search(
-        plan,
-        |step, qps| measure(qps, load.duration, load.seed.wrapping_add(step as u64)),
-        |p| out.line(&point_line(p)),
-    )?;
-    let best = s.best();
-    match best {
-        Some(b) => out.line(&format!(
-            "latency-bounded throughput (p99 <= {target} ms): {:.1} QPS, {:.0} samples/s (offered {:.1} QPS; p50 {} ms, p99 {} ms)",
+    )
+}
+
+fn best_line(prefix: &str, s: &search::Search) -> String {
+    let target = s.target_p99_ms;
+    match s.best() {
+        Some(b) => format!(
+            "{prefix}latency-bounded throughput (p99 <= {target} ms): {:.1} QPS, {:.0} samples/s (offered {:.1} QPS; p50 {} ms, p99 {} ms)",
             b.report.achieved_qps,
             b.report.samples_per_s,
             b.report.offered_qps,
             ms(b.report.latency_ms.p50),
             ms(b.report.latency_ms.p99)
-        )),
-        None => out.line(&format!("latency-bounded throughput (p99 <= {target} ms): none; no rate tried met the target")),
+        ),
+        None => format!("{prefix}latency-bounded throughput (p99 <= {target} ms): none; no rate tried met the target"),
     }
-    if let Some(path) = &load.plot {
-        plot::plot(path, &s, plot_title)?;
-        out.line(&format!("plot: {}", path.display()));
-    }
-    Ok(merge(
-        header,
-        json!({
-            "target_p99_ms": target,
-            "max_error_rate": load.max_error_rate,
-            "step_duration_s": load.duration,
-            "points": s.points,
-            "latency_bounded": best.map(|b| json!({
-                "offered_qps": b.report.offered_qps,
-                "achieved_qps": b.report.achieved_qps,
-                "samples_per_s": b.report.samples_per_s,
-                "p50_ms": b.report.latency_ms.p50,
-                "p99_ms": b.report.latency_ms.p99,
-            })),
-            "plot": load.plot.as_ref().map(|p| p.display().to_string()),
-        }),
-    ))
+}
+
+/// A search's figures as JSON: its points, the best one, the plot drawn.
+fn search_json(load: &LoadArgs, s: &search::Search, plot: Option<&std::path::Path>) -> Value {
+    json!({
+        "target_p99_ms": s.target_p99_ms,
+        "max_error_rate": load.max_error_rate,
+        "step_duration_s": load.duration,
+        "points": s.points,
+        "latency_bounded": s.best().map(|b| json!({
+            "offered_qps": b.report.offered_qps,
+            "achieved_qps": b.report.achieved_qps,
+            "samples_per_s": b.report.samples_per_s,
+            "p50_ms": b.report.latency_ms.p50,
+            "p99_ms": b.report.latency_ms.p99,
+        })),
+        "plot": plot.map(|p| p.display().to_string()),
+    })
 }
 
 /// Prints `v` as the one JSON object on stdout when `json`.
@@ -481,123 +600,163 @@ pub fn run_twin(args: TwinArgs) -> anyhow::Result<()> {
 /// to stderr with `--json`).
 pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
     args.load.check()?;
-    ensure!(args.connections >= 1, "--connections must be at least 1");
-    ensure!(
-        !(args.binary && args.protocol == Protocol::V1),
-        "--binary needs --protocol v2"
-    );
-    let shm = args.shared_memory == SharedMemory::System;
-    ensure!(
-        !(shm && args.protocol == Protocol::V1),
-        "--shared-memory system needs --protocol v2"
-    );
-    let slice = args.load.slice();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("dlrs-loadgen")
-        .on_thread_start(move || driver::ask_for_slice(slice))
-        .build()
-        .context("starting the tokio runtime")?;
-    let ep = Arc::new(rt.block_on(http::Endpoint::resolve(
-        &args.url,
-        &args.model,
-        args.protocol,
-    ))?);
-    let cfg = rt.block_on(ep.model_config(args.model_dir.as_deref()))?;
-
-    let t0 = Instant::now();
-    let workload = args.load.workload();
-    // with --shared-memory system, the region stays registered while `pool` lives
-    let (pool, bodies) = if shm {
-        let (pool, bodies) = ShmPool::create(&rt, &ep, &workload, &cfg)?;
-        (Some(pool), bodies)
-    } else {
-        (None, workload.bodies(&cfg, args.protocol, args.binary)?)
+    let target = HttpTarget {
+        url: &args.url,
+        model: &args.model,
+        model_dir: args.model_dir.as_deref(),
+        protocol: args.protocol,
+        binary: args.binary,
+        shared_memory: args.shared_memory,
+        connections: args.connections,
     };
-    let bytes: usize = bodies.iter().map(|b| b.bytes.len()).sum();
-    let bodies = Arc::new(bodies);
-    let out = Out {
-        json: args.load.json,
-    };
-    let in_shm = pool.as_ref().map_or(String::new(), |p| {
-        format!(
-            ", {:.1} MB of tensors in shared memory region \"{}\" (key {})",
-            p.byte_size as f64 / 1e6,
-            p.region,
-            p.key
-        )
-    });
-    out.line(&format!(
-        "generated {} queries ({:.1} MB of request bodies{in_shm}) in {:.2} s",
-        bodies.len(),
-        bytes as f64 / 1e6,
-        t0.elapsed().as_secs_f64()
-    ));
-
-    let mut header = Map::new();
-    header.insert("mode".into(), json!("http"));
-    header.insert("url".into(), json!(args.url));
-    header.insert("model".into(), json!(args.model));
-    header.insert(
-        "model_dir".into(),
-        json!(args.model_dir.as_ref().map(|p| p.display().to_string())),
-    );
-    header.insert("protocol".into(), json!(args.protocol.name()));
-    header.insert("binary".into(), json!(args.binary));
-    header.insert("shared_memory".into(), json!(args.shared_memory.name()));
-    header.insert("transport".into(), json!(transport(&args)));
-    header.insert("connections".into(), json!(args.connections));
-    header.extend(args.load.header());
-    header.insert("pool".into(), json!(bodies.len()));
-    let title = format!(
-        "dlrs loadgen: {} model \"{}\" ({} {}, {} connections), query size {}, ids {} x{}",
-        args.url,
-        args.model,
-        args.protocol.name(),
-        transport(&args),
-        args.connections,
-        args.load.query_size.name(),
-        args.load.dist.name(),
-        args.load.ids_per_table
-    );
-    let drain_s = args.load.drain;
-    let mut measure = |qps: f64, duration_s: f64, seed: u64| {
-        http::measure(
-            &rt,
-            &ep,
-            args.connections,
-            &bodies,
-            &Measure {
-                qps,
-                duration_s,
-                drain_s,
-                seed,
-                slice,
-            },
-        )
-    };
-    let plot_title = format!(
-        "HTTP {} \"{}\" ({}): p99 / p50 vs QPS",
-        args.url,
-        args.model,
-        args.protocol.name()
-    );
-    drive(&args.load, header, &title, &plot_title, &mut measure)
+    let http = HttpLoad::new(&target, &args.load)?;
+    let mut measure = |qps, duration_s, seed| http.measure(&args.load.at(qps, duration_s, seed));
+    drive(&args.load, http.header.clone(), &http.title, &http.plot_title, &mut measure)
 }
 
-/// How the tensors travel: `json` or `binary` (in the body) or `system_shared_memory`.
-fn transport(args: &LoadgenArgs) -> &'static str {
-    match (args.shared_memory, args.binary) {
-        (SharedMemory::System, _) => "system_shared_memory",
-        (SharedMemory::None, true) => "binary",
-        (SharedMemory::None, false) => "json",
+/// Where the HTTP load goes and how: `dlrs loadgen`'s options or `dlrs twin --versus-*`.
+struct HttpTarget<'a> {
+    url: &'a str,
+    model: &'a str,
+    model_dir: Option<&'a std::path::Path>,
+    protocol: Protocol,
+    binary: bool,
+    shared_memory: SharedMemory,
+    connections: usize,
+}
+
+/// The HTTP load, set up: the client's runtime, the server's endpoint and the pool's
+/// requests (with `--shared-memory system`, their region, registered while this lives).
+struct HttpLoad {
+    // dropped first: unregistering the region needs the runtime
+    _pool: Option<ShmPool>,
+    rt: tokio::runtime::Runtime,
+    ep: Arc<http::Endpoint>,
+    bodies: Arc<Vec<payload::Body>>,
+    connections: usize,
+    header: Map<String, Value>,
+    title: String,
+    plot_title: String,
+}
+
+impl HttpLoad {
+    fn new(t: &HttpTarget, load: &LoadArgs) -> anyhow::Result<Self> {
+        ensure!(t.connections >= 1, "--connections must be at least 1");
+        ensure!(
+            !(t.binary && t.protocol == Protocol::V1),
+            "--binary needs --protocol v2"
+        );
+        let shm = t.shared_memory == SharedMemory::System;
+        ensure!(
+            !(shm && t.protocol == Protocol::V1),
+            "--shared-memory system needs --protocol v2"
+        );
+        let slice = load.slice();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("dlrs-loadgen")
+            .on_thread_start(move || driver::ask_for_slice(slice))
+            .build()
+            .context("starting the tokio runtime")?;
+        let ep = Arc::new(rt.block_on(http::Endpoint::resolve(t.url, t.model, t.protocol))?);
+        let cfg = rt.block_on(ep.model_config(t.model_dir))?;
+
+        let t0 = Instant::now();
+        let workload = load.workload();
+        let (pool, bodies) = if shm {
+            let (pool, bodies) = ShmPool::create(&rt, &ep, &workload, &cfg)?;
+            (Some(pool), bodies)
+        } else {
+            (None, workload.bodies(&cfg, t.protocol, t.binary)?)
+        };
+        let bytes: usize = bodies.iter().map(|b| b.bytes.len()).sum();
+        let in_shm = pool.as_ref().map_or(String::new(), |p| {
+            format!(
+                ", {:.1} MB of tensors in shared memory region \"{}\" (key {})",
+                p.byte_size as f64 / 1e6,
+                p.region,
+                p.key
+            )
+        });
+        Out { json: load.json }.line(&format!(
+            "generated {} queries ({:.1} MB of request bodies{in_shm}) in {:.2} s",
+            bodies.len(),
+            bytes as f64 / 1e6,
+            t0.elapsed().as_secs_f64()
+        ));
+
+        let transport = match (t.shared_memory, t.binary) {
+            (SharedMemory::System, _) => "system_shared_memory",
+            (SharedMemory::None, true) => "binary",
+            (SharedMemory::None, false) => "json",
+        };
+        let mut header = Map::new();
+        header.insert("mode".into(), json!("http"));
+        header.insert("url".into(), json!(t.url));
+        header.insert("model".into(), json!(t.model));
+        header.insert(
+            "model_dir".into(),
+            json!(t.model_dir.map(|p| p.display().to_string())),
+        );
+        header.insert("protocol".into(), json!(t.protocol.name()));
+        header.insert("binary".into(), json!(t.binary));
+        header.insert("shared_memory".into(), json!(t.shared_memory.name()));
+        header.insert("transport".into(), json!(transport));
+        header.insert("connections".into(), json!(t.connections));
+        header.extend(load.header());
+        header.insert("pool".into(), json!(bodies.len()));
+        let title = format!(
+            "dlrs loadgen: {} model \"{}\" ({} {transport}, {} connections), query size {}, ids {} x{}",
+            t.url,
+            t.model,
+            t.protocol.name(),
+            t.connections,
+            load.query_size.name(),
+            load.dist.name(),
+            load.ids_per_table
+        );
+        let plot_title = format!(
+            "HTTP {} \"{}\" ({}): p99 / p50 vs QPS",
+            t.url,
+            t.model,
+            t.protocol.name()
+        );
+        Ok(HttpLoad {
+            _pool: pool,
+            rt,
+            ep,
+            bodies: Arc::new(bodies),
+            connections: t.connections,
+            header,
+            title,
+            plot_title,
+        })
+    }
+
+    fn measure(&self, m: &Measure) -> anyhow::Result<Report> {
+        http::measure(&self.rt, &self.ep, self.connections, &self.bodies, m)
     }
 }
 
-/// [`run_twin`] without printing the JSON object: returns it.
+/// [`run_twin`] without printing the JSON object: returns it. With `--versus-url`, the
+/// object holds the two searches, `http` and `twin`, and `http_over_twin`.
 pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
     args.load.check()?;
     ensure!(args.queue.max_batch >= 1, "--max-batch must be at least 1");
+    // (checked before the model is loaded)
+    let versus = match &args.versus.versus_url {
+        None => None,
+        Some(url) => Some((
+            url.as_str(),
+            args.versus
+                .versus_model
+                .as_deref()
+                .context("--versus-url needs --versus-model (the model's name on that server)")?,
+            args.load
+                .target_p99_ms
+                .context("--versus-url needs --target-p99-ms (it compares two searches)")?,
+        )),
+    };
     let (instances, threads) = dlrs_serve::compute_layout(args.threads, args.instances)?;
     let model = Model::load_with(&args.model, TableMode::Ram)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
@@ -651,22 +810,14 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         instances,
         threads,
     };
-    let drain_s = args.load.drain;
-    let slice = args.load.slice();
     let hooks = dlrs_serve::Hooks::default();
-    let mut measure = |qps: f64, duration_s: f64, seed: u64| {
+    let mut measure = |qps, duration_s, seed| {
         twin::measure(
             &version,
             &queries,
             &batching,
             &hooks,
-            &Measure {
-                qps,
-                duration_s,
-                drain_s,
-                seed,
-                slice,
-            },
+            &args.load.at(qps, duration_s, seed),
         )
     };
     let name = args.model.file_name().map_or_else(
@@ -677,5 +828,40 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         "twin {name} ({} thr / {instances} inst, batch {}, delay {} us): p99 / p50 vs QPS",
         args.threads, args.queue.max_batch, args.queue.max_queue_delay_us
     );
-    drive(&args.load, header, &title, &plot_title, &mut measure)
+    let Some((url, model_name, target)) = versus else {
+        return drive(&args.load, header, &title, &plot_title, &mut measure);
+    };
+    let v = &args.versus;
+    let http = HttpLoad::new(
+        &HttpTarget {
+            url,
+            model: model_name,
+            model_dir: None,
+            protocol: Protocol::V2,
+            binary: v.versus_binary,
+            shared_memory: v.versus_shared_memory,
+            connections: v.versus_connections,
+        },
+        &args.load,
+    )?;
+    let mut measure_http = |qps, duration_s, seed| http.measure(&args.load.at(qps, duration_s, seed));
+    drive_paired(
+        &args.load,
+        target,
+        &format!("{}\n{title}", http.title),
+        [
+            Side {
+                name: "http",
+                header: http.header.clone(),
+                plot_title: http.plot_title.clone(),
+                measure: &mut measure_http,
+            },
+            Side {
+                name: "twin",
+                header,
+                plot_title,
+                measure: &mut measure,
+            },
+        ],
+    )
 }

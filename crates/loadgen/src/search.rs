@@ -62,61 +62,132 @@ impl SearchPlan {
     }
 }
 
-/// Searches by doubling the rate from `start_qps` while the target holds (halving while it
-/// does not), then bisecting between the best passing and the lowest failing rate until
-/// they are within `tolerance` or `max_steps` measurements were taken. `measure(step, qps)`
-/// takes one measurement; `on_point` sees each point as it is measured.
+/// One search, step by step: [`Searcher::next_qps`] says which rate to measure next (none
+/// when the search is done) and [`Searcher::record`] takes its measurement. [`search`] runs
+/// one to its end; [`search_paired`] runs two in turn, so that both see the same stretch of
+/// a machine whose speed drifts.
+///
+/// The rule: double the rate from `start_qps` while the target holds (halve while it does
+/// not), then bisect between the best passing and the lowest failing rate until they are
+/// within `tolerance` or `max_steps` measurements were taken.
+#[derive(Clone, Debug)]
+pub struct Searcher {
+    plan: SearchPlan,
+    points: Vec<Point>,
+    /// the highest rate that met the target and the lowest that did not
+    lo: Option<f64>,
+    hi: Option<f64>,
+    next: Option<f64>,
+}
+
+impl Searcher {
+    pub fn new(plan: SearchPlan) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            plan.target_p99_ms.is_finite() && plan.target_p99_ms > 0.0,
+            "--target-p99-ms must be positive"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&plan.max_error_rate),
+            "--max-error-rate must be at least 0 and below 1"
+        );
+        anyhow::ensure!(plan.max_steps >= 1, "--max-steps must be at least 1");
+        Ok(Searcher {
+            plan,
+            points: Vec::new(),
+            lo: None,
+            hi: None,
+            next: Some(plan.start_qps),
+        })
+    }
+
+    /// The rate to measure next; `None` once the search has ended.
+    pub fn next_qps(&self) -> Option<f64> {
+        self.next
+    }
+
+    /// The 1-based number of the next measurement.
+    pub fn next_step(&self) -> usize {
+        self.points.len() + 1
+    }
+
+    /// Takes the measurement of the rate [`Searcher::next_qps`] gave and returns its point.
+    ///
+    /// # Panics
+    /// When the search has already ended.
+    pub fn record(&mut self, report: Report) -> &Point {
+        let qps = self.next.expect("Searcher::record after the search ended");
+        let plan = &self.plan;
+        let meets = report.meets(plan.target_p99_ms, plan.max_error_rate);
+        self.points.push(Point {
+            step: self.points.len() + 1,
+            meets_target: meets,
+            report,
+        });
+        if meets {
+            self.lo = Some(self.lo.map_or(qps, |l| l.max(qps)));
+        } else {
+            self.hi = Some(self.hi.map_or(qps, |h| h.min(qps)));
+        }
+        self.next = if self.points.len() >= plan.max_steps {
+            None
+        } else {
+            match (self.lo, self.hi) {
+                (Some(l), None) => Some(l * 2.0),
+                (None, Some(h)) => (h / 2.0 >= plan.min_qps).then_some(h / 2.0),
+                (Some(l), Some(h)) => (h > l * plan.tolerance).then_some((l + h) / 2.0),
+                (None, None) => unreachable!("every step sets lo or hi"),
+            }
+        };
+        self.points.last().expect("just pushed")
+    }
+
+    pub fn finish(self) -> Search {
+        Search {
+            target_p99_ms: self.plan.target_p99_ms,
+            points: self.points,
+        }
+    }
+}
+
+/// Runs one [`Searcher`] to its end. `measure(step, qps)` takes one measurement; `on_point`
+/// sees each point as it is measured.
 pub fn search(
     plan: SearchPlan,
     mut measure: impl FnMut(usize, f64) -> anyhow::Result<Report>,
     mut on_point: impl FnMut(&Point),
 ) -> anyhow::Result<Search> {
-    anyhow::ensure!(
-        plan.target_p99_ms.is_finite() && plan.target_p99_ms > 0.0,
-        "--target-p99-ms must be positive"
-    );
-    anyhow::ensure!(
-        (0.0..1.0).contains(&plan.max_error_rate),
-        "--max-error-rate must be at least 0 and below 1"
-    );
-    anyhow::ensure!(plan.max_steps >= 1, "--max-steps must be at least 1");
-    let mut points = Vec::new();
-    let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
-    let mut qps = plan.start_qps;
-    for step in 1..=plan.max_steps {
-        let report = measure(step, qps)?;
-        let meets = report.meets(plan.target_p99_ms, plan.max_error_rate);
-        let p = Point {
-            step,
-            meets_target: meets,
-            report,
-        };
-        on_point(&p);
-        points.push(p);
-        if meets {
-            lo = Some(lo.map_or(qps, |l| l.max(qps)));
-        } else {
-            hi = Some(hi.map_or(qps, |h| h.min(qps)));
-        }
-        qps = match (lo, hi) {
-            (Some(l), None) => l * 2.0,
-            (None, Some(h)) => {
-                if h / 2.0 < plan.min_qps {
-                    break;
-                }
-                h / 2.0
-            }
-            (Some(l), Some(h)) => {
-                if h <= l * plan.tolerance {
-                    break;
-                }
-                (l + h) / 2.0
-            }
-            (None, None) => unreachable!("every step sets lo or hi"),
-        };
+    let mut s = Searcher::new(plan)?;
+    while let Some(qps) = s.next_qps() {
+        let report = measure(s.next_step(), qps)?;
+        on_point(s.record(report));
     }
-    Ok(Search {
-        target_p99_ms: plan.target_p99_ms,
-        points,
-    })
+    Ok(s.finish())
+}
+
+/// Runs two searches in turn, one measurement of each per round, so that a stretch of
+/// time when the machine runs slower falls on both rather than on whichever was running
+/// (an A/B comparison of two serving paths). The order alternates by round (A B, B A, A B,
+/// ...), so neither side always follows the other's load. A side whose search ended waits
+/// for the other. `measure(side, step, qps)` takes one measurement of side 0 or 1;
+/// `on_point(side, point)` sees each point.
+pub fn search_paired(
+    plans: [SearchPlan; 2],
+    mut measure: impl FnMut(usize, usize, f64) -> anyhow::Result<Report>,
+    mut on_point: impl FnMut(usize, &Point),
+) -> anyhow::Result<[Search; 2]> {
+    let mut s = [Searcher::new(plans[0])?, Searcher::new(plans[1])?];
+    for round in 0.. {
+        if s.iter().all(|x| x.next_qps().is_none()) {
+            break;
+        }
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for side in order {
+            if let Some(qps) = s[side].next_qps() {
+                let report = measure(side, s[side].next_step(), qps)?;
+                on_point(side, s[side].record(report));
+            }
+        }
+    }
+    let [a, b] = s;
+    Ok([a.finish(), b.finish()])
 }

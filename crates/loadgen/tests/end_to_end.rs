@@ -523,3 +523,65 @@ fn flags_parse_with_the_documented_defaults() {
         (2, 256, 500)
     );
 }
+
+#[test]
+fn twin_versus_http_searches_both_in_turn_and_reports_their_ratio() {
+    let m = ModelDir::new(1);
+    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
+    sa.watch_interval_ms = 0;
+    let server = Server::start(sa);
+    let url = server.url();
+    let dir = m.dir();
+    let out = tempfile::tempdir().unwrap();
+    let plot = out.path().join("pair.svg");
+    let common = [
+        "--model",
+        dir.to_str().unwrap(),
+        "--qps",
+        "20",
+        "--duration",
+        "0.5",
+        "--query-size",
+        "fixed:8",
+        "--target-p99-ms",
+        "250",
+        "--max-steps",
+        "3",
+        "--warmup",
+        "0.2",
+        "--threads",
+        "1",
+        "--json",
+        "--versus-url",
+        &url,
+    ];
+    let mut argv = common.to_vec();
+    argv.extend(["--versus-model", NAME, "--versus-binary", "--plot", plot.to_str().unwrap()]);
+    let v = dlrs_loadgen::twin_json(twin_args(&argv)).unwrap();
+
+    for (side, mode, path) in [("http", "http", "pair-http.svg"), ("twin", "twin", "pair-twin.svg")] {
+        let s = &v[side];
+        assert_eq!(s["mode"], mode, "{v}");
+        let points = s["points"].as_array().unwrap();
+        assert_eq!(points.len(), 3, "a tiny model meets 250 ms at every step: {s}");
+        let rates: Vec<f64> = points.iter().map(|p| p["offered_qps"].as_f64().unwrap()).collect();
+        assert_eq!(rates, [20.0, 40.0, 80.0], "the same ramp on both sides");
+        assert!(points.iter().all(|p| p["meets_target"] == true && p["ok"].as_u64() > Some(0)));
+        let plot = out.path().join(path);
+        assert_eq!(s["plot"], plot.to_str().unwrap());
+        assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+    }
+    assert_eq!(v["http"]["transport"], "binary");
+    let rate = |s: &str| v[s]["latency_bounded"]["samples_per_s"].as_f64().unwrap();
+    let ratio = v["http_over_twin"].as_f64().unwrap();
+    assert!((ratio - rate("http") / rate("twin")).abs() < 1e-12, "{v}");
+
+    // the comparison needs a search and the server's name for the model
+    let mut no_target = common.to_vec();
+    no_target.retain(|a| !["--target-p99-ms", "250"].contains(a));
+    no_target.extend(["--versus-model", NAME]);
+    let e = dlrs_loadgen::twin_json(twin_args(&no_target)).unwrap_err();
+    assert!(format!("{e:#}").contains("--target-p99-ms"), "{e:#}");
+    let e = dlrs_loadgen::twin_json(twin_args(&common)).unwrap_err();
+    assert!(format!("{e:#}").contains("--versus-model"), "{e:#}");
+}

@@ -1,6 +1,6 @@
 //! The latency-bounded throughput search, on a synthetic system with a known capacity.
 
-use dlrs_loadgen::search::{SearchPlan, search};
+use dlrs_loadgen::search::{SearchPlan, search, search_paired};
 use dlrs_loadgen::stats::{Outcome, Report, Status};
 
 /// A system of capacity `cap` QPS: below it p99 grows like an M/M/1 queue, above it
@@ -125,4 +125,45 @@ fn an_error_allowance_lets_rare_failures_pass() {
         ..SearchPlan::new(50.0, 10.0, 30)
     };
     assert!(search(bad, |_, q| Ok(rare(q)), |_| {}).is_err());
+}
+
+#[test]
+fn a_paired_search_takes_turns_and_finds_what_each_search_finds_alone() {
+    // side 0 a system of capacity 1000, side 1 of 3000 and cut short at 4 steps
+    let caps = [1000.0, 3000.0];
+    let plans = [SearchPlan::new(50.0, 100.0, 30), SearchPlan::new(50.0, 100.0, 4)];
+    let alone: Vec<Vec<f64>> = caps
+        .iter()
+        .zip(plans)
+        .map(|(&c, plan)| {
+            let s = search(plan, |_, q| Ok(system(c, q)), |_| {}).unwrap();
+            s.points.iter().map(|p| p.report.offered_qps).collect()
+        })
+        .collect();
+    let mut order = Vec::new();
+    let mut seen = [0usize; 2];
+    let [a, b] = search_paired(
+        plans,
+        |side, step, q| {
+            order.push((side, step));
+            Ok(system(caps[side], q))
+        },
+        |side, _| seen[side] += 1,
+    )
+    .unwrap();
+    for (s, want) in [a, b].iter().zip(&alone) {
+        let got: Vec<f64> = s.points.iter().map(|p| p.report.offered_qps).collect();
+        assert_eq!(&got, want, "the same rates as the search alone");
+    }
+    assert_eq!(seen, [alone[0].len(), alone[1].len()]);
+    assert!(alone[0].len() != alone[1].len(), "the test needs one side to end first");
+    // rounds alternate A B, B A, ... while both run; then the longer one goes on alone
+    let both = alone[0].len().min(alone[1].len());
+    for (round, pair) in order[..2 * both].chunks(2).enumerate() {
+        let first = if round % 2 == 0 { 0 } else { 1 };
+        assert_eq!(pair, [(first, round + 1), (1 - first, round + 1)], "round {round}");
+    }
+    let longer = if alone[0].len() > both { 0 } else { 1 };
+    assert!(order[2 * both..].iter().all(|&(side, _)| side == longer));
+    assert_eq!(order.len(), alone[0].len() + alone[1].len());
 }
