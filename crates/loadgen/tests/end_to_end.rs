@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ModelDir, NAME, Server, loadgen_args, try_loadgen_args, twin_args};
+use common::{ModelDir, NAME, Server, loadgen_args, serve_args, try_loadgen_args, twin_args};
 use serde_json::Value;
 
 const RUN_KEYS: [&str; 10] = [
@@ -85,9 +85,7 @@ fn assert_clean_run(v: &Value, qps: f64, secs: f64) {
 #[test]
 fn loadgen_against_dlrs_serve() {
     let m = ModelDir::new(1);
-    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
-    sa.watch_interval_ms = 0;
-    let server = Server::start(sa);
+    let server = Server::start(serve_args(&m));
     let url = server.url();
     let dir = m.dir();
     let dir = dir.to_str().unwrap();
@@ -250,8 +248,7 @@ fn get(url: &str, path: &str) -> (u16, Vec<u8>) {
 #[test]
 fn loadgen_with_system_shared_memory() {
     let m = ModelDir::new(3);
-    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
-    sa.watch_interval_ms = 0;
+    let mut sa = serve_args(&m);
     sa.allow_client_shm = true;
     let server = Server::start(sa);
     let url = server.url();
@@ -303,9 +300,7 @@ fn loadgen_with_system_shared_memory() {
     );
 
     // a server that does not allow it: a clear error, and nothing left behind either
-    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
-    sa.watch_interval_ms = 0;
-    let closed = Server::start(sa);
+    let closed = Server::start(serve_args(&m));
     let e = dlrs_loadgen::loadgen_json(argv(&closed.url())).unwrap_err();
     let e = format!("{e:#}");
     assert!(
@@ -365,8 +360,7 @@ fn without_model_dir_a_server_that_publishes_no_row_counts_is_a_clear_error() {
 fn http_errors_are_counted_by_status() {
     // a server whose queue holds 2 samples: queries of 3 samples are refused (413) every time
     let m = ModelDir::new(2);
-    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
-    sa.watch_interval_ms = 0;
+    let mut sa = serve_args(&m);
     sa.queue.max_queue = 2;
     let server = Server::start(sa);
     let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
@@ -433,34 +427,30 @@ fn twin_on_the_same_model() {
     );
 }
 
+/// A search a tiny model passes at every step: 8-sample queries from 20 QPS, p99 <= 250 ms.
+const TINY_SEARCH: [&str; 8] = [
+    "--qps",
+    "20",
+    "--duration",
+    "0.5",
+    "--query-size",
+    "fixed:8",
+    "--target-p99-ms",
+    "250",
+];
+
 #[test]
 fn search_on_the_twin_finds_a_rate_under_a_generous_target_and_plots_it() {
     let m = ModelDir::new(1);
     let out = tempfile::tempdir().unwrap();
     for ext in ["svg", "png"] {
         let plot = out.path().join(format!("curve.{ext}"));
-        let v = dlrs_loadgen::twin_json(twin_args(&[
-            "--model",
-            m.dir().to_str().unwrap(),
-            "--qps",
-            "20",
-            "--duration",
-            "0.5",
-            "--query-size",
-            "fixed:8",
-            "--target-p99-ms",
-            "250",
-            "--max-steps",
-            "4",
-            "--json",
-            "--warmup",
-            "0",
-            "--plot",
-            plot.to_str().unwrap(),
-            "--threads",
-            "1",
-        ]))
-        .unwrap();
+        let dir = m.dir();
+        let mut argv = vec!["--model", dir.to_str().unwrap()];
+        argv.extend(TINY_SEARCH);
+        argv.extend(["--max-steps", "4", "--json", "--warmup", "0", "--threads", "1"]);
+        argv.extend(["--plot", plot.to_str().unwrap()]);
+        let v = dlrs_loadgen::twin_json(twin_args(&argv)).unwrap();
         let points = v["points"].as_array().unwrap();
         assert!(!points.is_empty() && points.len() <= 4, "{v}");
         for p in points {
@@ -527,35 +517,16 @@ fn flags_parse_with_the_documented_defaults() {
 #[test]
 fn twin_versus_http_searches_both_in_turn_and_reports_their_ratio() {
     let m = ModelDir::new(1);
-    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
-    sa.watch_interval_ms = 0;
-    let server = Server::start(sa);
+    let server = Server::start(serve_args(&m));
     let url = server.url();
     let dir = m.dir();
     let out = tempfile::tempdir().unwrap();
     let plot = out.path().join("pair.svg");
-    let common = [
-        "--model",
-        dir.to_str().unwrap(),
-        "--qps",
-        "20",
-        "--duration",
-        "0.5",
-        "--query-size",
-        "fixed:8",
-        "--target-p99-ms",
-        "250",
-        "--max-steps",
-        "3",
-        "--warmup",
-        "0.2",
-        "--threads",
-        "1",
-        "--json",
-        "--versus-url",
-        &url,
-    ];
-    let mut argv = common.to_vec();
+    let mut common = vec!["--model", dir.to_str().unwrap()];
+    common.extend(TINY_SEARCH);
+    common.extend(["--max-steps", "3", "--warmup", "0.2", "--threads", "1", "--json"]);
+    common.extend(["--versus-url", &url]);
+    let mut argv = common.clone();
     argv.extend(["--versus-model", NAME, "--versus-binary", "--plot", plot.to_str().unwrap()]);
     let v = dlrs_loadgen::twin_json(twin_args(&argv)).unwrap();
 
@@ -577,7 +548,7 @@ fn twin_versus_http_searches_both_in_turn_and_reports_their_ratio() {
     assert!((ratio - rate("http") / rate("twin")).abs() < 1e-12, "{v}");
 
     // the comparison needs a search and the server's name for the model
-    let mut no_target = common.to_vec();
+    let mut no_target = common.clone();
     no_target.retain(|a| !["--target-p99-ms", "250"].contains(a));
     no_target.extend(["--versus-model", NAME]);
     let e = dlrs_loadgen::twin_json(twin_args(&no_target)).unwrap_err();

@@ -44,6 +44,14 @@ pub struct Server {
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// `dlrs serve`'s options for the model in `m`, its directory not watched (a test reloads by
+/// request if at all).
+pub fn serve_args(m: &ModelDir) -> dlrs_serve::ServeArgs {
+    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
+    sa.watch_interval_ms = 0;
+    sa
+}
+
 impl Server {
     pub fn start(args: dlrs_serve::ServeArgs) -> Server {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
