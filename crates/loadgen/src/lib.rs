@@ -469,10 +469,10 @@ struct Side<'a> {
 }
 
 /// [`drive`] for two loads searched in turn for the highest rate with p99 <= `target` ms
-/// ([`search::search_paired`]): each step runs
-/// after `--warmup` seconds at its own rate (the other side's load just ended), and the
-/// JSON object holds both searches and the ratio of their latency-bounded throughputs
-/// (samples per second), the first side's over the second's.
+/// ([`search::search_paired`]): each step runs after `--warmup` seconds at its own rate (the
+/// other side's load just ended). The JSON object holds both searches, keyed by side name,
+/// and the ratio of their latency-bounded throughputs (samples per second), the first
+/// side's over the second's (`null` when either found no rate).
 fn drive_paired(
     load: &LoadArgs,
     target: f64,
@@ -628,7 +628,7 @@ struct HttpTarget<'a> {
 /// The HTTP load, set up: the client's runtime, the server's endpoint and the pool's
 /// requests (with `--shared-memory system`, their region, registered while this lives).
 struct HttpLoad {
-    // dropped first: unregistering the region needs the runtime
+    // fields drop in order: the region is unregistered before the runtime shuts down
     _pool: Option<ShmPool>,
     rt: tokio::runtime::Runtime,
     ep: Arc<http::Endpoint>,
