@@ -101,10 +101,15 @@ enum Cmd {
     /// Labelled samples from a random teacher DLRM (power-law ids): a learnable signal
     /// without a download.
     Synth(dlrs_train::SynthArgs),
-    /// Check every checksum of a model directory (exit status 1 on any mismatch).
+    /// Check every checksum of a model directory (exit status 1 on any mismatch). A model
+    /// with no checksum manifest (e.g. exported from PyTorch) has its tensors checked for
+    /// name, shape and dtype only, says so, and exits 0 unless --require-manifest.
     Verify {
         #[arg(long)]
         model: PathBuf,
+        /// exit 1 when the model has no checksum manifest
+        #[arg(long)]
+        require_manifest: bool,
     },
     /// Add (or renew) the checksum manifest of a model directory, e.g. one exported from
     /// PyTorch. An existing manifest is verified first.
@@ -136,7 +141,7 @@ fn main() {
         Cmd::Synth(a) => dlrs_train::synth(a),
         Cmd::Loadgen(a) => dlrs_loadgen::run(a),
         Cmd::Twin(a) => dlrs_loadgen::run_twin(a),
-        Cmd::Verify { model } => verify(&model),
+        Cmd::Verify { model, require_manifest } => verify(&model, require_manifest),
         Cmd::Manifest { model } => manifest(&model),
     };
     if let Err(e) = res {
@@ -192,28 +197,44 @@ fn quantize(dir: &Path, dtype: RowFormat, tables: &[usize], out: &Path) -> Resul
     Ok(())
 }
 
-/// Reads every sample of a JSON Lines file (errors name the line and field).
-fn read_samples(path: &Path, model: &Model) -> Result<Vec<Sample>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            parse_sample(l, &model.config).map_err(|e| e.at_line(i + 1)).with_context(|| path.display().to_string())
-        })
-        .collect()
-}
-
-fn score_all(model: &Model, samples: &[Sample], exec: &Executor) -> Result<Vec<f32>> {
-    let mut ws = Workspace::default();
-    let mut out = Vec::with_capacity(samples.len());
-    for chunk in samples.chunks(256) {
-        let mut b = Batch::empty(&model.config);
-        for s in chunk {
-            b.push(&model.config, s)?;
-        }
-        out.extend_from_slice(model.forward(&b, &mut ws, exec)?);
+/// Streams a JSON Lines file (`-`: stdin) in batches of up to `batch_size` samples (errors
+/// name the line and field); the file is never held whole.
+fn for_each_batch(
+    path: &Path,
+    model: &Model,
+    batch_size: usize,
+    mut f: impl FnMut(&Batch, &[Sample]) -> Result<()>,
+) -> Result<()> {
+    if batch_size == 0 {
+        bail!("--batch must be positive");
     }
-    Ok(out)
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let mut samples = Vec::with_capacity(batch_size);
+    let mut batch = Batch::empty(&model.config);
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        let line = line.with_context(|| format!("{}: line {n}", path.display()))?;
+        if line.trim().is_empty() {
+            bail!("{}: line {n}: empty line (one JSON sample per line)", path.display());
+        }
+        let s = parse_sample(&line, &model.config).map_err(|e| e.at_line(n)).with_context(|| path.display().to_string())?;
+        batch.push(&model.config, &s).map_err(|e| e.at_line(n)).with_context(|| path.display().to_string())?;
+        samples.push(s);
+        if samples.len() == batch_size {
+            f(&batch, &samples)?;
+            samples.clear();
+            batch.clear();
+        }
+    }
+    if !samples.is_empty() {
+        f(&batch, &samples)?;
+    }
+    Ok(())
 }
 
 fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result<()> {
@@ -227,22 +248,29 @@ fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result
         bail!("the two models have different architectures (only row formats may differ)");
     }
     let exec = Executor::new(threads)?;
-    let samples = read_samples(input, &a)?;
-    let sa = score_all(&a, &samples, &exec)?;
-    let sb = score_all(&b, &samples, &exec)?;
+    let (mut sa, mut sb, mut labels) = (Vec::new(), Vec::new(), Some(Vec::new()));
+    let (mut wa, mut wb) = (Workspace::default(), Workspace::default());
+    for_each_batch(input, &a, 256, |batch, samples| {
+        sa.extend_from_slice(a.forward(batch, &mut wa, &exec)?);
+        sb.extend_from_slice(b.forward(batch, &mut wb, &exec)?);
+        labels = labels.take().and_then(|mut l: Vec<f32>| {
+            samples.iter().try_for_each(|s| s.label.map(|x| l.push(x)))?;
+            Some(l)
+        });
+        Ok(())
+    })?;
     let diffs: Vec<f64> = sa.iter().zip(&sb).map(|(x, y)| (x - y).abs() as f64).collect();
     let max = diffs.iter().cloned().fold(0.0, f64::max);
     let mean = diffs.iter().sum::<f64>() / diffs.len().max(1) as f64;
-    let labels: Option<Vec<f32>> = samples.iter().map(|s| s.label).collect();
     let aucs = labels.as_ref().map(|l| (auc(&sa, l), auc(&sb, l)));
     if json {
         let v = serde_json::json!({
-            "samples": samples.len(), "max_abs_diff": max, "mean_abs_diff": mean,
+            "samples": sa.len(), "max_abs_diff": max, "mean_abs_diff": mean,
             "auc_a": aucs.and_then(|x| x.0), "auc_b": aucs.and_then(|x| x.1),
         });
         println!("{v}");
     } else {
-        println!("samples {}  max |a-b| {max:.3e}  mean |a-b| {mean:.3e}", samples.len());
+        println!("samples {}  max |a-b| {max:.3e}  mean |a-b| {mean:.3e}", sa.len());
         match aucs {
             Some((Some(x), Some(y))) => println!("AUC a {x:.6}  b {y:.6}  (b - a {:+.6})", y - x),
             Some(_) => println!("AUC undefined: the labels hold one class only"),
@@ -252,13 +280,22 @@ fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result
     Ok(())
 }
 
-fn verify(dir: &Path) -> Result<()> {
+fn verify(dir: &Path, require_manifest: bool) -> Result<()> {
     let t0 = Instant::now();
     // loading verifies config, shapes and the MLP checksums; then every table shard
     let model = Model::load_with(dir, TableMode::Mmap)?;
     if !model.weights.has_manifest {
-        bail!("{}: no checksum manifest (a plain safetensors file); add one with `dlrs manifest --model {}`",
-              dir.join("model.safetensors").display(), dir.display());
+        let what = format!(
+            "{}: no manifest: {} tensors checked for shape and dtype only; run `dlrs manifest --model {}` to add checksums",
+            dir.join("model.safetensors").display(),
+            dlrs_model::weights::expected_tensors(&model.config).len(),
+            dir.display()
+        );
+        if require_manifest {
+            bail!("{what} (--require-manifest)");
+        }
+        println!("{what}");
+        return Ok(());
     }
     model.verify_tables()?;
     let bytes: usize = model.weights.tables.iter().map(|t| t.size_bytes()).sum();
@@ -277,44 +314,17 @@ fn manifest(dir: &Path) -> Result<()> {
 }
 
 fn predict(dir: &Path, input: &Path, batch_size: usize, threads: usize, mode: TableMode) -> Result<()> {
-    if batch_size == 0 {
-        bail!("--batch must be positive");
-    }
     let model = Model::load_with(dir, mode)?;
     let exec = Executor::new(threads)?;
-    let reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        let f = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
-        Box::new(std::io::BufReader::new(f))
-    };
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut ws = Workspace::default();
-    let mut batch = Batch::empty(&model.config);
-    let flush = |batch: &mut Batch, ws: &mut Workspace, out: &mut BufWriter<_>| -> Result<()> {
-        for s in model.forward(batch, ws, &exec)? {
+    for_each_batch(input, &model, batch_size, |batch, _| {
+        for s in model.forward(batch, &mut ws, &exec)? {
             writeln!(out, "{s}")?;
         }
-        batch.clear();
         Ok(())
-    };
-    for (i, line) in reader.lines().enumerate() {
-        let n = i + 1;
-        let line = line.with_context(|| format!("{}: line {n}", input.display()))?;
-        if line.trim().is_empty() {
-            bail!("{}: line {n}: empty line (one JSON sample per line)", input.display());
-        }
-        let sample = parse_sample(&line, &model.config).map_err(|e| e.at_line(n))
-            .with_context(|| input.display().to_string())?;
-        batch.push(&model.config, &sample).map_err(|e| e.at_line(n))?;
-        if batch.size() == batch_size {
-            flush(&mut batch, &mut ws, &mut out)?;
-        }
-    }
-    if batch.size() > 0 {
-        flush(&mut batch, &mut ws, &mut out)?;
-    }
+    })?;
     out.flush()?;
     Ok(())
 }

@@ -175,9 +175,18 @@ fn verify_manifest_and_corruption() {
         std::fs::copy(src.join(f), m.join(f)).unwrap();
     }
     let ms = m.to_str().unwrap();
+    // a model exported from PyTorch has no manifest: checked for shapes and dtypes, exit 0;
+    // --require-manifest makes that an error
     let o = dlrs(&["verify", "--model", ms]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let want = format!(
+        "{}: no manifest: 12 tensors checked for shape and dtype only; run `dlrs manifest --model {ms}` to add checksums",
+        m.join("model.safetensors").display()
+    );
+    assert_eq!(stdout(&o).trim(), want);
+    let o = dlrs(&["verify", "--model", ms, "--require-manifest"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no checksum manifest") && stderr(&o).contains("dlrs manifest"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim(), format!("error: {want} (--require-manifest)"));
     let o = dlrs(&["manifest", "--model", ms]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = dlrs(&["verify", "--model", ms]);
@@ -258,4 +267,104 @@ fn serve_answers_then_drains_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// Runs `dlrs args` and returns its output with its wall time and peak RSS in bytes
+/// (wait4's rusage of the child alone).
+fn dlrs_measured(args: &[&str]) -> (Output, std::time::Duration, u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let t0 = std::time::Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_dlrs"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    // the outputs are small: read them after the child ends
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes the exit status and the child's rusage into the two valid
+    // out-pointers; `pid` is our own child, not yet waited for.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid);
+    let took = t0.elapsed();
+    let read = |mut p: Box<dyn std::io::Read>| {
+        let mut v = Vec::new();
+        p.read_to_end(&mut v).unwrap();
+        v
+    };
+    let stdout = read(Box::new(child.stdout.unwrap()));
+    let stderr = read(Box::new(child.stderr.unwrap()));
+    let out = Output { status: std::process::ExitStatus::from_raw(status), stdout, stderr };
+    (out, took, ru.ru_maxrss as u64 * 1024)
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn devices_fifos_and_huge_files_as_model_files_fail_fast_in_bounded_memory() {
+    // regression: /dev/zero as config.json grew without end (5.9 GB in 6 s), a 4 GiB sparse
+    // config.json took 4.2 GB and 17 s, a FIFO blocked forever, and a directory or device as
+    // model.safetensors said "No such device (os error 19)"
+    let src = fixture("cat-odd");
+    let input = src.join("inputs.jsonl");
+    let dir = tempfile::tempdir().unwrap();
+    let kinds: [(&str, &dyn Fn(&Path), &str); 5] = [
+        ("/dev/zero", &|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap(), "not a regular file (a character device)"),
+        ("/dev/urandom", &|p| std::os::unix::fs::symlink("/dev/urandom", p).unwrap(), "not a regular file (a character device)"),
+        ("/dev/null", &|p| std::os::unix::fs::symlink("/dev/null", p).unwrap(), "not a regular file (a character device)"),
+        ("a FIFO", &|p| mkfifo(p), "not a regular file (a FIFO)"),
+        ("a directory", &|p| std::fs::create_dir(p).unwrap(), "not a regular file (a directory)"),
+    ];
+    let mut n = 0;
+    for file in ["config.json", "model.safetensors"] {
+        let sparse: &dyn Fn(&Path) = &|p| std::fs::File::create(p).unwrap().set_len(4 << 30).unwrap();
+        let sparse_err = if file == "config.json" {
+            "4294967296 bytes: larger than the 1 MiB a config.json may have"
+        } else {
+            "not a valid safetensors file"
+        };
+        for (what, make, want) in kinds.iter().copied().chain([("a 4 GiB sparse file", sparse, sparse_err)]) {
+            n += 1;
+            let m = dir.path().join(format!("m{n}"));
+            std::fs::create_dir(&m).unwrap();
+            for f in ["config.json", "model.safetensors"] {
+                if f != file {
+                    std::fs::copy(src.join(f), m.join(f)).unwrap();
+                }
+            }
+            make(&m.join(file));
+            let ms = m.to_str().unwrap();
+            for cmd in [
+                vec!["predict", "--model", ms, "--input", input.to_str().unwrap()],
+                vec!["verify", "--model", ms],
+            ] {
+                let (o, took, rss) = dlrs_measured(&cmd);
+                let err = stderr(&o);
+                let ctx = format!("{what} as {file}, dlrs {}: {err}", cmd[0]);
+                assert_eq!(o.status.code(), Some(1), "{ctx}");
+                assert!(err.contains(want) && err.contains(&format!("{ms}/{file}")), "{ctx}");
+                assert_eq!(err.lines().count(), 1, "{ctx}");
+                assert!(!err.contains("os error"), "{ctx}");
+                assert!(took < std::time::Duration::from_secs(1), "{ctx}: took {took:?}");
+                assert!(rss < 100 << 20, "{ctx}: peak RSS {} MB", rss >> 20);
+            }
+        }
+    }
+}
+
+#[test]
+fn os_errors_are_said_once() {
+    let o = dlrs(&["predict", "--model", "/nonexistent-dlrs", "--input", "x"]);
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: /nonexistent-dlrs/config.json: No such file or directory (os error 2)"
+    );
 }

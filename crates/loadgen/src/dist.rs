@@ -115,8 +115,12 @@ impl QuerySize {
     }
 
     fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading query sizes from {}", path.display()))?;
+        let text = dlrs_model::files::read_text_bounded(
+            path,
+            dlrs_model::files::TEXT_MAX_BYTES,
+            "a query-size file",
+        )
+        .with_context(|| format!("reading query sizes from {}", path.display()))?;
         let mut sizes = Vec::new();
         let mut cumulative = Vec::new();
         let mut total = 0.0;

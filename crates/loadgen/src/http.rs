@@ -210,10 +210,7 @@ impl Endpoint {
             });
         };
         let file = dir.join("config.json");
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        let cfg =
-            DlrmConfig::from_json_str(&text).with_context(|| format!("{}", file.display()))?;
+        let cfg = DlrmConfig::load(&file)?;
         ensure!(
             cfg.n_dense() == nd && cfg.n_tables() == nt,
             "{} has {} dense features and {} tables; the served model \"{}\" has {nd} and {nt}",

@@ -192,6 +192,7 @@ fn stall_once(after: Duration, stall: Duration) -> dlrs_serve::Hooks {
                 std::thread::sleep(stall);
             }
         })),
+        ..Default::default()
     }
 }
 

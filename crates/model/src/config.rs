@@ -106,6 +106,25 @@ fn widths(field: &str, v: &Value) -> Result<Vec<usize>> {
 }
 
 impl DlrmConfig {
+    /// Reads and validates a `config.json` file: a regular file of at most
+    /// [`CONFIG_MAX_BYTES`](crate::files::CONFIG_MAX_BYTES) (anything else is refused before
+    /// it is read); config errors name the file.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = crate::files::read_text_bounded(
+            path,
+            crate::files::CONFIG_MAX_BYTES,
+            "a config.json",
+        )
+        .map_err(|e| ModelError::io(path, e))?;
+        Self::from_json_str(&text).map_err(|e| match e {
+            ModelError::Config { field, msg } => ModelError::Config {
+                field,
+                msg: format!("{msg} (in {})", path.display()),
+            },
+            other => other,
+        })
+    }
+
     /// Parses and validates config.json text.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let v: Value =
@@ -137,15 +156,16 @@ impl DlrmConfig {
         let top = widths("arch_mlp_top", get("arch_mlp_top")?)?;
         let tables = widths("arch_embedding_size", get("arch_embedding_size")?)?;
         let dim_v = get("arch_sparse_feature_size")?;
+        // a JSON number, as the reference's `--arch-sparse-feature-size` is an int: a string
+        // such as "8" is refused rather than guessed at
         let dim = match dim_v {
             Value::Number(n) => n.as_u64().map(|d| d as usize),
-            Value::String(s) => s.trim().parse::<usize>().ok(),
             _ => None,
         }
         .ok_or_else(|| {
             ModelError::config(
                 "arch_sparse_feature_size",
-                format!("expected a positive integer, got {dim_v}"),
+                format!("expected a positive integer (a JSON number), got {dim_v}"),
             )
         })?;
         let op = get("arch_interaction_op")?;
@@ -409,6 +429,14 @@ mod tests {
                 "\"arch_sparse_feature_size\": 8"
             ))
             .contains("arch_sparse_feature_size")
+        );
+        // the schema's number is a number: "16" as a string is refused, not parsed
+        assert_eq!(
+            err(&OK.replace(
+                "\"arch_sparse_feature_size\": 16",
+                "\"arch_sparse_feature_size\": \"16\""
+            )),
+            "config: field `arch_sparse_feature_size`: expected a positive integer (a JSON number), got \"16\""
         );
         assert!(err(&OK.replace("512-256-1", "512-256-2")).contains("arch_mlp_top"));
         assert!(err(&OK.replace("\"dot\"", "\"sum\"")).contains("arch_interaction_op"));

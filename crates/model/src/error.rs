@@ -37,11 +37,10 @@ pub enum ModelError {
         msg: String,
     },
 
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// A file cannot be read. The OS error is part of the message and deliberately not the
+    /// error's `source()`, so that a chain printer (anyhow's `{:#}`) says it once.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 
     #[error("unknown preset `{0}` (known: {known})", known = crate::presets::names().join(", "))]
     UnknownPreset(String),
@@ -70,10 +69,10 @@ impl ModelError {
             msg: msg.into(),
         }
     }
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
     /// Attaches a 1-based input line number to an input error.

@@ -157,15 +157,7 @@ impl Model {
     /// a shard that fails are never served: `forward` returns an error naming it); see
     /// [`Model::verify_in_background`] to verify them all ahead of traffic.
     pub fn load_with(dir: &Path, mode: TableMode) -> Result<Self> {
-        let cpath = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
-        let config = DlrmConfig::from_json_str(&text).map_err(|e| match e {
-            ModelError::Config { field, msg } => ModelError::Config {
-                field,
-                msg: format!("{msg} (in {})", cpath.display()),
-            },
-            other => other,
-        })?;
+        let config = DlrmConfig::load(&dir.join(CONFIG_FILE))?;
         let weights = Weights::load_safetensors(&dir.join(WEIGHTS_FILE), &config, mode)?;
         Ok(Model {
             config,

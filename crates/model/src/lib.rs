@@ -21,6 +21,7 @@ pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod forward;
 pub mod metrics;

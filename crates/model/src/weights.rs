@@ -171,7 +171,7 @@ impl Weights {
     /// file carries a manifest, every checksum: all of them now in [`TableMode::Ram`]; the
     /// MLPs now and the tables shard by shard on first touch in [`TableMode::Mmap`].
     pub fn load_safetensors(path: &Path, cfg: &DlrmConfig, mode: TableMode) -> Result<Self> {
-        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let (file, _) = crate::files::open_regular(path).map_err(|e| ModelError::io(path, e))?;
         // SAFETY: the file is mapped read-only. dlrs replaces model files by rename, never
         // in place, so a mapping keeps seeing the file it opened; another program truncating
         // the file in place while it is mapped would fault (SIGBUS), as with any mmap reader.

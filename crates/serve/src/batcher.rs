@@ -873,6 +873,7 @@ mod tests {
                     let _ = hold_rx.lock().unwrap().recv();
                 }
             })),
+            ..Default::default()
         };
         let handles = spawn(&q, 1, 1, 0, &hooks).unwrap();
         let first = submit(&q, &v, batch(&v, 0, 2), Duration::from_secs(30)).unwrap();
@@ -923,6 +924,7 @@ mod tests {
         let q = queue(8, Duration::ZERO, 100);
         let hooks = Hooks {
             before_forward: Some(Arc::new(|b: &Batch| assert!(b.size() != 3, "boom"))),
+            ..Default::default()
         };
         let handles = spawn(&q, 1, 2, 0, &hooks).unwrap();
         let bad = submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).unwrap();

@@ -89,23 +89,33 @@ impl Limits {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes; then stops accepting, closes the
-/// connections with no request in progress, lets the others finish their request, and
-/// returns once every connection is closed.
+/// What the connections are told: keep serving, stop (finish the request in progress, then
+/// close), or close now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Serving,
+    Graceful,
+    Now,
+}
+
+/// Serves `app` on `listener` until `shutdown` completes with a deadline; then stops
+/// accepting, closes the connections with no request in progress, lets the others finish
+/// their request until the deadline, closes whatever is still open at the deadline (a client
+/// still sending its body, say), and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Instant>,
 ) -> io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(Stop::Serving);
     let mut shutdown = pin!(shutdown);
-    loop {
+    let deadline = loop {
         let stream = tokio::select! {
-            _ = &mut shutdown => break,
+            d = &mut shutdown => break d,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     // answers are small: never hold one back waiting for an ACK (Nagle)
@@ -117,7 +127,7 @@ pub async fn serve(
                     // e.g. out of file descriptors: wait for some to be released
                     eprintln!("dlrs serve: accepting a connection failed: {e}");
                     tokio::select! {
-                        _ = &mut shutdown => break,
+                        d = &mut shutdown => break d,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
@@ -135,13 +145,24 @@ pub async fn serve(
             }
             Err(_) => refuse(stream, limits.max_connections, &refusing, &metrics),
         }
-    }
+    };
     drop(listener);
-    let _ = stop_tx.send(true);
+    let _ = stop_tx.send(Stop::Graceful);
     // every connection task holds a permit until it ends
-    let _all = open.acquire_many(limits.max_connections as u32).await;
+    let all = limits.max_connections as u32;
+    if tokio::time::timeout_at(deadline.into(), open.acquire_many(all))
+        .await
+        .is_err()
+    {
+        // the drain deadline: close what is left (each task returns at its next poll)
+        let _ = stop_tx.send(Stop::Now);
+        let _ = tokio::time::timeout(CLOSE_NOW_GRACE, open.acquire_many(all)).await;
+    }
     Ok(())
 }
+
+/// How long the connections closed at the drain deadline are given to end.
+const CLOSE_NOW_GRACE: Duration = Duration::from_millis(200);
 
 /// Errors of one incoming connection (not of the listener): skip it and keep accepting.
 fn is_connection_error(e: &io::Error) -> bool {
@@ -189,7 +210,7 @@ async fn connection(
     stream: TcpStream,
     app: Router,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Stop>,
     metrics: &Metrics,
 ) {
     let clock = Arc::new(Clock::new());
@@ -216,8 +237,8 @@ async fn connection(
         .header_timeout
         .min(limits.idle_timeout)
         .min(limits.write_timeout);
-    let mut stopping = *stop.borrow();
-    if stopping {
+    let mut stopping = false;
+    if *stop.borrow() != Stop::Serving {
         return;
     }
     loop {
@@ -228,11 +249,19 @@ async fn connection(
         };
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                // hyper finishes the request in progress, then closes
-                conn.as_mut().graceful_shutdown();
-            }
+            changed = stop.changed() => match *stop.borrow_and_update() {
+                // the server's accept loop is gone: nothing will wait for this connection
+                _ if changed.is_err() => return,
+                Stop::Serving => {}
+                Stop::Graceful if !stopping => {
+                    stopping = true;
+                    // hyper finishes the request in progress, then closes
+                    conn.as_mut().graceful_shutdown();
+                }
+                Stop::Graceful => {}
+                // the drain deadline passed: dropping the connection closes it
+                Stop::Now => return,
+            },
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         match clock.limit(&limits) {

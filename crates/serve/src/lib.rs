@@ -152,13 +152,22 @@
 //! rename of new files or a symlink swap. A broken version found by the watcher is logged
 //! and not retried until the files change again.
 //!
+//! A reload reads only regular files within their size bounds (see `dlrs_model::files`): a
+//! FIFO, a device or an oversized `config.json` is refused at once. A reload that still takes
+//! longer than `--reload-timeout-ms` (a file system that stops answering) is abandoned with a
+//! 500: its thread ends on its own and its result is dropped, and the next reload proceeds.
+//! At most four abandoned reloads may be pending; beyond that reloads are refused until one
+//! ends.
+//!
 //! # Shutdown
 //!
 //! On SIGTERM or SIGINT ([`run`]) or when the `shutdown` future completes ([`serve`]):
 //! readiness turns false (503), new inference requests get 503, the listener keeps
-//! answering until the requests in flight have finished (at most `--drain-timeout-ms`),
-//! then the server stops accepting, closes the connections with no request in progress
-//! (idle, or still sending headers), lets the others finish their request, and returns.
+//! answering until the requests in flight have finished, then the server stops accepting,
+//! closes the connections with no request in progress (idle, or still sending headers),
+//! lets the others finish their request, and returns. `--drain-timeout-ms` bounds all of it
+//! from the signal: at the bound every connection still open is closed (a client still
+//! sending a body, say) and the server returns.
 //!
 //! # Metrics
 //!
@@ -254,9 +263,14 @@ pub struct ServeArgs {
     /// how often to check the model files for a new version, in milliseconds (0: never)
     #[arg(long, default_value_t = 1000)]
     pub watch_interval_ms: u64,
-    /// on shutdown, longest wait for requests in flight, in milliseconds
+    /// on shutdown, the longest the server waits, in milliseconds, for requests in flight
+    /// and connections still sending or receiving one; at the bound it closes them and exits
     #[arg(long, default_value_t = 30_000)]
     pub drain_timeout_ms: u64,
+    /// longest a reload may take to load the new version, in milliseconds; a slower one is
+    /// abandoned (the old version keeps serving, later reloads proceed)
+    #[arg(long, default_value_t = 600_000)]
+    pub reload_timeout_ms: u64,
     /// most open connections; beyond it a new connection is answered 503 and closed
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
@@ -394,6 +408,9 @@ pub struct Hooks {
     /// Runs on the batcher thread just before each batch's forward pass, inside the panic
     /// guard (a test can block here to hold a batch, or panic to simulate a crash).
     pub before_forward: Option<BatchHook>,
+    /// Runs on the reload thread before a new version is loaded (a test can block here to
+    /// wedge a reload).
+    pub before_load: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// A function run on a batch (see [`Hooks`]).
@@ -404,6 +421,7 @@ impl fmt::Debug for Hooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hooks")
             .field("before_forward", &self.before_forward.is_some())
+            .field("before_load", &self.before_load.is_some())
             .finish()
     }
 }
@@ -472,13 +490,17 @@ pub async fn serve(
     );
 
     let background = state.spawn_background();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
     let drainer = {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             shutdown.await;
-            state.drain().await;
-            let _ = stop_tx.send(());
+            // --drain-timeout-ms bounds the whole shutdown from here: the wait for requests
+            // in flight and then for connections still receiving or answering one
+            let deadline = std::time::Instant::now()
+                + Duration::from_millis(state.args.drain_timeout_ms);
+            state.drain(deadline).await;
+            let _ = stop_tx.send(deadline);
         })
     };
     let app = http::router(Arc::clone(&state));
@@ -488,7 +510,11 @@ pub async fn serve(
         limits,
         Arc::clone(&state.metrics),
         async move {
-            let _ = stop_rx.await;
+            match stop_rx.await {
+                Ok(deadline) => deadline,
+                // the drainer is gone (it cannot be before sending): stop now
+                Err(_) => std::time::Instant::now(),
+            }
         },
     )
     .await;

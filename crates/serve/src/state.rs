@@ -47,6 +47,10 @@ fn fingerprint(dir: &Path) -> Option<Fingerprint> {
     Some(Fingerprint(v))
 }
 
+/// Most reloads left running after `--reload-timeout-ms` at once; beyond it reloads are
+/// refused until one ends.
+const MAX_ABANDONED_RELOADS: usize = 4;
+
 struct ReloadState {
     /// the files the serving version was loaded from
     loaded: Option<Fingerprint>,
@@ -68,6 +72,8 @@ pub struct AppState {
     pub shm: Registry,
     draining: AtomicBool,
     inflight: AtomicUsize,
+    /// reload threads that outlived `--reload-timeout-ms` and have not ended yet
+    abandoned_reloads: Arc<AtomicUsize>,
     batchers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -124,6 +130,7 @@ impl AppState {
             shm: Registry::new(args.allow_client_shm),
             draining: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            abandoned_reloads: Arc::new(AtomicUsize::new(0)),
             batchers: std::sync::Mutex::new(batchers),
             args,
         }))
@@ -177,28 +184,68 @@ impl AppState {
         if only_if_changed && (fp.is_none() || fp == rs.loaded || fp == rs.failed) {
             return Ok(self.current().number);
         }
+        let serving = self.current().number;
+        let abandoned = self.abandoned_reloads.load(Ordering::SeqCst);
+        if abandoned >= MAX_ABANDONED_RELOADS {
+            // each holds a thread (and may hold a model's memory when it ends): bounded
+            return Err(ApiError::ReloadFailed(format!(
+                "{abandoned} earlier reloads timed out and have not ended yet (their threads \
+                 are still waiting on the model files); refusing more until one ends; still \
+                 serving version {serving}"
+            )));
+        }
         let (dir, mode) = (self.dir.clone(), self.mode);
+        let before_load = self.args.hooks.before_load.clone();
         // a reload runs beside the serving version: on its own thread at the lowest CPU
         // priority, so that reading and copying gigabytes of tables does not take the cores
         // from the compute instances (requests would queue up and get 503)
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let running = Arc::clone(&self.abandoned_reloads);
+        // counted as abandoned from the start; a reload that ends in time is uncounted below
+        running.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new()
             .name("dlrs-reload".into())
             .spawn(move || {
                 dlrs_model::lower_thread_priority();
-                let _ = tx.send(match reload_pool() {
+                if let Some(h) = before_load {
+                    h();
+                }
+                let loaded = match reload_pool() {
                     Some(pool) => pool.install(|| load(&dir, mode)),
                     // no threads to be had: load on the global pool, as at start-up
                     None => load(&dir, mode),
-                });
+                };
+                // a receiver that timed out is gone: the version is dropped here
+                if tx.send(loaded).is_err() {
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }
             });
         if let Err(e) = spawned {
+            self.abandoned_reloads.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::ReloadFailed(format!(
                 "starting the reload thread: {e}"
             )));
         }
-        let loaded = rx.await;
-        let serving = self.current().number;
+        let timeout = Duration::from_millis(self.args.reload_timeout_ms);
+        let loaded = match tokio::time::timeout(timeout, rx).await {
+            Ok(loaded) => {
+                self.abandoned_reloads.fetch_sub(1, Ordering::SeqCst);
+                loaded
+            }
+            Err(_) => {
+                // the thread is left to end on its own (a file that never answers may hold it
+                // forever); the reload path is free for the next reload
+                rs.failed = fp;
+                self.metrics.reload(false);
+                let err = ApiError::ReloadFailed(format!(
+                    "loading the new version took longer than --reload-timeout-ms {} and was \
+                     abandoned; still serving version {serving}",
+                    self.args.reload_timeout_ms
+                ));
+                eprintln!("dlrs serve: model \"{}\": reload failed: {}", self.name, err.message());
+                return Err(err);
+            }
+        };
         match loaded {
             Ok(Ok(model)) => {
                 let number = rs.next_number;
@@ -266,12 +313,11 @@ impl AppState {
     }
 
     /// Shutdown, first half: readiness false, new requests refused, wait for those in
-    /// flight (at most `--drain-timeout-ms`).
-    pub async fn drain(&self) {
+    /// flight (at most until `until`, the drain deadline).
+    pub async fn drain(&self, until: Instant) {
         self.draining.store(true, Ordering::SeqCst);
         let n = self.inflight.load(Ordering::SeqCst);
         eprintln!("dlrs serve: shutting down; waiting for {n} requests in flight");
-        let until = Instant::now() + Duration::from_millis(self.args.drain_timeout_ms);
         while self.inflight.load(Ordering::SeqCst) > 0 {
             if Instant::now() >= until {
                 eprintln!(

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -205,5 +206,185 @@ fn shutdown_turns_unready_refuses_new_requests_and_finishes_in_flight_ones() {
             .collect();
     assert_close(&got, &want);
     eventually("serve to return", || srv.is_finished());
+    srv.stop().unwrap();
+}
+
+/// Makes `path` a FIFO (no writer: a plain open of it blocks forever).
+fn mkfifo(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn reloads_refuse_fifos_devices_and_huge_files_at_once_and_a_good_one_follows() {
+    // regression: a FIFO as config.json wedged the reload path for good (the reload thread
+    // blocked opening it, holding the reload lock), and /dev/zero as config.json was read
+    // without end (3 GB in 4 s, from the watcher alone)
+    let md = ModelDir::new(1);
+    let mut args = md.args();
+    args.watch_interval_ms = 50;
+    let srv = Server::start(args);
+    let load = format!("/v2/repository/models/{NAME}/load");
+    let mut rng = Lcg(4);
+    let s = samples(&mut rng, 3);
+    let good_config = std::fs::read_to_string(md.dir().join(CONFIG_FILE)).unwrap();
+    let weights = md.dir().join("model.safetensors");
+    let good_weights = std::fs::read(&weights).unwrap();
+    let config = md.dir().join(CONFIG_FILE);
+
+    type Breaker = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        ("config.json", Box::new(mkfifo), "not a regular file (a FIFO)"),
+        (
+            "config.json",
+            Box::new(|p| {
+                let _ = std::fs::remove_file(p);
+                std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+            }),
+            "not a regular file (a character device)",
+        ),
+        (
+            "config.json",
+            Box::new(|p| {
+                let _ = std::fs::remove_file(p);
+                std::fs::File::create(p).unwrap().set_len(4 << 30).unwrap()
+            }),
+            "4294967296 bytes: larger than the 1 MiB a config.json may have",
+        ),
+        ("model.safetensors", Box::new(mkfifo), "not a regular file (a FIFO)"),
+        (
+            "model.safetensors",
+            Box::new(|p| {
+                let _ = std::fs::remove_file(p);
+                std::os::unix::fs::symlink("/dev/urandom", p).unwrap()
+            }),
+            "not a regular file (a character device)",
+        ),
+        (
+            "model.safetensors",
+            Box::new(|p| {
+                let _ = std::fs::remove_file(p);
+                std::fs::create_dir(p).unwrap()
+            }),
+            "not a regular file (a directory)",
+        ),
+    ];
+    for (i, (file, break_it, want)) in cases.iter().enumerate() {
+        let path = md.dir().join(file);
+        break_it(&path);
+        let t0 = std::time::Instant::now();
+        let r = srv.post(&load, "");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{file}: {:?}", t0.elapsed());
+        assert_eq!(r.status, 500, "{file}: {}", r.body);
+        let err = r.error();
+        assert!(err.contains(want), "{file}: {err}");
+        assert!(err.contains(file), "{file}: {err}");
+        assert!(!err.contains("os error"), "{file}: {err}");
+        // the watcher met the same files: it must not have wedged the reload path either
+        std::thread::sleep(Duration::from_millis(120));
+        // put the real file back: the next reload succeeds at once
+        if path.is_dir() {
+            std::fs::remove_dir(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+        if *file == "config.json" {
+            std::fs::write(&config, &good_config).unwrap();
+        } else {
+            std::fs::write(&weights, &good_weights).unwrap();
+        }
+        let m = replace_model(&md.dir(), 10 + i as u64);
+        let t0 = std::time::Instant::now();
+        let r = srv.post(&load, "");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(r.status, 200, "{file}: {}", r.body);
+        assert_close(&srv.infer(&s).scores(), &reference(&m, &s));
+    }
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_reload_stuck_past_its_timeout_is_abandoned_and_the_next_one_succeeds() {
+    let md = ModelDir::new(1);
+    let release = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let mut args = md.args();
+    args.reload_timeout_ms = 300;
+    let stuck = Arc::new(AtomicUsize::new(0));
+    {
+        let (release, stuck) = (Arc::clone(&release), Arc::clone(&stuck));
+        // the first reload blocks (as on a file that never answers) until released
+        args.hooks.before_load = Some(Arc::new(move || {
+            if stuck.fetch_add(1, Ordering::SeqCst) == 0 {
+                let (m, cv) = &*release;
+                let mut go = m.lock().unwrap();
+                while !*go {
+                    go = cv.wait(go).unwrap();
+                }
+            }
+        }));
+    }
+    let srv = Server::start(args);
+    let load = format!("/v2/repository/models/{NAME}/load");
+    let mut rng = Lcg(5);
+    let s = samples(&mut rng, 3);
+    let m2 = replace_model(&md.dir(), 2);
+    let t0 = std::time::Instant::now();
+    let r = srv.post(&load, "");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert!(
+        r.error().contains("longer than --reload-timeout-ms 300")
+            && r.error().contains("still serving version 1"),
+        "{}",
+        r.body
+    );
+    assert_close(&srv.infer(&s).scores(), &reference(&md.model, &s));
+    // the stuck thread still holds its reload; the next one proceeds anyway
+    let r = srv.post(&load, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["version"], "2");
+    assert_close(&srv.infer(&s).scores(), &reference(&m2, &s));
+    // the abandoned load ends later: its version is dropped, never served
+    {
+        let (m, cv) = &*release;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let r = srv.infer(&s);
+    assert_eq!(r.json()["model_version"], "2");
+    assert_close(&r.scores(), &reference(&m2, &s));
+    srv.stop().unwrap();
+}
+
+#[test]
+fn drain_timeout_bounds_shutdown_with_a_client_sending_its_body_slowly() {
+    // regression: with --drain-timeout-ms 1000 the server exited only when
+    // --body-timeout-ms (7 s) cut the slow body off
+    use std::io::Write;
+    let md = ModelDir::new(1);
+    let mut args = md.args();
+    args.drain_timeout_ms = 500;
+    args.body_timeout_ms = 20_000;
+    let mut srv = Server::start(args);
+    let mut sock = std::net::TcpStream::connect(srv.addr).unwrap();
+    write!(
+        sock,
+        "POST /v2/models/{NAME}/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"inputs\": ["
+    )
+    .unwrap();
+    sock.flush().unwrap();
+    // the request is in progress (its body half sent) when shutdown starts
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = std::time::Instant::now();
+    srv.trigger_shutdown();
+    eventually("serve to return", || srv.is_finished());
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "shutdown took {took:?} with --drain-timeout-ms 500"
+    );
     srv.stop().unwrap();
 }

@@ -229,6 +229,7 @@ fn a_panicking_batch_is_500_and_the_server_keeps_serving() {
                 panic!("poisoned sample");
             }
         })),
+        ..Default::default()
     };
     let srv = Server::start(args);
     let mut rng = Lcg(3);

@@ -36,6 +36,111 @@ pub struct TrainState {
     /// samples trained on over the whole run
     pub samples_total: u64,
     pub settings: Settings,
+    /// the training data the run reads (`None`: stdin, or a checkpoint written before
+    /// version 3 recorded it)
+    pub data: Option<DataIdentity>,
+}
+
+/// Bytes of a data file's head that [`DataIdentity`] hashes.
+pub const DATA_HEAD_BYTES: u64 = 1 << 20;
+
+/// What a resume checks to know it reads the same training data: the file's size and an
+/// xxh3 hash of its first [`DATA_HEAD_BYTES`] bytes (as stored: a compressed file's
+/// compressed bytes). The path is recorded for the error message only, so a data file moved
+/// or copied elsewhere still resumes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataIdentity {
+    pub path: String,
+    pub bytes: u64,
+    pub head_xxh3: u64,
+}
+
+impl DataIdentity {
+    /// The identity of the training data at `path`; `None` for stdin (`-`) or a pipe, which
+    /// cannot be checked.
+    pub fn of(path: &Path) -> Result<Option<Self>> {
+        use std::io::Read;
+        if path.as_os_str() == "-"
+            || std::fs::metadata(path).is_ok_and(|m| !m.is_file())
+        {
+            return Ok(None);
+        }
+        let (file, meta) = dlrs_model::files::open_regular(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut head = Vec::with_capacity(DATA_HEAD_BYTES.min(meta.len()) as usize);
+        file.take(DATA_HEAD_BYTES)
+            .read_to_end(&mut head)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(DataIdentity {
+            path: std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+                .to_string(),
+            bytes: meta.len(),
+            head_xxh3: xxhash_rust::xxh3::xxh3_64(&head),
+        }))
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "path": self.path,
+            "bytes": self.bytes,
+            // a hex string: JSON readers that go through f64 would round a u64
+            "head_xxh3": format!("{:016x}", self.head_xxh3),
+            "head_bytes": DATA_HEAD_BYTES,
+        })
+    }
+
+    fn from_json(v: &Value) -> Result<Self> {
+        let head_bytes = v["head_bytes"]
+            .as_u64()
+            .context("field `data.head_bytes` missing")?;
+        if head_bytes != DATA_HEAD_BYTES {
+            bail!("field `data.head_bytes`: {head_bytes}, this dlrs hashes {DATA_HEAD_BYTES}");
+        }
+        Ok(DataIdentity {
+            path: v["path"]
+                .as_str()
+                .context("field `data.path` missing")?
+                .to_string(),
+            bytes: v["bytes"].as_u64().context("field `data.bytes` missing")?,
+            head_xxh3: v["head_xxh3"]
+                .as_str()
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .context("field `data.head_xxh3` missing or not 16 hex digits")?,
+        })
+    }
+
+    /// `Ok` when `now` is the same data as `self` (the checkpoint's); otherwise an error that
+    /// says what differs and what to do.
+    pub fn check_same(&self, now: &DataIdentity, at: &TrainState) -> Result<()> {
+        let mut diffs = Vec::new();
+        if self.bytes != now.bytes {
+            diffs.push(format!("{} bytes, the checkpoint's had {}", now.bytes, self.bytes));
+        }
+        if self.head_xxh3 != now.head_xxh3 {
+            diffs.push(format!(
+                "its first {} bytes differ (xxh3 {:016x}, the checkpoint's {:016x})",
+                now.bytes.min(DATA_HEAD_BYTES),
+                now.head_xxh3,
+                self.head_xxh3
+            ));
+        }
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "--train {} is not the data this checkpoint was trained on ({}): the checkpoint stopped \
+             at sample {} of epoch {} of {}, and a resume continues there in the same data. To \
+             train the checkpoint on other data, add --new-data (the epoch count and the position \
+             start again at the new data's first sample; weights, optimizer state and step are kept)",
+            now.path,
+            diffs.join("; "),
+            at.samples_in_epoch,
+            at.epoch + 1,
+            self.path
+        )
+    }
 }
 
 /// Settings that define the sequence of updates: a resume must use the same.
@@ -58,7 +163,7 @@ impl TrainState {
         let s = &self.settings;
         json!({
             "format": "dlrs-train-state",
-            "version": 2,
+            "version": 3,
             "epoch": self.epoch,
             "samples_in_epoch": self.samples_in_epoch,
             "step": self.step,
@@ -72,7 +177,8 @@ impl TrainState {
                 "seed": s.seed,
                 "shuffle": s.shuffle,
                 "shuffle_window": s.shuffle_window,
-            }
+            },
+            "data": self.data.as_ref().map(DataIdentity::to_json),
         })
     }
 
@@ -119,6 +225,11 @@ impl TrainState {
                     .as_bool()
                     .context("field `settings.shuffle`")?,
                 shuffle_window: u(st, "shuffle_window")? as usize,
+            },
+            // version 3 on; null for stdin
+            data: match v.get("data") {
+                None | Some(Value::Null) => None,
+                Some(d) => Some(DataIdentity::from_json(d)?),
             },
         })
     }
@@ -322,7 +433,12 @@ pub fn resolve_resume(dir: &Path) -> Result<PathBuf> {
 /// Reads `train_state.json` of a checkpoint directory.
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     let p = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let text = dlrs_model::files::read_text_bounded(
+        &p,
+        dlrs_model::files::STATE_MAX_BYTES,
+        "a train_state.json",
+    )
+    .with_context(|| format!("reading {}", p.display()))?;
     let v: Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
     TrainState::from_json(&v).with_context(|| p.display().to_string())

@@ -452,6 +452,17 @@ fn produce(
             emit(p, &mut cur)?;
         }
     }
+    if skip > 0 {
+        // a resumed epoch asked to skip more samples than the data holds: it is not the data
+        // the checkpoint was trained on
+        let held = opts.skip_samples - skip;
+        let _ = tx.send(Err(anyhow!(
+            "{path}: holds {held} samples, but the resumed epoch starts after sample {} \
+             (not the data the checkpoint was trained on?)",
+            opts.skip_samples
+        )));
+        return Err(());
+    }
     if !cur.labels.is_empty() {
         tx.send(Ok(cur)).map_err(|_| ())?;
     }

@@ -28,7 +28,7 @@ use dlrs_model::synth::IdDist;
 use dlrs_model::{Batch, DlrmConfig, Executor, Model, TableMode, Workspace, presets};
 use serde_json::{Value, json};
 
-use crate::checkpoint::{Settings, TrainState};
+use crate::checkpoint::{DataIdentity, Settings, TrainState};
 use crate::data::{BatchStream, DataFormat, StreamOptions};
 use crate::metrics::EvalMetrics;
 use crate::net::{TrainWorkspace, check_trainable};
@@ -47,9 +47,15 @@ pub struct TrainArgs {
     /// with --preset: cap every table at this many rows
     #[arg(long)]
     pub rows_cap: Option<usize>,
-    /// continue the run whose checkpoint is this directory (usually the same as --out)
+    /// continue the run whose checkpoint is this directory (usually the same as --out); the
+    /// settings and the --train data must be the checkpoint's (see --new-data)
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// with --resume: train the checkpoint on --train data other than the data it was
+    /// trained on; the epoch count and the position in the data start again from 0, the
+    /// weights, optimizer state and step are kept
+    #[arg(long, requires = "resume")]
+    pub new_data: bool,
     /// training data: JSON Lines with labels, or Criteo TSV; gzip/zstd accepted
     #[arg(long)]
     pub train: PathBuf,
@@ -352,11 +358,34 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
         shuffle: args.shuffle,
         shuffle_window: args.shuffle_window,
     };
+    let data = DataIdentity::of(&args.train)?;
     // the starting point
     let (model, opt, mut state) = if let Some(dir) = &args.resume {
         let dir = checkpoint::resolve_resume(dir)?;
-        let st = checkpoint::read_state(&dir)?;
+        let mut st = checkpoint::read_state(&dir)?;
         settings.check_same(&st.settings)?;
+        match (&st.data, &data) {
+            _ if args.new_data => {
+                st.epoch = 0;
+                st.samples_in_epoch = 0;
+                st.data = data.clone();
+            }
+            (Some(was), Some(now)) => was.check_same(now, &st)?,
+            (None, _) => eprintln!(
+                "warning: {} records no training data (written by an older dlrs, or trained \
+                 from a pipe): cannot check that --train is the same data; resuming at sample {} \
+                 of epoch {}",
+                dir.display(),
+                st.samples_in_epoch,
+                st.epoch + 1
+            ),
+            (Some(was), None) => bail!(
+                "--train {}: the checkpoint was trained on {}, and a pipe cannot be checked to \
+                 be the same data; pass that file, or add --new-data",
+                args.train.display(),
+                was.path
+            ),
+        }
         let model = Model::load_with(&dir, TableMode::Ram)
             .with_context(|| format!("loading {}", dir.display()))?;
         check_trainable(&model)?;
@@ -419,6 +448,7 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
             step: 0,
             samples_total: 0,
             settings: settings.clone(),
+            data: data.clone(),
         };
         (model, opt, st)
     };

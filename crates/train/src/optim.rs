@@ -331,7 +331,14 @@ impl Optimizer {
         sparse_lr: f32,
         dense_lr: f32,
     ) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        // mapped, not read: the state of full Adagrad is as large as the tables
+        let (file, _) = dlrs_model::files::open_regular(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: mapped read-only; checkpoints are replaced by rename, never in place, so the
+        // mapping keeps seeing the file it opened (another program truncating it in place
+        // would fault, as with any mmap reader).
+        let bytes = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping {}", path.display()))?;
         let st = SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a safetensors file", path.display()))?;
         let (_, meta) = SafeTensors::read_metadata(&bytes)?;

@@ -42,6 +42,7 @@ fn train_args(model: &Path, train: &Path, out: &Path) -> TrainArgs {
         preset: None,
         rows_cap: None,
         resume: None,
+        new_data: false,
         train: train.to_path_buf(),
         eval: None,
         out: out.to_path_buf(),
@@ -540,6 +541,89 @@ fn sparse_and_dense_learning_rates() {
     r.dense_lr = Some(1e-9);
     let rep = run_train(&r, &mut Vec::new()).unwrap();
     assert_eq!(rep.epochs, 2);
+}
+
+/// Regression: a checkpoint at step 20 of a 3000-sample file, resumed against another or a
+/// shorter file, said "done: 1 epochs, 20 steps, 0 samples" and exited 0. A resume now checks
+/// the data's size and head hash, and `--new-data` trains the checkpoint on other data.
+#[test]
+fn resume_refuses_other_data_unless_new_data() {
+    let (dir, arch, train) = tiny_train_set(3_000, "uniform");
+    let out = dir.path().join("out");
+    let mut a = train_args(&arch, &train, &out);
+    a.max_steps = Some(20);
+    let rep = run_train(&a, &mut Vec::new()).unwrap();
+    assert_eq!(rep.steps, 20);
+    let mut r = a.clone();
+    r.model = None;
+    r.resume = Some(out.clone());
+    r.max_steps = None;
+
+    // another file (same size range, other samples): refused, naming both
+    let other = dir.path().join("other.jsonl");
+    run_synth(&synth_args(&arch, 9, 300, &other, "uniform"), &mut Vec::new()).unwrap();
+    let mut o = r.clone();
+    o.train = other.clone();
+    let err = run_train(&o, &mut Vec::new()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("--train {}", other.canonicalize().unwrap().display()))
+            && err.contains("is not the data this checkpoint was trained on")
+            && err.contains("bytes, the checkpoint's had")
+            && err.contains(&train.canonicalize().unwrap().display().to_string())
+            && err.contains("stopped at sample 1280 of epoch 1")
+            && err.contains("--new-data"),
+        "{err}"
+    );
+    // a shorter file with the same head: its size gives it away
+    let text = std::fs::read_to_string(&train).unwrap();
+    let short = dir.path().join("short.jsonl");
+    let half: String = text.lines().take(1000).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&short, &half).unwrap();
+    let mut o = r.clone();
+    o.train = short.clone();
+    let err = run_train(&o, &mut Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("is not the data"), "{err}");
+    // the same bytes copied elsewhere resume
+    let copy = dir.path().join("copy.jsonl");
+    std::fs::copy(&train, &copy).unwrap();
+    let mut o = r.clone();
+    o.train = copy;
+    o.out = dir.path().join("out-copy");
+    o.resume = Some(out.clone());
+    let rep = run_train(&o, &mut Vec::new()).unwrap();
+    assert_eq!(rep.samples, 3000 - 20 * 64);
+
+    // --new-data: the position restarts at the new data's first sample, the step goes on
+    let mut o = r.clone();
+    o.train = short;
+    o.new_data = true;
+    let rep = run_train(&o, &mut Vec::new()).unwrap();
+    assert_eq!(rep.samples, 1000);
+    assert_eq!(rep.steps, 20 + 1000_u64.div_ceil(64));
+
+    // a checkpoint that records no data (an older dlrs) resumes with a warning; data
+    // shorter than its position is an error, not an empty run
+    let old = dir.path().join("old");
+    let mut b = a.clone();
+    b.out = old.clone();
+    b.max_steps = Some(20);
+    run_train(&b, &mut Vec::new()).unwrap();
+    let state = old.join("train_state.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("data");
+    std::fs::write(&state, v.to_string()).unwrap();
+    let mut o = r.clone();
+    o.resume = Some(old.clone());
+    o.out = old.clone();
+    o.train = dir.path().join("short.jsonl");
+    let half: String = text.lines().take(1000).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&o.train, half).unwrap();
+    let err = format!("{:#}", run_train(&o, &mut Vec::new()).unwrap_err());
+    assert!(
+        err.contains("holds 1000 samples, but the resumed epoch starts after sample 1280"),
+        "{err}"
+    );
 }
 
 /// A state written before the rates were split (one `lr`, version 1) still resumes.

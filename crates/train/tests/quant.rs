@@ -52,6 +52,7 @@ fn quantized_tables_of_a_trained_model_keep_its_auc() {
         preset: Some("criteo-kaggle".into()),
         rows_cap: Some(ROWS_CAP),
         resume: None,
+        new_data: false,
         train,
         eval: None,
         out: out.clone(),

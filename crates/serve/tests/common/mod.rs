@@ -362,6 +362,7 @@ impl Gate {
                     st = g.cv.wait(st).unwrap();
                 }
             })),
+            ..Default::default()
         }
     }
     pub fn wait_entered(&self, n: usize) {
