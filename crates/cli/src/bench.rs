@@ -67,7 +67,12 @@ fn memory() -> (u64, u64, u64, u64) {
     };
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let smaps = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    (field(&status, "VmHWM:"), field(&smaps, "AnonHugePages:"), field(&status, "RssAnon:"), field(&status, "RssFile:"))
+    (
+        field(&status, "VmHWM:"),
+        field(&smaps, "AnonHugePages:"),
+        field(&status, "RssAnon:"),
+        field(&status, "RssFile:"),
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -80,7 +85,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn lines_per_row(stride: usize, row_bytes: usize) -> f64 {
     // the pattern of row starts modulo 64 repeats every 64 / gcd(stride, 64) rows
     let period = 64 / gcd(stride, 64);
-    let total: usize = (0..period).map(|r| (r * stride % 64 + row_bytes).div_ceil(64)).sum();
+    let total: usize = (0..period)
+        .map(|r| (r * stride % 64 + row_bytes).div_ceil(64))
+        .sum();
     total as f64 / period as f64
 }
 
@@ -127,16 +134,29 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         let mut p = presets::preset(&a.model)?;
         if let Some(cap) = a.rows_cap {
-            p.config.tables.iter_mut().for_each(|r| *r = (*r).min(cap.max(1)));
+            p.config
+                .tables
+                .iter_mut()
+                .for_each(|r| *r = (*r).min(cap.max(1)));
         }
-        let cfg = p.config.clone().with_format(a.dtype.unwrap_or(RowFormat::F32));
-        (exec.install(|| Model::random(cfg, 0))?, p.name.to_string(), p.ids_per_table)
+        let cfg = p
+            .config
+            .clone()
+            .with_format(a.dtype.unwrap_or(RowFormat::F32));
+        (
+            exec.install(|| Model::random(cfg, 0))?,
+            p.name.to_string(),
+            p.ids_per_table,
+        )
     };
     let build_s = t0.elapsed().as_secs_f64();
     let cfg = &model.config;
     let ids = a.ids_per_table.unwrap_or(preset_ids);
     let batch_bytes = a.batch * ids * cfg.n_tables() * cfg.dim * 4;
-    let n_pool = a.pool.unwrap_or(COLD_POOL_BYTES.div_ceil(batch_bytes.max(1)).clamp(8, 4096)).max(1);
+    let n_pool = a
+        .pool
+        .unwrap_or(COLD_POOL_BYTES.div_ceil(batch_bytes.max(1)).clamp(8, 4096))
+        .max(1);
     let pool: Vec<_> = (0..n_pool)
         .map(|i| synth_batch(cfg, a.batch, ids, dist, 1 + i as u64))
         .collect::<Result<_, _>>()?;
@@ -177,8 +197,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let hit_share = (lookups > 0).then(|| hits as f64 / lookups as f64);
     // bytes and cache lines a lookup reads, averaged over the tables
     let tables = &model.weights.tables;
-    let row_bytes = tables.iter().map(|t| t.format().row_bytes(cfg.dim)).sum::<usize>() as f64 / tables.len() as f64;
-    let lines_per_row = tables.iter().map(|t| lines_per_row(t.stride(), t.format().row_bytes(cfg.dim))).sum::<f64>()
+    let row_bytes = tables
+        .iter()
+        .map(|t| t.format().row_bytes(cfg.dim))
+        .sum::<usize>() as f64
+        / tables.len() as f64;
+    let lines_per_row = tables
+        .iter()
+        .map(|t| lines_per_row(t.stride(), t.format().row_bytes(cfg.dim)))
+        .sum::<f64>()
         / tables.len() as f64;
     let rows_per_batch = (a.batch * ids * cfg.n_tables()) as f64;
     let emb_s = stages.embedding / n;
@@ -225,9 +252,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let r = &report;
         println!(
             "{} {} batch {} threads {} ({} ids/table, {}, {} batches in the pool, {})",
-            name, formats_name(&model), a.batch, a.threads, ids, dist.name(), n_pool, r["isa"].as_str().unwrap_or("")
+            name,
+            formats_name(&model),
+            a.batch,
+            a.threads,
+            ids,
+            dist.name(),
+            n_pool,
+            r["isa"].as_str().unwrap_or("")
         );
-        println!("  samples/s      {:>12.0}", r["samples_per_s"].as_f64().unwrap_or(0.0));
+        println!(
+            "  samples/s      {:>12.0}",
+            r["samples_per_s"].as_f64().unwrap_or(0.0)
+        );
         println!(
             "  latency ms     p50 {:.3}  p99 {:.3}  ({} batches)",
             r["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
@@ -248,7 +285,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             r["embedding_gb_per_s"].as_f64().unwrap_or(0.0),
             r["embedding_gb_per_s_wall"].as_f64().unwrap_or(0.0)
         );
-        println!("  MLPs           {:.1} GFLOP/s", r["mlp_gflop_per_s"].as_f64().unwrap_or(0.0));
+        println!(
+            "  MLPs           {:.1} GFLOP/s",
+            r["mlp_gflop_per_s"].as_f64().unwrap_or(0.0)
+        );
         if let Some(share) = cache_share {
             println!(
                 "  row cache      {:.2} GB: {:.1}% of the observed lookups, {:.1}% of the timed ones",

@@ -1,6 +1,7 @@
 //! `dlrs`: DLRM inference from the command line. A thin shell over `dlrs-model`.
 
 mod bench;
+mod logs;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -13,8 +14,15 @@ use dlrs_model::metrics::auc;
 use dlrs_model::{Batch, Executor, Model, RowFormat, Sample, TableMode, Workspace, presets};
 
 #[derive(Parser)]
-#[command(name = "dlrs", version, about = "Deep-learning recommendation model (DLRM) engine")]
+#[command(
+    name = "dlrs",
+    version,
+    about = "Deep-learning recommendation model (DLRM) engine"
+)]
 struct Cli {
+    /// log lines (stderr) as text or as one JSON object per line; levels from RUST_LOG
+    #[arg(long, global = true, value_enum, default_value_t = logs::LogFormat::Text)]
+    log_format: logs::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -129,19 +137,45 @@ pub(crate) fn parse_format(s: &str) -> Result<RowFormat, String> {
 
 fn main() {
     let cli = Cli::parse();
+    logs::init(cli.log_format);
     let res = match cli.cmd {
-        Cmd::Init { preset, out, seed, rows_cap, dtype } => init(&preset, &out, seed, rows_cap, dtype),
-        Cmd::Predict { model, input, batch, threads, tables } => predict(&model, &input, batch, threads, tables),
+        Cmd::Init {
+            preset,
+            out,
+            seed,
+            rows_cap,
+            dtype,
+        } => init(&preset, &out, seed, rows_cap, dtype),
+        Cmd::Predict {
+            model,
+            input,
+            batch,
+            threads,
+            tables,
+        } => predict(&model, &input, batch, threads, tables),
         Cmd::Bench(a) => bench::run(a),
-        Cmd::Quantize { model, dtype, tables, out } => quantize(&model, dtype, &tables, &out),
-        Cmd::Compare { model, input, threads, json } => compare(&model, &input, threads, json),
+        Cmd::Quantize {
+            model,
+            dtype,
+            tables,
+            out,
+        } => quantize(&model, dtype, &tables, &out),
+        Cmd::Compare {
+            model,
+            input,
+            threads,
+            json,
+        } => compare(&model, &input, threads, json),
         Cmd::Serve(a) => dlrs_serve::run(a),
         Cmd::Train(a) => dlrs_train::train(a),
         Cmd::Eval(a) => dlrs_train::eval(a),
         Cmd::Synth(a) => dlrs_train::synth(a),
         Cmd::Loadgen(a) => dlrs_loadgen::run(a),
         Cmd::Twin(a) => dlrs_loadgen::run_twin(a),
-        Cmd::Verify { model, require_manifest } => verify(&model, require_manifest),
+        Cmd::Verify {
+            model,
+            require_manifest,
+        } => verify(&model, require_manifest),
         Cmd::Manifest { model } => manifest(&model),
     };
     if let Err(e) = res {
@@ -150,7 +184,13 @@ fn main() {
     }
 }
 
-fn init(name: &str, out: &Path, seed: u64, rows_cap: Option<usize>, dtype: RowFormat) -> Result<()> {
+fn init(
+    name: &str,
+    out: &Path,
+    seed: u64,
+    rows_cap: Option<usize>,
+    dtype: RowFormat,
+) -> Result<()> {
     let mut p = presets::preset(name)?;
     if let Some(cap) = rows_cap {
         if cap == 0 {
@@ -160,16 +200,22 @@ fn init(name: &str, out: &Path, seed: u64, rows_cap: Option<usize>, dtype: RowFo
     }
     let t0 = Instant::now();
     let config = p.config.with_format(dtype);
-    let bytes: usize =
-        config.tables.iter().map(|&r| r * dlrs_model::table::EmbeddingTable::stride_for(dtype, config.dim)).sum();
+    let bytes: usize = config
+        .tables
+        .iter()
+        .map(|&r| r * dlrs_model::table::EmbeddingTable::stride_for(dtype, config.dim))
+        .sum();
     let bar = indicatif::ProgressBar::new(bytes as u64).with_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}")
-            .expect("a valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(format!("init {name} {}", dtype.name()));
     // streamed: rows go from the generator to the file a window at a time (bounded memory)
-    Model::write_random(&config, seed, out, |n| bar.inc(n)).with_context(|| format!("writing {}", out.display()))?;
+    Model::write_random(&config, seed, out, |n| bar.inc(n))
+        .with_context(|| format!("writing {}", out.display()))?;
     bar.finish_and_clear();
     eprintln!(
         "wrote {}: preset {name}, {} {} tables, {:.2} GB of embeddings in {:.1} s",
@@ -188,11 +234,18 @@ fn quantize(dir: &Path, dtype: RowFormat, tables: &[usize], out: &Path) -> Resul
     }
     let mut model = Model::load(dir)?;
     let report = model.convert_tables(dtype, tables)?;
-    model.save(out).with_context(|| format!("writing {}", out.display()))?;
+    model
+        .save(out)
+        .with_context(|| format!("writing {}", out.display()))?;
     println!("table\trows\tdtype\tstride_bytes\tmax_abs_error\tmean_abs_error");
     for (t, max, mean) in report {
         let tb = &model.weights.tables[t];
-        println!("{t}\t{}\t{}\t{}\t{max:.3e}\t{mean:.3e}", tb.rows(), dtype.name(), tb.stride());
+        println!(
+            "{t}\t{}\t{}\t{}\t{max:.3e}\t{mean:.3e}",
+            tb.rows(),
+            dtype.name(),
+            tb.stride()
+        );
     }
     Ok(())
 }
@@ -211,7 +264,8 @@ fn for_each_batch(
     let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         Box::new(std::io::BufReader::new(file))
     };
     let mut samples = Vec::with_capacity(batch_size);
@@ -220,10 +274,18 @@ fn for_each_batch(
         let n = i + 1;
         let line = line.with_context(|| format!("{}: line {n}", path.display()))?;
         if line.trim().is_empty() {
-            bail!("{}: line {n}: empty line (one JSON sample per line)", path.display());
+            bail!(
+                "{}: line {n}: empty line (one JSON sample per line)",
+                path.display()
+            );
         }
-        let s = parse_sample(&line, &model.config).map_err(|e| e.at_line(n)).with_context(|| path.display().to_string())?;
-        batch.push(&model.config, &s).map_err(|e| e.at_line(n)).with_context(|| path.display().to_string())?;
+        let s = parse_sample(&line, &model.config)
+            .map_err(|e| e.at_line(n))
+            .with_context(|| path.display().to_string())?;
+        batch
+            .push(&model.config, &s)
+            .map_err(|e| e.at_line(n))
+            .with_context(|| path.display().to_string())?;
         samples.push(s);
         if samples.len() == batch_size {
             f(&batch, &samples)?;
@@ -239,11 +301,17 @@ fn for_each_batch(
 
 fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result<()> {
     if dirs.len() != 2 {
-        bail!("compare takes exactly two --model directories, got {}", dirs.len());
+        bail!(
+            "compare takes exactly two --model directories, got {}",
+            dirs.len()
+        );
     }
     let a = Model::load(&dirs[0])?;
     let b = Model::load(&dirs[1])?;
-    let (ca, cb) = (a.config.clone().with_format(RowFormat::F32), b.config.clone().with_format(RowFormat::F32));
+    let (ca, cb) = (
+        a.config.clone().with_format(RowFormat::F32),
+        b.config.clone().with_format(RowFormat::F32),
+    );
     if ca != cb {
         bail!("the two models have different architectures (only row formats may differ)");
     }
@@ -254,12 +322,18 @@ fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result
         sa.extend_from_slice(a.forward(batch, &mut wa, &exec)?);
         sb.extend_from_slice(b.forward(batch, &mut wb, &exec)?);
         labels = labels.take().and_then(|mut l: Vec<f32>| {
-            samples.iter().try_for_each(|s| s.label.map(|x| l.push(x)))?;
+            samples
+                .iter()
+                .try_for_each(|s| s.label.map(|x| l.push(x)))?;
             Some(l)
         });
         Ok(())
     })?;
-    let diffs: Vec<f64> = sa.iter().zip(&sb).map(|(x, y)| (x - y).abs() as f64).collect();
+    let diffs: Vec<f64> = sa
+        .iter()
+        .zip(&sb)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .collect();
     let max = diffs.iter().cloned().fold(0.0, f64::max);
     let mean = diffs.iter().sum::<f64>() / diffs.len().max(1) as f64;
     let aucs = labels.as_ref().map(|l| (auc(&sa, l), auc(&sb, l)));
@@ -270,7 +344,10 @@ fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result
         });
         println!("{v}");
     } else {
-        println!("samples {}  max |a-b| {max:.3e}  mean |a-b| {mean:.3e}", sa.len());
+        println!(
+            "samples {}  max |a-b| {max:.3e}  mean |a-b| {mean:.3e}",
+            sa.len()
+        );
         match aucs {
             Some((Some(x), Some(y))) => println!("AUC a {x:.6}  b {y:.6}  (b - a {:+.6})", y - x),
             Some(_) => println!("AUC undefined: the labels hold one class only"),
@@ -299,8 +376,13 @@ fn verify(dir: &Path, require_manifest: bool) -> Result<()> {
     }
     model.verify_tables()?;
     let bytes: usize = model.weights.tables.iter().map(|t| t.size_bytes()).sum();
-    println!("{}: ok ({} tables, {:.2} GB verified in {:.2} s)", dir.display(), model.config.n_tables(),
-             bytes as f64 / 1e9, t0.elapsed().as_secs_f64());
+    println!(
+        "{}: ok ({} tables, {:.2} GB verified in {:.2} s)",
+        dir.display(),
+        model.config.n_tables(),
+        bytes as f64 / 1e9,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -308,12 +390,20 @@ fn manifest(dir: &Path) -> Result<()> {
     let model = Model::load_with(dir, TableMode::Mmap)?;
     model.verify_tables()?;
     // the new file is written beside the old and renamed over it; the mapping keeps the old
-    model.save(dir).with_context(|| format!("writing {}", dir.display()))?;
+    model
+        .save(dir)
+        .with_context(|| format!("writing {}", dir.display()))?;
     println!("{}: manifest written", dir.display());
     Ok(())
 }
 
-fn predict(dir: &Path, input: &Path, batch_size: usize, threads: usize, mode: TableMode) -> Result<()> {
+fn predict(
+    dir: &Path,
+    input: &Path,
+    batch_size: usize,
+    threads: usize,
+    mode: TableMode,
+) -> Result<()> {
     let model = Model::load_with(dir, mode)?;
     let exec = Executor::new(threads)?;
     let stdout = std::io::stdout();

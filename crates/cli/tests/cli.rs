@@ -4,11 +4,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn dlrs(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dlrs")).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_dlrs"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/parity").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/parity")
+        .join(name)
 }
 
 fn stdout(o: &Output) -> String {
@@ -22,26 +28,51 @@ fn check_predict(dir: &Path, extra: &[&str], env: Option<(&str, &str)>) {
     let model = dir.to_str().unwrap();
     let input = dir.join("inputs.jsonl");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dlrs"));
-    cmd.args(["predict", "--model", model, "--input", input.to_str().unwrap()]).args(extra);
+    cmd.args([
+        "predict",
+        "--model",
+        model,
+        "--input",
+        input.to_str().unwrap(),
+    ])
+    .args(extra);
     if let Some((k, v)) = env {
         cmd.env(k, v);
     }
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let want: Vec<f32> = std::fs::read_to_string(dir.join("expected.txt")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let want: Vec<f32> = std::fs::read_to_string(dir.join("expected.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
     let got: Vec<f32> = stdout(&o).lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!((g - w).abs() <= 1e-5, "{} line {}: {g} vs {w}", dir.display(), i + 1);
+        assert!(
+            (g - w).abs() <= 1e-5,
+            "{} line {}: {g} vs {w}",
+            dir.display(),
+            i + 1
+        );
     }
 }
 
 #[test]
 fn predict_matches_reference_on_every_path() {
-    for name in ["criteo-kaggle-cap1000", "dot-itself-odd", "cat-odd", "rmc1-cap500"] {
+    for name in [
+        "criteo-kaggle-cap1000",
+        "dot-itself-odd",
+        "cat-odd",
+        "rmc1-cap500",
+    ] {
         check_predict(&fixture(name), &[], None);
         check_predict(&fixture(name), &["--threads", "2", "--batch", "5"], None);
-        check_predict(&fixture(name), &["--batch", "1"], Some(("DLRS_FORCE_SCALAR", "1")));
+        check_predict(
+            &fixture(name),
+            &["--batch", "1"],
+            Some(("DLRS_FORCE_SCALAR", "1")),
+        );
     }
 }
 
@@ -52,41 +83,98 @@ fn predict_bad_input_names_line_and_field() {
     let good = std::fs::read_to_string(model.join("inputs.jsonl")).unwrap();
     let first = good.lines().next().unwrap();
     let cases = [
-        (r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0], [40]]}"#, "line 2: field `sparse[3][0]`: id 40 out of range for table 3 with 40 rows"),
-        (r#"{"dense": [1, 2], "sparse": [[0], [0], [0], [0]]}"#, "line 2: field `dense`: 2 values, the model takes 3"),
-        (r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0]]}"#, "line 2: field `sparse`: 3 tables, the model has 4"),
-        (r#"{"dense": [1, 2, 3e40], "sparse": [[0], [0], [0], [0]]}"#, "line 2: field `dense[2]`"),
-        (r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0], [-3]]}"#, "line 2: field `sparse[3][0]`"),
-        (r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0], [0]"#, "line 2: malformed JSON"),
+        (
+            r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0], [40]]}"#,
+            "line 2: field `sparse[3][0]`: id 40 out of range for table 3 with 40 rows",
+        ),
+        (
+            r#"{"dense": [1, 2], "sparse": [[0], [0], [0], [0]]}"#,
+            "line 2: field `dense`: 2 values, the model takes 3",
+        ),
+        (
+            r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0]]}"#,
+            "line 2: field `sparse`: 3 tables, the model has 4",
+        ),
+        (
+            r#"{"dense": [1, 2, 3e40], "sparse": [[0], [0], [0], [0]]}"#,
+            "line 2: field `dense[2]`",
+        ),
+        (
+            r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0], [-3]]}"#,
+            "line 2: field `sparse[3][0]`",
+        ),
+        (
+            r#"{"dense": [1, 2, 3], "sparse": [[0], [0], [0], [0]"#,
+            "line 2: malformed JSON",
+        ),
         ("", "line 2: empty line"),
     ];
     for (bad, want) in cases {
         let f = dir.path().join("in.jsonl");
         std::fs::write(&f, format!("{first}\n{bad}\n{first}\n")).unwrap();
-        let o = dlrs(&["predict", "--model", model.to_str().unwrap(), "--input", f.to_str().unwrap()]);
+        let o = dlrs(&[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            f.to_str().unwrap(),
+        ]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{bad}: {err}");
         assert!(err.contains(want), "{bad}: got {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
     let o = dlrs(&["predict", "--model", "/nonexistent-dlrs", "--input", "x"]);
-    assert!(stderr(&o).contains("/nonexistent-dlrs/config.json"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent-dlrs/config.json"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn init_then_predict_and_bench_json() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ck");
-    let o = dlrs(&["init", "--preset", "criteo-kaggle", "--rows-cap", "50", "--out", out.to_str().unwrap()]);
+    let o = dlrs(&[
+        "init",
+        "--preset",
+        "criteo-kaggle",
+        "--rows-cap",
+        "50",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let cfg = std::fs::read_to_string(out.join("config.json")).unwrap();
-    assert!(cfg.contains("\"arch_interaction_op\": \"dot\"") && cfg.contains("\"arch_mlp_top\": \"512-256-1\""), "{cfg}");
-    let o = dlrs(&["bench", "--model", out.to_str().unwrap(), "--batch", "4", "--seconds", "0.05", "--json"]);
+    assert!(
+        cfg.contains("\"arch_interaction_op\": \"dot\"")
+            && cfg.contains("\"arch_mlp_top\": \"512-256-1\""),
+        "{cfg}"
+    );
+    let o = dlrs(&[
+        "bench",
+        "--model",
+        out.to_str().unwrap(),
+        "--batch",
+        "4",
+        "--seconds",
+        "0.05",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert_eq!(text.lines().count(), 1, "exactly one JSON object: {text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for key in ["model", "batch", "threads", "dist", "samples_per_s", "embedding_gb_per_s", "rss_bytes"] {
+    for key in [
+        "model",
+        "batch",
+        "threads",
+        "dist",
+        "samples_per_s",
+        "embedding_gb_per_s",
+        "rss_bytes",
+    ] {
         assert!(!v[key].is_null(), "missing {key} in {text}");
     }
     for key in ["p50", "p99"] {
@@ -100,8 +188,22 @@ fn init_then_predict_and_bench_json() {
 
 #[test]
 fn bench_preset_small_and_errors() {
-    let o = dlrs(&["bench", "--model", "rmc2", "--rows-cap", "1000", "--batch", "16", "--threads", "2",
-                   "--dist", "zipf:1.05", "--seconds", "0.05", "--json"]);
+    let o = dlrs(&[
+        "bench",
+        "--model",
+        "rmc2",
+        "--rows-cap",
+        "1000",
+        "--batch",
+        "16",
+        "--threads",
+        "2",
+        "--dist",
+        "zipf:1.05",
+        "--seconds",
+        "0.05",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["model"], "rmc2");
@@ -110,7 +212,11 @@ fn bench_preset_small_and_errors() {
     assert!(v["samples_per_s"].as_f64().unwrap() > 0.0);
 
     let o = dlrs(&["bench", "--model", "rmc7"]);
-    assert!(stderr(&o).contains("unknown preset `rmc7`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown preset `rmc7`"),
+        "{}",
+        stderr(&o)
+    );
     let o = dlrs(&["bench", "--model", "rmc1", "--dist", "zipf:-1"]);
     assert!(stderr(&o).contains("zipf:S"), "{}", stderr(&o));
 }
@@ -120,11 +226,30 @@ fn quantize_compare_and_bench_dtypes() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("criteo-kaggle-cap1000");
     let out = dir.path().join("int8");
-    let o = dlrs(&["quantize", "--model", src.to_str().unwrap(), "--dtype", "int8", "--out", out.to_str().unwrap()]);
+    let o = dlrs(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--dtype",
+        "int8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report = stdout(&o);
-    assert_eq!(report.lines().count(), 27, "a header and one line per table: {report}");
-    assert!(report.lines().nth(1).unwrap().starts_with("0\t1000\tint8\t"), "{report}");
+    assert_eq!(
+        report.lines().count(),
+        27,
+        "a header and one line per table: {report}"
+    );
+    assert!(
+        report
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("0\t1000\tint8\t"),
+        "{report}"
+    );
     // labelled samples: the fixture's inputs with alternating labels
     let inputs = std::fs::read_to_string(src.join("inputs.jsonl")).unwrap();
     let labelled: String = inputs
@@ -134,30 +259,83 @@ fn quantize_compare_and_bench_dtypes() {
         .collect();
     let f = dir.path().join("labelled.jsonl");
     std::fs::write(&f, labelled).unwrap();
-    let o = dlrs(&["compare", "--model", src.to_str().unwrap(), "--model", out.to_str().unwrap(),
-                   "--input", f.to_str().unwrap(), "--json"]);
+    let o = dlrs(&[
+        "compare",
+        "--model",
+        src.to_str().unwrap(),
+        "--model",
+        out.to_str().unwrap(),
+        "--input",
+        f.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let max = v["max_abs_diff"].as_f64().unwrap();
     assert!(max > 0.0 && max < 1e-2, "int8 drift {max}");
     assert_eq!(v["samples"], 64);
-    assert!(v["auc_a"].as_f64().is_some() && v["auc_b"].as_f64().is_some(), "{v}");
+    assert!(
+        v["auc_a"].as_f64().is_some() && v["auc_b"].as_f64().is_some(),
+        "{v}"
+    );
     // the quantized model predicts
-    let o = dlrs(&["predict", "--model", out.to_str().unwrap(), "--input", src.join("inputs.jsonl").to_str().unwrap()]);
-    assert!(o.status.success() && stdout(&o).lines().count() == 64, "{}", stderr(&o));
+    let o = dlrs(&[
+        "predict",
+        "--model",
+        out.to_str().unwrap(),
+        "--input",
+        src.join("inputs.jsonl").to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success() && stdout(&o).lines().count() == 64,
+        "{}",
+        stderr(&o)
+    );
     // partial quantization keeps the other tables fp32
     let part = dir.path().join("part");
-    let o = dlrs(&["quantize", "--model", src.to_str().unwrap(), "--dtype", "int4", "--tables", "2,11",
-                   "--out", part.to_str().unwrap()]);
+    let o = dlrs(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--dtype",
+        "int4",
+        "--tables",
+        "2,11",
+        "--out",
+        part.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let cfg = std::fs::read_to_string(part.join("config.json")).unwrap();
-    assert!(cfg.contains("\"int4\"") && cfg.contains("\"fp32\""), "{cfg}");
-    let o = dlrs(&["quantize", "--model", src.to_str().unwrap(), "--dtype", "int3", "--out", "x"]);
+    assert!(
+        cfg.contains("\"int4\"") && cfg.contains("\"fp32\""),
+        "{cfg}"
+    );
+    let o = dlrs(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--dtype",
+        "int3",
+        "--out",
+        "x",
+    ]);
     assert!(stderr(&o).contains("not a row format"), "{}", stderr(&o));
 
     for dtype in ["fp16", "int8", "int4"] {
-        let o = dlrs(&["bench", "--model", "rmc1", "--rows-cap", "2000", "--batch", "8", "--dtype", dtype,
-                       "--seconds", "0.05", "--json"]);
+        let o = dlrs(&[
+            "bench",
+            "--model",
+            "rmc1",
+            "--rows-cap",
+            "2000",
+            "--batch",
+            "8",
+            "--dtype",
+            dtype,
+            "--seconds",
+            "0.05",
+            "--json",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
         assert_eq!(v["dtype"], dtype);
@@ -186,11 +364,18 @@ fn verify_manifest_and_corruption() {
     assert_eq!(stdout(&o).trim(), want);
     let o = dlrs(&["verify", "--model", ms, "--require-manifest"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stderr(&o).trim(), format!("error: {want} (--require-manifest)"));
+    assert_eq!(
+        stderr(&o).trim(),
+        format!("error: {want} (--require-manifest)")
+    );
     let o = dlrs(&["manifest", "--model", ms]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = dlrs(&["verify", "--model", ms]);
-    assert!(o.status.success() && stdout(&o).contains(": ok"), "{}", stderr(&o));
+    assert!(
+        o.status.success() && stdout(&o).contains(": ok"),
+        "{}",
+        stderr(&o)
+    );
     // the model still predicts what the reference did
     check_predict_dir(&m, &src);
 
@@ -204,22 +389,48 @@ fn verify_manifest_and_corruption() {
     std::fs::write(&path, &bytes).unwrap();
     let o = dlrs(&["verify", "--model", ms]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("`emb_l.3.weight`") && stderr(&o).contains("checksum"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`emb_l.3.weight`") && stderr(&o).contains("checksum"),
+        "{}",
+        stderr(&o)
+    );
     let input = src.join("inputs.jsonl");
     for mode in ["mmap", "ram"] {
-        let o = dlrs(&["predict", "--model", ms, "--input", input.to_str().unwrap(), "--tables", mode]);
+        let o = dlrs(&[
+            "predict",
+            "--model",
+            ms,
+            "--input",
+            input.to_str().unwrap(),
+            "--tables",
+            mode,
+        ]);
         assert_eq!(o.status.code(), Some(1), "{mode}");
         let err = stderr(&o);
-        assert!(err.contains("`emb_l.3.weight`") && !err.contains("panicked"), "{mode}: {err}");
+        assert!(
+            err.contains("`emb_l.3.weight`") && !err.contains("panicked"),
+            "{mode}: {err}"
+        );
     }
 }
 
 fn check_predict_dir(model: &Path, fixture_dir: &Path) {
     let input = fixture_dir.join("inputs.jsonl");
-    let o = dlrs(&["predict", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--tables", "ram"]);
+    let o = dlrs(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--tables",
+        "ram",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let want: Vec<f32> =
-        std::fs::read_to_string(fixture_dir.join("expected.txt")).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let want: Vec<f32> = std::fs::read_to_string(fixture_dir.join("expected.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
     let got: Vec<f32> = stdout(&o).lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(got.len(), want.len());
     assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-5));
@@ -230,7 +441,15 @@ fn serve_answers_then_drains_on_sigterm() {
     use std::io::{BufRead, BufReader};
     let model = fixture("criteo-kaggle-cap1000");
     let mut child = Command::new(env!("CARGO_BIN_EXE_dlrs"))
-        .args(["serve", "--model", model.to_str().unwrap(), "--name", "ck", "--addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--name",
+            "ck",
+            "--addr",
+            "127.0.0.1:0",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -240,19 +459,34 @@ fn serve_answers_then_drains_on_sigterm() {
     let mut line = String::new();
     let url = loop {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "server exited before listening");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "server exited before listening"
+        );
         if let Some(i) = line.find("http://") {
             break line[i..].trim().to_string();
         }
     };
-    let sample = std::fs::read_to_string(model.join("inputs.jsonl")).unwrap().lines().next().unwrap().to_string();
-    let want: f32 = std::fs::read_to_string(model.join("expected.txt")).unwrap().lines().next().unwrap().parse().unwrap();
+    let sample = std::fs::read_to_string(model.join("inputs.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let want: f32 = std::fs::read_to_string(model.join("expected.txt"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let body = format!("{{\"samples\": [{sample}]}}");
     let mut resp = ureq::post(&format!("{url}/v1/models/ck/predict"))
         .header("content-type", "application/json")
         .send(body.as_bytes())
         .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
     let got = v["scores"][0].as_f64().unwrap() as f32;
     assert!((got - want).abs() <= 1e-5, "{got} vs {want}");
     // SIGTERM: the server drains and exits 0
@@ -263,7 +497,10 @@ fn serve_answers_then_drains_on_sigterm() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed().as_secs() < 30, "server did not exit after SIGTERM");
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "server did not exit after SIGTERM"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
@@ -274,6 +511,8 @@ fn serve_answers_then_drains_on_sigterm() {
 fn dlrs_measured(args: &[&str]) -> (Output, std::time::Duration, u64) {
     use std::os::unix::process::ExitStatusExt;
     let t0 = std::time::Instant::now();
+    // waited for below with wait4, which also gives its rusage
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_dlrs"))
         .args(args)
         .stdin(Stdio::null())
@@ -298,7 +537,11 @@ fn dlrs_measured(args: &[&str]) -> (Output, std::time::Duration, u64) {
     };
     let stdout = read(Box::new(child.stdout.unwrap()));
     let stderr = read(Box::new(child.stderr.unwrap()));
-    let out = Output { status: std::process::ExitStatus::from_raw(status), stdout, stderr };
+    let out = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout,
+        stderr,
+    };
     (out, took, ru.ru_maxrss as u64 * 1024)
 }
 
@@ -316,22 +559,45 @@ fn devices_fifos_and_huge_files_as_model_files_fail_fast_in_bounded_memory() {
     let src = fixture("cat-odd");
     let input = src.join("inputs.jsonl");
     let dir = tempfile::tempdir().unwrap();
-    let kinds: [(&str, &dyn Fn(&Path), &str); 5] = [
-        ("/dev/zero", &|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap(), "not a regular file (a character device)"),
-        ("/dev/urandom", &|p| std::os::unix::fs::symlink("/dev/urandom", p).unwrap(), "not a regular file (a character device)"),
-        ("/dev/null", &|p| std::os::unix::fs::symlink("/dev/null", p).unwrap(), "not a regular file (a character device)"),
+    type Breaker<'a> = (&'a str, &'a dyn Fn(&Path), &'a str);
+    let kinds: [Breaker; 5] = [
+        (
+            "/dev/zero",
+            &|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap(),
+            "not a regular file (a character device)",
+        ),
+        (
+            "/dev/urandom",
+            &|p| std::os::unix::fs::symlink("/dev/urandom", p).unwrap(),
+            "not a regular file (a character device)",
+        ),
+        (
+            "/dev/null",
+            &|p| std::os::unix::fs::symlink("/dev/null", p).unwrap(),
+            "not a regular file (a character device)",
+        ),
         ("a FIFO", &|p| mkfifo(p), "not a regular file (a FIFO)"),
-        ("a directory", &|p| std::fs::create_dir(p).unwrap(), "not a regular file (a directory)"),
+        (
+            "a directory",
+            &|p| std::fs::create_dir(p).unwrap(),
+            "not a regular file (a directory)",
+        ),
     ];
     let mut n = 0;
     for file in ["config.json", "model.safetensors"] {
-        let sparse: &dyn Fn(&Path) = &|p| std::fs::File::create(p).unwrap().set_len(4 << 30).unwrap();
+        let sparse: &dyn Fn(&Path) =
+            &|p| std::fs::File::create(p).unwrap().set_len(4 << 30).unwrap();
         let sparse_err = if file == "config.json" {
             "4294967296 bytes: larger than the 1 MiB a config.json may have"
         } else {
             "not a valid safetensors file"
         };
-        for (what, make, want) in kinds.iter().copied().chain([("a 4 GiB sparse file", sparse, sparse_err)]) {
+        for (what, make, want) in
+            kinds
+                .iter()
+                .copied()
+                .chain([("a 4 GiB sparse file", sparse, sparse_err)])
+        {
             n += 1;
             let m = dir.path().join(format!("m{n}"));
             std::fs::create_dir(&m).unwrap();
@@ -350,10 +616,16 @@ fn devices_fifos_and_huge_files_as_model_files_fail_fast_in_bounded_memory() {
                 let err = stderr(&o);
                 let ctx = format!("{what} as {file}, dlrs {}: {err}", cmd[0]);
                 assert_eq!(o.status.code(), Some(1), "{ctx}");
-                assert!(err.contains(want) && err.contains(&format!("{ms}/{file}")), "{ctx}");
+                assert!(
+                    err.contains(want) && err.contains(&format!("{ms}/{file}")),
+                    "{ctx}"
+                );
                 assert_eq!(err.lines().count(), 1, "{ctx}");
                 assert!(!err.contains("os error"), "{ctx}");
-                assert!(took < std::time::Duration::from_secs(1), "{ctx}: took {took:?}");
+                assert!(
+                    took < std::time::Duration::from_secs(1),
+                    "{ctx}: took {took:?}"
+                );
                 assert!(rss < 100 << 20, "{ctx}: peak RSS {} MB", rss >> 20);
             }
         }

@@ -7,11 +7,27 @@ use std::time::Instant;
 use dlrs_kernels::interaction::{DotShape, dot_interaction, dot_interaction_backward, pair_count};
 
 fn main() {
-    let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().expect("a number")).collect();
-    let (f, d, m) = (a.first().copied().unwrap_or(27), a.get(1).copied().unwrap_or(16), a.get(2).copied().unwrap_or(1024));
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().expect("a number"))
+        .collect();
+    let (f, d, m) = (
+        a.first().copied().unwrap_or(27),
+        a.get(1).copied().unwrap_or(16),
+        a.get(2).copied().unwrap_or(1024),
+    );
     let pairs = pair_count(f, false);
-    let shape = DotShape { batch: m, features: f, dim: d, itself: false, t_stride: f * d, out_stride: pairs + d };
-    let t: Vec<f32> = (0..m * f * d).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+    let shape = DotShape {
+        batch: m,
+        features: f,
+        dim: d,
+        itself: false,
+        t_stride: f * d,
+        out_stride: pairs + d,
+    };
+    let t: Vec<f32> = (0..m * f * d)
+        .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+        .collect();
     let mut out = vec![0f32; m * shape.out_stride];
     let mut dt = vec![0f32; m * f * d];
     let reps = 200;

@@ -27,8 +27,19 @@ fn gflops(m: usize, k: usize, n: usize, nt: bool) -> f64 {
 }
 
 fn main() {
-    for (m, k, n) in [(1, 2560, 512), (8, 2560, 512), (64, 512, 256), (64, 256, 64), (128, 512, 256), (128, 256, 128), (1024, 512, 256)] {
+    for (m, k, n) in [
+        (1, 2560, 512),
+        (8, 2560, 512),
+        (64, 512, 256),
+        (64, 256, 64),
+        (128, 512, 256),
+        (128, 256, 128),
+        (1024, 512, 256),
+    ] {
         let (a, b) = (gflops(m, k, n, false), gflops(m, k, n, true));
-        println!("m {m} k {k} n {n}: gemm {a:.0} GFLOP/s, no packing {b:.0} GFLOP/s ({:.2}x)", b / a);
+        println!(
+            "m {m} k {k} n {n}: gemm {a:.0} GFLOP/s, no packing {b:.0} GFLOP/s ({:.2}x)",
+            b / a
+        );
     }
 }

@@ -65,14 +65,20 @@ fn xorshift(s: &mut u64) -> u64 {
 
 fn arg(name: &str, default: f64) -> f64 {
     let a: Vec<String> = std::env::args().collect();
-    a.iter().position(|x| x == name).map_or(default, |i| a[i + 1].parse().expect(name))
+    a.iter()
+        .position(|x| x == name)
+        .map_or(default, |i| a[i + 1].parse().expect(name))
 }
 
 fn main() {
     let dim = arg("--dim", 32.0) as usize;
     let seconds = arg("--seconds", 2.0);
     let bytes = (arg("--gib", 1.0) * (1u64 << 30) as f64) as usize;
-    println!("isa {}, D = {dim}, {BAGS} bags x {IDS_PER_BAG} ids, table {} MiB, 1 thread", isa().name(), bytes >> 20);
+    println!(
+        "isa {}, D = {dim}, {BAGS} bags x {IDS_PER_BAG} ids, table {} MiB, 1 thread",
+        isa().name(),
+        bytes >> 20
+    );
     let mut paths: Vec<(&str, Option<Isa>)> = vec![("bag_sum_rows", Some(isa()))];
     if isa() != Isa::Scalar {
         paths.push(("bag_sum_rows_ref", Some(Isa::Scalar)));
@@ -99,8 +105,9 @@ fn main() {
         }
         // a pool of 64 batches of uniform ids (5 MB of ids), cycled
         let pool = 64;
-        let ids: Vec<u32> =
-            (0..pool * BAGS * IDS_PER_BAG).map(|_| (xorshift(&mut seed) % rows as u64) as u32).collect();
+        let ids: Vec<u32> = (0..pool * BAGS * IDS_PER_BAG)
+            .map(|_| (xorshift(&mut seed) % rows as u64) as u32)
+            .collect();
         let mut out = vec![0.0f32; BAGS * dim];
         for &(name, path) in &paths {
             if path.is_none() && (fmt != RowFormat::F32 || stride != 4 * dim) {
@@ -110,10 +117,14 @@ fn main() {
                 let ids = &ids[(k % pool) * BAGS * IDS_PER_BAG..][..BAGS * IDS_PER_BAG];
                 let offsets: Vec<u32> = (0..=BAGS).map(|b| (b * IDS_PER_BAG) as u32).collect();
                 match path {
-                    Some(p) => bag_sum_rows_with(p, fmt, table, stride, dim, &offsets, ids, out, dim),
+                    Some(p) => {
+                        bag_sum_rows_with(p, fmt, table, stride, dim, &offsets, ids, out, dim)
+                    }
                     None => {
                         // SAFETY: the table starts 2 MiB aligned and holds rows * dim f32.
-                        let t = unsafe { std::slice::from_raw_parts(table.as_ptr() as *const f32, rows * dim) };
+                        let t = unsafe {
+                            std::slice::from_raw_parts(table.as_ptr() as *const f32, rows * dim)
+                        };
                         bag_sum_f32(t, dim, &offsets, ids, out, dim)
                     }
                 }

@@ -24,7 +24,14 @@ use crate::cpu::{Isa, isa};
 
 /// Sum-pooled embedding bags: the run-time dispatched entry point (AVX2/FMA with
 /// software prefetch where the CPU has it, [`bag_sum_f32_ref`] otherwise).
-pub fn bag_sum_f32(table: &[f32], dim: usize, offsets: &[u32], ids: &[u32], out: &mut [f32], out_stride: usize) {
+pub fn bag_sum_f32(
+    table: &[f32],
+    dim: usize,
+    offsets: &[u32],
+    ids: &[u32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
     bag_sum_f32_with(isa(), table, dim, offsets, ids, out, out_stride)
 }
 
@@ -57,9 +64,20 @@ pub fn bag_sum_f32_with(
     }
 }
 
-fn check_args(table: &[f32], dim: usize, offsets: &[u32], ids: &[u32], out: &[f32], out_stride: usize) {
+fn check_args(
+    table: &[f32],
+    dim: usize,
+    offsets: &[u32],
+    ids: &[u32],
+    out: &[f32],
+    out_stride: usize,
+) {
     assert!(dim > 0, "embedding dim must be positive");
-    assert!(table.len() % dim == 0, "table length {} is not a multiple of D = {dim}", table.len());
+    assert!(
+        table.len().is_multiple_of(dim),
+        "table length {} is not a multiple of D = {dim}",
+        table.len()
+    );
     check_bags(dim, offsets, ids, out, out_stride);
 }
 
@@ -68,16 +86,32 @@ fn check_args(table: &[f32], dim: usize, offsets: &[u32], ids: &[u32], out: &[f3
 pub(crate) fn check_bags(dim: usize, offsets: &[u32], ids: &[u32], out: &[f32], out_stride: usize) {
     assert!(!offsets.is_empty(), "offsets need B + 1 entries");
     let bags = offsets.len() - 1;
-    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "offsets must be non-decreasing");
-    assert!(offsets[bags] as usize <= ids.len(), "offsets run past the ids");
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]),
+        "offsets must be non-decreasing"
+    );
+    assert!(
+        offsets[bags] as usize <= ids.len(),
+        "offsets run past the ids"
+    );
     if bags > 0 {
         assert!(out_stride >= dim, "output stride {out_stride} < D = {dim}");
-        assert!(out.len() >= (bags - 1) * out_stride + dim, "output too short for {bags} bags");
+        assert!(
+            out.len() >= (bags - 1) * out_stride + dim,
+            "output too short for {bags} bags"
+        );
     }
 }
 
 /// The scalar reference: the oracle for every fast path, and the fallback.
-pub fn bag_sum_f32_ref(table: &[f32], dim: usize, offsets: &[u32], ids: &[u32], out: &mut [f32], out_stride: usize) {
+pub fn bag_sum_f32_ref(
+    table: &[f32],
+    dim: usize,
+    offsets: &[u32],
+    ids: &[u32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
     check_args(table, dim, offsets, ids, out, out_stride);
     let rows = table.len() / dim;
     for (b, w) in offsets.windows(2).enumerate() {
@@ -116,23 +150,119 @@ mod x86 {
     ) {
         let start = offsets[0] as usize;
         let end = offsets[offsets.len() - 1] as usize;
-        prefetch::prologue(table.as_ptr() as *const u8, dim * 4, dim * 4, &ids[start..end], prefetch::distance());
+        prefetch::prologue(
+            table.as_ptr() as *const u8,
+            dim * 4,
+            dim * 4,
+            &ids[start..end],
+            prefetch::distance(),
+        );
         let mut c0 = 0;
         while c0 < dim {
             let width = (dim - c0).min(BLOCK_VECS * 8);
             let do_prefetch = c0 == 0;
-            // SAFETY (all arms): forwarded from this function's contract; `c0 + width <= dim`.
+            // SAFETY: (all arms) forwarded from this function's contract; `c0 + width <= dim`.
             unsafe {
                 match width / 8 {
-                    0 => block::<0>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
-                    1 => block::<1>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
-                    2 => block::<2>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
-                    3 => block::<3>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
-                    4 => block::<4>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
-                    5 => block::<5>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
-                    6 => block::<6>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
-                    7 => block::<7>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
-                    _ => block::<8>(table, dim, c0, width, do_prefetch, offsets, ids, out, out_stride),
+                    0 => block::<0>(
+                        table,
+                        dim,
+                        c0,
+                        width,
+                        do_prefetch,
+                        offsets,
+                        ids,
+                        out,
+                        out_stride,
+                    ),
+                    1 => block::<1>(
+                        table,
+                        dim,
+                        c0,
+                        width,
+                        do_prefetch,
+                        offsets,
+                        ids,
+                        out,
+                        out_stride,
+                    ),
+                    2 => block::<2>(
+                        table,
+                        dim,
+                        c0,
+                        width,
+                        do_prefetch,
+                        offsets,
+                        ids,
+                        out,
+                        out_stride,
+                    ),
+                    3 => block::<3>(
+                        table,
+                        dim,
+                        c0,
+                        width,
+                        do_prefetch,
+                        offsets,
+                        ids,
+                        out,
+                        out_stride,
+                    ),
+                    4 => block::<4>(
+                        table,
+                        dim,
+                        c0,
+                        width,
+                        do_prefetch,
+                        offsets,
+                        ids,
+                        out,
+                        out_stride,
+                    ),
+                    5 => block::<5>(
+                        table,
+                        dim,
+                        c0,
+                        width,
+                        do_prefetch,
+                        offsets,
+                        ids,
+                        out,
+                        out_stride,
+                    ),
+                    6 => block::<6>(
+                        table,
+                        dim,
+                        c0,
+                        width,
+                        do_prefetch,
+                        offsets,
+                        ids,
+                        out,
+                        out_stride,
+                    ),
+                    7 => block::<7>(
+                        table,
+                        dim,
+                        c0,
+                        width,
+                        do_prefetch,
+                        offsets,
+                        ids,
+                        out,
+                        out_stride,
+                    ),
+                    _ => block::<8>(
+                        table,
+                        dim,
+                        c0,
+                        width,
+                        do_prefetch,
+                        offsets,
+                        ids,
+                        out,
+                        out_stride,
+                    ),
                 }
             }
             c0 += width;
@@ -171,7 +301,11 @@ mod x86 {
         let end_all = offsets[offsets.len() - 1] as usize;
         let pf = prefetch::distance();
         // ids[i + pf] exists for i < pf_end
-        let pf_end = if do_prefetch { end_all.saturating_sub(pf) } else { 0 };
+        let pf_end = if do_prefetch {
+            end_all.saturating_sub(pf)
+        } else {
+            0
+        };
         for (b, w) in offsets.windows(2).enumerate() {
             let mut acc = [_mm256_setzero_ps(); NV];
             let mut acc_t = _mm256_setzero_ps();

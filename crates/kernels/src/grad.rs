@@ -49,7 +49,14 @@ unsafe fn relu_backward_avx512(dz: &mut [f32], da: &[f32], a: &[f32]) {
 ///
 /// # Panics
 /// If a slice is shorter than `m * n`.
-pub fn relu_backward_sums(dz: &mut [f32], da: &[f32], a: &[f32], m: usize, sums: &mut [f32], accumulate: bool) {
+pub fn relu_backward_sums(
+    dz: &mut [f32],
+    da: &[f32],
+    a: &[f32],
+    m: usize,
+    sums: &mut [f32],
+    accumulate: bool,
+) {
     let n = sums.len();
     let len = m * n;
     let (dz, da, a) = (&mut dz[..len], &da[..len], &a[..len]);
@@ -72,7 +79,12 @@ fn relu_backward_sums_body(dz: &mut [f32], da: &[f32], a: &[f32], m: usize, sums
     let n = sums.len();
     for r in 0..m {
         let at = r * n;
-        for (((s, o), &g), &x) in sums.iter_mut().zip(&mut dz[at..at + n]).zip(&da[at..at + n]).zip(&a[at..at + n]) {
+        for (((s, o), &g), &x) in sums
+            .iter_mut()
+            .zip(&mut dz[at..at + n])
+            .zip(&da[at..at + n])
+            .zip(&a[at..at + n])
+        {
             *o = if x > 0.0 { g } else { 0.0 };
             *s += *o;
         }
@@ -83,7 +95,13 @@ fn relu_backward_sums_body(dz: &mut [f32], da: &[f32], a: &[f32], m: usize, sums
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn relu_backward_sums_avx512(dz: &mut [f32], da: &[f32], a: &[f32], m: usize, sums: &mut [f32]) {
+unsafe fn relu_backward_sums_avx512(
+    dz: &mut [f32],
+    da: &[f32],
+    a: &[f32],
+    m: usize,
+    sums: &mut [f32],
+) {
     relu_backward_sums_body(dz, da, a, m, sums)
 }
 
@@ -97,7 +115,10 @@ pub fn column_sums(x: &[f32], ld: usize, m: usize, sums: &mut [f32], accumulate:
     let n = sums.len();
     assert!(ld >= n, "row stride {ld} below width {n}");
     if m > 0 {
-        assert!(x.len() >= (m - 1) * ld + n, "x too short for {m} rows of {ld}");
+        assert!(
+            x.len() >= (m - 1) * ld + n,
+            "x too short for {m} rows of {ld}"
+        );
     }
     if !accumulate {
         sums.fill(0.0);
@@ -133,7 +154,9 @@ fn column_sums_body(x: &[f32], ld: usize, m: usize, sums: &mut [f32]) {
         let acc: &mut [f32; W] = (&mut sums[j0..j0 + W]).try_into().expect("64 columns");
         let mut a = *acc;
         for r in 0..m {
-            let row: &[f32; W] = x[r * ld + j0..r * ld + j0 + W].try_into().expect("64 columns");
+            let row: &[f32; W] = x[r * ld + j0..r * ld + j0 + W]
+                .try_into()
+                .expect("64 columns");
             for l in 0..W {
                 a[l] += row[l];
             }

@@ -16,7 +16,11 @@
 
 /// Number of interaction outputs for `f` features.
 pub fn pair_count(f: usize, itself: bool) -> usize {
-    if itself { f * (f + 1) / 2 } else { f * f.saturating_sub(1) / 2 }
+    if itself {
+        f * (f + 1) / 2
+    } else {
+        f * f.saturating_sub(1) / 2
+    }
 }
 
 /// Shapes of one interaction call.
@@ -36,10 +40,19 @@ impl DotShape {
     fn check(&self, t: &[f32], out: &[f32]) {
         let s = self;
         let pairs = pair_count(s.features, s.itself);
-        assert!(s.t_stride >= s.features * s.dim && s.out_stride >= pairs, "strides too small: {s:?}");
+        assert!(
+            s.t_stride >= s.features * s.dim && s.out_stride >= pairs,
+            "strides too small: {s:?}"
+        );
         if s.batch > 0 {
-            assert!(t.len() >= (s.batch - 1) * s.t_stride + s.features * s.dim, "t too short for {s:?}");
-            assert!(out.len() >= (s.batch - 1) * s.out_stride + pairs, "out too short for {s:?}");
+            assert!(
+                t.len() >= (s.batch - 1) * s.t_stride + s.features * s.dim,
+                "t too short for {s:?}"
+            );
+            assert!(
+                out.len() >= (s.batch - 1) * s.out_stride + pairs,
+                "out too short for {s:?}"
+            );
         }
     }
 }
@@ -75,7 +88,14 @@ unsafe fn dot_interaction_avx2(t: &[f32], out: &mut [f32], shape: DotShape) {
 
 #[inline(always)]
 fn dot_interaction_body<const FMA: bool>(t: &[f32], out: &mut [f32], shape: DotShape) {
-    let DotShape { batch, features: f, dim, itself, t_stride, out_stride } = shape;
+    let DotShape {
+        batch,
+        features: f,
+        dim,
+        itself,
+        t_stride,
+        out_stride,
+    } = shape;
     let madd = |x: f32, y: f32, acc: f32| if FMA { x.mul_add(y, acc) } else { x * y + acc };
     let extra = usize::from(itself);
     let fp = f.div_ceil(8) * 8;
@@ -95,7 +115,9 @@ fn dot_interaction_body<const FMA: bool>(t: &[f32], out: &mut [f32], shape: DotS
             for j0 in (0..n).step_by(8) {
                 let mut acc = [0.0f32; 8];
                 for (c, &x) in ti.iter().enumerate() {
-                    let col: &[f32; 8] = tt[c * fp + j0..c * fp + j0 + 8].try_into().expect("8 lanes");
+                    let col: &[f32; 8] = tt[c * fp + j0..c * fp + j0 + 8]
+                        .try_into()
+                        .expect("8 lanes");
                     for l in 0..8 {
                         acc[l] = madd(x, col[l], acc[l]);
                     }
@@ -112,7 +134,14 @@ fn dot_interaction_body<const FMA: bool>(t: &[f32], out: &mut [f32], shape: DotS
 /// reference DLRM's index lists, exactly as written in the contract.
 pub fn dot_interaction_ref(t: &[f32], out: &mut [f32], shape: DotShape) {
     shape.check(t, out);
-    let DotShape { batch, features: f, dim, itself, t_stride, out_stride } = shape;
+    let DotShape {
+        batch,
+        features: f,
+        dim,
+        itself,
+        t_stride,
+        out_stride,
+    } = shape;
     let off = usize::from(itself);
     let li: Vec<usize> = (0..f).flat_map(|i| (0..i + off).map(move |_| i)).collect();
     let lj: Vec<usize> = (0..f).flat_map(|i| 0..i + off).collect();
@@ -121,7 +150,9 @@ pub fn dot_interaction_ref(t: &[f32], out: &mut [f32], shape: DotShape) {
         let mut z = vec![0.0f64; f * f];
         for i in 0..f {
             for j in 0..f {
-                z[i * f + j] = (0..dim).map(|c| tb[i * dim + c] as f64 * tb[j * dim + c] as f64).sum();
+                z[i * f + j] = (0..dim)
+                    .map(|c| tb[i * dim + c] as f64 * tb[j * dim + c] as f64)
+                    .sum();
             }
         }
         for (p, (&i, &j)) in li.iter().zip(&lj).enumerate() {
@@ -170,7 +201,14 @@ unsafe fn dot_backward_avx2(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShap
 /// stays in registers across `j` (8 lanes at a time), row `j`'s is updated in place.
 #[inline(always)]
 fn dot_backward_body<const FMA: bool>(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
-    let DotShape { batch, features: f, dim: d, itself, t_stride, out_stride } = shape;
+    let DotShape {
+        batch,
+        features: f,
+        dim: d,
+        itself,
+        t_stride,
+        out_stride,
+    } = shape;
     let madd = |x: f32, y: f32, acc: f32| if FMA { x.mul_add(y, acc) } else { x * y + acc };
     let d8 = d / 8 * 8;
     for b in 0..batch {
@@ -238,20 +276,35 @@ mod dot_avx512 {
             // at columns 4L+2, 4L+3
             let t: [__m512; 16] = std::array::from_fn(|k| {
                 let (a, b) = (r[k & !1], r[k | 1]);
-                if k % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+                if k % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
             });
             // u[4g + q], lane L: column 4L + q of rows 4g .. 4g + 4
             let u: [__m512; 16] = std::array::from_fn(|k| {
                 let (g, q) = (k / 4, k % 4);
-                let (a, b) = (_mm512_castps_pd(t[4 * g + q / 2]), _mm512_castps_pd(t[4 * g + 2 + q / 2]));
-                _mm512_castpd_ps(if q % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+                let (a, b) = (
+                    _mm512_castps_pd(t[4 * g + q / 2]),
+                    _mm512_castps_pd(t[4 * g + 2 + q / 2]),
+                );
+                _mm512_castpd_ps(if q % 2 == 0 {
+                    _mm512_unpacklo_pd(a, b)
+                } else {
+                    _mm512_unpackhi_pd(a, b)
+                })
             });
             // v[q] = [col q, col 8+q] of rows 0-3, then of rows 4-7; v[4+q]: cols 4+q, 12+q;
             // v[8..16]: the same for rows 8-15
             let v: [__m512; 16] = std::array::from_fn(|k| {
                 let (h, q) = (k / 4, k % 4);
                 let (a, b) = (u[(h / 2) * 8 + q], u[(h / 2) * 8 + 4 + q]);
-                if h % 2 == 0 { _mm512_shuffle_f32x4::<0x88>(a, b) } else { _mm512_shuffle_f32x4::<0xdd>(a, b) }
+                if h % 2 == 0 {
+                    _mm512_shuffle_f32x4::<0x88>(a, b)
+                } else {
+                    _mm512_shuffle_f32x4::<0xdd>(a, b)
+                }
             });
             std::array::from_fn(|c| {
                 let q = c % 4;
@@ -274,7 +327,17 @@ mod dot_avx512 {
     /// `j0 + 16 (* 2 with TWO) <= fp`, `ob` its outputs.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn rows4<const TWO: bool>(tb: *const f32, tt: *const f32, ob: *mut f32, f: usize, d: usize, fp: usize, i0: usize, j0: usize, itself: bool) {
+    unsafe fn rows4<const TWO: bool>(
+        tb: *const f32,
+        tt: *const f32,
+        ob: *mut f32,
+        f: usize,
+        d: usize,
+        fp: usize,
+        i0: usize,
+        j0: usize,
+        itself: bool,
+    ) {
         // SAFETY: by the contract; rows are clamped below f, columns below fp, stores masked
         // to each row's pairs.
         unsafe {
@@ -284,7 +347,11 @@ mod dot_avx512 {
             let (mut a, mut b) = ([z; 4], [z; 4]);
             for c in 0..d {
                 let v0 = _mm512_loadu_ps(tt.add(c * fp + j0));
-                let v1 = if TWO { _mm512_loadu_ps(tt.add(c * fp + j0 + 16)) } else { z };
+                let v1 = if TWO {
+                    _mm512_loadu_ps(tt.add(c * fp + j0 + 16))
+                } else {
+                    z
+                };
                 for r in 0..4 {
                     let x = _mm512_set1_ps(*rows[r].add(c));
                     a[r] = _mm512_fmadd_ps(x, v0, a[r]);
@@ -319,7 +386,14 @@ mod dot_avx512 {
     /// AVX-512F present; `shape.check(t, out)` passed.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn forward(t: &[f32], out: &mut [f32], shape: DotShape) {
-        let DotShape { batch, features: f, dim: d, itself, t_stride, out_stride } = shape;
+        let DotShape {
+            batch,
+            features: f,
+            dim: d,
+            itself,
+            t_stride,
+            out_stride,
+        } = shape;
         if f == 0 {
             return;
         }
@@ -328,7 +402,7 @@ mod dot_avx512 {
         let mut tt = vec![0.0f32; d * fp];
         let tt = tt.as_mut_ptr();
         for b in 0..batch {
-            // SAFETY (whole loop body): by `shape.check`, sample b's `f * d` features start at
+            // SAFETY: (whole loop body) by `shape.check`, sample b's `f * d` features start at
             // `b * t_stride` inside `t` and its `pair_count` outputs at `b * out_stride` inside
             // `out`; `tt` is `[d, fp]` with fp a multiple of 32, so both blocks of a pair
             // starting at a multiple of 32 are inside a row; tiles read rows below f only.
@@ -339,7 +413,11 @@ mod dot_avx512 {
                     for j0 in (0..f).step_by(16) {
                         for c0 in (0..d).step_by(16) {
                             let rows: [__m512; 16] = std::array::from_fn(|r| {
-                                if j0 + r < f { _mm512_loadu_ps(tb.add((j0 + r) * d + c0)) } else { _mm512_setzero_ps() }
+                                if j0 + r < f {
+                                    _mm512_loadu_ps(tb.add((j0 + r) * d + c0))
+                                } else {
+                                    _mm512_setzero_ps()
+                                }
                             });
                             for (q, col) in transpose16(rows).iter().enumerate() {
                                 _mm512_storeu_ps(tt.add((c0 + q) * fp + j0), *col);
@@ -378,10 +456,17 @@ mod dot_avx512 {
     /// AVX-512F present; `d % 16 == 0`; `shape.check(t, g)` and `shape.check(dt, g)` passed.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn backward(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
-        let DotShape { batch, features: f, dim: d, itself, t_stride, out_stride } = shape;
+        let DotShape {
+            batch,
+            features: f,
+            dim: d,
+            itself,
+            t_stride,
+            out_stride,
+        } = shape;
         let mut gs = vec![0.0f32; f * f];
         for b in 0..batch {
-            // SAFETY (whole loop body): by the checks, sample b's `f * d` features lie at
+            // SAFETY: (whole loop body) by the checks, sample b's `f * d` features lie at
             // `b * t_stride` in `t` and `dt`, its pair gradients at `b * out_stride` in `g`
             // (indices below `pair_count(f, itself)`); `c0 + 16 <= d` as d is a multiple of
             // 16; `gs` is `[f, f]` indexed below f.
@@ -406,7 +491,8 @@ mod dot_avx512 {
                     };
                 }
                 for i0 in (0..f).step_by(4) {
-                    let gr: [*const f32; 4] = std::array::from_fn(|r| gsp.add((i0 + r).min(f - 1) * f).cast_const());
+                    let gr: [*const f32; 4] =
+                        std::array::from_fn(|r| gsp.add((i0 + r).min(f - 1) * f).cast_const());
                     for c0 in (0..d).step_by(16) {
                         let mut acc = [_mm512_setzero_ps(); 4];
                         for j in 0..f {
@@ -431,9 +517,18 @@ mod dot_avx512 {
 pub fn dot_interaction_backward_ref(t: &[f32], g: &[f32], dt: &mut [f32], shape: DotShape) {
     shape.check(t, g);
     shape.check(dt, g);
-    let DotShape { batch, features: f, dim, itself, t_stride, out_stride } = shape;
+    let DotShape {
+        batch,
+        features: f,
+        dim,
+        itself,
+        t_stride,
+        out_stride,
+    } = shape;
     let off = usize::from(itself);
-    let pairs: Vec<(usize, usize)> = (0..f).flat_map(|i| (0..i + off).map(move |j| (i, j))).collect();
+    let pairs: Vec<(usize, usize)> = (0..f)
+        .flat_map(|i| (0..i + off).map(move |j| (i, j)))
+        .collect();
     for b in 0..batch {
         let tb = &t[b * t_stride..];
         let mut dz = vec![0.0f64; f * f];
@@ -442,7 +537,9 @@ pub fn dot_interaction_backward_ref(t: &[f32], g: &[f32], dt: &mut [f32], shape:
         }
         for i in 0..f {
             for c in 0..dim {
-                let s: f64 = (0..f).map(|j| (dz[i * f + j] + dz[j * f + i]) * tb[j * dim + c] as f64).sum();
+                let s: f64 = (0..f)
+                    .map(|j| (dz[i * f + j] + dz[j * f + i]) * tb[j * dim + c] as f64)
+                    .sum();
                 dt[b * t_stride + i * dim + c] = s as f32;
             }
         }
@@ -456,7 +553,14 @@ mod tests {
     use proptest::test_runner::TestCaseError;
 
     /// A shape with padded strides and features of small varied values.
-    fn case(batch: usize, features: usize, dim: usize, itself: bool, pad_t: usize, pad_o: usize) -> (DotShape, Vec<f32>) {
+    fn case(
+        batch: usize,
+        features: usize,
+        dim: usize,
+        itself: bool,
+        pad_t: usize,
+        pad_o: usize,
+    ) -> (DotShape, Vec<f32>) {
         let shape = DotShape {
             batch,
             features,
@@ -465,7 +569,9 @@ mod tests {
             t_stride: features * dim + pad_t,
             out_stride: pair_count(features, itself) + pad_o,
         };
-        let t = (0..batch * shape.t_stride).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+        let t = (0..batch * shape.t_stride)
+            .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+            .collect();
         (shape, t)
     }
 
@@ -476,7 +582,13 @@ mod tests {
         dot_interaction_ref(t, &mut want, shape);
         dot_interaction(t, &mut got, shape);
         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-            prop_assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "forward at {}: {} vs {}", k, g, w);
+            prop_assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "forward at {}: {} vs {}",
+                k,
+                g,
+                w
+            );
         }
         Ok(())
     }
@@ -484,7 +596,9 @@ mod tests {
     /// The fast backward against the reference on `t` and fixed pair gradients: within 1e-4,
     /// the stride padding of `dt` untouched.
     fn backward_close(shape: DotShape, t: &[f32]) -> Result<(), TestCaseError> {
-        let g: Vec<f32> = (0..shape.batch * shape.out_stride).map(|i| ((i * 7) % 13) as f32 / 6.0 - 1.0).collect();
+        let g: Vec<f32> = (0..shape.batch * shape.out_stride)
+            .map(|i| ((i * 7) % 13) as f32 / 6.0 - 1.0)
+            .collect();
         let mut want = vec![-9.0; shape.batch * shape.t_stride];
         let mut got = want.clone();
         dot_interaction_backward_ref(t, &g, &mut want, shape);
@@ -493,7 +607,13 @@ mod tests {
             if k % shape.t_stride >= shape.features * shape.dim {
                 prop_assert_eq!(*g, -9.0, "padding written at {}", k);
             } else {
-                prop_assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "backward at {}: {} vs {}", k, g, w);
+                prop_assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "backward at {}: {} vs {}",
+                    k,
+                    g,
+                    w
+                );
             }
         }
         Ok(())
@@ -529,12 +649,23 @@ mod tests {
     fn backward_of_a_known_sample() {
         // F = 2, D = 1, T = [2, 3]; pairs (1,0) [, (0,0), (1,1) with itself]
         let t = [2.0, 3.0];
-        let s = DotShape { batch: 1, features: 2, dim: 1, itself: false, t_stride: 2, out_stride: 1 };
+        let s = DotShape {
+            batch: 1,
+            features: 2,
+            dim: 1,
+            itself: false,
+            t_stride: 2,
+            out_stride: 1,
+        };
         let mut dt = [0.0; 2];
         dot_interaction_backward(&t, &[5.0], &mut dt, s);
         assert_eq!(dt, [15.0, 10.0]); // d(t0 t1)/dt0 = t1, /dt1 = t0
         // itself: pairs (0,0) (1,0) (1,1), Z = t0^2, t0 t1, t1^2
-        let s = DotShape { itself: true, out_stride: 3, ..s };
+        let s = DotShape {
+            itself: true,
+            out_stride: 3,
+            ..s
+        };
         dot_interaction_backward(&t, &[1.0, 5.0, 2.0], &mut dt, s);
         assert_eq!(dt, [2.0 * 2.0 + 15.0, 10.0 + 2.0 * 2.0 * 3.0]);
     }
@@ -544,10 +675,21 @@ mod tests {
         // F = 3, D = 1: T = [1, 2, 3] -> Z[i][j] = t_i t_j
         let t = [1.0, 2.0, 3.0];
         let mut out = [0.0; 6];
-        let s = DotShape { batch: 1, features: 3, dim: 1, itself: false, t_stride: 3, out_stride: 3 };
+        let s = DotShape {
+            batch: 1,
+            features: 3,
+            dim: 1,
+            itself: false,
+            t_stride: 3,
+            out_stride: 3,
+        };
         dot_interaction(&t, &mut out, s);
         assert_eq!(&out[..3], &[2.0, 3.0, 6.0]); // (1,0) (2,0) (2,1)
-        let s = DotShape { itself: true, out_stride: 6, ..s };
+        let s = DotShape {
+            itself: true,
+            out_stride: 6,
+            ..s
+        };
         dot_interaction(&t, &mut out, s);
         assert_eq!(out, [1.0, 2.0, 4.0, 3.0, 6.0, 9.0]); // (0,0) (1,0) (1,1) (2,0) (2,1) (2,2)
     }

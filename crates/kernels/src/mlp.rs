@@ -54,13 +54,28 @@ pub struct LinearShape {
 impl LinearShape {
     /// Dense rows: `ldx = k`, `ldy = n`.
     pub fn dense(m: usize, k: usize, n: usize) -> Self {
-        LinearShape { m, k, n, ldx: k, ldy: n }
+        LinearShape {
+            m,
+            k,
+            n,
+            ldx: k,
+            ldy: n,
+        }
     }
 
     fn check(&self, x: &[f32], w: &[f32], bias: &[f32], y: &[f32]) {
         let s = self;
-        assert!(s.ldx >= s.k && s.ldy >= s.n, "row strides smaller than widths: {s:?}");
-        assert_eq!(w.len(), s.n * s.k, "weight must be [n, k] = [{}, {}]", s.n, s.k);
+        assert!(
+            s.ldx >= s.k && s.ldy >= s.n,
+            "row strides smaller than widths: {s:?}"
+        );
+        assert_eq!(
+            w.len(),
+            s.n * s.k,
+            "weight must be [n, k] = [{}, {}]",
+            s.n,
+            s.k
+        );
         assert_eq!(bias.len(), s.n, "bias must be [n] = [{}]", s.n);
         if s.m > 0 {
             assert!(x.len() >= (s.m - 1) * s.ldx + s.k, "x too short for {s:?}");
@@ -73,10 +88,23 @@ impl LinearShape {
 ///
 /// # Panics
 /// On slices that do not fit `shape`.
-pub fn linear(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation, threads: usize) {
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    shape: LinearShape,
+    act: Activation,
+    threads: usize,
+) {
     shape.check(x, w, bias, y);
     #[cfg(target_arch = "x86_64")]
-    if let LinearShape { m: m @ 2..=128, k: k @ 512.., n, .. } = shape
+    if let LinearShape {
+        m: m @ 2..=128,
+        k: k @ 512..,
+        n,
+        ..
+    } = shape
         && (m <= 16 || n * k * 4 <= NT_WEIGHT_BYTES)
         && crate::cpu::has_avx512()
     {
@@ -94,7 +122,15 @@ pub fn linear(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearSh
 
 /// [`linear`] always through the gemm crate (for comparisons; `linear` picks per shape).
 #[doc(hidden)]
-pub fn linear_gemm_only(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation, threads: usize) {
+pub fn linear_gemm_only(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    shape: LinearShape,
+    act: Activation,
+    threads: usize,
+) {
     shape.check(x, w, bias, y);
     let LinearShape { m, k, n, ldx, ldy } = shape;
     if m == 0 || n == 0 {
@@ -105,7 +141,11 @@ pub fn linear_gemm_only(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape
             y[i * ldy..i * ldy + n].copy_from_slice(bias);
         }
     } else {
-        let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
         if k < SHORT_K && m >= 64 {
             // a short input: the gemm crate would pack `w [n, k]` with a strided gather (one
             // float at a time) in every call, which at k = 13 took longer than the product
@@ -138,8 +178,14 @@ fn bias_act(y: &mut [f32], ldy: usize, m: usize, bias: &[f32], act: Activation, 
             if add {
                 match act {
                     Activation::None => row.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
-                    Activation::Relu => row.iter_mut().zip(bias).for_each(|(v, b)| *v = (*v + b).max(0.0)),
-                    Activation::Sigmoid => row.iter_mut().zip(bias).for_each(|(v, b)| *v = sigmoid(*v + b)),
+                    Activation::Relu => row
+                        .iter_mut()
+                        .zip(bias)
+                        .for_each(|(v, b)| *v = (*v + b).max(0.0)),
+                    Activation::Sigmoid => row
+                        .iter_mut()
+                        .zip(bias)
+                        .for_each(|(v, b)| *v = sigmoid(*v + b)),
                 }
             } else {
                 act.apply(row);
@@ -150,7 +196,14 @@ fn bias_act(y: &mut [f32], ldy: usize, m: usize, bias: &[f32], act: Activation, 
     /// The CPU must have AVX-512F.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn body_avx512(y: &mut [f32], ldy: usize, m: usize, bias: &[f32], act: Activation, add: bool) {
+    unsafe fn body_avx512(
+        y: &mut [f32],
+        ldy: usize,
+        m: usize,
+        bias: &[f32],
+        act: Activation,
+        add: bool,
+    ) {
         body(y, ldy, m, bias, act, add)
     }
     #[cfg(target_arch = "x86_64")]
@@ -176,7 +229,16 @@ thread_local! {
 /// `shape.check(x, _, _, y)` passed, `ldx == shape.ldx`, and every `kk * rs + j * cs` with
 /// `kk < k`, `j < n` is inside `wt`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_xw(x: &[f32], ldx: usize, wt: &[f32], cs: usize, rs: usize, y: &mut [f32], shape: LinearShape, par: gemm::Parallelism) {
+unsafe fn gemm_xw(
+    x: &[f32],
+    ldx: usize,
+    wt: &[f32],
+    cs: usize,
+    rs: usize,
+    y: &mut [f32],
+    shape: LinearShape,
+    par: gemm::Parallelism,
+) {
     let LinearShape { m, k, n, ldy, .. } = shape;
     debug_assert!((k - 1) * rs + (n - 1) * cs < wt.len());
     // SAFETY: by the contract: x is m x k with row stride ldx, y is m x n with row stride
@@ -215,7 +277,15 @@ unsafe fn gemm_xw(x: &[f32], ldx: usize, wt: &[f32], cs: usize, rs: usize, y: &m
 ///
 /// # Panics
 /// On slices that do not fit `shape`.
-pub fn linear_nt(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation, threads: usize) {
+pub fn linear_nt(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    shape: LinearShape,
+    act: Activation,
+    threads: usize,
+) {
     shape.check(x, w, bias, y);
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx512() {
@@ -230,7 +300,14 @@ pub fn linear_nt(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: Linea
 /// # Safety
 /// AVX-512F present; `shape.check` passed for the slices.
 #[cfg(target_arch = "x86_64")]
-unsafe fn nt_layer(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation) {
+unsafe fn nt_layer(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    shape: LinearShape,
+    act: Activation,
+) {
     // SAFETY: forwarded from this function's contract.
     unsafe { nt_avx512::linear_nt(x, w, bias, y, shape) };
     bias_act(y, shape.ldy, shape.m, bias, act, false);
@@ -252,7 +329,13 @@ mod nt_avx512 {
     /// # Safety
     /// AVX-512F present; `shape.check` passed for the slices.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn linear_nt(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape) {
+    pub(super) unsafe fn linear_nt(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        y: &mut [f32],
+        shape: LinearShape,
+    ) {
         let LinearShape { m, k, n, ldx, ldy } = shape;
         if m == 0 || n == 0 {
             return;
@@ -275,8 +358,10 @@ mod nt_avx512 {
                 while kk < k16 {
                     // SAFETY: kk + 16 <= k: inside each row's k values.
                     unsafe {
-                        let xv: [__m512; 4] = std::array::from_fn(|a| _mm512_loadu_ps(xr[a].add(kk)));
-                        let wv: [__m512; 4] = std::array::from_fn(|b| _mm512_loadu_ps(wr[b].add(kk)));
+                        let xv: [__m512; 4] =
+                            std::array::from_fn(|a| _mm512_loadu_ps(xr[a].add(kk)));
+                        let wv: [__m512; 4] =
+                            std::array::from_fn(|b| _mm512_loadu_ps(wr[b].add(kk)));
                         for a in 0..4 {
                             for b in 0..4 {
                                 acc[a][b] = _mm512_fmadd_ps(xv[a], wv[b], acc[a][b]);
@@ -288,8 +373,10 @@ mod nt_avx512 {
                 if k16 < k {
                     // SAFETY: the masked loads read only lanes k16 .. k of each row.
                     unsafe {
-                        let xv: [__m512; 4] = std::array::from_fn(|a| _mm512_maskz_loadu_ps(tail, xr[a].add(k16)));
-                        let wv: [__m512; 4] = std::array::from_fn(|b| _mm512_maskz_loadu_ps(tail, wr[b].add(k16)));
+                        let xv: [__m512; 4] =
+                            std::array::from_fn(|a| _mm512_maskz_loadu_ps(tail, xr[a].add(k16)));
+                        let wv: [__m512; 4] =
+                            std::array::from_fn(|b| _mm512_maskz_loadu_ps(tail, wr[b].add(k16)));
                         for a in 0..4 {
                             for b in 0..4 {
                                 acc[a][b] = _mm512_fmadd_ps(xv[a], wv[b], acc[a][b]);
@@ -309,7 +396,14 @@ mod nt_avx512 {
 
 /// The scalar reference layer (f64 accumulation, so it also bounds the fast path's
 /// rounding error in tests).
-pub fn linear_ref(x: &[f32], w: &[f32], bias: &[f32], y: &mut [f32], shape: LinearShape, act: Activation) {
+pub fn linear_ref(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    shape: LinearShape,
+    act: Activation,
+) {
     shape.check(x, w, bias, y);
     let LinearShape { m, k, n, ldx, ldy } = shape;
     for i in 0..m {
@@ -329,7 +423,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn vals(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i + seed) * 2654435761usize) % 2001) as f32 / 1000.0 - 1.0).collect()
+        (0..n)
+            .map(|i| (((i + seed) * 2654435761usize) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
     }
 
     proptest! {

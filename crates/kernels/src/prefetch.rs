@@ -14,7 +14,12 @@ pub const DEFAULT_DISTANCE: usize = 128;
 /// tuning on another machine.
 pub fn distance() -> usize {
     static PF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PF.get_or_init(|| std::env::var("DLRS_PREFETCH").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_DISTANCE))
+    *PF.get_or_init(|| {
+        std::env::var("DLRS_PREFETCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_DISTANCE)
+    })
 }
 
 /// Prefetches (to L1) every cache line of the `row_bytes`-byte row at `base + id * stride`:

@@ -56,7 +56,12 @@ pub enum RowFormat {
 
 impl RowFormat {
     /// Every format, in code order.
-    pub const ALL: [RowFormat; 4] = [RowFormat::F32, RowFormat::F16, RowFormat::Int8, RowFormat::Int4];
+    pub const ALL: [RowFormat; 4] = [
+        RowFormat::F32,
+        RowFormat::F16,
+        RowFormat::Int8,
+        RowFormat::Int4,
+    ];
 
     /// The stable code of this format (what a file stores).
     pub fn code(self) -> u8 {
@@ -131,7 +136,13 @@ impl RowFormat {
 pub fn quantize_row(fmt: RowFormat, src: &[f32], out: &mut [u8]) {
     let dim = src.len();
     assert!(dim > 0, "cannot quantize an empty row");
-    assert_eq!(out.len(), fmt.row_bytes(dim), "{} row of D = {dim} needs {} bytes", fmt.name(), fmt.row_bytes(dim));
+    assert_eq!(
+        out.len(),
+        fmt.row_bytes(dim),
+        "{} row of D = {dim} needs {} bytes",
+        fmt.name(),
+        fmt.row_bytes(dim)
+    );
     match fmt {
         RowFormat::F32 => {
             for (o, x) in out.chunks_exact_mut(4).zip(src) {
@@ -149,7 +160,9 @@ pub fn quantize_row(fmt: RowFormat, src: &[f32], out: &mut [u8]) {
             let scale = range / 255.0;
             let inverse_scale = 255.0 / (range + 1e-8);
             for (o, &x) in out[..dim].iter_mut().zip(src) {
-                *o = ((x - min) * inverse_scale).round_ties_even().clamp(0.0, 255.0) as u8;
+                *o = ((x - min) * inverse_scale)
+                    .round_ties_even()
+                    .clamp(0.0, 255.0) as u8;
             }
             out[dim..dim + 4].copy_from_slice(&scale.to_le_bytes());
             out[dim + 4..].copy_from_slice(&min.to_le_bytes());
@@ -171,7 +184,9 @@ pub fn quantize_row(fmt: RowFormat, src: &[f32], out: &mut [u8]) {
             let n = dim.div_ceil(2);
             out[..n].fill(0);
             for (c, &x) in src.iter().enumerate() {
-                let q = ((x - min) * inverse_scale).round_ties_even().clamp(0.0, 15.0) as u8;
+                let q = ((x - min) * inverse_scale)
+                    .round_ties_even()
+                    .clamp(0.0, 15.0) as u8;
                 out[c / 2] |= q << (4 * (c % 2));
             }
             out[n..n + 2].copy_from_slice(&f32_to_f16(scale).to_le_bytes());
@@ -181,7 +196,8 @@ pub fn quantize_row(fmt: RowFormat, src: &[f32], out: &mut [u8]) {
 }
 
 fn min_max(src: &[f32]) -> (f32, f32) {
-    src.iter().fold((src[0], src[0]), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+    src.iter()
+        .fold((src[0], src[0]), |(lo, hi), &x| (lo.min(x), hi.max(x)))
 }
 
 /// Decodes one row: `out[c] = scale * q[c] + bias` (int8, int4), the f16 value as f32 (fp16),
@@ -191,7 +207,12 @@ fn min_max(src: &[f32]) -> (f32, f32) {
 /// # Panics
 /// If `src` is shorter than `fmt.row_bytes(dim)` or `out` shorter than `dim`.
 pub fn dequantize_row(fmt: RowFormat, src: &[u8], dim: usize, out: &mut [f32]) {
-    assert!(src.len() >= fmt.row_bytes(dim), "{} row of D = {dim} needs {} bytes", fmt.name(), fmt.row_bytes(dim));
+    assert!(
+        src.len() >= fmt.row_bytes(dim),
+        "{} row of D = {dim} needs {} bytes",
+        fmt.name(),
+        fmt.row_bytes(dim)
+    );
     assert!(out.len() >= dim, "output shorter than D = {dim}");
     decode(fmt, src, &mut out[..dim], |o, v| *o = v);
 }
@@ -204,11 +225,19 @@ fn decode(fmt: RowFormat, row: &[u8], out: &mut [f32], op: impl Fn(&mut f32, f32
     let le32 = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let le16 = |b: &[u8]| f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
     match fmt {
-        RowFormat::F32 => out.iter_mut().zip(row[..4 * dim].chunks_exact(4)).for_each(|(o, b)| op(o, le32(b))),
-        RowFormat::F16 => out.iter_mut().zip(row[..2 * dim].chunks_exact(2)).for_each(|(o, b)| op(o, le16(b))),
+        RowFormat::F32 => out
+            .iter_mut()
+            .zip(row[..4 * dim].chunks_exact(4))
+            .for_each(|(o, b)| op(o, le32(b))),
+        RowFormat::F16 => out
+            .iter_mut()
+            .zip(row[..2 * dim].chunks_exact(2))
+            .for_each(|(o, b)| op(o, le16(b))),
         RowFormat::Int8 => {
             let (scale, bias) = (le32(&row[dim..]), le32(&row[dim + 4..]));
-            out.iter_mut().zip(&row[..dim]).for_each(|(o, &q)| op(o, scale * q as f32 + bias));
+            out.iter_mut()
+                .zip(&row[..dim])
+                .for_each(|(o, &q)| op(o, scale * q as f32 + bias));
         }
         RowFormat::Int4 => {
             let n = dim.div_ceil(2);
@@ -233,7 +262,13 @@ fn f32_to_f16(x: f32) -> u16 {
     let exp = ((b >> 23) & 0xff) as i32;
     let man = b & 0x7f_ffff;
     if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x200 | (man >> 13) as u16 } else { 0 };
+        return sign
+            | 0x7c00
+            | if man != 0 {
+                0x200 | (man >> 13) as u16
+            } else {
+                0
+            };
     }
     let e = exp - 127 + 15;
     if e >= 0x1f {
@@ -251,7 +286,11 @@ fn f32_to_f16(x: f32) -> u16 {
         (((e as u32) << 10) | (man >> 13), man & 0x1fff, 0x1000)
     };
     // a carry out of the mantissa bumps the exponent, up to infinity: still correct
-    let rounded = if rem > half || (rem == half && kept & 1 == 1) { kept + 1 } else { kept };
+    let rounded = if rem > half || (rem == half && kept & 1 == 1) {
+        kept + 1
+    } else {
+        kept
+    };
     sign | rounded as u16
 }
 
@@ -283,7 +322,17 @@ pub fn bag_sum_rows(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    bag_sum_rows_with(isa(), fmt, table, stride, dim, offsets, ids, out, out_stride)
+    bag_sum_rows_with(
+        isa(),
+        fmt,
+        table,
+        stride,
+        dim,
+        offsets,
+        ids,
+        out,
+        out_stride,
+    )
 }
 
 /// [`bag_sum_rows`] on a given instruction set (tests run every path on one CPU).
@@ -309,11 +358,15 @@ pub fn bag_sum_rows_with(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             assert!(
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
             );
             // SAFETY: the CPU has AVX2, FMA and F16C (asserted above); the arguments were
             // checked by `check_args` and every id is bounds-checked in the kernel before its load.
-            unsafe { x86::bag_sum_rows_avx2(fmt, table, stride, dim, offsets, ids, out, out_stride) }
+            unsafe {
+                x86::bag_sum_rows_avx2(fmt, table, stride, dim, offsets, ids, out, out_stride)
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         Isa::Avx2 => panic!("AVX2 kernels exist only on x86_64"),
@@ -333,8 +386,16 @@ fn check_args(
 ) {
     assert!(dim > 0, "embedding dim must be positive");
     let row_bytes = fmt.row_bytes(dim);
-    assert!(stride >= row_bytes, "row stride {stride} < {row_bytes} bytes of an {} row of D = {dim}", fmt.name());
-    assert!(table.len() % stride == 0, "table length {} is not a multiple of the row stride {stride}", table.len());
+    assert!(
+        stride >= row_bytes,
+        "row stride {stride} < {row_bytes} bytes of an {} row of D = {dim}",
+        fmt.name()
+    );
+    assert!(
+        table.len().is_multiple_of(stride),
+        "table length {} is not a multiple of the row stride {stride}",
+        table.len()
+    );
     crate::embedding::check_bags(dim, offsets, ids, out, out_stride);
 }
 
@@ -410,7 +471,13 @@ mod x86 {
     ) {
         let pf = prefetch::distance();
         let (start, end) = (offsets[0] as usize, offsets[offsets.len() - 1] as usize);
-        prefetch::prologue(table.as_ptr(), stride, fmt.row_bytes(dim), &ids[start..end], pf);
+        prefetch::prologue(
+            table.as_ptr(),
+            stride,
+            fmt.row_bytes(dim),
+            &ids[start..end],
+            pf,
+        );
         let g = Gather {
             base: table.as_ptr(),
             rows: table.len() / stride,
@@ -421,7 +488,7 @@ mod x86 {
             pf,
             pf_end: (offsets[offsets.len() - 1] as usize).saturating_sub(pf),
         };
-        // SAFETY (all arms): forwarded from this function's contract.
+        // SAFETY: (all arms) forwarded from this function's contract.
         unsafe {
             match fmt {
                 RowFormat::F32 => bags::<F32>(&g, offsets, out, out_stride),
@@ -452,7 +519,16 @@ mod x86 {
                 let width = (dim - c0).min(BLOCK_VECS * 8);
                 // SAFETY: forwarded from this function's contract; bag b's offsets and output
                 // row, columns c0 .. c0 + width <= dim.
-                unsafe { columns::<FMT>(g, c0, width, &offsets[b..b + 2], &mut out[b * out_stride..], out_stride) };
+                unsafe {
+                    columns::<FMT>(
+                        g,
+                        c0,
+                        width,
+                        &offsets[b..b + 2],
+                        &mut out[b * out_stride..],
+                        out_stride,
+                    )
+                };
                 c0 += width;
             }
         }
@@ -473,7 +549,7 @@ mod x86 {
         out: &mut [f32],
         out_stride: usize,
     ) {
-        // SAFETY (all arms): forwarded from this function's contract.
+        // SAFETY: (all arms) forwarded from this function's contract.
         unsafe {
             match width / 8 {
                 0 => block::<FMT, 0>(g, c0, width, offsets, out, out_stride),
@@ -505,7 +581,10 @@ mod x86 {
     unsafe fn nibbles(p: *const u8, shifts: __m256i, low4: __m256i) -> __m256 {
         // SAFETY: the caller guarantees 4 readable bytes; the read is unaligned.
         let w = unsafe { (p as *const i32).read_unaligned() };
-        _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(w), shifts), low4))
+        _mm256_cvtepi32_ps(_mm256_and_si256(
+            _mm256_srlv_epi32(_mm256_set1_epi32(w), shifts),
+            low4,
+        ))
     }
 
     /// 8 int8 values from the 8 bytes at `p`, as f32.
@@ -560,7 +639,10 @@ mod x86 {
         let mask = tail_mask(tail);
         // fp16 tail: lane l takes lane l + 8 - tail of the row's last 8 values
         let rot = _mm256_and_si256(
-            _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 - tail as i32)),
+            _mm256_add_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(8 - tail as i32),
+            ),
             _mm256_set1_epi32(7),
         );
         let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
@@ -594,7 +676,8 @@ mod x86 {
                                 *a = _mm256_add_ps(*a, _mm256_loadu_ps(p.add(8 * v)));
                             }
                             if tail > 0 {
-                                acc_t = _mm256_add_ps(acc_t, _mm256_maskload_ps(p.add(8 * NV), mask));
+                                acc_t =
+                                    _mm256_add_ps(acc_t, _mm256_maskload_ps(p.add(8 * NV), mask));
                             }
                         }
                         F16 => {
@@ -617,7 +700,8 @@ mod x86 {
                             }
                         }
                         INT8 => {
-                            let scale = _mm256_set1_ps((row.add(dim) as *const f32).read_unaligned());
+                            let scale =
+                                _mm256_set1_ps((row.add(dim) as *const f32).read_unaligned());
                             bias8 += (row.add(dim + 4) as *const f32).read_unaligned();
                             let p = row.add(c0);
                             for (v, a) in acc.iter_mut().enumerate() {
@@ -630,24 +714,34 @@ mod x86 {
                         }
                         _ => {
                             // INT4: [scale, bias, ..] from the two halves after the nibbles
-                            let sb = _mm_cvtph_ps(_mm_cvtsi32_si128((row.add(int4_sb) as *const i32).read_unaligned()));
+                            let sb = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                                (row.add(int4_sb) as *const i32).read_unaligned(),
+                            ));
                             let scale = _mm256_broadcastss_ps(sb);
                             sb4 = _mm_add_ps(sb4, sb);
                             let p = row.add(c0 / 2);
                             for (v, a) in acc.iter_mut().enumerate() {
-                                *a = _mm256_fmadd_ps(nibbles(p.add(4 * v), shifts, low4), scale, *a);
+                                *a =
+                                    _mm256_fmadd_ps(nibbles(p.add(4 * v), shifts, low4), scale, *a);
                             }
                             if tail > 0 {
                                 // bytes (dim - tail) / 2 .. (dim - tail) / 2 + 4 <= ceil(dim / 2) + 4 = row_bytes
-                                acc_t = _mm256_fmadd_ps(nibbles(p.add(4 * NV), shifts, low4), scale, acc_t);
+                                acc_t = _mm256_fmadd_ps(
+                                    nibbles(p.add(4 * NV), shifts, low4),
+                                    scale,
+                                    acc_t,
+                                );
                             }
                         }
                     }
                 }
             }
             if FMT == INT8 || FMT == INT4 {
-                let bias =
-                    if FMT == INT8 { _mm256_set1_ps(bias8) } else { _mm256_broadcastss_ps(_mm_movehdup_ps(sb4)) };
+                let bias = if FMT == INT8 {
+                    _mm256_set1_ps(bias8)
+                } else {
+                    _mm256_broadcastss_ps(_mm_movehdup_ps(sb4))
+                };
                 for a in acc.iter_mut() {
                     *a = _mm256_add_ps(*a, bias);
                 }
@@ -698,7 +792,14 @@ mod tests {
 
     /// A table of `rows` quantized rows, `stride` apart, padding filled with junk, placed
     /// `shift` bytes into its buffer (so rows are misaligned for shift > 0).
-    fn make_table(fmt: RowFormat, dim: usize, rows: usize, stride: usize, shift: usize, seed: u64) -> (Vec<u8>, usize) {
+    fn make_table(
+        fmt: RowFormat,
+        dim: usize,
+        rows: usize,
+        stride: usize,
+        shift: usize,
+        seed: u64,
+    ) -> (Vec<u8>, usize) {
         let mut buf = vec![0xA5u8; shift + rows * stride];
         let mut r = rng(seed ^ 0x5555);
         for row in 0..rows {
@@ -877,7 +978,10 @@ mod tests {
         assert_eq!(&q[8..], &[0x00, 0x3c, 0x00, 0x00]); // f16 scale 1.0, f16 bias 0.0
         assert_eq!(dequantized(RowFormat::Int4, &q, 16), x);
         // scale 1.5 (exact in f16), bias -3, odd D: the last high nibble stays 0
-        let x: Vec<f32> = [0, 15, 7, 8, 1].iter().map(|&k| -3.0 + 1.5 * k as f32).collect();
+        let x: Vec<f32> = [0, 15, 7, 8, 1]
+            .iter()
+            .map(|&k| -3.0 + 1.5 * k as f32)
+            .collect();
         let q = quantized(RowFormat::Int4, &x);
         assert_eq!(&q[..3], &[0xF0, 0x87, 0x01]);
         assert_eq!(f16_to_f32(u16::from_le_bytes([q[3], q[4]])), 1.5);
@@ -902,7 +1006,10 @@ mod tests {
                         RowFormat::Int4 if f16v == v => assert_eq!(y, x, "{fmt:?} {v}"),
                         // the bias is f16(v); one step of the tiny range gets back to within 1e-6
                         RowFormat::Int4 => {
-                            assert!(y.iter().all(|&u| (u - v).abs() <= 1e-6 * (1.0 + v.abs())), "{fmt:?} {v}: {y:?}")
+                            assert!(
+                                y.iter().all(|&u| (u - v).abs() <= 1e-6 * (1.0 + v.abs())),
+                                "{fmt:?} {v}: {y:?}"
+                            )
                         }
                     }
                 }
@@ -922,16 +1029,18 @@ mod tests {
             (65520.0, 0x7c00), // rounds to infinity
             (f32::INFINITY, 0x7c00),
             (2f32.powi(-24), 0x0001),
-            (2f32.powi(-25), 0x0000),                          // tie to even: 0
-            (3.0 * 2f32.powi(-25), 0x0002),                    // tie to even: 2
-            (1.0 + 2f32.powi(-11), 0x3c00),                    // tie to even
-            (1.0 + 3.0 * 2f32.powi(-11), 0x3c02),              // tie to even (up)
+            (2f32.powi(-25), 0x0000),             // tie to even: 0
+            (3.0 * 2f32.powi(-25), 0x0002),       // tie to even: 2
+            (1.0 + 2f32.powi(-11), 0x3c00),       // tie to even
+            (1.0 + 3.0 * 2f32.powi(-11), 0x3c02), // tie to even (up)
             (2f32.powi(-14) * (1.0 - 2f32.powi(-11)), 0x0400), // rounds up to the smallest normal
         ];
         for (x, h) in cases {
             assert_eq!(f32_to_f16(x), h, "{x:e}");
         }
-        for h in [0x0000u16, 0x8000, 0x3c00, 0xc000, 0x7bff, 0x0001, 0x03ff, 0x0400, 0x7c00, 0xfc00] {
+        for h in [
+            0x0000u16, 0x8000, 0x3c00, 0xc000, 0x7bff, 0x0001, 0x03ff, 0x0400, 0x7c00, 0xfc00,
+        ] {
             assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#x}");
         }
         assert!(f16_to_f32(0x7e00).is_nan() && f32_to_f16(f32::NAN) & 0x7c00 == 0x7c00);
@@ -952,14 +1061,33 @@ mod tests {
         fn hw_to_f32(h: u16) -> f32 {
             _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
         }
-        // SAFETY (every call below): the CPU has F16C (checked above).
+        // SAFETY: (every call below) the CPU has F16C (checked above).
         for h in 0..=u16::MAX {
-            assert_eq!(f16_to_f32(h).to_bits(), unsafe { hw_to_f32(h) }.to_bits(), "{h:#x}");
+            assert_eq!(
+                f16_to_f32(h).to_bits(),
+                unsafe { hw_to_f32(h) }.to_bits(),
+                "{h:#x}"
+            );
             // around every f16 value and the midpoints to its neighbours
             let b = f16_to_f32(h).to_bits();
-            for d in [-(1 << 12) - 1, -(1 << 12), -(1 << 12) + 1, -1, 0, 1, (1 << 12) - 1, 1 << 12, (1 << 12) + 1] {
+            for d in [
+                -(1 << 12) - 1,
+                -(1 << 12),
+                -(1 << 12) + 1,
+                -1,
+                0,
+                1,
+                (1 << 12) - 1,
+                1 << 12,
+                (1 << 12) + 1,
+            ] {
                 let x = f32::from_bits(b.wrapping_add_signed(d));
-                assert_eq!(f32_to_f16(x), unsafe { hw_to_f16(x) }, "{x:e} ({:#x})", x.to_bits());
+                assert_eq!(
+                    f32_to_f16(x),
+                    unsafe { hw_to_f16(x) },
+                    "{x:e} ({:#x})",
+                    x.to_bits()
+                );
             }
         }
         for bits in (0..=u32::MAX).step_by(65521) {
@@ -1023,7 +1151,10 @@ mod tests {
             assert_eq!(RowFormat::from_code(fmt.code()), Some(fmt));
             assert_eq!(RowFormat::parse(fmt.name()), Some(fmt));
         }
-        assert_eq!(RowFormat::ALL.map(|f| (f.code(), f.name())), [(0, "fp32"), (1, "fp16"), (2, "int8"), (3, "int4")]);
+        assert_eq!(
+            RowFormat::ALL.map(|f| (f.code(), f.name())),
+            [(0, "fp32"), (1, "fp16"), (2, "int8"), (3, "int4")]
+        );
         assert_eq!(RowFormat::from_code(4), None);
         assert_eq!(RowFormat::parse("int2"), None);
         assert_eq!(RowFormat::parse("FP32"), None);
@@ -1039,9 +1170,22 @@ mod tests {
                     let last = dequantized(fmt, &buf[(rows - 1) * stride..], dim);
                     for isa in paths() {
                         let mut out = vec![SENTINEL; dim + 1];
-                        bag_sum_rows_with(isa, fmt, &buf, stride, dim, &[0, 2], &[2, 2], &mut out, dim);
+                        bag_sum_rows_with(
+                            isa,
+                            fmt,
+                            &buf,
+                            stride,
+                            dim,
+                            &[0, 2],
+                            &[2, 2],
+                            &mut out,
+                            dim,
+                        );
                         for (c, v) in out[..dim].iter().enumerate() {
-                            assert!((v - 2.0 * last[c]).abs() <= 1e-5 * (1.0 + v.abs()), "{isa:?} {fmt:?} D = {dim}");
+                            assert!(
+                                (v - 2.0 * last[c]).abs() <= 1e-5 * (1.0 + v.abs()),
+                                "{isa:?} {fmt:?} D = {dim}"
+                            );
                         }
                         assert_eq!(out[dim], SENTINEL);
                     }
@@ -1067,7 +1211,17 @@ mod tests {
                     for ids in [[0u32, 2], [2, 0], [u32::MAX, 0]] {
                         let r = std::panic::catch_unwind(|| {
                             let mut out = vec![0.0; dim];
-                            bag_sum_rows_with(isa, fmt, &table, stride, dim, &[0, 2], &ids, &mut out, dim);
+                            bag_sum_rows_with(
+                                isa,
+                                fmt,
+                                &table,
+                                stride,
+                                dim,
+                                &[0, 2],
+                                &ids,
+                                &mut out,
+                                dim,
+                            );
                         });
                         assert!(r.is_err(), "{isa:?} {fmt:?} D = {dim} accepted ids {ids:?}");
                     }

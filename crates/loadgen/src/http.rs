@@ -546,7 +546,11 @@ fn write_some(mut w: &std::net::TcpStream, req: &Encoded) -> usize {
 }
 
 /// Writes `req` from byte `at` to its end.
-async fn write_rest(s: &tokio::net::TcpStream, req: &Encoded, mut at: usize) -> std::io::Result<()> {
+async fn write_rest(
+    s: &tokio::net::TcpStream,
+    req: &Encoded,
+    mut at: usize,
+) -> std::io::Result<()> {
     while at < req.len() {
         s.writable().await?;
         let [a, b] = req.rest(at);
@@ -575,7 +579,12 @@ enum Answer {
     Bad,
     /// an answer: its status, where its body starts and ends, and whether the server
     /// closes the connection after it
-    Done { code: u16, body: usize, len: usize, close: bool },
+    Done {
+        code: u16,
+        body: usize,
+        len: usize,
+        close: bool,
+    },
 }
 
 fn parse_answer(buf: &[u8]) -> Answer {
@@ -586,12 +595,16 @@ fn parse_answer(buf: &[u8]) -> Answer {
         Ok(httparse::Status::Partial) => return Answer::Partial,
         Err(_) => return Answer::Bad,
     };
-    let Some(code) = r.code else { return Answer::Bad };
+    let Some(code) = r.code else {
+        return Answer::Bad;
+    };
     let mut length = None;
     let mut close = r.version == Some(0);
     for h in r.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok());
             if length.is_none() {
                 return Answer::Bad;
             }
@@ -611,7 +624,12 @@ fn parse_answer(buf: &[u8]) -> Answer {
     if buf.len() < head + length {
         return Answer::Partial;
     }
-    Answer::Done { code, body: head, len: head + length, close }
+    Answer::Done {
+        code,
+        body: head,
+        len: head + length,
+        close,
+    }
 }
 
 /// The outcome of an answer with status `code` and `body` to a query of `size` samples.
@@ -668,10 +686,16 @@ pub fn measure(
     let stop = Arc::new(AtomicBool::new(false));
     let dispatcher = {
         let wire = Arc::clone(&wire);
-        spawn_dispatcher(start, Arc::clone(&offsets), Arc::clone(&stop), m.slice, move |job| {
-            wire.release(job);
-            true
-        })
+        spawn_dispatcher(
+            start,
+            Arc::clone(&offsets),
+            Arc::clone(&stop),
+            m.slice,
+            move |job| {
+                wire.release(job);
+                true
+            },
+        )
     };
     let deadline = start + Duration::from_secs_f64(m.duration_s + m.drain_s);
     results.wait_all(deadline);
@@ -695,39 +719,77 @@ mod tests {
 
     #[test]
     fn answers_are_parsed_whole_or_not_at_all() {
-        let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\nhello";
+        let ok =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\nhello";
         let head = ok.len() - 5;
         assert_eq!(
             parse_answer(ok),
-            Answer::Done { code: 200, body: head, len: ok.len(), close: false }
+            Answer::Done {
+                code: 200,
+                body: head,
+                len: ok.len(),
+                close: false
+            }
         );
         for cut in 0..ok.len() {
             assert_eq!(parse_answer(&ok[..cut]), Answer::Partial, "cut at {cut}");
         }
         // a second answer behind the first is left for later
         let two = [&ok[..], &ok[..]].concat();
-        assert_eq!(parse_answer(&two), Answer::Done { code: 200, body: head, len: ok.len(), close: false });
+        assert_eq!(
+            parse_answer(&two),
+            Answer::Done {
+                code: 200,
+                body: head,
+                len: ok.len(),
+                close: false
+            }
+        );
         let close = b"HTTP/1.1 413 Payload Too Large\r\nConnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(
             parse_answer(close),
-            Answer::Done { code: 413, body: close.len(), len: close.len(), close: true }
+            Answer::Done {
+                code: 413,
+                body: close.len(),
+                len: close.len(),
+                close: true
+            }
         );
         let http10 = b"HTTP/1.0 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
-        assert!(matches!(parse_answer(http10), Answer::Done { code: 503, close: true, .. }));
+        assert!(matches!(
+            parse_answer(http10),
+            Answer::Done {
+                code: 503,
+                close: true,
+                ..
+            }
+        ));
         for bad in [
             &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
             b"SSH-2.0-OpenSSH\r\n\r\n",
         ] {
-            assert_eq!(parse_answer(bad), Answer::Bad, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_answer(bad),
+                Answer::Bad,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        assert!(matches!(parse_answer(b"HTTP/1.1 204 No Content\r\n\r\n"), Answer::Done { code: 204, .. }));
+        assert!(matches!(
+            parse_answer(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            Answer::Done { code: 204, .. }
+        ));
     }
 
     #[test]
     fn a_request_is_written_from_any_offset() {
-        let req = Encoded { head: b"HEAD".to_vec(), body: Bytes::from_static(b"body"), size: 1 };
+        let req = Encoded {
+            head: b"HEAD".to_vec(),
+            body: Bytes::from_static(b"body"),
+            size: 1,
+        };
         for at in 0..=req.len() {
             let [a, b] = req.rest(at);
             assert_eq!([a, b].concat(), b"HEADbody"[at..].to_vec(), "from {at}");

@@ -493,7 +493,11 @@ fn drive_paired(
         |side, step, qps| {
             let m = &mut sides[side].measure;
             if load.warmup > 0.0 {
-                m(qps, load.warmup, load.seed.wrapping_add(1_000_003 + step as u64))?;
+                m(
+                    qps,
+                    load.warmup,
+                    load.seed.wrapping_add(1_000_003 + step as u64),
+                )?;
             }
             m(qps, load.duration, load.seed.wrapping_add(step as u64))
         },
@@ -507,14 +511,20 @@ fn drive_paired(
             plot::plot(path, s, &side.plot_title)?;
             out.line(&format!("plot: {}", path.display()));
         }
-        v.insert(side.name.into(), merge(side.header, search_json(load, s, plot.as_deref())));
+        v.insert(
+            side.name.into(),
+            merge(side.header, search_json(load, s, plot.as_deref())),
+        );
     }
     let ratio = match (searches[0].best(), searches[1].best()) {
         (Some(a), Some(b)) => Some(a.report.samples_per_s / b.report.samples_per_s),
         _ => None,
     };
     if let Some(r) = ratio {
-        out.line(&format!("{} / {} = {r:.3} (latency-bounded samples per second)", names[0], names[1]));
+        out.line(&format!(
+            "{} / {} = {r:.3} (latency-bounded samples per second)",
+            names[0], names[1]
+        ));
     }
     v.insert(format!("{}_over_{}", names[0], names[1]), json!(ratio));
     Ok(Value::Object(v))
@@ -522,8 +532,12 @@ fn drive_paired(
 
 /// `dir/name.svg` for side `side` of a paired search: `dir/name-side.svg`.
 fn paired_plot_path(path: &std::path::Path, side: &str) -> PathBuf {
-    let stem = path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-    let ext = path.extension().map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let ext = path
+        .extension()
+        .map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
     path.with_file_name(format!("{stem}-{side}{ext}"))
 }
 
@@ -548,7 +562,9 @@ fn best_line(prefix: &str, s: &search::Search) -> String {
             ms(b.report.latency_ms.p50),
             ms(b.report.latency_ms.p99)
         ),
-        None => format!("{prefix}latency-bounded throughput (p99 <= {target} ms): none; no rate tried met the target"),
+        None => format!(
+            "{prefix}latency-bounded throughput (p99 <= {target} ms): none; no rate tried met the target"
+        ),
     }
 }
 
@@ -611,7 +627,13 @@ pub fn loadgen_json(args: LoadgenArgs) -> anyhow::Result<Value> {
     };
     let http = HttpLoad::new(&target, &args.load)?;
     let mut measure = |qps, duration_s, seed| http.measure(&args.load.at(qps, duration_s, seed));
-    drive(&args.load, http.header.clone(), &http.title, &http.plot_title, &mut measure)
+    drive(
+        &args.load,
+        http.header.clone(),
+        &http.title,
+        &http.plot_title,
+        &mut measure,
+    )
 }
 
 /// Where the HTTP load goes and how: `dlrs loadgen`'s options or `dlrs twin --versus-*`.
@@ -844,7 +866,8 @@ pub fn twin_json(args: TwinArgs) -> anyhow::Result<Value> {
         },
         &args.load,
     )?;
-    let mut measure_http = |qps, duration_s, seed| http.measure(&args.load.at(qps, duration_s, seed));
+    let mut measure_http =
+        |qps, duration_s, seed| http.measure(&args.load.at(qps, duration_s, seed));
     drive_paired(
         &args.load,
         target,

@@ -97,7 +97,11 @@ impl Workload {
     ) -> anyhow::Result<Vec<Body>> {
         self.encoded(cfg, |b| {
             let [d, l, i] = tensors_le(b);
-            let ranges = [(store(&d)?, d.len()), (store(&l)?, l.len()), (store(&i)?, i.len())];
+            let ranges = [
+                (store(&d)?, d.len()),
+                (store(&l)?, l.len()),
+                (store(&i)?, i.len()),
+            ];
             Ok(encode_shm(b, region, ranges))
         })
     }

@@ -37,7 +37,10 @@ pub fn measure(
     hooks: &Hooks,
     m: &Measure,
 ) -> anyhow::Result<Report> {
-    ensure!(batching.queue.max_batch >= 1, "--max-batch must be at least 1");
+    ensure!(
+        batching.queue.max_batch >= 1,
+        "--max-batch must be at least 1"
+    );
     ensure!(!queries.is_empty(), "no queries to send");
     let offsets = Arc::new(crate::dist::poisson_schedule(m.qps, m.duration_s, m.seed)?);
     let sizes: Vec<usize> = (0..offsets.len())
@@ -60,25 +63,31 @@ pub fn measure(
             Arc::clone(version),
         );
         let deadline = batching.deadline;
-        spawn_dispatcher(start, Arc::clone(&offsets), Arc::clone(&stop), m.slice, move |job| {
-            let batch = Arc::clone(&queries[job.index % queries.len()]);
-            let n = batch.size();
-            let answer = Arc::clone(&results);
-            let reply = ReplyTo::Call(Box::new(move |r| answer.record(job, status(r, n))));
-            let submitted = queue.submit(
-                Job {
-                    model: Arc::clone(&version),
-                    batch,
-                    deadline: Instant::now() + deadline,
-                    reply,
-                },
-                None,
-            );
-            if let Err(e) = submitted {
-                results.record(job, status(Err(e), n));
-            }
-            true
-        })
+        spawn_dispatcher(
+            start,
+            Arc::clone(&offsets),
+            Arc::clone(&stop),
+            m.slice,
+            move |job| {
+                let batch = Arc::clone(&queries[job.index % queries.len()]);
+                let n = batch.size();
+                let answer = Arc::clone(&results);
+                let reply = ReplyTo::Call(Box::new(move |r| answer.record(job, status(r, n))));
+                let submitted = queue.submit(
+                    Job {
+                        model: Arc::clone(&version),
+                        batch,
+                        deadline: Instant::now() + deadline,
+                        reply,
+                    },
+                    None,
+                );
+                if let Err(e) = submitted {
+                    results.record(job, status(Err(e), n));
+                }
+                true
+            },
+        )
     };
     let deadline = start + Duration::from_secs_f64(m.duration_s + m.drain_s);
     results.wait_all(deadline);

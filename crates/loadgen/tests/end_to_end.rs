@@ -448,7 +448,15 @@ fn search_on_the_twin_finds_a_rate_under_a_generous_target_and_plots_it() {
         let dir = m.dir();
         let mut argv = vec!["--model", dir.to_str().unwrap()];
         argv.extend(TINY_SEARCH);
-        argv.extend(["--max-steps", "4", "--json", "--warmup", "0", "--threads", "1"]);
+        argv.extend([
+            "--max-steps",
+            "4",
+            "--json",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+        ]);
         argv.extend(["--plot", plot.to_str().unwrap()]);
         let v = dlrs_loadgen::twin_json(twin_args(&argv)).unwrap();
         let points = v["points"].as_array().unwrap();
@@ -524,20 +532,48 @@ fn twin_versus_http_searches_both_in_turn_and_reports_their_ratio() {
     let plot = out.path().join("pair.svg");
     let mut common = vec!["--model", dir.to_str().unwrap()];
     common.extend(TINY_SEARCH);
-    common.extend(["--max-steps", "3", "--warmup", "0.2", "--threads", "1", "--json"]);
+    common.extend([
+        "--max-steps",
+        "3",
+        "--warmup",
+        "0.2",
+        "--threads",
+        "1",
+        "--json",
+    ]);
     common.extend(["--versus-url", &url]);
     let mut argv = common.clone();
-    argv.extend(["--versus-model", NAME, "--versus-binary", "--plot", plot.to_str().unwrap()]);
+    argv.extend([
+        "--versus-model",
+        NAME,
+        "--versus-binary",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
     let v = dlrs_loadgen::twin_json(twin_args(&argv)).unwrap();
 
-    for (side, mode, path) in [("http", "http", "pair-http.svg"), ("twin", "twin", "pair-twin.svg")] {
+    for (side, mode, path) in [
+        ("http", "http", "pair-http.svg"),
+        ("twin", "twin", "pair-twin.svg"),
+    ] {
         let s = &v[side];
         assert_eq!(s["mode"], mode, "{v}");
         let points = s["points"].as_array().unwrap();
-        assert_eq!(points.len(), 3, "a tiny model meets 250 ms at every step: {s}");
-        let rates: Vec<f64> = points.iter().map(|p| p["offered_qps"].as_f64().unwrap()).collect();
+        assert_eq!(
+            points.len(),
+            3,
+            "a tiny model meets 250 ms at every step: {s}"
+        );
+        let rates: Vec<f64> = points
+            .iter()
+            .map(|p| p["offered_qps"].as_f64().unwrap())
+            .collect();
         assert_eq!(rates, [20.0, 40.0, 80.0], "the same ramp on both sides");
-        assert!(points.iter().all(|p| p["meets_target"] == true && p["ok"].as_u64() > Some(0)));
+        assert!(
+            points
+                .iter()
+                .all(|p| p["meets_target"] == true && p["ok"].as_u64() > Some(0))
+        );
         let plot = out.path().join(path);
         assert_eq!(s["plot"], plot.to_str().unwrap());
         assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));

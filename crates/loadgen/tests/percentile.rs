@@ -126,7 +126,10 @@ fn the_report_counts_errors_apart_and_takes_percentiles_of_ok_answers() {
         located.failures_by_second,
         std::collections::BTreeMap::from([(2, 2), (3, 4)])
     );
-    assert_eq!(located.failures_by_second.values().sum::<u64>(), r.errors.total);
+    assert_eq!(
+        located.failures_by_second.values().sum::<u64>(),
+        r.errors.total
+    );
     let clean = Report::new(8.0, 2.0, &outcomes[..10], &sizes[..10], 1.0);
     assert!(clean.meets(10.0, 0.0) && !clean.meets(9.5, 0.0));
     assert_eq!(clean.errors_line(), "none");

@@ -131,7 +131,10 @@ fn an_error_allowance_lets_rare_failures_pass() {
 fn a_paired_search_takes_turns_and_finds_what_each_search_finds_alone() {
     // side 0 a system of capacity 1000, side 1 of 3000 and cut short at 4 steps
     let caps = [1000.0, 3000.0];
-    let plans = [SearchPlan::new(50.0, 100.0, 30), SearchPlan::new(50.0, 100.0, 4)];
+    let plans = [
+        SearchPlan::new(50.0, 100.0, 30),
+        SearchPlan::new(50.0, 100.0, 4),
+    ];
     let alone: Vec<Vec<f64>> = caps
         .iter()
         .zip(plans)
@@ -156,12 +159,19 @@ fn a_paired_search_takes_turns_and_finds_what_each_search_finds_alone() {
         assert_eq!(&got, want, "the same rates as the search alone");
     }
     assert_eq!(seen, [alone[0].len(), alone[1].len()]);
-    assert!(alone[0].len() != alone[1].len(), "the test needs one side to end first");
+    assert!(
+        alone[0].len() != alone[1].len(),
+        "the test needs one side to end first"
+    );
     // rounds alternate A B, B A, ... while both run; then the longer one goes on alone
     let both = alone[0].len().min(alone[1].len());
     for (round, pair) in order[..2 * both].chunks(2).enumerate() {
         let first = if round % 2 == 0 { 0 } else { 1 };
-        assert_eq!(pair, [(first, round + 1), (1 - first, round + 1)], "round {round}");
+        assert_eq!(
+            pair,
+            [(first, round + 1), (1 - first, round + 1)],
+            "round {round}"
+        );
     }
     let longer = if alone[0].len() > both { 0 } else { 1 };
     assert!(order[2 * both..].iter().all(|&(side, _)| side == longer));

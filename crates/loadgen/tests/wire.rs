@@ -53,7 +53,10 @@ fn fake(handle: fn(BufReader<TcpStream>)) -> (String, Arc<AtomicUsize>) {
 
 /// [`fake`], its accepted sockets receiving into `rcvbuf` bytes at most (so that a client's
 /// write of more stops part way).
-fn fake_with_rcvbuf(handle: fn(BufReader<TcpStream>), rcvbuf: Option<i32>) -> (String, Arc<AtomicUsize>) {
+fn fake_with_rcvbuf(
+    handle: fn(BufReader<TcpStream>),
+    rcvbuf: Option<i32>,
+) -> (String, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     if let Some(n) = rcvbuf {
         use std::os::fd::AsRawFd;
@@ -101,7 +104,10 @@ fn run_bodies(url: &str, connections: usize, bodies: Vec<Body>, qps: f64, secs: 
         .enable_all()
         .build()
         .unwrap();
-    let ep = Arc::new(rt.block_on(Endpoint::resolve(url, "fake", Protocol::V2)).unwrap());
+    let ep = Arc::new(
+        rt.block_on(Endpoint::resolve(url, "fake", Protocol::V2))
+            .unwrap(),
+    );
     let m = Measure {
         qps,
         duration_s: secs,
@@ -125,7 +131,11 @@ fn answers_on_kept_alive_connections_count_ok() {
     assert!(rep.queries > 20, "{rep:?}");
     assert_eq!(rep.ok, rep.queries, "{rep:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert_eq!(accepted.load(Ordering::Relaxed), 4, "connections are kept alive");
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        4,
+        "connections are kept alive"
+    );
 }
 
 #[test]
@@ -135,11 +145,16 @@ fn connections_the_server_closes_while_idle_are_reopened_and_answers_stay_paired
     // answer paired with another query would be a bad response, a connection used twice
     // at once a lost query
     let (url, accepted) = fake(|mut r| {
-        r.get_ref().set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        r.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         while let Some(len) = read_head(&mut r) {
             let mut body = vec![0; len];
             r.read_exact(&mut body).unwrap();
-            let size: usize = String::from_utf8_lossy(&body).trim_matches('x').parse().unwrap();
+            let size: usize = String::from_utf8_lossy(&body)
+                .trim_matches('x')
+                .parse()
+                .unwrap();
             r.get_mut().write_all(&score_answer(size)).unwrap();
         }
     });
@@ -158,7 +173,10 @@ fn connections_the_server_closes_while_idle_are_reopened_and_answers_stay_paired
     assert_eq!((e.bad_response, e.timeout, e.failed), (0, 0, 0), "{rep:?}");
     assert_eq!(rep.ok + e.transport, rep.queries, "{rep:?}");
     assert!(e.transport * 20 < rep.queries, "{rep:?}");
-    assert!(accepted.load(Ordering::Relaxed) > 16, "the idle connections were closed and reopened");
+    assert!(
+        accepted.load(Ordering::Relaxed) > 16,
+        "the idle connections were closed and reopened"
+    );
 }
 
 #[test]
@@ -189,19 +207,29 @@ fn an_early_answer_waits_for_the_rest_of_the_request_before_the_next() {
     // get it read as body (and the count below would not add up)
     // 60 KB requests (written by the dispatcher) and 2 MB ones (by the connection's task),
     // against 4 KB of receive buffer: the answer comes while the request is still going out
-    let (url, accepted) = fake_with_rcvbuf(|mut r| {
-        while let Some(len) = read_head(&mut r) {
-            let refused = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\n\r\n";
-            r.get_mut().write_all(refused).unwrap();
-            std::thread::sleep(Duration::from_millis(5));
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            assert!(body.iter().all(|&b| b == b'x'), "a request was written into another's body");
-        }
-    }, Some(4096));
+    let (url, accepted) = fake_with_rcvbuf(
+        |mut r| {
+            while let Some(len) = read_head(&mut r) {
+                let refused = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\n\r\n";
+                r.get_mut().write_all(refused).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                assert!(
+                    body.iter().all(|&b| b == b'x'),
+                    "a request was written into another's body"
+                );
+            }
+        },
+        Some(4096),
+    );
     for body_len in [60 << 10, 2 << 20] {
         let (rep, _) = run(&url, 2, body_len);
-        assert_eq!(rep.errors.by_status.get("503").copied(), Some(rep.queries), "{rep:?}");
+        assert_eq!(
+            rep.errors.by_status.get("503").copied(),
+            Some(rep.queries),
+            "{rep:?}"
+        );
     }
     assert_eq!(accepted.load(Ordering::Relaxed), 4);
 }
@@ -214,14 +242,18 @@ fn a_server_that_closes_without_answering_gives_transport_errors_not_timeouts() 
     let (rep, took) = run(&url, 4, 100);
     assert!(rep.queries > 20, "{rep:?}");
     assert_eq!(rep.errors.transport, rep.queries, "{rep:?}");
-    assert!(took < Duration::from_secs(10), "no query waited for the drain: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "no query waited for the drain: {took:?}"
+    );
 }
 
 #[test]
 fn an_answer_without_a_length_is_a_bad_response() {
     let (url, _) = fake(|mut r| {
         while read_head(&mut r).is_some() {
-            let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+            let chunked =
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
             if r.get_mut().write_all(chunked).is_err() {
                 return;
             }

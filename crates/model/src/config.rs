@@ -110,12 +110,9 @@ impl DlrmConfig {
     /// [`CONFIG_MAX_BYTES`](crate::files::CONFIG_MAX_BYTES) (anything else is refused before
     /// it is read); config errors name the file.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = crate::files::read_text_bounded(
-            path,
-            crate::files::CONFIG_MAX_BYTES,
-            "a config.json",
-        )
-        .map_err(|e| ModelError::io(path, e))?;
+        let text =
+            crate::files::read_text_bounded(path, crate::files::CONFIG_MAX_BYTES, "a config.json")
+                .map_err(|e| ModelError::io(path, e))?;
         Self::from_json_str(&text).map_err(|e| match e {
             ModelError::Config { field, msg } => ModelError::Config {
                 field,

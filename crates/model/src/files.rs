@@ -116,14 +116,17 @@ pub fn read_text_bounded(path: &Path, max: u64, what: &str) -> io::Result<String
     String::from_utf8(bytes).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })
 }
 
 /// `1 MiB`, `64 MiB`, `100000000 bytes`: a bound as the docs give it.
 fn human(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else {
         format!("{n} bytes")
@@ -147,7 +150,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.json");
         std::fs::write(&p, b"{\"x\": 1}").unwrap();
-        assert_eq!(read_text_bounded(&p, 100, "a test file").unwrap(), "{\"x\": 1}");
+        assert_eq!(
+            read_text_bounded(&p, 100, "a test file").unwrap(),
+            "{\"x\": 1}"
+        );
         // exactly at the bound is fine, one byte over is not
         assert_eq!(read_bounded(&p, 8, "a test file").unwrap().len(), 8);
         let e = err_text(read_bounded(&p, 7, "a test file"));

@@ -277,7 +277,9 @@ fn header(tensors: &[TensorOut], sums: &[Vec<u64>]) -> Vec<u8> {
     };
     let mtext = serde_json::to_string(&manifest).expect("serializable");
     let mut off = 0usize;
-    let layout: Vec<(&str, &str, &[usize], (usize, usize))> = tensors
+    // (name, dtype, shape, data offsets) of each tensor in file order
+    type Entry<'a> = (&'a str, &'a str, &'a [usize], (usize, usize));
+    let layout: Vec<Entry> = tensors
         .iter()
         .map(|t| {
             let r = (
@@ -300,7 +302,7 @@ fn header(tensors: &[TensorOut], sums: &[Vec<u64>]) -> Vec<u8> {
     let meta = serde_json::json!({ MANIFEST_KEY: mtext, HEADER_KEY: digest });
     obj.insert("__metadata__".into(), meta);
     let mut h = serde_json::to_vec(&serde_json::Value::Object(obj)).expect("serializable");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     h

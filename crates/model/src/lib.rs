@@ -112,7 +112,14 @@ pub fn set_thread_slice(slice: std::time::Duration) -> std::io::Result<()> {
         };
         // SAFETY: sched_setattr reads `size` bytes of a valid, initialised sched_attr that
         // outlives the call; the other arguments are plain integers.
-        let r = unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &attr as *const SchedAttr, 0u32) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setattr,
+                tid,
+                &attr as *const SchedAttr,
+                0u32,
+            )
+        };
         if r != 0 {
             return Err(std::io::Error::last_os_error());
         }

@@ -25,12 +25,12 @@ impl IdDist {
         if s == "uniform" {
             return Ok(IdDist::Uniform);
         }
-        if let Some(e) = s.strip_prefix("zipf:") {
-            if let Ok(v) = e.parse::<f64>() {
-                if v.is_finite() && v > 0.0 {
-                    return Ok(IdDist::Zipf(v));
-                }
-            }
+        if let Some(e) = s.strip_prefix("zipf:")
+            && let Ok(v) = e.parse::<f64>()
+            && v.is_finite()
+            && v > 0.0
+        {
+            return Ok(IdDist::Zipf(v));
         }
         Err(ModelError::input(
             "dist",

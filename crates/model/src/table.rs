@@ -496,7 +496,7 @@ impl EmbeddingTable {
     pub fn bag_sum(&self, offsets: &[u32], ids: &[u32], out: &mut [f32], out_stride: usize) {
         let bytes = self.bytes();
         match self.format {
-            RowFormat::F32 if bytes.as_ptr() as usize % 4 == 0 => {
+            RowFormat::F32 if (bytes.as_ptr() as usize).is_multiple_of(4) => {
                 bag_sum_f32(as_f32(bytes), self.dim, offsets, ids, out, out_stride)
             }
             f => bag_sum_rows(

@@ -97,7 +97,7 @@ impl Weights {
             tables.push(
                 EmbeddingTable::random(rows, cfg.dim, cfg.table_formats[t], table_seed(seed, t))
                     .map_err(|e| {
-                        ModelError::io(format!("<table {t}: {} MB>", rows * cfg.dim * 4 >> 20), e)
+                        ModelError::io(format!("<table {t}: {} MB>", (rows * cfg.dim * 4) >> 20), e)
                     })?,
             );
         }
@@ -131,7 +131,7 @@ impl Weights {
                 } else {
                     &top[(i - n_tables) / 2 - bot.len()]
                 };
-                4 * if (i - n_tables) % 2 == 0 {
+                4 * if (i - n_tables).is_multiple_of(2) {
                     l.weight.len()
                 } else {
                     l.bias.len()
@@ -161,7 +161,11 @@ impl Weights {
                 } else {
                     &top[j / 2 - bot.len()]
                 };
-                w.write_all(f32_bytes(if j % 2 == 0 { &l.weight } else { &l.bias }))?;
+                w.write_all(f32_bytes(if j.is_multiple_of(2) {
+                    &l.weight
+                } else {
+                    &l.bias
+                }))?;
             }
             Ok(())
         })
@@ -301,14 +305,13 @@ impl Weights {
         {
             let ((w, ws), (b, bs)) = (&pair[0], &pair[1]);
             for (view, sums, name) in [(w, ws, &names[0].0), (b, bs, &names[1].0)] {
-                if let Some((sb, s)) = sums {
-                    if let Some(k) = shard_sums(view.data(), *sb)
+                if let Some((sb, s)) = sums
+                    && let Some(k) = shard_sums(view.data(), *sb)
                         .iter()
                         .zip(s)
                         .position(|(a, b)| a != b)
-                    {
-                        return Err(corrupt(name, k, s.len()));
-                    }
+                {
+                    return Err(corrupt(name, k, s.len()));
                 }
             }
             let mut weight = vec![0.0; w.shape().iter().product()];

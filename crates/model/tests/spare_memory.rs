@@ -18,7 +18,8 @@ fn spare_memory_is_reused_for_overwrites_only_and_bounded() {
 
     // room for a second copy of a table of this size (its own memory is not kept: the
     // table is still alive; a mapped table would need none)
-    reserve_spare_table_memory(&[EmbeddingTable::zeroed(rows, dim, RowFormat::F32).unwrap()]).unwrap();
+    reserve_spare_table_memory(&[EmbeddingTable::zeroed(rows, dim, RowFormat::F32).unwrap()])
+        .unwrap();
     let kept = spare_table_memory();
     assert!(kept >= len, "{kept}");
 

@@ -502,7 +502,8 @@ pub fn spawn(
     let mut handles = Vec::with_capacity(instances);
     queue.lock().instances = instances.max(1);
     for i in 0..instances.max(1) {
-        let exec = Executor::with_nice(threads, nice).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let exec =
+            Executor::with_nice(threads, nice).map_err(|e| std::io::Error::other(e.to_string()))?;
         let (queue, hooks) = (Arc::clone(queue), hooks.clone());
         let h = std::thread::Builder::new()
             .name(format!("dlrs-batcher-{i}"))
@@ -606,10 +607,10 @@ fn compute(
 /// rows of each segment concatenated. Every segment is of a batch validated for the model
 /// `cfg` describes (a batch never mixes versions), so the ids are not range-checked again.
 fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Batch>, ApiError> {
-    if let [(entry, 0, r1)] = segments {
-        if *r1 == entry.len() {
-            return Ok(Cow::Borrowed(&*entry.batch));
-        }
+    if let [(entry, 0, r1)] = segments
+        && *r1 == entry.len()
+    {
+        return Ok(Cow::Borrowed(&*entry.batch));
     }
     let nd = cfg.n_dense();
     let nt = cfg.n_tables();

@@ -327,10 +327,10 @@ async fn read_body(
             }
         },
     };
-    if let Some(n) = declared {
-        if n > limit as u64 {
-            return Err(too_large(n.to_string()));
-        }
+    if let Some(n) = declared
+        && n > limit as u64
+    {
+        return Err(too_large(n.to_string()));
     }
     let timeout = Duration::from_millis(st.args.body_timeout_ms);
     let until = tokio::time::Instant::now() + timeout;
@@ -361,12 +361,12 @@ async fn read_body(
             }
             budget.take(&mut held, data.len())?;
             buf.extend_from_slice(&data);
-            if let Some((n, f)) = on_prefix.take_if(|(n, _)| buf.len() >= *n) {
-                if let Err(e) = f(&buf[..n]) {
-                    tokio::spawn(drain(body, until, limit.saturating_sub(read)));
-                    *drained = true;
-                    return Err(e);
-                }
+            if let Some((n, f)) = on_prefix.take_if(|(n, _)| buf.len() >= *n)
+                && let Err(e) = f(&buf[..n])
+            {
+                tokio::spawn(drain(body, until, limit.saturating_sub(read)));
+                *drained = true;
+                return Err(e);
             }
         }
     }

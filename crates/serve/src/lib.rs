@@ -395,7 +395,7 @@ pub fn compute_layout(threads: usize, instances: Option<usize>) -> anyhow::Resul
     anyhow::ensure!(threads >= 1, "--threads must be at least 1");
     let instances = instances.unwrap_or(threads);
     anyhow::ensure!(
-        instances >= 1 && threads % instances == 0,
+        instances >= 1 && threads.is_multiple_of(instances),
         "--instances {instances} must divide --threads {threads} (each instance gets the same number of threads)"
     );
     Ok((instances, threads / instances))
@@ -497,8 +497,8 @@ pub async fn serve(
             shutdown.await;
             // --drain-timeout-ms bounds the whole shutdown from here: the wait for requests
             // in flight and then for connections still receiving or answering one
-            let deadline = std::time::Instant::now()
-                + Duration::from_millis(state.args.drain_timeout_ms);
+            let deadline =
+                std::time::Instant::now() + Duration::from_millis(state.args.drain_timeout_ms);
             state.drain(deadline).await;
             let _ = stop_tx.send(deadline);
         })

@@ -150,13 +150,13 @@ impl AppState {
             )));
         }
         let v = self.current();
-        if let Some(ver) = version {
-            if ver != v.number.to_string() {
-                return Err(ApiError::NotFound(format!(
-                    "model \"{name}\" has no version \"{ver}\" (serving version {})",
-                    v.number
-                )));
-            }
+        if let Some(ver) = version
+            && ver != v.number.to_string()
+        {
+            return Err(ApiError::NotFound(format!(
+                "model \"{name}\" has no version \"{ver}\" (serving version {})",
+                v.number
+            )));
         }
         Ok(v)
     }
@@ -242,7 +242,11 @@ impl AppState {
                      abandoned; still serving version {serving}",
                     self.args.reload_timeout_ms
                 ));
-                eprintln!("dlrs serve: model \"{}\": reload failed: {}", self.name, err.message());
+                eprintln!(
+                    "dlrs serve: model \"{}\": reload failed: {}",
+                    self.name,
+                    err.message()
+                );
                 return Err(err);
             }
         };
@@ -402,15 +406,30 @@ mod tests {
             // integers.
             let (nice, policy) = unsafe {
                 let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                (libc::getpriority(libc::PRIO_PROCESS, tid), libc::sched_getscheduler(tid as libc::pid_t))
+                (
+                    libc::getpriority(libc::PRIO_PROCESS, tid),
+                    libc::sched_getscheduler(tid as libc::pid_t),
+                )
             };
-            (std::thread::current().name().map(str::to_string), nice, policy)
+            (
+                std::thread::current().name().map(str::to_string),
+                nice,
+                policy,
+            )
         });
         assert!(!seen.is_empty());
         for (name, nice, policy) in seen {
-            assert!(name.as_deref().is_some_and(|n| n.starts_with("dlrs-reload-")), "{name:?}");
+            assert!(
+                name.as_deref()
+                    .is_some_and(|n| n.starts_with("dlrs-reload-")),
+                "{name:?}"
+            );
             assert_eq!(nice, 19, "{name:?} runs at nice {nice}");
-            assert_eq!(policy, libc::SCHED_IDLE, "{name:?} runs under policy {policy}");
+            assert_eq!(
+                policy,
+                libc::SCHED_IDLE,
+                "{name:?} runs under policy {policy}"
+            );
         }
     }
 }

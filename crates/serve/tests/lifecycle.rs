@@ -105,7 +105,10 @@ fn reloads_into_kept_memory_serve_each_new_version_exactly() {
     args.keep_reload_memory = true;
     let srv = Server::start(args);
     let kept = dlrs_model::table::spare_table_memory();
-    assert!(kept > 0, "memory for a second copy of the tables is held from the start");
+    assert!(
+        kept > 0,
+        "memory for a second copy of the tables is held from the start"
+    );
     let mut rng = Lcg(8);
     let s = samples(&mut rng, 4);
     let load = format!("/v2/repository/models/{NAME}/load");
@@ -236,7 +239,11 @@ fn reloads_refuse_fifos_devices_and_huge_files_at_once_and_a_good_one_follows() 
 
     type Breaker = Box<dyn Fn(&std::path::Path)>;
     let cases: Vec<(&str, Breaker, &str)> = vec![
-        ("config.json", Box::new(mkfifo), "not a regular file (a FIFO)"),
+        (
+            "config.json",
+            Box::new(mkfifo),
+            "not a regular file (a FIFO)",
+        ),
         (
             "config.json",
             Box::new(|p| {
@@ -253,7 +260,11 @@ fn reloads_refuse_fifos_devices_and_huge_files_at_once_and_a_good_one_follows() 
             }),
             "4294967296 bytes: larger than the 1 MiB a config.json may have",
         ),
-        ("model.safetensors", Box::new(mkfifo), "not a regular file (a FIFO)"),
+        (
+            "model.safetensors",
+            Box::new(mkfifo),
+            "not a regular file (a FIFO)",
+        ),
         (
             "model.safetensors",
             Box::new(|p| {
@@ -276,7 +287,11 @@ fn reloads_refuse_fifos_devices_and_huge_files_at_once_and_a_good_one_follows() 
         break_it(&path);
         let t0 = std::time::Instant::now();
         let r = srv.post(&load, "");
-        assert!(t0.elapsed() < Duration::from_secs(1), "{file}: {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "{file}: {:?}",
+            t0.elapsed()
+        );
         assert_eq!(r.status, 500, "{file}: {}", r.body);
         let err = r.error();
         assert!(err.contains(want), "{file}: {err}");

@@ -21,7 +21,10 @@ fn per_thread<T>(read: impl Fn(&std::path::Path) -> Option<T>) -> Vec<(String, T
         .unwrap()
         .filter_map(|e| {
             let dir = e.ok()?.path();
-            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_string();
+            let name = std::fs::read_to_string(dir.join("comm"))
+                .ok()?
+                .trim()
+                .to_string();
             Some((name, read(&dir)?))
         })
         .collect()
@@ -29,7 +32,11 @@ fn per_thread<T>(read: impl Fn(&std::path::Path) -> Option<T>) -> Vec<(String, T
 
 /// The values of the threads whose names start with `prefix`.
 fn of<T: Copy>(threads: &[(String, T)], prefix: &str) -> Vec<T> {
-    threads.iter().filter(|(n, _)| n.starts_with(prefix)).map(|t| t.1).collect()
+    threads
+        .iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .map(|t| t.1)
+        .collect()
 }
 
 /// `--compute-nice`: the compute instances' threads (and their executors' pool threads) run at
@@ -46,14 +53,26 @@ fn compute_nice_lowers_only_the_compute_threads() {
     let threads = per_thread(|dir| {
         let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
         // after the name: state is field 3, nice field 19
-        stat.rsplit_once(") ")?.1.split(' ').nth(16)?.parse::<i64>().ok()
+        stat.rsplit_once(") ")?
+            .1
+            .split(' ')
+            .nth(16)?
+            .parse::<i64>()
+            .ok()
     });
     let (batchers, workers) = (of(&threads, "dlrs-batcher"), of(&threads, "dlrs-worker"));
     assert_eq!(batchers, vec![7, 7], "{threads:?}");
-    assert_eq!(workers.len(), 4, "two executors of two threads: {threads:?}");
+    assert_eq!(
+        workers.len(),
+        4,
+        "two executors of two threads: {threads:?}"
+    );
     assert!(workers.iter().all(|&n| n == 7), "{threads:?}");
     let http = of(&threads, "dlrs-http");
-    assert!(http.len() >= 2, "two workers (and any blocking-pool threads): {threads:?}");
+    assert!(
+        http.len() >= 2,
+        "two workers (and any blocking-pool threads): {threads:?}"
+    );
     assert!(http.iter().all(|&n| n == 0), "{threads:?}");
     srv.stop().unwrap();
 }
@@ -79,8 +98,14 @@ fn http_threads_ask_for_short_slices() {
         return;
     }
     let (http, batchers) = (of(&slices, "dlrs-http"), of(&slices, "dlrs-batcher"));
-    assert!(http.len() >= 2, "two workers (and any blocking-pool threads): {slices:?}");
+    assert!(
+        http.len() >= 2,
+        "two workers (and any blocking-pool threads): {slices:?}"
+    );
     assert!(http.iter().all(|&ns| ns == 250_000), "{slices:?}");
-    assert!(!batchers.is_empty() && batchers.iter().all(|&ns| ns != 250_000), "{slices:?}");
+    assert!(
+        !batchers.is_empty() && batchers.iter().all(|&ns| ns != 250_000),
+        "{slices:?}"
+    );
     srv.stop().unwrap();
 }

@@ -60,9 +60,7 @@ impl DataIdentity {
     /// cannot be checked.
     pub fn of(path: &Path) -> Result<Option<Self>> {
         use std::io::Read;
-        if path.as_os_str() == "-"
-            || std::fs::metadata(path).is_ok_and(|m| !m.is_file())
-        {
+        if path.as_os_str() == "-" || std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
             return Ok(None);
         }
         let (file, meta) = dlrs_model::files::open_regular(path)
@@ -116,7 +114,10 @@ impl DataIdentity {
     pub fn check_same(&self, now: &DataIdentity, at: &TrainState) -> Result<()> {
         let mut diffs = Vec::new();
         if self.bytes != now.bytes {
-            diffs.push(format!("{} bytes, the checkpoint's had {}", now.bytes, self.bytes));
+            diffs.push(format!(
+                "{} bytes, the checkpoint's had {}",
+                now.bytes, self.bytes
+            ));
         }
         if self.head_xxh3 != now.head_xxh3 {
             diffs.push(format!(
@@ -364,8 +365,9 @@ pub fn write(out: &Path, model: &Model, opt: &Optimizer, state: &TrainState) -> 
                 return Ok(());
             }
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("replacing {} with {}", out.display(), tmp.display()));
+                return Err(e).with_context(|| {
+                    format!("replacing {} with {}", out.display(), tmp.display())
+                });
             }
         }
         fsync_dir(&parent)?;
@@ -405,21 +407,21 @@ pub fn resolve_resume(dir: &Path) -> Result<PathBuf> {
     if dir.join(STATE_FILE).is_file() {
         return Ok(dir.to_path_buf());
     }
-    if !dir.exists() {
-        if let (Some(name), parent) = (
+    if !dir.exists()
+        && let (Some(name), parent) = (
             dir.file_name(),
             dir.parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new(".")),
-        ) {
-            let prefix = format!(".{}.old-", name.to_string_lossy());
-            if let Ok(rd) = std::fs::read_dir(parent) {
-                for e in rd.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&prefix)
-                        && e.path().join(STATE_FILE).is_file()
-                    {
-                        return Ok(e.path());
-                    }
+        )
+    {
+        let prefix = format!(".{}.old-", name.to_string_lossy());
+        if let Ok(rd) = std::fs::read_dir(parent) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix)
+                    && e.path().join(STATE_FILE).is_file()
+                {
+                    return Ok(e.path());
                 }
             }
         }

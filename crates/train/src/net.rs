@@ -26,12 +26,12 @@
 //! then summed in range order, so a step is deterministic for a given thread count.
 
 use anyhow::{Result, bail};
-use dlrs_kernels::interaction::dot_interaction_backward;
 use dlrs_kernels::grad::{column_sums, relu_backward_sums};
+use dlrs_kernels::interaction::dot_interaction_backward;
 use dlrs_kernels::mlp::{Activation, LinearShape, linear};
 use dlrs_model::config::{Interaction, RowFormat};
-use dlrs_model::weights::Layer;
 use dlrs_model::forward::{dot_shape, dot_top_input};
+use dlrs_model::weights::Layer;
 use dlrs_model::{Batch, DlrmConfig, Model};
 use rayon::prelude::*;
 
@@ -124,7 +124,7 @@ pub fn check_trainable(model: &Model) -> Result<()> {
                 "table {t} is memory-mapped (read-only): load the model with TableMode::Ram to train it"
             );
         }
-        if table.bytes().as_ptr() as usize % 4 != 0 {
+        if !(table.bytes().as_ptr() as usize).is_multiple_of(4) {
             bail!("table {t} is not 4-byte aligned");
         }
     }
@@ -326,12 +326,18 @@ fn reduce_into(dst: &mut [LayerGrad], srcs: &[&Vec<LayerGrad>]) {
         let r = c * CHUNK..c * CHUNK + out.len();
         out.copy_from_slice(&field(&srcs[0][l])[r.clone()]);
         for s in &srcs[1..] {
-            out.iter_mut().zip(&field(&s[l])[r.clone()]).for_each(|(a, b)| *a += b);
+            out.iter_mut()
+                .zip(&field(&s[l])[r.clone()])
+                .for_each(|(a, b)| *a += b);
         }
     };
     dst.par_iter_mut().enumerate().for_each(|(l, g)| {
-        g.dw.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| sum(l, c, out, |g| &g.dw));
-        g.db.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| sum(l, c, out, |g| &g.db));
+        g.dw.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, out)| sum(l, c, out, |g| &g.dw));
+        g.db.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, out)| sum(l, c, out, |g| &g.db));
     });
 }
 
@@ -680,7 +686,19 @@ fn micro_batch(
             (&tb.top_acts[l - 1], layer.in_w)
         };
         let (g, below) = with_below(&mut tb.top, &tb.top_acts, l);
-        layer_backward(layer, src, ld, m, below, &mut tb.dz, &mut tb.da, g, l == nt - 1, accumulate, threads);
+        layer_backward(
+            layer,
+            src,
+            ld,
+            m,
+            below,
+            &mut tb.dz,
+            &mut tb.da,
+            g,
+            l == nt - 1,
+            accumulate,
+            threads,
+        );
         if l == 0 {
             match cfg.interaction {
                 Interaction::Cat => grad_input(
@@ -716,7 +734,10 @@ fn micro_batch(
     if cfg.interaction == Interaction::Dot {
         dot_interaction_backward(&tb.features, &tb.dinter[d..], dfeat, dot_shape(cfg, m));
         for i in 0..m {
-            for (o, g) in dfeat[i * fw..i * fw + d].iter_mut().zip(&tb.dinter[i * iw..i * iw + d]) {
+            for (o, g) in dfeat[i * fw..i * fw + d]
+                .iter_mut()
+                .zip(&tb.dinter[i * iw..i * iw + d])
+            {
                 *o += g;
             }
         }
@@ -736,7 +757,19 @@ fn micro_batch(
             (&tb.bot_acts[l - 1], layer.in_w)
         };
         let (g, below) = with_below(&mut tb.bot, &tb.bot_acts, l);
-        layer_backward(layer, src, ld, m, below, &mut tb.dz, &mut tb.da, g, l == nb - 1, accumulate, threads);
+        layer_backward(
+            layer,
+            src,
+            ld,
+            m,
+            below,
+            &mut tb.dz,
+            &mut tb.da,
+            g,
+            l == nb - 1,
+            accumulate,
+            threads,
+        );
     }
 }
 
@@ -748,7 +781,9 @@ fn with_below<'a>(
     l: usize,
 ) -> (&'a mut LayerGrad, Option<(&'a [f32], &'a mut [f32])>) {
     let (lower, here) = grads.split_at_mut(l);
-    let below = lower.last_mut().map(|g| (acts[l - 1].as_slice(), g.db.as_mut_slice()));
+    let below = lower
+        .last_mut()
+        .map(|g| (acts[l - 1].as_slice(), g.db.as_mut_slice()));
     (&mut here[0], below)
 }
 
@@ -771,12 +806,33 @@ fn layer_backward(
     accumulate: bool,
     threads: usize,
 ) {
-    grad_weight(dz, layer.out_w, src, ld, m, layer.out_w, layer.in_w, &mut g.dw, accumulate, threads);
+    grad_weight(
+        dz,
+        layer.out_w,
+        src,
+        ld,
+        m,
+        layer.out_w,
+        layer.in_w,
+        &mut g.dw,
+        accumulate,
+        threads,
+    );
     if own_db {
         column_sums(dz, layer.out_w, m, &mut g.db, accumulate);
     }
     if let Some((a, lower_db)) = below {
-        grad_input(dz, layer.out_w, &layer.weight, m, layer.out_w, layer.in_w, da, layer.in_w, threads);
+        grad_input(
+            dz,
+            layer.out_w,
+            &layer.weight,
+            m,
+            layer.out_w,
+            layer.in_w,
+            da,
+            layer.in_w,
+            threads,
+        );
         debug_assert_eq!(lower_db.len(), layer.in_w);
         relu_backward_sums(dz, da, a, m, lower_db, accumulate);
     }
@@ -813,7 +869,12 @@ impl SparseGrad {
         }
         for (i, &k) in self.keys.iter().enumerate() {
             if let Some(&ahead) = self.keys.get(i + AHEAD) {
-                dlrs_kernels::prefetch::row(base, (ahead & 0xffff_ffff) as usize, stride * 4, d * 4);
+                dlrs_kernels::prefetch::row(
+                    base,
+                    (ahead & 0xffff_ffff) as usize,
+                    stride * 4,
+                    d * 4,
+                );
             }
             let id = k >> 32;
             let s = (k & 0xffff_ffff) as usize;
@@ -837,7 +898,9 @@ impl SparseGrad {
 /// 8 bits a pass (at 2048 keys of a 10M-row table, three passes of two sweeps each instead of
 /// a comparison sort's ~11 compares per key).
 fn sort_keys(keys: &mut Vec<u64>, scratch: &mut Vec<u64>) {
-    let Some(max) = keys.iter().map(|k| k >> 32).max() else { return };
+    let Some(max) = keys.iter().map(|k| k >> 32).max() else {
+        return;
+    };
     let bits = 64 - max.leading_zeros() as usize;
     scratch.resize(keys.len(), 0);
     let mut shift = 32;
@@ -868,7 +931,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn vals(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| (((i * 7919 + seed * 104729) % 61) as f32 - 30.0) / 17.0).collect()
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104729) % 61) as f32 - 30.0) / 17.0)
+            .collect()
     }
 
     proptest! {

@@ -222,10 +222,22 @@ impl Optimizer {
     /// tensor is an `index_add_`). For SGD it equals [`step`](Self::step) on the coalesced
     /// gradient up to the order of the float additions, without building that gradient.
     pub fn step_pooled(&mut self, model: &mut Model, grads: &Grads, batch: &Batch, pooled: &[f32]) {
-        assert_eq!(self.sparse, SparseOptimizer::Sgd, "per-bag table gradients need SGD");
+        assert_eq!(
+            self.sparse,
+            SparseOptimizer::Sgd,
+            "per-bag table gradients need SGD"
+        );
         self.dense_step(model, grads);
-        let (lr, d, width) = (self.sparse_lr, model.config.dim, model.config.features_width());
-        assert_eq!(pooled.len(), batch.size() * width, "pooled gradients do not fit the batch");
+        let (lr, d, width) = (
+            self.sparse_lr,
+            model.config.dim,
+            model.config.features_width(),
+        );
+        assert_eq!(
+            pooled.len(),
+            batch.size() * width,
+            "pooled gradients do not fit the batch"
+        );
         model
             .weights
             .tables
@@ -233,7 +245,15 @@ impl Optimizer {
             .zip(batch.bags())
             .enumerate()
             .for_each(|(t, (table, bag))| {
-                sgd_from_bags(lr, d, table_f32_mut(table), &bag.offsets, &bag.ids, &pooled[(t + 1) * d..], width);
+                sgd_from_bags(
+                    lr,
+                    d,
+                    table_f32_mut(table),
+                    &bag.offsets,
+                    &bag.ids,
+                    &pooled[(t + 1) * d..],
+                    width,
+                );
             });
     }
 
@@ -256,10 +276,7 @@ impl Optimizer {
     }
 
     /// The state as safetensors tensors (name, shape, data) plus metadata.
-    fn tensors<'a>(
-        &'a self,
-        model: &Model,
-    ) -> (StateTensors<'a>, HashMap<String, String>) {
+    fn tensors<'a>(&'a self, model: &Model) -> (StateTensors<'a>, HashMap<String, String>) {
         let mut v = Vec::new();
         for ((name, slots), shape) in dense_param_names(model)
             .into_iter()
@@ -488,7 +505,10 @@ pub fn sgd_from_bags(
     if bags == 0 {
         return;
     }
-    assert!(pooled.len() >= (bags - 1) * stride + d, "pooled gradients too short");
+    assert!(
+        pooled.len() >= (bags - 1) * stride + d,
+        "pooled gradients too short"
+    );
     let n = offsets[bags] as usize;
     assert!(offsets[0] == 0 && n <= ids.len());
     let rows = table.len() / d;
@@ -500,7 +520,12 @@ pub fn sgd_from_bags(
         let g = &pooled[s * stride..s * stride + d];
         for &id in &ids[w[0] as usize..w[1] as usize] {
             if let Some(&next) = ids[..n].get(k + AHEAD) {
-                dlrs_kernels::prefetch::row(table.as_ptr().cast(), next as usize, row_bytes, row_bytes);
+                dlrs_kernels::prefetch::row(
+                    table.as_ptr().cast(),
+                    next as usize,
+                    row_bytes,
+                    row_bytes,
+                );
             }
             k += 1;
             let r = id as usize;
@@ -530,10 +555,15 @@ pub fn sparse_update(
             dlrs_kernels::prefetch::row(table.as_ptr().cast(), next as usize, row_bytes, row_bytes);
             match opt {
                 SparseOptimizer::Sgd => {}
-                SparseOptimizer::Adagrad => {
-                    dlrs_kernels::prefetch::row(st.as_ptr().cast(), next as usize, row_bytes, row_bytes)
+                SparseOptimizer::Adagrad => dlrs_kernels::prefetch::row(
+                    st.as_ptr().cast(),
+                    next as usize,
+                    row_bytes,
+                    row_bytes,
+                ),
+                SparseOptimizer::RowwiseAdagrad => {
+                    dlrs_kernels::prefetch::row(st.as_ptr().cast(), next as usize, 4, 4)
                 }
-                SparseOptimizer::RowwiseAdagrad => dlrs_kernels::prefetch::row(st.as_ptr().cast(), next as usize, 4, 4),
             }
         }
         let r = id as usize;

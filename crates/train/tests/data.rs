@@ -31,7 +31,7 @@ fn line(label: &str, dense: &[&str], cats: &[&str]) -> String {
 fn good_line(i: usize) -> String {
     let dense: Vec<String> = (0..13)
         .map(|j| {
-            if (i + j) % 5 == 0 {
+            if (i + j).is_multiple_of(5) {
                 String::new()
             } else {
                 ((i * 7 + j) as i64 - 3).to_string()
@@ -40,7 +40,7 @@ fn good_line(i: usize) -> String {
         .collect();
     let cats: Vec<String> = (0..26)
         .map(|t| {
-            if (i + t) % 7 == 0 {
+            if (i + t).is_multiple_of(7) {
                 String::new()
             } else {
                 format!("{:08x}", (i * 2654435761 + t * 97) as u32)
@@ -49,7 +49,7 @@ fn good_line(i: usize) -> String {
         .collect();
     let d: Vec<&str> = dense.iter().map(String::as_str).collect();
     let c: Vec<&str> = cats.iter().map(String::as_str).collect();
-    line(if i % 3 == 0 { "1" } else { "0" }, &d, &c)
+    line(if i.is_multiple_of(3) { "1" } else { "0" }, &d, &c)
 }
 
 fn empty() -> Sample {

@@ -561,13 +561,19 @@ fn resume_refuses_other_data_unless_new_data() {
 
     // another file (same size range, other samples): refused, naming both
     let other = dir.path().join("other.jsonl");
-    run_synth(&synth_args(&arch, 9, 300, &other, "uniform"), &mut Vec::new()).unwrap();
+    run_synth(
+        &synth_args(&arch, 9, 300, &other, "uniform"),
+        &mut Vec::new(),
+    )
+    .unwrap();
     let mut o = r.clone();
     o.train = other.clone();
     let err = run_train(&o, &mut Vec::new()).unwrap_err().to_string();
     assert!(
-        err.contains(&format!("--train {}", other.canonicalize().unwrap().display()))
-            && err.contains("is not the data this checkpoint was trained on")
+        err.contains(&format!(
+            "--train {}",
+            other.canonicalize().unwrap().display()
+        )) && err.contains("is not the data this checkpoint was trained on")
             && err.contains("bytes, the checkpoint's had")
             && err.contains(&train.canonicalize().unwrap().display().to_string())
             && err.contains("stopped at sample 1280 of epoch 1")

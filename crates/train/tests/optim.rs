@@ -177,7 +177,7 @@ proptest::proptest! {
             .collect();
         let ids: Vec<u32> = bags.concat();
         let pooled: Vec<f32> = (0..bags.len() * stride)
-            .map(|i| ((i as u32 * 2654435761u32 ^ seed) % 1000) as f32 / 250.0 - 2.0)
+            .map(|i| (((i as u32 * 2654435761u32) ^ seed) % 1000) as f32 / 250.0 - 2.0)
             .collect();
         let init: Vec<f32> = (0..ROWS * d).map(|i| (i as f32 * 0.37).sin()).collect();
 
