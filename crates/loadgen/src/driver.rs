@@ -175,9 +175,9 @@ pub struct Measure {
 }
 
 /// Asks for `slice` on the calling thread (`--slice-us`; see
-/// [`dlrs_model::ask_for_thread_slice`]).
+/// [`dlrs_model::sys::ask_for_thread_slice`]).
 pub fn ask_for_slice(slice: Duration) {
-    dlrs_model::ask_for_thread_slice(
+    dlrs_model::sys::ask_for_thread_slice(
         slice,
         &format!("dlrs loadgen: --slice-us {}", slice.as_micros()),
     );

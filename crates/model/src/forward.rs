@@ -78,7 +78,7 @@ impl Executor {
     }
 
     /// An executor whose pool threads (if any) run at nice value `nice` (see
-    /// [`crate::set_thread_nice`]; 0 leaves them as the process is).
+    /// [`crate::sys::set_thread_nice`]; 0 leaves them as the process is).
     pub fn with_nice(threads: usize, nice: i32) -> Result<Self> {
         let threads = threads.max(1);
         let pool = if threads > 1 {
@@ -88,7 +88,7 @@ impl Executor {
                     .thread_name(|i| format!("dlrs-worker-{i}"))
                     .start_handler(move |_| {
                         if nice != 0 {
-                            crate::set_thread_nice(nice)
+                            crate::sys::set_thread_nice(nice)
                         }
                     })
                     .build()
@@ -181,7 +181,7 @@ impl Model {
             std::thread::Builder::new()
                 .name("dlrs-verify".into())
                 .spawn(move || {
-                    crate::lower_thread_priority();
+                    crate::sys::lower_thread_priority();
                     jobs.into_iter().for_each(|j| j())
                 })
                 .map_err(|e| ModelError::io("<verify thread>", e))?;

@@ -509,7 +509,7 @@ pub fn spawn(
             .name(format!("dlrs-batcher-{i}"))
             .spawn(move || {
                 if nice != 0 {
-                    dlrs_model::set_thread_nice(nice);
+                    dlrs_model::sys::set_thread_nice(nice);
                 }
                 run(&queue, &exec, &hooks)
             })?;

@@ -447,7 +447,7 @@ pub fn http_runtime(args: &ServeArgs) -> anyhow::Result<tokio::runtime::Runtime>
         .worker_threads(args.http_threads)
         .enable_all()
         .thread_name("dlrs-http")
-        .on_thread_start(move || dlrs_model::ask_for_thread_slice(slice, &what))
+        .on_thread_start(move || dlrs_model::sys::ask_for_thread_slice(slice, &what))
         .build()
         .context("starting the tokio runtime")
 }

@@ -206,7 +206,7 @@ impl AppState {
         let spawned = std::thread::Builder::new()
             .name("dlrs-reload".into())
             .spawn(move || {
-                dlrs_model::lower_thread_priority();
+                dlrs_model::sys::lower_thread_priority();
                 if let Some(h) = before_load {
                     h();
                 }
@@ -353,7 +353,7 @@ fn retire(old: Arc<Version>) {
     let spawned = std::thread::Builder::new()
         .name("dlrs-retire".into())
         .spawn(move || {
-            dlrs_model::lower_thread_priority();
+            dlrs_model::sys::lower_thread_priority();
             while Arc::strong_count(&old) > 1 {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -377,7 +377,7 @@ fn reload_pool() -> Option<&'static rayon::ThreadPool> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .thread_name(|i| format!("dlrs-reload-{i}"))
-            .start_handler(|_| dlrs_model::lower_thread_priority())
+            .start_handler(|_| dlrs_model::sys::lower_thread_priority())
             .build()
             .ok()
     })
