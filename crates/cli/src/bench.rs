@@ -163,7 +163,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     let mut cache_share = None;
     if a.row_cache > 0 {
-        let mut traffic = dlrs_model::cache::TrafficCounter::default();
+        let mut traffic = dlrs_model::tables::TrafficCounter::default();
         for i in 0..a.cache_observe.div_ceil(a.batch) {
             traffic.observe(&synth_batch(cfg, a.batch, ids, dist, 1_000_000 + i as u64)?);
         }

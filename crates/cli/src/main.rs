@@ -203,7 +203,7 @@ fn init(
     let bytes: usize = config
         .tables
         .iter()
-        .map(|&r| r * dlrs_model::table::EmbeddingTable::stride_for(dtype, config.dim))
+        .map(|&r| r * dlrs_model::tables::EmbeddingTable::stride_for(dtype, config.dim))
         .sum();
     let bar = indicatif::ProgressBar::new(bytes as u64).with_style(
         indicatif::ProgressStyle::with_template(

@@ -8,23 +8,28 @@
 //! The instruction set is detected once at run time ([`cpu::isa`]); nothing here needs
 //! `target-cpu=native`.
 //!
+//! - [`gather`]: embedding bags (sum pooling) over tables of every row format, and the
+//!   formats themselves (fp32, fp16, int8, int4 row-wise);
+//! - [`mlp`]: `nn.Linear` layers with fused bias and activation; [`grad`]: their backward;
+//! - [`interaction`]: the DLRM dot interaction and its backward;
+//! - [`ids`]: id range checks and narrowing; [`prefetch`]: row prefetching; [`cpu`]: dispatch.
+//!
 //! ```
-//! use dlrs_kernels::embedding::bag_sum_f32;
+//! use dlrs_kernels::gather::{Bags, Pooled, Rows, bag_sum};
 //! // a table of 3 rows, D = 2; two bags: {0, 2} and {} (empty pools to zeros)
 //! let table = [1.0, 2.0, 10.0, 20.0, 100.0, 200.0];
 //! let mut out = [f32::NAN; 4];
-//! bag_sum_f32(&table, 2, &[0, 2, 2], &[0, 2], &mut out, 2);
+//! bag_sum(Rows::f32(&table, 2), Bags::new(&[0, 2, 2], &[0, 2]), Pooled::new(&mut out, 2));
 //! assert_eq!(out, [101.0, 202.0, 0.0, 0.0]);
 //! ```
 
 pub mod cpu;
-pub mod embedding;
+pub mod gather;
 pub mod grad;
 pub mod ids;
 pub mod interaction;
 pub mod mlp;
 pub mod prefetch;
-pub mod rowwise;
 
 #[cfg(test)]
 pub(crate) mod testutil {
@@ -41,4 +46,27 @@ pub(crate) mod testutil {
 
     /// Written past the end of output rows; a kernel that overruns changes it.
     pub const SENTINEL: f32 = -12345.5;
+
+    /// splitmix64: deterministic test data in [0, 1) from one seed.
+    pub fn rng(seed: u64) -> impl FnMut() -> f32 {
+        let mut s = seed;
+        move || {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
+
+    /// A row of `dim` values in `[lo, lo + span)`; `span == 0` gives a constant row.
+    pub fn row_values(dim: usize, lo: f32, span: f32, seed: u64) -> Vec<f32> {
+        let mut r = rng(seed);
+        (0..dim).map(|_| lo + span * r()).collect()
+    }
+
+    /// Any row format.
+    pub fn fmt_strategy() -> impl proptest::strategy::Strategy<Value = crate::gather::RowFormat> {
+        proptest::sample::select(crate::gather::RowFormat::ALL.to_vec())
+    }
 }

@@ -2,8 +2,8 @@
 //! test: `cargo run --release --example gather -- [GiB] [dim] [pool] [threads]`.
 use std::time::Instant;
 
-use dlrs_kernels::embedding::bag_sum_f32;
-use dlrs_model::table::EmbeddingTable;
+use dlrs_kernels::gather::{Bags, Pooled};
+use dlrs_model::tables::EmbeddingTable;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 fn main() {
@@ -33,7 +33,7 @@ fn main() {
         std::thread::scope(|sc| {
             for (out, ids) in outs.iter_mut().zip(&per_thread) {
                 let (t, offsets) = (&t, &offsets);
-                sc.spawn(move || bag_sum_f32(t.data(), dim, offsets, ids, out, dim));
+                sc.spawn(move || t.bag_sum(Bags::new(offsets, ids), Pooled::new(out, dim)));
             }
         });
         let e = s.elapsed().as_secs_f64();

@@ -16,7 +16,7 @@
 //! and dlrs writes the field only for models that are not all fp32, so an fp32 model's
 //! config.json stays the reference's.
 
-pub use dlrs_kernels::rowwise::RowFormat;
+pub use dlrs_kernels::gather::RowFormat;
 use serde_json::{Map, Value, json};
 
 use crate::error::{ModelError, Result};

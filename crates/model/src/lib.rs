@@ -1,11 +1,17 @@
 //! dlrs model: a DLRM as the reference PyTorch implementation defines it.
 //!
 //! - [`config`]: `config.json` with the reference's flag names, validated.
-//! - [`weights`]: parameters and `model.safetensors` with the reference state-dict keys.
-//! - [`table`]: fp32 embedding tables on transparent huge pages.
+//! - [`model`]: [`Model`], loaded from and saved to a model directory.
+//! - [`weights`] and [`format`]: parameters, and `model.safetensors` with the reference
+//!   state-dict keys and dlrs's checksum manifest.
+//! - [`tables`]: embedding tables behind the row-source contract (ids in, pooled vectors
+//!   out): in RAM on huge pages, memory-mapped with checksums, row caches.
 //! - [`batch`]: validated jagged batches and the JSON Lines sample format.
-//! - [`forward`]: the compiled forward pass, threads splitting the batch.
-//! - [`presets`] and [`synth`]: RMC1/2/3 and Criteo Kaggle shapes, synthetic inputs.
+//! - [`forward`]: the one forward pass, threads splitting the batch; training runs it with
+//!   its activations kept.
+//! - [`presets`] and [`synth`]: RMC1/2/3 and Criteo shapes, synthetic inputs.
+//! - [`files`]: reading files safely (regular files only, size bounds); [`sys`]: thread
+//!   scheduling.
 //!
 //! ```no_run
 //! use dlrs_model::{Batch, Executor, Model, Workspace, batch::parse_sample};
@@ -18,22 +24,22 @@
 //! ```
 
 pub mod batch;
-pub mod cache;
 pub mod config;
 pub mod error;
 pub mod files;
 pub mod format;
 pub mod forward;
 pub mod metrics;
+pub mod model;
 pub mod presets;
 pub mod synth;
 pub mod sys;
-pub mod table;
+pub mod tables;
 pub mod weights;
 
 pub use batch::{Bags, Batch, Sample};
 pub use config::{DlrmConfig, Interaction, RowFormat};
 pub use error::ModelError;
-pub use forward::{Executor, Model, StageTimes, Workspace};
+pub use forward::{Activations, Executor, StageTimes, Workspace};
+pub use model::{CONFIG_FILE, Model, WEIGHTS_FILE};
 pub use weights::TableMode;
-

@@ -145,7 +145,7 @@ mod tests {
         let bytes: usize = int4
             .tables
             .iter()
-            .map(|r| r * crate::table::EmbeddingTable::stride_for(crate::RowFormat::Int4, 128))
+            .map(|r| r * crate::tables::EmbeddingTable::stride_for(crate::RowFormat::Int4, 128))
             .sum();
         assert!((bytes as f64 / 1e9 - 12.8).abs() < 0.1, "{bytes}");
     }

@@ -21,7 +21,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::config::{DlrmConfig, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::format::{TensorOut, read_manifest, shard_bytes_for, shard_sums, write_model_file};
-use crate::table::{EmbeddingTable, FILL_ROWS, ShardCheck, random_rows};
+use crate::tables::{EmbeddingTable, FILL_ROWS, ShardCheck, random_rows};
 
 /// One fully connected layer in `nn.Linear` layout.
 #[derive(Clone, Debug)]

@@ -3,7 +3,7 @@
 //! the spare memory is process-wide.
 
 use dlrs_model::RowFormat;
-use dlrs_model::table::{
+use dlrs_model::tables::{
     EmbeddingTable, keep_spare_table_memory, reserve_spare_table_memory, spare_table_memory,
 };
 

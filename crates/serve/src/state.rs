@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use dlrs_model::forward::{CONFIG_FILE, WEIGHTS_FILE};
+use dlrs_model::{CONFIG_FILE, WEIGHTS_FILE};
 use dlrs_model::{Model, TableMode};
 use tokio::task::JoinHandle;
 
@@ -100,7 +100,7 @@ impl AppState {
                 let model = load(&d, mode)
                     .with_context(|| format!("loading the model from {}", d.display()))?;
                 if keep {
-                    dlrs_model::table::reserve_spare_table_memory(&model.weights.tables)
+                    dlrs_model::tables::reserve_spare_table_memory(&model.weights.tables)
                         .context("reserving memory for reloads (--keep-reload-memory)")?;
                 }
                 Ok(model)

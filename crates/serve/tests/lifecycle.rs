@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use dlrs_model::forward::CONFIG_FILE;
+use dlrs_model::CONFIG_FILE;
 
 #[test]
 fn post_load_swaps_in_the_new_model_and_refuses_a_broken_one() {
@@ -104,7 +104,7 @@ fn reloads_into_kept_memory_serve_each_new_version_exactly() {
     let mut args = md.args();
     args.keep_reload_memory = true;
     let srv = Server::start(args);
-    let kept = dlrs_model::table::spare_table_memory();
+    let kept = dlrs_model::tables::spare_table_memory();
     assert!(
         kept > 0,
         "memory for a second copy of the tables is held from the start"
@@ -121,7 +121,7 @@ fn reloads_into_kept_memory_serve_each_new_version_exactly() {
     }
     // the replaced version's memory went back (its last request done, on a background thread)
     eventually("the replaced version's memory kept again", || {
-        dlrs_model::table::spare_table_memory() == kept
+        dlrs_model::tables::spare_table_memory() == kept
     });
     srv.stop().unwrap();
 }

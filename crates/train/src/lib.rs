@@ -416,7 +416,7 @@ pub fn run_train(args: &TrainArgs, log: &mut dyn Write) -> Result<TrainReport> {
         }
         if args.out.is_dir()
             && std::fs::read_dir(&args.out)?.next().is_some()
-            && !args.out.join(dlrs_model::forward::CONFIG_FILE).exists()
+            && !args.out.join(dlrs_model::CONFIG_FILE).exists()
         {
             bail!(
                 "{} exists and is not a model directory: refusing to replace it",

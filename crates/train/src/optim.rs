@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use dlrs_model::table::EmbeddingTable;
+use dlrs_model::tables::EmbeddingTable;
 use dlrs_model::{Batch, Model};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, View};

@@ -1,4 +1,4 @@
-//! Embedding table storage: rows of one [`RowFormat`] (fp32, fp16, int8 or int4 row-wise,
+//! Embedding table storage (the local tiers of [`super`]): rows of one [`RowFormat`] (fp32, fp16, int8 or int4 row-wise,
 //! FBGEMM's fused layouts) at a fixed byte stride, in one anonymous mapping with
 //! transparent huge pages requested (`MADV_HUGEPAGE`). On this machine class THP is
 //! madvise-only, and random row gathers run about 2x faster on huge pages (fewer TLB misses
@@ -7,8 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use dlrs_kernels::embedding::bag_sum_f32;
-use dlrs_kernels::rowwise::{RowFormat, bag_sum_rows, dequantize_row, quantize_row};
+use dlrs_kernels::gather::{Bags, Pooled, RowFormat, Rows, bag_sum, dequantize_row, quantize_row};
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions, UncheckedAdvice};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
@@ -491,25 +490,15 @@ impl EmbeddingTable {
         dequantize_row(self.format, b, self.dim, out);
     }
 
-    /// Sum-pooled embedding bags (see `dlrs_kernels::embedding` for the contract).
+    /// The rows as the gather kernels read them.
+    pub fn gather_rows(&self) -> Rows<'_> {
+        Rows::new(self.format, self.bytes(), self.stride, self.dim)
+    }
+
+    /// Sum-pooled embedding bags (see `dlrs_kernels::gather` for the contract).
     #[inline]
-    pub fn bag_sum(&self, offsets: &[u32], ids: &[u32], out: &mut [f32], out_stride: usize) {
-        let bytes = self.bytes();
-        match self.format {
-            RowFormat::F32 if (bytes.as_ptr() as usize).is_multiple_of(4) => {
-                bag_sum_f32(as_f32(bytes), self.dim, offsets, ids, out, out_stride)
-            }
-            f => bag_sum_rows(
-                f,
-                bytes,
-                self.stride,
-                self.dim,
-                offsets,
-                ids,
-                out,
-                out_stride,
-            ),
-        }
+    pub fn bag_sum(&self, bags: Bags, out: Pooled) {
+        bag_sum(self.gather_rows(), bags, out)
     }
 
     pub fn rows(&self) -> usize {

@@ -1,17 +1,16 @@
-//! Single-thread throughput of `rowwise::bag_sum_rows` per row format: a 1 GiB table (on
+//! Single-thread throughput of `gather::bag_sum` per row format: a 1 GiB table (on
 //! transparent huge pages when the kernel grants them), uniform random ids, 80 ids per bag,
 //! 256 bags per call, D = 32 (change with `--dim D`, `--seconds S`, `--gib G`).
 //!
 //! ```sh
-//! cargo run --release -p dlrs-kernels --example rowwise_gather
+//! cargo run --release -p dlrs-kernels --example gather_formats
 //! ```
 
 use std::alloc::{Layout, alloc, dealloc};
 use std::time::Instant;
 
 use dlrs_kernels::cpu::{Isa, isa};
-use dlrs_kernels::embedding::bag_sum_f32;
-use dlrs_kernels::rowwise::{RowFormat, bag_sum_rows_with, quantize_row};
+use dlrs_kernels::gather::{Bags, Pooled, RowFormat, Rows, bag_sum_with, quantize_row};
 
 const HUGE_PAGE: usize = 2 << 20;
 const BAGS: usize = 256;
@@ -79,11 +78,10 @@ fn main() {
         isa().name(),
         bytes >> 20
     );
-    let mut paths: Vec<(&str, Option<Isa>)> = vec![("bag_sum_rows", Some(isa()))];
+    let mut paths: Vec<(&str, Isa)> = vec![("bag_sum", isa())];
     if isa() != Isa::Scalar {
-        paths.push(("bag_sum_rows_ref", Some(Isa::Scalar)));
+        paths.push(("bag_sum_ref", Isa::Scalar));
     }
-    paths.push(("embedding::bag_sum_f32", None));
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     for fmt in RowFormat::ALL {
         let stride = fmt.row_stride(dim);
@@ -110,24 +108,11 @@ fn main() {
             .collect();
         let mut out = vec![0.0f32; BAGS * dim];
         for &(name, path) in &paths {
-            if path.is_none() && (fmt != RowFormat::F32 || stride != 4 * dim) {
-                continue;
-            }
             let run = |k: usize, out: &mut [f32]| {
                 let ids = &ids[(k % pool) * BAGS * IDS_PER_BAG..][..BAGS * IDS_PER_BAG];
                 let offsets: Vec<u32> = (0..=BAGS).map(|b| (b * IDS_PER_BAG) as u32).collect();
-                match path {
-                    Some(p) => {
-                        bag_sum_rows_with(p, fmt, table, stride, dim, &offsets, ids, out, dim)
-                    }
-                    None => {
-                        // SAFETY: the table starts 2 MiB aligned and holds rows * dim f32.
-                        let t = unsafe {
-                            std::slice::from_raw_parts(table.as_ptr() as *const f32, rows * dim)
-                        };
-                        bag_sum_f32(t, dim, &offsets, ids, out, dim)
-                    }
-                }
+                let rows = Rows::new(fmt, table, stride, dim);
+                bag_sum_with(path, rows, Bags::new(&offsets, ids), Pooled::new(out, dim))
             };
             for k in 0..pool {
                 run(k, &mut out); // warm up: page the table in, fault the TLB paths once

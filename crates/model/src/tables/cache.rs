@@ -12,8 +12,10 @@
 
 use std::collections::HashMap;
 
+use dlrs_kernels::gather::{Bags, Pooled};
+
+use super::{EmbeddingTable, PoolScratch, RowSource, Staging};
 use crate::batch::Batch;
-use crate::table::EmbeddingTable;
 
 /// Row id -> slot, open addressing with linear probing; `u32::MAX` marks an empty key.
 pub struct RowIndex {
@@ -99,27 +101,25 @@ impl RowCache {
         self.rows.size_bytes() + self.index.bytes()
     }
 
-    /// Sum-pooled bags with hot rows read from the cache and the rest from `table`: the
+    /// Sum-pooled bags with hot rows read from the cache and the rest from `backing`: the
     /// bags are split into a hit part and a miss part, each gathered by the table kernels
     /// (with their prefetching), and the miss sums added onto the hit sums.
-    #[allow(clippy::too_many_arguments)]
-    pub fn bag_sum(
+    pub fn pool(
         &self,
-        table: &EmbeddingTable,
-        offsets: &[u32],
-        ids: &[u32],
-        out: &mut [f32],
-        out_stride: usize,
-        scratch: &mut CacheScratch,
+        backing: &dyn RowSource,
+        bags: Bags,
+        out: Pooled,
+        staging: &Staging,
+        scratch: &mut PoolScratch,
     ) {
-        let CacheScratch {
+        let PoolScratch {
             hit_ids,
             hit_offsets,
             miss_ids,
             miss_offsets,
             miss_out,
-            hits,
-            lookups,
+            cache_hits,
+            cache_lookups,
         } = scratch;
         hit_ids.clear();
         miss_ids.clear();
@@ -127,8 +127,8 @@ impl RowCache {
         miss_offsets.clear();
         hit_offsets.push(0);
         miss_offsets.push(0);
-        for w in offsets.windows(2) {
-            for &id in &ids[w[0] as usize..w[1] as usize] {
+        for w in bags.offsets.windows(2) {
+            for &id in &bags.ids[w[0] as usize..w[1] as usize] {
                 match self.index.get(id) {
                     Some(slot) => hit_ids.push(slot),
                     None => miss_ids.push(id),
@@ -137,35 +137,30 @@ impl RowCache {
             hit_offsets.push(hit_ids.len() as u32);
             miss_offsets.push(miss_ids.len() as u32);
         }
-        *hits += hit_ids.len() as u64;
-        *lookups += (hit_ids.len() + miss_ids.len()) as u64;
-        let bags = offsets.len() - 1;
-        let dim = table.dim();
-        self.rows.bag_sum(hit_offsets, hit_ids, out, out_stride);
+        *cache_hits += hit_ids.len() as u64;
+        *cache_lookups += (hit_ids.len() + miss_ids.len()) as u64;
+        let n = bags.len();
+        let dim = self.rows.dim();
+        let Pooled { out, stride } = out;
+        self.rows
+            .bag_sum(Bags::new(hit_offsets, hit_ids), Pooled::new(out, stride));
         if !miss_ids.is_empty() {
-            miss_out.resize(bags * dim, 0.0);
-            table.bag_sum(miss_offsets, miss_ids, miss_out, dim);
-            for b in 0..bags {
-                let o = &mut out[b * out_stride..b * out_stride + dim];
+            miss_out.resize(n * dim, 0.0);
+            // the misses' scratch is the cache's own: a tier behind it gets a fresh one
+            backing.pool(
+                Bags::new(miss_offsets, miss_ids),
+                Pooled::new(miss_out, dim),
+                staging,
+                &mut PoolScratch::default(),
+            );
+            for b in 0..n {
+                let o = &mut out[b * stride..b * stride + dim];
                 for (x, m) in o.iter_mut().zip(&miss_out[b * dim..b * dim + dim]) {
                     *x += m;
                 }
             }
         }
     }
-}
-
-/// Reusable buffers for [`RowCache::bag_sum`].
-#[derive(Default)]
-pub struct CacheScratch {
-    hit_ids: Vec<u32>,
-    hit_offsets: Vec<u32>,
-    miss_ids: Vec<u32>,
-    miss_offsets: Vec<u32>,
-    miss_out: Vec<f32>,
-    /// lookups served from the cache, and all lookups through it, since creation
-    pub hits: u64,
-    pub lookups: u64,
 }
 
 /// Lookup counts per table, from observed batches.
@@ -252,6 +247,7 @@ mod tests {
 
     #[test]
     fn cached_bags_equal_uncached_bags() {
+        // pool(): hits from the cache, misses from the backing table, sums added per bag
         for fmt in [RowFormat::F32, RowFormat::Int8, RowFormat::Int4] {
             let table = EmbeddingTable::random(5000, 13, fmt, 3).unwrap();
             let cfg = crate::DlrmConfig::from_json_str(
@@ -276,15 +272,18 @@ mod tests {
             let bags = &b.bags()[0];
             let stride = 13 + 3;
             let (mut want, mut got) = (vec![-1.0; 50 * stride], vec![-1.0; 50 * stride]);
-            tables[0].bag_sum(&bags.offsets, &bags.ids, &mut want, stride);
-            cache.bag_sum(
+            let bagged = Bags::new(&bags.offsets, &bags.ids);
+            tables[0].bag_sum(bagged, Pooled::new(&mut want, stride));
+            let mut scratch = PoolScratch::default();
+            cache.pool(
                 &tables[0],
-                &bags.offsets,
-                &bags.ids,
-                &mut got,
-                stride,
-                &mut CacheScratch::default(),
+                bagged,
+                Pooled::new(&mut got, stride),
+                &Staging::default(),
+                &mut scratch,
             );
+            assert_eq!(scratch.cache_lookups, bags.ids.len() as u64);
+            assert!(scratch.cache_hits > 0 && scratch.cache_hits < scratch.cache_lookups);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-5 * (1.0 + w.abs()),

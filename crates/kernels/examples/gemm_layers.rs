@@ -1,10 +1,9 @@
 //! One thread's GEMMs of a criteo-kaggle training step at 1024 rows, layer by layer: the
 //! forward (`linear`), the weight gradient and the input gradient, each with its GFLOP/s,
 //! plus two alternatives for comparison (the forward given w^T, the weight gradient as dw^T):
-//! `cargo run --release -p dlrs-train --example gemm_layers`
+//! `cargo run --release -p dlrs-kernels --example gemm_layers`
 
-use dlrs_kernels::mlp::{Activation, LinearShape, linear};
-use dlrs_train::net::{grad_input, grad_weight};
+use dlrs_kernels::mlp::{Activation, LinearShape, grad_input, grad_weight, linear};
 use std::time::Instant;
 
 fn main() {
@@ -42,12 +41,12 @@ fn main() {
         let f = t.elapsed().as_secs_f64() / reps as f64;
         let t = Instant::now();
         for _ in 0..reps {
-            grad_weight(&y, n, &x, k, m, n, k, &mut dw, true, 1);
+            grad_weight(&y, &x, &mut dw, LinearShape::dense(m, k, n), true, 1);
         }
         let g = t.elapsed().as_secs_f64() / reps as f64;
         let t = Instant::now();
         for _ in 0..reps {
-            grad_input(&y, n, &w, m, n, k, &mut dx, k, 1);
+            grad_input(&y, &w, &mut dx, LinearShape::dense(m, k, n), 1);
         }
         let h = t.elapsed().as_secs_f64() / reps as f64;
         let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();

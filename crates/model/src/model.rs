@@ -1,0 +1,225 @@
+//! [`Model`]: a DLRM's config and weights, loaded from and saved to a model directory
+//! (`config.json` + `model.safetensors`), with the tiers in front of its tables.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::config::{DlrmConfig, RowFormat};
+use crate::error::{ModelError, Result};
+use crate::presets::{Preset, preset};
+use crate::tables::{Cached, RowCache, TableView, TrafficCounter, build_caches};
+use crate::weights::{TableMode, Weights, atomic_write_bytes};
+
+/// The config file of a model directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// The weights file of a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// A DLRM ready to run: a validated config and weights that fit it.
+pub struct Model {
+    pub config: DlrmConfig,
+    pub weights: Weights,
+    /// the directory it was loaded from, if any (named in errors)
+    pub dir: Option<PathBuf>,
+    /// hot-row caches, one slot per table (see [`Model::build_row_caches`])
+    pub row_caches: Vec<Option<RowCache>>,
+}
+
+impl Model {
+    /// Loads a model directory (`config.json` + `model.safetensors`) with its tables
+    /// memory-mapped ([`TableMode::Mmap`]).
+    pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, TableMode::Mmap)
+    }
+
+    /// Loads a model directory, holding the tables as `mode` says. Mapped tables with a
+    /// manifest are verified shard by shard the first time a batch touches a shard (rows of
+    /// a shard that fails are never served: `forward` returns an error naming it); see
+    /// [`Model::verify_in_background`] to verify them all ahead of traffic.
+    pub fn load_with(dir: &Path, mode: TableMode) -> Result<Self> {
+        let config = DlrmConfig::load(&dir.join(CONFIG_FILE))?;
+        let weights = Weights::load_safetensors(&dir.join(WEIGHTS_FILE), &config, mode)?;
+        Ok(Model {
+            config,
+            weights,
+            dir: Some(dir.to_path_buf()),
+            row_caches: Vec::new(),
+        })
+    }
+
+    /// Starts a thread that verifies every shard of every mapped table (reading the whole
+    /// file once), so corruption is found before traffic reaches it. A server calls this
+    /// after loading; a one-shot `predict` does not, to keep start-up independent of size.
+    pub fn verify_in_background(&self) -> Result<()> {
+        let jobs: Vec<_> = self
+            .weights
+            .tables
+            .iter()
+            .filter_map(|t| t.background_verifier())
+            .collect();
+        if !jobs.is_empty() {
+            std::thread::Builder::new()
+                .name("dlrs-verify".into())
+                .spawn(move || {
+                    crate::sys::lower_thread_priority();
+                    jobs.into_iter().for_each(|j| j())
+                })
+                .map_err(|e| ModelError::io("<verify thread>", e))?;
+        }
+        Ok(())
+    }
+
+    /// Fills hot-row caches (rows plus index within `budget_bytes`) from observed traffic;
+    /// returns the share of the observed lookups the cached rows serve. A budget of 0
+    /// removes the caches.
+    pub fn build_row_caches(
+        &mut self,
+        traffic: &TrafficCounter,
+        budget_bytes: usize,
+    ) -> Result<f64> {
+        if budget_bytes == 0 {
+            self.row_caches.clear();
+            return Ok(0.0);
+        }
+        let (caches, share) = build_caches(&self.weights.tables, traffic, budget_bytes)
+            .map_err(|e| ModelError::io("<row cache>", e))?;
+        self.row_caches = caches;
+        Ok(share)
+    }
+
+    /// Bytes the row caches take.
+    pub fn row_cache_bytes(&self) -> usize {
+        self.row_caches.iter().flatten().map(|c| c.bytes()).sum()
+    }
+
+    /// Verifies every shard of every checked table now; errors name the first bad one.
+    pub fn verify_tables(&self) -> Result<()> {
+        for t in 0..self.weights.tables.len() {
+            self.weights.tables[t]
+                .verify_all()
+                .map_err(|k| self.corrupt(t, k))?;
+        }
+        Ok(())
+    }
+
+    /// A preset with random weights (tables built in parallel on the current rayon pool).
+    pub fn from_preset(name: &str, seed: u64) -> Result<(Self, Preset)> {
+        let p = preset(name)?;
+        Ok((Self::random(p.config.clone(), seed)?, p))
+    }
+
+    pub fn random(config: DlrmConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let weights = Weights::random(&config, seed)?;
+        Ok(Model {
+            config,
+            weights,
+            dir: None,
+            row_caches: Vec::new(),
+        })
+    }
+
+    /// Writes the model directory of [`Model::random`]`(config, seed)` without building its
+    /// tables in memory (see [`Weights::write_random`]); each file atomically.
+    pub fn write_random(
+        config: &DlrmConfig,
+        seed: u64,
+        dir: &Path,
+        progress: impl FnMut(u64),
+    ) -> Result<()> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        Weights::write_random(&dir.join(WEIGHTS_FILE), config, seed, progress)?;
+        atomic_write_bytes(&dir.join(CONFIG_FILE), config.to_json_string().as_bytes())
+    }
+
+    /// Writes the model directory; each file atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        self.weights
+            .save_safetensors(&dir.join(WEIGHTS_FILE), &self.config)?;
+        atomic_write_bytes(
+            &dir.join(CONFIG_FILE),
+            self.config.to_json_string().as_bytes(),
+        )
+    }
+
+    /// Converts tables to `format` (all when `tables` is empty), returning per converted
+    /// table `(index, max abs error, mean abs error)` of the new values against the old.
+    pub fn convert_tables(
+        &mut self,
+        format: RowFormat,
+        tables: &[usize],
+    ) -> Result<Vec<(usize, f64, f64)>> {
+        let n = self.config.n_tables();
+        if let Some(t) = tables.iter().find(|&&t| t >= n) {
+            return Err(ModelError::input(
+                "tables",
+                format!("table {t} does not exist (the model has {n})"),
+            ));
+        }
+        let chosen: Vec<usize> = if tables.is_empty() {
+            (0..n).collect()
+        } else {
+            tables.to_vec()
+        };
+        let mut report = Vec::new();
+        for t in chosen {
+            let old = &self.weights.tables[t];
+            let new = old
+                .convert(format)
+                .map_err(|e| ModelError::io(format!("<table {t}>"), e))?;
+            let dim = old.dim();
+            let (max, sum) = (0..old.rows())
+                .into_par_iter()
+                .fold(
+                    || (0.0f64, 0.0f64, vec![0.0f32; dim], vec![0.0f32; dim]),
+                    |(mx, sm, mut a, mut b), r| {
+                        old.row_f32(r, &mut a);
+                        new.row_f32(r, &mut b);
+                        let (m2, s2) = a.iter().zip(&b).fold((mx, sm), |(m, s), (x, y)| {
+                            let d = (x - y).abs() as f64;
+                            (m.max(d), s + d)
+                        });
+                        (m2, s2, a, b)
+                    },
+                )
+                .map(|(m, s, _, _)| (m, s))
+                .reduce(|| (0.0, 0.0), |x, y| (x.0.max(y.0), x.1 + y.1));
+            report.push((t, max, sum / (old.rows() * dim) as f64));
+            self.weights.tables[t] = new;
+            self.config.table_formats[t] = format;
+        }
+        Ok(report)
+    }
+
+    /// What the forward pass reads each table through: the table, or its row cache in front
+    /// of it (see [`crate::tables`]).
+    pub fn table_views(&self) -> Vec<TableView<'_>> {
+        self.weights
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(t, table)| match self.row_caches.get(t) {
+                Some(Some(cache)) => TableView::Cached(Cached {
+                    cache,
+                    backing: table,
+                }),
+                _ => TableView::Table(table),
+            })
+            .collect()
+    }
+
+    /// The error of a batch that touched table `t`'s corrupt shard `shard`.
+    pub(crate) fn corrupt(&self, t: usize, shard: usize) -> ModelError {
+        ModelError::Corrupt {
+            path: self
+                .dir
+                .as_ref()
+                .map_or_else(|| PathBuf::from("<model>"), |d| d.join(WEIGHTS_FILE)),
+            tensor: format!("emb_l.{t}.weight"),
+            msg: format!("shard {shard} does not match its checksum"),
+        }
+    }
+}
