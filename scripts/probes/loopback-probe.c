@@ -1,7 +1,7 @@
 // loopback-probe.c: the least CPU a request of N bytes can cost over loopback TCP (no HTTP, no
 // parsing): a client thread writes N-byte bodies, a server thread reads each into one buffer and
 // answers 64 bytes, closed loop on one connection; prints CPU ms per query of both ends.
-// Build: gcc -O2 -pthread -o /tmp/loopback-probe scripts/loopback-probe.c
+// Build: gcc -O2 -pthread -o /tmp/loopback-probe scripts/probes/loopback-probe.c
 // Run:   /tmp/loopback-probe BYTES QUERIES   (e.g. 940000 5000)
 #include <arpa/inet.h>
 #include <netinet/tcp.h>

@@ -1,7 +1,7 @@
 // touch-probe.c: touches every page of a new anonymous allocation, as loading a model into
-// fresh memory does, to see what that costs the other threads (run scripts/vcpu-gaps.c
+// fresh memory does, to see what that costs the other threads (run scripts/probes/vcpu-gaps.c
 // beside it). On a VM with free page reporting the first touch of each page traps to the host.
-// Build: gcc -O2 -pthread -o /tmp/touch-probe scripts/touch-probe.c
+// Build: gcc -O2 -pthread -o /tmp/touch-probe scripts/probes/touch-probe.c
 // Run:   /tmp/touch-probe GB CHUNK_MB SLEEP_MS THREADS [HUGE=1]
 //        (4 64 0 2 1: 4 GB at full speed on 2 SCHED_IDLE threads; 4 8 10 1 1: paced)
 #define _GNU_SOURCE

@@ -1,9 +1,9 @@
 // vcpu-gaps.c: what the machine takes from a normal thread. One busy thread per core (pinned,
 // nice 0) reads the clock in a loop; any gap over 0.5 ms is time the thread did not run
 // (other threads, kernel work, or the hypervisor: compare the steal column of /proc/stat).
-// Build: gcc -O2 -pthread -o /tmp/vcpu-gaps scripts/vcpu-gaps.c
+// Build: gcc -O2 -pthread -o /tmp/vcpu-gaps scripts/probes/vcpu-gaps.c
 // Run:   /tmp/vcpu-gaps SECONDS      (idle here: gaps up to ~8 ms; during a reload of RMC1
-//        into fresh memory: up to 37 ms on both cores; see docs/benchmarks.md, session 6)
+//        into fresh memory: up to 37 ms on both cores; see docs/benchmarks.md)
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>

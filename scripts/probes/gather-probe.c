@@ -1,6 +1,6 @@
 // gather-probe.c: the machine's random row-gather rate with a minimal loop (no dlrs code): rows of R
 // bytes at stride S from a T GiB THP table, uniform ids, prefetch P rows ahead, 1 or 2 threads.
-// Build: gcc -O2 -mavx2 -pthread -o /tmp/gather-probe scripts/gather-probe.c
+// Build: gcc -O2 -mavx2 -pthread -o /tmp/gather-probe scripts/probes/gather-probe.c
 // Run:   /tmp/gather-probe T_GIB STRIDE ROW_BYTES PREFETCH THREADS   (e.g. 4 128 128 128 2 vs 2 64 64 128 2)
 #define _GNU_SOURCE
 #include <immintrin.h>

@@ -3,8 +3,8 @@
 # `dlrs serve` (its threads and the load generator's), or in process (`dlrs twin`'s threads).
 # From /proc ticks over the middle of the run (its first 3 s and last 2 s are left out).
 #
-#   scripts/cpu-per-query.sh http QPS SECONDS [extra dlrs loadgen flags...]
-#   scripts/cpu-per-query.sh twin QPS SECONDS MODEL_DIR [extra dlrs twin flags...]
+#   scripts/probes/cpu-per-query.sh http QPS SECONDS [extra dlrs loadgen flags...]
+#   scripts/probes/cpu-per-query.sh twin QPS SECONDS MODEL_DIR [extra dlrs twin flags...]
 #
 # http expects one `dlrs serve` on 127.0.0.1:8129 serving model "m" with --allow-client-shm
 # (as scripts/serve-checks.py starts it). The load is RMC1's: 80 ids per table, normal(165,16)
@@ -14,7 +14,7 @@
 set -euo pipefail
 MODE=$1; QPS=$2; SECS=$3; shift 3
 [ "$SECS" -ge 8 ] || { echo "SECONDS must be at least 8" >&2; exit 2; }
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DLRS=${DLRS:-$ROOT/target/release/dlrs}
 LOAD=(--ids-per-table 80 --query-size normal:165,16 --pool 256 --json --qps "$QPS" --duration "$SECS" --warmup 0)
 OUT=$(mktemp -d)
