@@ -257,8 +257,8 @@ impl ShardCheck {
     }
 }
 
-/// Asks the kernel to read a (mapped) range ahead in one go: a table mapping is advised
-/// `MADV_RANDOM`, which would otherwise fault it in one 4 KiB page at a time.
+/// Asks the kernel to read a (mapped) range ahead in one go (`MADV_WILLNEED`), before a
+/// shard is hashed, instead of faulting it in page by page as the hash reads it.
 fn will_need(b: &[u8]) {
     const PAGE: usize = 4096;
     let start = b.as_ptr() as usize / PAGE * PAGE;
