@@ -70,7 +70,10 @@ impl LinearShape {
         }
     }
 
-    fn check(&self, x: &[f32], w: &[f32], bias: &[f32], y: &[f32]) {
+    /// The checks of a layer call: `x` holds `m` rows of `k` at stride `ldx`, `y` `m` rows of
+    /// `n` at stride `ldy`, `w` is `[n, k]`, `bias` (when given) `[n]`. The backward passes
+    /// check the same with `dz` as `y` and `dx` as `x`.
+    fn check(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &[f32]) {
         let s = self;
         assert!(
             s.ldx >= s.k && s.ldy >= s.n,
@@ -83,7 +86,9 @@ impl LinearShape {
             s.n,
             s.k
         );
-        assert_eq!(bias.len(), s.n, "bias must be [n] = [{}]", s.n);
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), s.n, "bias must be [n] = [{}]", s.n);
+        }
         if s.m > 0 {
             assert!(x.len() >= (s.m - 1) * s.ldx + s.k, "x too short for {s:?}");
             assert!(y.len() >= (s.m - 1) * s.ldy + s.n, "y too short for {s:?}");
@@ -104,7 +109,7 @@ pub fn linear(
     act: Activation,
     threads: usize,
 ) {
-    shape.check(x, w, bias, y);
+    shape.check(x, w, Some(bias), y);
     #[cfg(target_arch = "x86_64")]
     if let LinearShape {
         m: m @ 2..=128,
@@ -138,7 +143,7 @@ pub fn linear_gemm_only(
     act: Activation,
     threads: usize,
 ) {
-    shape.check(x, w, bias, y);
+    shape.check(x, w, Some(bias), y);
     let LinearShape { m, k, n, ldx, ldy } = shape;
     if m == 0 || n == 0 {
         return;
@@ -293,7 +298,7 @@ pub fn linear_nt(
     act: Activation,
     threads: usize,
 ) {
-    shape.check(x, w, bias, y);
+    shape.check(x, w, Some(bias), y);
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::has_avx512() {
         // SAFETY: AVX-512F is present; `shape.check` validated the slices.
@@ -411,7 +416,7 @@ pub fn linear_ref(
     shape: LinearShape,
     act: Activation,
 ) {
-    shape.check(x, w, bias, y);
+    shape.check(x, w, Some(bias), y);
     let LinearShape { m, k, n, ldx, ldy } = shape;
     for i in 0..m {
         let xi = &x[i * ldx..i * ldx + k];
@@ -440,28 +445,6 @@ thread_local! {
     static NARROW_DWT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The checks both backward GEMMs make: `dz` holds `m` rows of `n` at stride `ldy`, `x` (or
-/// `dx`) `m` rows of `k` at stride `ldx`, the weight (or its gradient) `n * k` values.
-fn check_backward(shape: &LinearShape, dz: &[f32], x: &[f32], w: &[f32]) {
-    let s = shape;
-    assert!(
-        s.ldx >= s.k && s.ldy >= s.n,
-        "row strides smaller than widths: {s:?}"
-    );
-    assert_eq!(
-        w.len(),
-        s.n * s.k,
-        "weight gradient must be [n, k] for {s:?}"
-    );
-    if s.m > 0 {
-        assert!(
-            dz.len() >= (s.m - 1) * s.ldy + s.n,
-            "dz too short for {s:?}"
-        );
-        assert!(x.len() >= (s.m - 1) * s.ldx + s.k, "x too short for {s:?}");
-    }
-}
-
 /// The weight gradient of a layer of `shape`: `dw [n, k] (+)= dz^T x`, with `dz: [m, n]`
 /// (row stride `shape.ldy`) and `x: [m, k]` the layer's input (row stride `shape.ldx`);
 /// `accumulate` adds to `dw` instead of overwriting it. `threads > 1` lets the GEMM split
@@ -477,7 +460,7 @@ pub fn grad_weight(
     accumulate: bool,
     threads: usize,
 ) {
-    check_backward(&shape, dz, x, dw);
+    shape.check(x, dw, None, dz);
     let LinearShape {
         m,
         k: inp,
@@ -497,7 +480,7 @@ pub fn grad_weight(
         // they run along `out`, unit stride in dz (m = 1024, out = 512: 187-227 us -> 108 us)
         NARROW_DWT.with_borrow_mut(|dwt| {
             dwt.resize(inp * out, 0.0);
-            // SAFETY: by `check_backward`: lhs = dz^T as out x m with element (o, b) at
+            // SAFETY: by `shape.check`: lhs = dz^T as out x m with element (o, b) at
             // dz[b * ldz + o] (row step 1, column step ldz); rhs = x as m x in with element
             // (b, j) at x[b * lda + j] (row step lda, column step 1); dst = dwt as out x in
             // with element (o, j) at dwt[j * out + o] (row step 1, column step out), inside
@@ -534,7 +517,7 @@ pub fn grad_weight(
         });
         return;
     }
-    // SAFETY: `check_backward` proves every element addressed lies inside its slice: lhs =
+    // SAFETY: `shape.check` proves every element addressed lies inside its slice: lhs =
     // dz^T is out x m, element (o, b) at dz[b * ldz + o] (row step 1, column step ldz); rhs =
     // x is m x in, element (b, j) at x[b * lda + j] (row step lda, column step 1); dst = dw
     // is out x in row-major. dw is exclusively borrowed and aliases neither input.
@@ -571,7 +554,7 @@ pub fn grad_weight(
 /// # Panics
 /// On slices that do not fit `shape`.
 pub fn grad_input(dz: &[f32], w: &[f32], dx: &mut [f32], shape: LinearShape, threads: usize) {
-    check_backward(&shape, dz, dx, w);
+    shape.check(dx, w, None, dz);
     let LinearShape {
         m,
         k: inp,
@@ -588,7 +571,7 @@ pub fn grad_input(dz: &[f32], w: &[f32], dx: &mut [f32], shape: LinearShape, thr
         }
         return;
     }
-    // SAFETY: by `check_backward`, lhs = dz is m x out (row step ldz, column step 1), rhs = w
+    // SAFETY: by `shape.check`, lhs = dz is m x out (row step ldz, column step 1), rhs = w
     // is out x in row-major (row step in, column step 1), dst = dx is m x in (row step ldda);
     // all addressed elements are inside their slices and dx aliases neither input.
     unsafe {
@@ -624,7 +607,7 @@ pub fn grad_weight_ref(
     shape: LinearShape,
     accumulate: bool,
 ) {
-    check_backward(&shape, dz, x, dw);
+    shape.check(x, dw, None, dz);
     let LinearShape { m, k, n, ldx, ldy } = shape;
     for o in 0..n {
         for j in 0..k {
@@ -643,7 +626,7 @@ pub fn grad_weight_ref(
 
 /// The scalar reference of [`grad_input`] (f64 sums).
 pub fn grad_input_ref(dz: &[f32], w: &[f32], dx: &mut [f32], shape: LinearShape) {
-    check_backward(&shape, dz, dx, w);
+    shape.check(dx, w, None, dz);
     let LinearShape { m, k, n, ldx, ldy } = shape;
     for b in 0..m {
         for j in 0..k {

@@ -382,7 +382,6 @@ impl Step<'_> {
         let fw = cfg.features_width();
         let iw = cfg.interaction_width();
         let nd = cfg.n_dense();
-        let (nb, nt) = (w.bot.len(), w.top.len());
         let widest = w
             .bot
             .iter()
@@ -409,44 +408,33 @@ impl Step<'_> {
             let dp = self.inv_b * (p - y) / ((1.0 - p) * p).max(1e-12);
             *dz = dp * (1.0 - p) * p;
         }
-        // top MLP
-        for l in (0..nt).rev() {
-            let layer = &w.top[l];
-            let (src, ld): (&[f32], usize) = if l == 0 {
-                (top_in, ld_top)
-            } else {
-                (&acts.top[l - 1], layer.in_w)
-            };
-            let (g, below) = with_below(&mut tb.top, &acts.top, l);
-            layer_backward(
-                layer,
-                (src, ld),
-                m,
-                below,
-                (&mut tb.dz, &mut tb.da),
-                g,
-                (l == nt - 1, accumulate),
-                threads,
-            );
-            if l == 0 {
-                // the gradient of the top MLP's input
-                let (dst, ldd) = match cfg.interaction {
-                    Interaction::Cat => (&mut *dfeat, fw),
-                    Interaction::Dot => {
-                        ensure(&mut tb.dinter, m * iw);
-                        (&mut tb.dinter[..], iw)
-                    }
-                };
-                let shape = LinearShape {
-                    m,
-                    k: layer.in_w,
-                    n: layer.out_w,
-                    ldx: ldd,
-                    ldy: layer.out_w,
-                };
-                grad_input(&tb.dz, &layer.weight, dst, shape, threads);
+        // top MLP; then the gradient of its input, from layer 0's output gradient left in dz
+        let top_w = &w.top;
+        mlp_backward(
+            top_w,
+            &mut tb.top,
+            &acts.top,
+            (top_in, ld_top),
+            m,
+            (&mut tb.dz, &mut tb.da),
+            accumulate,
+            threads,
+        );
+        let (dst, ldd) = match cfg.interaction {
+            Interaction::Cat => (&mut *dfeat, fw),
+            Interaction::Dot => {
+                ensure(&mut tb.dinter, m * iw);
+                (&mut tb.dinter[..], iw)
             }
-        }
+        };
+        let shape = LinearShape {
+            m,
+            k: top_w[0].in_w,
+            n: top_w[0].out_w,
+            ldx: ldd,
+            ldy: top_w[0].out_w,
+        };
+        grad_input(&tb.dz, &top_w[0].weight, dst, shape, threads);
         // dot interaction backward: the pairs' gradients back to the features, then x's own
         // gradient (it also feeds the top MLP directly, as the first D inputs)
         if cfg.interaction == Interaction::Dot {
@@ -468,25 +456,53 @@ impl Step<'_> {
             }
         }
         let dense = &self.batch.dense()[rows.start * nd..rows.end * nd];
-        for l in (0..nb).rev() {
-            let layer = &w.bot[l];
-            let (src, ld): (&[f32], usize) = if l == 0 {
-                (dense, nd)
-            } else {
-                (&acts.bottom[l - 1], layer.in_w)
-            };
-            let (g, below) = with_below(&mut tb.bot, &acts.bottom, l);
-            layer_backward(
-                layer,
-                (src, ld),
-                m,
-                below,
-                (&mut tb.dz, &mut tb.da),
-                g,
-                (l == nb - 1, accumulate),
-                threads,
-            );
-        }
+        mlp_backward(
+            &w.bot,
+            &mut tb.bot,
+            &acts.bottom,
+            (dense, nd),
+            m,
+            (&mut tb.dz, &mut tb.da),
+            accumulate,
+            threads,
+        );
+    }
+}
+
+/// The backward of an MLP whose output gradient is in `dz`: each layer's weight and bias
+/// gradients into `grads` (`accumulate`: added), the gradient passed down through the ReLUs
+/// (the hidden layers' outputs, `hidden`). `input` is the first layer's input (with its
+/// row stride); at the end `dz` holds the first layer's output gradient.
+#[allow(clippy::too_many_arguments)]
+fn mlp_backward(
+    layers: &[Layer],
+    grads: &mut [LayerGrad],
+    hidden: &[Vec<f32>],
+    input: (&[f32], usize),
+    m: usize,
+    (dz, da): (&mut [f32], &mut [f32]),
+    accumulate: bool,
+    threads: usize,
+) {
+    let n = layers.len();
+    for l in (0..n).rev() {
+        let layer = &layers[l];
+        let src = if l == 0 {
+            input
+        } else {
+            (&hidden[l - 1][..], layer.in_w)
+        };
+        let (g, below) = with_below(grads, hidden, l);
+        layer_backward(
+            layer,
+            src,
+            m,
+            below,
+            (&mut *dz, &mut *da),
+            g,
+            (l == n - 1, accumulate),
+            threads,
+        );
     }
 }
 
