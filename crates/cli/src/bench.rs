@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// print exactly one JSON object on stdout
     #[arg(long)]
     json: bool,
+    /// do not report the host's limits (the FMA peak and the gather rate come from a quick
+    /// probe, cached for the boot: the first bench after a boot takes a few seconds more)
+    #[arg(long)]
+    skip_limits: bool,
 }
 
 /// Bytes of embedding rows the default pool of batches spans: well past the last-level cache.
@@ -124,6 +128,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let dist = IdDist::parse(&a.dist)?;
     let exec = Executor::new(a.threads)?;
+    let host = dlrs_machine::Host::detect();
     let t0 = Instant::now();
     let (mut model, name, preset_ids) = if Path::new(&a.model).is_dir() {
         let mut m = Model::load_with(Path::new(&a.model), a.tables)?;
@@ -211,6 +216,35 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let emb_s = stages.embedding / n;
     let mlp_s = (stages.bottom_mlp + stages.top_mlp) / n;
     let flops = cfg.mlp_flops_per_sample() * a.batch as f64;
+    let row_stride = tables.iter().map(|t| t.stride()).max().unwrap_or(0);
+    // the host's limits, probed at this bench's row stride and thread count (before the
+    // model is dropped, so the probe's 1 GiB comes on top: it is what a server would see)
+    let limits = if a.skip_limits {
+        None
+    } else {
+        Some(dlrs_machine::quick_limits_cached(
+            row_stride.next_multiple_of(4),
+            a.threads,
+        )?)
+    };
+    let rows_per_s = rows_per_batch / emb_s;
+    let mlp_gflops = flops / mlp_s / 1e9;
+    let limits_json = limits.map(|(fma, gather)| {
+        json!({
+            "fma_gflop_per_s_per_core": fma.per_core_gflops,
+            "fma_width_bits": fma.width_bits,
+            "gather_rows_per_s": gather.rows_per_s,
+            "gather_row_bytes": gather.row_bytes,
+            "gather_threads": gather.threads,
+            "probe": "quick, cached per boot (dlrs probe measures afresh)",
+        })
+    });
+    let fractions = limits.map(|(fma, gather)| {
+        json!({
+            "embedding": rows_per_s / gather.rows_per_s,
+            "mlp": mlp_gflops / (fma.per_core_gflops * a.threads as f64),
+        })
+    });
     let report = json!({
         "engine": "dlrs",
         "tables": if model.weights.tables.iter().any(|t| t.is_mapped()) { "mmap" } else { "ram" },
@@ -221,9 +255,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "ids_per_table": ids,
         "pool_batches": n_pool,
         "isa": dlrs_kernels::cpu::isa().name(),
+        "host": {
+            "cpu": host.cpu_line(),
+            "vendor": host.vendor,
+            "family": host.family,
+            "model": host.model,
+            "microarchitecture": host.microarchitecture,
+            "isa_flags": host.isa,
+            "thp": host.thp,
+        },
+        "limits": limits_json,
+        "fraction_of_limit": fractions,
         "dtype": formats_name(&model),
         "row_bytes": row_bytes,
-        "row_stride": tables.iter().map(|t| t.stride()).max().unwrap_or(0),
+        "row_stride": row_stride,
         "cache_lines_per_row": lines_per_row,
         "embedding_bytes": tables.iter().map(|t| t.size_bytes()).sum::<usize>(),
         "build_s": build_s,
@@ -232,10 +277,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                        "mean": total / n * 1e3},
         "breakdown_ms": {"embedding": emb_s * 1e3, "bottom_mlp": stages.bottom_mlp / n * 1e3,
                          "interaction": stages.interaction / n * 1e3, "top_mlp": stages.top_mlp / n * 1e3},
-        "embedding_rows_per_s": rows_per_batch / emb_s,
+        "embedding_rows_per_s": rows_per_s,
         "embedding_gb_per_s": rows_per_batch * row_bytes / emb_s / 1e9,
         "embedding_gb_per_s_wall": rows_per_batch * row_bytes * n / total / 1e9,
-        "mlp_gflop_per_s": flops / mlp_s / 1e9,
+        "mlp_gflop_per_s": mlp_gflops,
         "batches": lat.len(),
         "rss_bytes": rss,
         "anon_huge_page_bytes": huge,
@@ -289,6 +334,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "  MLPs           {:.1} GFLOP/s",
             r["mlp_gflop_per_s"].as_f64().unwrap_or(0.0)
         );
+        if let Some((fma, gather)) = limits {
+            println!(
+                "  of the host    embedding {:.0}% of {:.1} M rows/s ({} B rows, {} threads), MLPs {:.0}% of {:.0} GFLOP/s ({} x {:.0} per core)",
+                100.0 * rows_per_s / gather.rows_per_s,
+                gather.rows_per_s / 1e6,
+                gather.row_bytes,
+                gather.threads,
+                100.0 * mlp_gflops / (fma.per_core_gflops * a.threads as f64),
+                fma.per_core_gflops * a.threads as f64,
+                a.threads,
+                fma.per_core_gflops
+            );
+        }
+        println!("  host           {}", host.cpu_line());
         if let Some(share) = cache_share {
             println!(
                 "  row cache      {:.2} GB: {:.1}% of the observed lookups, {:.1}% of the timed ones",

@@ -2,6 +2,7 @@
 
 mod bench;
 mod logs;
+mod probe;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -65,6 +66,9 @@ enum Cmd {
     },
     /// Measure throughput, latency and per-stage time on synthetic inputs.
     Bench(bench::BenchArgs),
+    /// The host and its measured limits: FMA peak per core, random row-gather rate per row
+    /// size, DRAM latency, sequential bandwidth.
+    Probe(probe::ProbeArgs),
     /// Convert a model's tables to another row format; prints each table's row error.
     Quantize {
         #[arg(long)]
@@ -154,6 +158,7 @@ fn main() {
             tables,
         } => predict(&model, &input, batch, threads, tables),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Probe(a) => probe::run(a),
         Cmd::Quantize {
             model,
             dtype,
