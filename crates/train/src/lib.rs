@@ -12,6 +12,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod error;
 pub mod metrics;
 pub mod net;
 pub mod optim;
@@ -27,6 +28,8 @@ use clap::ArgGroup;
 use dlrs_model::synth::IdDist;
 use dlrs_model::{Batch, DlrmConfig, Executor, Model, TableMode, Workspace, presets};
 use serde_json::{Value, json};
+
+pub use crate::error::{SettingChange, TrainError};
 
 use crate::checkpoint::{DataIdentity, Settings, TrainState};
 use crate::data::{BatchStream, DataFormat, StreamOptions};

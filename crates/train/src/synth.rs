@@ -15,11 +15,12 @@
 
 use std::io::Write;
 
-use anyhow::Result;
 use dlrs_model::synth::{IdDist, synth_batch};
 use dlrs_model::{Executor, Model, Workspace};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+use crate::error::{Result, TrainError};
 
 /// How a random model is made into a teacher (see [`make_teacher`]).
 #[derive(Clone, Copy, Debug)]
@@ -150,7 +151,7 @@ pub fn write_samples(
                 line.push(']');
             }
             line.push_str(&format!("],\"label\":{label}}}\n"));
-            out.write_all(line.as_bytes())?;
+            out.write_all(line.as_bytes()).map_err(TrainError::Output)?;
         }
         done += n as u64;
         c += 1;
