@@ -39,7 +39,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 use crate::error::{Result, TrainError};
 
 /// The input format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataFormat {
     /// by content: JSON Lines when the first byte is `{`, else Criteo TSV
     Auto,

@@ -189,6 +189,13 @@ impl std::fmt::Display for SettingChange {
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 impl TrainError {
+    pub(crate) fn setting(flag: &'static str, msg: impl Into<String>) -> Self {
+        TrainError::Setting {
+            flag,
+            msg: msg.into(),
+        }
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,

@@ -37,7 +37,7 @@ pub const ADAM_EPS: f32 = 1e-8;
 pub const META_KEY: &str = "dlrs_optimizer";
 
 /// The optimizer of the embedding tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SparseOptimizer {
     Sgd,
     Adagrad,
@@ -45,7 +45,7 @@ pub enum SparseOptimizer {
 }
 
 /// The optimizer of the MLPs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenseOptimizer {
     Sgd,
     Adagrad,
