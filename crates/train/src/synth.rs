@@ -288,7 +288,7 @@ pub fn run_synth(cfg: &SynthConfig, log: &mut dyn Write) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     if to_stdout {
-        eprintln!("{msg}");
+        tracing::info!("{msg}");
     } else {
         writeln!(log, "{msg}").map_err(TrainError::Output)?;
     }

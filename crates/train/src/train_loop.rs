@@ -7,7 +7,7 @@
 //! batch, checkpointing and evaluating at the end of every epoch (and every
 //! `checkpoint_every` / `eval_every` steps), stops at `max_steps`, runs the final eval and
 //! writes the report. Eval lines and the report go to the caller's output (`log`); warnings
-//! (divergence, skipped lines, an unchecked resume) to stderr.
+//! (divergence, skipped lines, an unchecked resume) are `tracing` events.
 
 use std::io::Write;
 use std::path::Path;
@@ -204,7 +204,7 @@ impl TrainLoop {
         progress.finish();
         self.report.skipped += stream.skipped();
         for e in &stream.skipped_examples {
-            eprintln!("skipped: {e}");
+            tracing::warn!("skipped: {e}");
         }
         self.state.epoch += 1;
         self.state.samples_in_epoch = 0;
@@ -297,7 +297,7 @@ impl TrainLoop {
         let (epoch, step) = (self.state.epoch, self.state.step);
         let warning = divergence_warning(train_loss, Some(&m), None, &self.trainer.opt);
         if let Some(w) = &warning {
-            eprintln!("warning: epoch {epoch} step {step}: {w}");
+            tracing::warn!(epoch, step, "{w}");
         }
         if cfg.json {
             let mut v = json!({"event": "eval", "epoch": epoch, "step": step, "train_loss": train_loss,
@@ -350,7 +350,7 @@ impl TrainLoop {
             &self.trainer.opt,
         );
         if let Some(w) = &warning {
-            eprintln!("warning: at the end (step {}): {w}", self.state.step);
+            tracing::warn!(step = self.state.step, "at the end: {w}");
         }
         let report = &mut self.report;
         report.steps = self.state.step;
@@ -515,8 +515,8 @@ fn resume_data(
     match (&state.data, &data) {
         (Some(was), Some(now)) => was.check_same(now, state),
         (None, _) => {
-            eprintln!(
-                "warning: {} records no training data (written by an older dlrs, or trained from a \
+            tracing::warn!(
+                "{} records no training data (written by an older dlrs, or trained from a \
                  pipe): cannot check that --train is the same data; resuming at sample {} of \
                  epoch {}",
                 dir.display(),
