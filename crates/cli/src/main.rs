@@ -1,5 +1,6 @@
 //! `dlrs`: DLRM inference from the command line. A thin shell over `dlrs-model`.
 
+mod args;
 mod bench;
 mod logs;
 mod probe;
@@ -107,12 +108,12 @@ enum Cmd {
     Twin(dlrs_loadgen::TwinArgs),
     /// Train a DLRM on CPU (sparse embedding updates; sgd, adagrad, row-wise Adagrad, adam),
     /// streaming JSON Lines or Criteo TSV, with evals and resumable checkpoints.
-    Train(dlrs_train::TrainArgs),
+    Train(args::train::TrainArgs),
     /// AUC, log loss, normalized entropy and calibration of a model on labelled data.
-    Eval(dlrs_train::EvalArgs),
+    Eval(args::train::EvalArgs),
     /// Labelled samples from a random teacher DLRM (power-law ids): a learnable signal
     /// without a download.
-    Synth(dlrs_train::SynthArgs),
+    Synth(args::train::SynthArgs),
     /// Check every checksum of a model directory (exit status 1 on any mismatch). A model
     /// with no checksum manifest (e.g. exported from PyTorch) has its tensors checked for
     /// name, shape and dtype only, says so, and exits 0 unless --require-manifest.
@@ -172,9 +173,9 @@ fn main() {
             json,
         } => compare(&model, &input, threads, json),
         Cmd::Serve(a) => dlrs_serve::run(a),
-        Cmd::Train(a) => dlrs_train::train(a),
-        Cmd::Eval(a) => dlrs_train::eval(a),
-        Cmd::Synth(a) => dlrs_train::synth(a),
+        Cmd::Train(a) => dlrs_train::train(a.into()).map_err(Into::into),
+        Cmd::Eval(a) => dlrs_train::eval(a.into()).map_err(Into::into),
+        Cmd::Synth(a) => dlrs_train::synth(a.into()).map_err(Into::into),
         Cmd::Loadgen(a) => dlrs_loadgen::run(a),
         Cmd::Twin(a) => dlrs_loadgen::run_twin(a),
         Cmd::Verify {

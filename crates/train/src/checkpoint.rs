@@ -15,10 +15,10 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
 use dlrs_model::Model;
 use serde_json::{Value, json};
 
+use crate::error::{Result, SettingChange, TrainError};
 use crate::optim::Optimizer;
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -63,12 +63,12 @@ impl DataIdentity {
         if path.as_os_str() == "-" || std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
             return Ok(None);
         }
-        let (file, meta) = dlrs_model::files::open_regular(path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let (file, meta) =
+            dlrs_model::files::open_regular(path).map_err(TrainError::io("opening", path))?;
         let mut head = Vec::with_capacity(DATA_HEAD_BYTES.min(meta.len()) as usize);
         file.take(DATA_HEAD_BYTES)
             .read_to_end(&mut head)
-            .with_context(|| format!("reading {}", path.display()))?;
+            .map_err(TrainError::io("reading", path))?;
         Ok(Some(DataIdentity {
             path: std::fs::canonicalize(path)
                 .unwrap_or_else(|_| path.to_path_buf())
@@ -89,28 +89,34 @@ impl DataIdentity {
         })
     }
 
-    fn from_json(v: &Value) -> Result<Self> {
+    /// Reads the `data` object of the training state at `file` (for the errors).
+    fn from_json(v: &Value, file: &Path) -> Result<Self> {
+        let bad = |msg: String| TrainError::checkpoint(file, msg);
         let head_bytes = v["head_bytes"]
             .as_u64()
-            .context("field `data.head_bytes` missing")?;
+            .ok_or_else(|| bad("field `data.head_bytes` missing".into()))?;
         if head_bytes != DATA_HEAD_BYTES {
-            bail!("field `data.head_bytes`: {head_bytes}, this dlrs hashes {DATA_HEAD_BYTES}");
+            return Err(bad(format!(
+                "field `data.head_bytes`: {head_bytes}, this dlrs hashes {DATA_HEAD_BYTES}"
+            )));
         }
         Ok(DataIdentity {
             path: v["path"]
                 .as_str()
-                .context("field `data.path` missing")?
+                .ok_or_else(|| bad("field `data.path` missing".into()))?
                 .to_string(),
-            bytes: v["bytes"].as_u64().context("field `data.bytes` missing")?,
+            bytes: v["bytes"]
+                .as_u64()
+                .ok_or_else(|| bad("field `data.bytes` missing".into()))?,
             head_xxh3: v["head_xxh3"]
                 .as_str()
                 .and_then(|h| u64::from_str_radix(h, 16).ok())
-                .context("field `data.head_xxh3` missing or not 16 hex digits")?,
+                .ok_or_else(|| bad("field `data.head_xxh3` missing or not 16 hex digits".into()))?,
         })
     }
 
-    /// `Ok` when `now` is the same data as `self` (the checkpoint's); otherwise an error that
-    /// says what differs and what to do.
+    /// `Ok` when `now` is the same data as `self` (the checkpoint's); otherwise
+    /// [`TrainError::OtherData`], saying what differs and what to do.
     pub fn check_same(&self, now: &DataIdentity, at: &TrainState) -> Result<()> {
         let mut diffs = Vec::new();
         if self.bytes != now.bytes {
@@ -130,17 +136,13 @@ impl DataIdentity {
         if diffs.is_empty() {
             return Ok(());
         }
-        bail!(
-            "--train {} is not the data this checkpoint was trained on ({}): the checkpoint stopped \
-             at sample {} of epoch {} of {}, and a resume continues there in the same data. To \
-             train the checkpoint on other data, add --new-data (the epoch count and the position \
-             start again at the new data's first sample; weights, optimizer state and step are kept)",
-            now.path,
-            diffs.join("; "),
-            at.samples_in_epoch,
-            at.epoch + 1,
-            self.path
-        )
+        Err(TrainError::OtherData {
+            given: now.path.clone(),
+            trained_on: self.path.clone(),
+            differences: diffs,
+            sample: at.samples_in_epoch,
+            epoch: at.epoch + 1,
+        })
     }
 }
 
@@ -183,25 +185,33 @@ impl TrainState {
         })
     }
 
+    /// Reads a training state; errors name the field (and [`STATE_FILE`], the file it is
+    /// read from).
     pub fn from_json(v: &Value) -> Result<Self> {
+        Self::from_json_at(v, Path::new(STATE_FILE))
+    }
+
+    /// [`from_json`](Self::from_json) of the state read from `file`.
+    fn from_json_at(v: &Value, file: &Path) -> Result<Self> {
+        let bad = |msg: String| TrainError::checkpoint(file, msg);
         if v["format"] != "dlrs-train-state" {
-            bail!("not a dlrs training state");
+            return Err(bad("not a dlrs training state".into()));
         }
         let u = |v: &Value, k: &str| {
             v[k].as_u64()
-                .with_context(|| format!("field `{k}` missing or not an integer"))
+                .ok_or_else(|| bad(format!("field `{k}` missing or not an integer")))
         };
         let st = &v["settings"];
         let s = |k: &str| {
             st[k]
                 .as_str()
                 .map(str::to_string)
-                .with_context(|| format!("field `settings.{k}` missing"))
+                .ok_or_else(|| bad(format!("field `settings.{k}` missing")))
         };
         let rate = |k: &str| -> Result<f32> {
             s(k)?
                 .parse()
-                .with_context(|| format!("field `settings.{k}`"))
+                .map_err(|e| bad(format!("field `settings.{k}`: {e}")))
         };
         // version 1 had one `lr` for tables and MLPs
         let (sparse_lr, dense_lr) = if st.get("sparse_lr").is_some() {
@@ -222,27 +232,32 @@ impl TrainState {
                 optimizer: s("optimizer")?,
                 dense_optimizer: s("dense_optimizer")?,
                 seed: u(st, "seed")?,
-                shuffle: st["shuffle"]
-                    .as_bool()
-                    .context("field `settings.shuffle`")?,
+                shuffle: st["shuffle"].as_bool().ok_or_else(|| {
+                    bad("field `settings.shuffle` missing or not a boolean".into())
+                })?,
                 shuffle_window: u(st, "shuffle_window")? as usize,
             },
             // version 3 on; null for stdin
             data: match v.get("data") {
                 None | Some(Value::Null) => None,
-                Some(d) => Some(DataIdentity::from_json(d)?),
+                Some(d) => Some(DataIdentity::from_json(d, file)?),
             },
         })
     }
 }
 
 impl Settings {
-    /// An error naming each setting that differs from the checkpoint's.
+    /// [`TrainError::SettingsChanged`] naming each setting that differs from the
+    /// checkpoint's.
     pub fn check_same(&self, ckpt: &Settings) -> Result<()> {
         let mut diffs = Vec::new();
-        let mut cmp = |flag: &str, a: String, b: String| {
-            if a != b {
-                diffs.push(format!("--{flag} {a} (the checkpoint has {b})"));
+        let mut cmp = |flag: &'static str, given: String, checkpoint: String| {
+            if given != checkpoint {
+                diffs.push(SettingChange {
+                    flag,
+                    given,
+                    checkpoint,
+                });
             }
         };
         cmp("batch", self.batch.to_string(), ckpt.batch.to_string());
@@ -281,10 +296,7 @@ impl Settings {
             );
         }
         if !diffs.is_empty() {
-            bail!(
-                "a resumed run must use the settings it was started with: {}",
-                diffs.join(", ")
-            );
+            return Err(TrainError::SettingsChanged { changed: diffs });
         }
         Ok(())
     }
@@ -293,7 +305,7 @@ impl Settings {
 fn sibling(out: &Path, tag: &str) -> Result<PathBuf> {
     let name = out
         .file_name()
-        .with_context(|| format!("{}: not a directory path", out.display()))?;
+        .ok_or_else(|| TrainError::checkpoint(out, "not a directory path"))?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -336,14 +348,17 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
 pub fn write(out: &Path, model: &Model, opt: &Optimizer, state: &TrainState) -> Result<()> {
     let tmp = sibling(out, "ckpt")?;
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        std::fs::remove_dir_all(&tmp).map_err(TrainError::io("removing", &tmp))?;
     }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::fs::create_dir_all(&tmp).map_err(TrainError::io("creating", &tmp))?;
     model.save(&tmp)?;
     opt.save(model, &tmp.join(OPTIMIZER_FILE))?;
-    let text = serde_json::to_string_pretty(&state.to_json())? + "\n";
-    dlrs_model::weights::atomic_write_bytes(&tmp.join(STATE_FILE), text.as_bytes())?;
-    fsync_dir(&tmp).with_context(|| format!("fsync {}", tmp.display()))?;
+    let state_file = tmp.join(STATE_FILE);
+    let text = serde_json::to_string_pretty(&state.to_json())
+        .map_err(|e| TrainError::checkpoint(&state_file, e.to_string()))?
+        + "\n";
+    dlrs_model::weights::atomic_write_bytes(&state_file, text.as_bytes())?;
+    fsync_dir(&tmp).map_err(TrainError::io("fsync", &tmp))?;
     let parent = tmp.parent().expect("a sibling has a parent").to_path_buf();
     if out.exists() {
         match exchange(&tmp, out) {
@@ -355,28 +370,30 @@ pub fn write(out: &Path, model: &Model, opt: &Optimizer, state: &TrainState) -> 
                 ) =>
             {
                 let old = sibling(out, "old")?;
-                std::fs::rename(out, &old)
-                    .with_context(|| format!("renaming {}", out.display()))?;
-                std::fs::rename(&tmp, out)
-                    .with_context(|| format!("renaming {}", tmp.display()))?;
-                fsync_dir(&parent)?;
-                std::fs::remove_dir_all(&old)
-                    .with_context(|| format!("removing {}", old.display()))?;
+                std::fs::rename(out, &old).map_err(TrainError::io("renaming", out))?;
+                std::fs::rename(&tmp, out).map_err(TrainError::io("renaming", &tmp))?;
+                fsync_dir(&parent).map_err(TrainError::io("fsync", &parent))?;
+                std::fs::remove_dir_all(&old).map_err(TrainError::io("removing", &old))?;
                 return Ok(());
             }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("replacing {} with {}", out.display(), tmp.display())
+            Err(err) => {
+                return Err(TrainError::Exchange {
+                    out: out.to_path_buf(),
+                    tmp,
+                    err,
                 });
             }
         }
-        fsync_dir(&parent)?;
+        fsync_dir(&parent).map_err(TrainError::io("fsync", &parent))?;
         // `tmp` now holds the previous checkpoint
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        std::fs::remove_dir_all(&tmp).map_err(TrainError::io("removing", &tmp))?;
     } else {
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-        fsync_dir(&parent)?;
+        std::fs::rename(&tmp, out).map_err(|err| TrainError::Rename {
+            from: tmp.clone(),
+            to: out.to_path_buf(),
+            err,
+        })?;
+        fsync_dir(&parent).map_err(TrainError::io("fsync", &parent))?;
     }
     Ok(())
 }
@@ -426,10 +443,10 @@ pub fn resolve_resume(dir: &Path) -> Result<PathBuf> {
             }
         }
     }
-    bail!(
-        "{}: not a training checkpoint (no {STATE_FILE})",
-        dir.display()
-    )
+    Err(TrainError::checkpoint(
+        dir,
+        format!("not a training checkpoint (no {STATE_FILE})"),
+    ))
 }
 
 /// Reads `train_state.json` of a checkpoint directory.
@@ -440,8 +457,8 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
         dlrs_model::files::STATE_MAX_BYTES,
         "a train_state.json",
     )
-    .with_context(|| format!("reading {}", p.display()))?;
-    let v: Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", p.display()))?;
-    TrainState::from_json(&v).with_context(|| p.display().to_string())
+    .map_err(TrainError::io("reading", &p))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::checkpoint(&p, format!("not JSON: {e}")))?;
+    TrainState::from_json_at(&v, &p)
 }

@@ -30,20 +30,59 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use anyhow::{Context, Result, anyhow};
 use dlrs_model::batch::parse_sample;
-use dlrs_model::{Batch, DlrmConfig, Sample};
+use dlrs_model::{Batch, DlrmConfig, ModelError, Sample};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::error::{Result, TrainError};
+
 /// The input format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataFormat {
     /// by content: JSON Lines when the first byte is `{`, else Criteo TSV
     Auto,
     Jsonl,
     Criteo,
+}
+
+/// What is wrong with one line of data: where in the line (`column 2 (dense 0)`,
+/// ``field `label` ``; empty for the line as a whole) and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineError {
+    pub field: String,
+    pub msg: String,
+}
+
+impl LineError {
+    fn new(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        LineError {
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// The error of a JSON Lines sample that `parse_sample` refused.
+    fn of_sample(e: ModelError) -> Self {
+        match e {
+            ModelError::Input { field, msg, .. } if !field.is_empty() => {
+                LineError::new(format!("field `{field}`"), msg)
+            }
+            ModelError::Input { msg, .. } => LineError::new("", msg),
+            other => LineError::new("", other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.msg)
+        } else {
+            write!(f, "{}: {}", self.field, self.msg)
+        }
+    }
 }
 
 /// Counts bytes read from the underlying file (progress and ETA).
@@ -95,7 +134,7 @@ pub fn open_input(path: &Path, counter: Arc<AtomicU64>) -> Result<Box<dyn BufRea
     let raw: Box<dyn Read + Send> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)
+        Box::new(File::open(path).map_err(TrainError::io("opening", path))?)
     };
     let mut r = BufReader::with_capacity(
         1 << 20,
@@ -104,9 +143,7 @@ pub fn open_input(path: &Path, counter: Arc<AtomicU64>) -> Result<Box<dyn BufRea
             n: counter,
         },
     );
-    let head = r
-        .fill_buf()
-        .with_context(|| format!("reading {}", path.display()))?;
+    let head = r.fill_buf().map_err(TrainError::io("reading", path))?;
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(BufReader::with_capacity(
             1 << 20,
@@ -141,14 +178,17 @@ pub fn criteo_hash(field: &str, table: usize, rows: usize) -> Result<u32, String
 
 /// Parses one Criteo TSV line into `s` (bags of one id each). Errors name the column
 /// (1-based) and what was wrong.
-pub fn parse_criteo(line: &str, cfg: &DlrmConfig, s: &mut Sample) -> Result<(), String> {
+pub fn parse_criteo(line: &str, cfg: &DlrmConfig, s: &mut Sample) -> Result<(), LineError> {
     let nd = cfg.n_dense();
     let nt = cfg.n_tables();
     let want = 1 + nd + nt;
     let n = line.split('\t').count();
     if n != want {
-        return Err(format!(
-            "{n} columns, expected {want} (label, {nd} integer features, {nt} categorical features)"
+        return Err(LineError::new(
+            "",
+            format!(
+                "{n} columns, expected {want} (label, {nd} integer features, {nt} categorical features)"
+            ),
         ));
     }
     let mut cols = line.split('\t');
@@ -156,7 +196,12 @@ pub fn parse_criteo(line: &str, cfg: &DlrmConfig, s: &mut Sample) -> Result<(), 
     s.label = Some(match label {
         "0" => 0.0,
         "1" => 1.0,
-        other => return Err(format!("column 1 (label): `{other}` is not 0 or 1")),
+        other => {
+            return Err(LineError::new(
+                "column 1 (label)",
+                format!("`{other}` is not 0 or 1"),
+            ));
+        }
     });
     s.dense.clear();
     for j in 0..nd {
@@ -164,9 +209,12 @@ pub fn parse_criteo(line: &str, cfg: &DlrmConfig, s: &mut Sample) -> Result<(), 
         let v = if f.is_empty() {
             0.0
         } else {
-            let x: i64 = f
-                .parse()
-                .map_err(|_| format!("column {} (dense {j}): `{f}` is not an integer", j + 2))?;
+            let x: i64 = f.parse().map_err(|_| {
+                LineError::new(
+                    format!("column {} (dense {j})", j + 2),
+                    format!("`{f}` is not an integer"),
+                )
+            })?;
             (x.max(0) as f32 + 1.0).ln()
         };
         s.dense.push(v);
@@ -175,7 +223,7 @@ pub fn parse_criteo(line: &str, cfg: &DlrmConfig, s: &mut Sample) -> Result<(), 
     for (t, bag) in s.sparse.iter_mut().enumerate() {
         let f = cols.next().unwrap_or("");
         let id = criteo_hash(f, t, cfg.tables[t])
-            .map_err(|e| format!("column {} (categorical {t}): {e}", t + 2 + nd))?;
+            .map_err(|e| LineError::new(format!("column {} (categorical {t})", t + 2 + nd), e))?;
         bag.clear();
         bag.push(id);
     }
@@ -205,9 +253,7 @@ impl SampleReader {
         let mut input = open_input(path, Arc::clone(&bytes))?;
         let format = match format {
             DataFormat::Auto => {
-                let head = input
-                    .fill_buf()
-                    .with_context(|| format!("reading {}", path.display()))?;
+                let head = input.fill_buf().map_err(TrainError::io("reading", path))?;
                 match head.iter().find(|c| !c.is_ascii_whitespace()) {
                     Some(b'{') => DataFormat::Jsonl,
                     _ => DataFormat::Criteo,
@@ -237,13 +283,15 @@ impl SampleReader {
     pub fn next_into(&mut self, s: &mut Sample) -> Result<bool> {
         loop {
             self.buf.clear();
-            let n = self.input.read_line(&mut self.buf).with_context(|| {
-                format!(
-                    "{}: line {}: read error",
-                    self.path.display(),
-                    self.line_no + 1
-                )
-            })?;
+            let n = self
+                .input
+                .read_line(&mut self.buf)
+                .map_err(|e| TrainError::BadLine {
+                    path: self.path.clone(),
+                    line: self.line_no + 1,
+                    field: String::new(),
+                    msg: format!("read error: {e}"),
+                })?;
             if n == 0 {
                 return Ok(false);
             }
@@ -255,26 +303,32 @@ impl SampleReader {
             let res = match self.format {
                 DataFormat::Criteo => parse_criteo(line, &self.cfg, s),
                 _ => match parse_sample(line, &self.cfg) {
-                    Ok(p) if p.label.is_none() => {
-                        Err("field `label`: missing (training and evaluation data need \"label\": 0 or 1)".into())
-                    }
+                    Ok(p) if p.label.is_none() => Err(LineError::new(
+                        "field `label`",
+                        "missing (training and evaluation data need \"label\": 0 or 1)",
+                    )),
                     Ok(p) => {
                         *s = p;
                         Ok(())
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(LineError::of_sample(e)),
                 },
             };
             match res {
                 Ok(()) => return Ok(true),
-                Err(e) => {
-                    let msg = format!("{}: line {}: {e}", self.path.display(), self.line_no);
+                Err(LineError { field, msg }) => {
+                    let err = TrainError::BadLine {
+                        path: self.path.clone(),
+                        line: self.line_no,
+                        field,
+                        msg,
+                    };
                     if !self.skip_bad {
-                        return Err(anyhow!(msg));
+                        return Err(err);
                     }
                     self.skipped += 1;
                     if self.skipped_examples.len() < 5 {
-                        self.skipped_examples.push(msg);
+                        self.skipped_examples.push(err.to_string());
                     }
                 }
             }
@@ -341,7 +395,7 @@ impl BatchStream {
                 let _ = produce(&mut reader, &cfg, &opts, &tx, &st);
                 reader.skipped_examples
             })
-            .context("starting the reader thread")?;
+            .map_err(TrainError::SpawnReader)?;
         Ok(BatchStream {
             rx,
             handle: Some(handle),
@@ -357,9 +411,7 @@ impl BatchStream {
             Ok(r) => r.map(Some),
             Err(_) => {
                 if let Some(h) = self.handle.take() {
-                    self.skipped_examples = h
-                        .join()
-                        .map_err(|_| anyhow!("the reader thread panicked"))?;
+                    self.skipped_examples = h.join().map_err(|_| TrainError::ReaderPanicked)?;
                 }
                 Ok(None)
             }
@@ -384,7 +436,7 @@ fn produce(
         labels: Vec::with_capacity(opts.batch),
     };
     let mut skip = opts.skip_samples;
-    let path = reader.path.display().to_string();
+    let path = reader.path.clone();
     let mut emit = |s: &Sample, cur: &mut LabelledBatch| -> std::result::Result<(), ()> {
         if skip > 0 {
             skip -= 1;
@@ -392,7 +444,10 @@ fn produce(
         }
         if let Err(e) = cur.batch.push(cfg, s) {
             // parse_criteo / parse_sample validated already: a bug if reached
-            let _ = tx.send(Err(anyhow!("{path}: {e}")));
+            let _ = tx.send(Err(TrainError::Batch {
+                path: path.clone(),
+                err: e,
+            }));
             return Err(());
         }
         cur.labels.push(s.label.unwrap_or(0.0));
@@ -455,12 +510,11 @@ fn produce(
     if skip > 0 {
         // a resumed epoch asked to skip more samples than the data holds: it is not the data
         // the checkpoint was trained on
-        let held = opts.skip_samples - skip;
-        let _ = tx.send(Err(anyhow!(
-            "{path}: holds {held} samples, but the resumed epoch starts after sample {} \
-             (not the data the checkpoint was trained on?)",
-            opts.skip_samples
-        )));
+        let _ = tx.send(Err(TrainError::DataTooShort {
+            path,
+            held: opts.skip_samples - skip,
+            skip: opts.skip_samples,
+        }));
         return Err(());
     }
     if !cur.labels.is_empty() {

@@ -26,7 +26,6 @@
 
 use std::ops::Range;
 
-use anyhow::{Result, bail};
 use dlrs_kernels::grad::{column_sums, relu_backward_sums};
 use dlrs_kernels::interaction::dot_interaction_backward;
 use dlrs_kernels::mlp::{LinearShape, grad_input, grad_weight};
@@ -38,6 +37,8 @@ use dlrs_model::tables::{Staging, TableView};
 use dlrs_model::weights::Layer;
 use dlrs_model::{Batch, Model};
 use rayon::prelude::*;
+
+use crate::error::{Result, TrainError};
 
 /// Gradient of one `nn.Linear`: `dw [out, in]` row-major, `db [out]`.
 #[derive(Clone, Debug, Default)]
@@ -121,19 +122,21 @@ pub fn check_trainable(model: &Model) -> Result<()> {
         .zip(&model.weights.tables)
         .enumerate()
     {
+        let not_trainable = |msg: String| Err(TrainError::NotTrainable { table: t, msg });
         if *f != RowFormat::F32 {
-            bail!(
-                "table {t} is {}: training needs fp32 tables (train in fp32, then `dlrs quantize` the result)",
+            return not_trainable(format!(
+                "is {}: training needs fp32 tables (train in fp32, then `dlrs quantize` the result)",
                 f.name()
-            );
+            ));
         }
         if table.is_mapped() {
-            bail!(
-                "table {t} is memory-mapped (read-only): load the model with TableMode::Ram to train it"
+            return not_trainable(
+                "is memory-mapped (read-only): load the model with TableMode::Ram to train it"
+                    .into(),
             );
         }
         if !(table.bytes().as_ptr() as usize).is_multiple_of(4) {
-            bail!("table {t} is not 4-byte aligned");
+            return not_trainable("is not 4-byte aligned".into());
         }
     }
     Ok(())

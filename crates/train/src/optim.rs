@@ -18,12 +18,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
 use dlrs_model::tables::EmbeddingTable;
 use dlrs_model::{Batch, Model};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, View};
 
+use crate::error::{Result, TrainError};
 use crate::net::{Grads, SparseGrad};
 
 /// Epsilon of `adagrad` (torch.optim.Adagrad's default).
@@ -37,7 +37,7 @@ pub const ADAM_EPS: f32 = 1e-8;
 pub const META_KEY: &str = "dlrs_optimizer";
 
 /// The optimizer of the embedding tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SparseOptimizer {
     Sgd,
     Adagrad,
@@ -45,7 +45,7 @@ pub enum SparseOptimizer {
 }
 
 /// The optimizer of the MLPs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenseOptimizer {
     Sgd,
     Adagrad,
@@ -349,36 +349,37 @@ impl Optimizer {
         dense_lr: f32,
     ) -> Result<Self> {
         // mapped, not read: the state of full Adagrad is as large as the tables
-        let (file, _) = dlrs_model::files::open_regular(path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let (file, _) =
+            dlrs_model::files::open_regular(path).map_err(TrainError::io("opening", path))?;
         // SAFETY: mapped read-only; checkpoints are replaced by rename, never in place, so the
         // mapping keeps seeing the file it opened (another program truncating it in place
         // would fault, as with any mmap reader).
-        let bytes = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("mapping {}", path.display()))?;
+        let bytes =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(TrainError::io("mapping", path))?;
+        let bad = |msg: String| TrainError::checkpoint(path, msg);
         let st = SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes)?;
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let info: serde_json::Value = meta
             .metadata()
             .as_ref()
             .and_then(|m| m.get(META_KEY))
             .and_then(|s| serde_json::from_str(s).ok())
-            .with_context(|| {
-                format!(
-                    "{}: not a dlrs optimizer state (no `{META_KEY}` metadata)",
-                    path.display()
-                )
+            .ok_or_else(|| {
+                bad(format!(
+                    "not a dlrs optimizer state (no `{META_KEY}` metadata)"
+                ))
             })?;
         let get = |k: &str| -> Result<String> {
             match &info[k] {
                 serde_json::Value::String(s) => Ok(s.clone()),
                 serde_json::Value::Number(n) => Ok(n.to_string()),
-                _ => bail!("{}: metadata `{k}` missing", path.display()),
+                _ => Err(bad(format!("metadata `{k}` missing"))),
             }
         };
         if get("format")? != "dlrs-optimizer" {
-            bail!("{}: not a dlrs optimizer state", path.display());
+            return Err(bad("not a dlrs optimizer state".into()));
         }
         for (k, want) in [
             ("optimizer", sparse.name()),
@@ -386,16 +387,15 @@ impl Optimizer {
         ] {
             let got = get(k)?;
             if got != want {
-                bail!(
-                    "{}: the checkpoint was trained with --{} {got}, not {want}",
-                    path.display(),
+                return Err(bad(format!(
+                    "the checkpoint was trained with --{} {got}, not {want}",
                     k.replace('_', "-")
-                );
+                )));
             }
         }
         let step: u64 = get("step")?
             .parse()
-            .with_context(|| format!("{}: bad step", path.display()))?;
+            .map_err(|e| bad(format!("bad step: {e}")))?;
         let mut opt = Optimizer::with_rates(model, sparse, dense, sparse_lr, dense_lr);
         opt.step = step;
         let (expected, _) = opt.tensors(model);
@@ -404,10 +404,9 @@ impl Optimizer {
         let mut names: Vec<&str> = st.names();
         names.retain(|n| !expected.iter().any(|(e, _)| e == n));
         if let Some(n) = names.first() {
-            bail!(
-                "{}: unexpected tensor `{n}` for this model and optimizer",
-                path.display()
-            );
+            return Err(bad(format!(
+                "unexpected tensor `{n}` for this model and optimizer"
+            )));
         }
         let mut datas: Vec<&mut Vec<f32>> = opt
             .dense_state
@@ -419,15 +418,14 @@ impl Optimizer {
         for ((name, shape), dst) in expected.iter().zip(datas.iter_mut()) {
             let v = st
                 .tensor(name)
-                .map_err(|_| anyhow::anyhow!("{}: tensor `{name}` missing", path.display()))?;
+                .map_err(|_| bad(format!("tensor `{name}` missing")))?;
             if v.dtype() != Dtype::F32 || v.shape() != shape.as_slice() {
-                bail!(
-                    "{}: tensor `{name}`: {:?} {:?}, expected F32 {:?}",
-                    path.display(),
+                return Err(bad(format!(
+                    "tensor `{name}`: {:?} {:?}, expected F32 {:?}",
                     v.dtype(),
                     v.shape(),
                     shape
-                );
+                )));
             }
             for (d, s) in dst.iter_mut().zip(v.data().chunks_exact(4)) {
                 *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);

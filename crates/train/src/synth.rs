@@ -12,14 +12,19 @@
 //! Deterministic: chunk `c` of 4096 samples draws its inputs from seed
 //! `hash(seed, c)` and its labels from another stream of the same seed, so the output
 //! depends only on the teacher, the seed, `rows`, `ids_per_table` and the distribution.
+//!
+//! [`run_synth`] is `dlrs synth`.
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
+use std::time::Instant;
 
-use anyhow::Result;
 use dlrs_model::synth::{IdDist, synth_batch};
 use dlrs_model::{Executor, Model, Workspace};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+use crate::config::{SynthConfig, exactly_one, preset_config};
+use crate::error::{Result, TrainError};
 
 /// How a random model is made into a teacher (see [`make_teacher`]).
 #[derive(Clone, Copy, Debug)]
@@ -150,7 +155,7 @@ pub fn write_samples(
                 line.push(']');
             }
             line.push_str(&format!("],\"label\":{label}}}\n"));
-            out.write_all(line.as_bytes())?;
+            out.write_all(line.as_bytes()).map_err(TrainError::Output)?;
         }
         done += n as u64;
         c += 1;
@@ -176,4 +181,116 @@ pub fn sharpen(model: &mut Model, emb_scale: f32, logit_scale: f32) {
             .chain(l.bias.iter_mut())
             .for_each(|v| *v *= logit_scale);
     }
+}
+
+/// Where the teacher's architecture comes from.
+enum Arch<'a> {
+    Preset(&'a str),
+    Model(&'a std::path::Path),
+}
+
+/// `dlrs synth`, with the summary line on stdout (logged instead when the samples go to
+/// stdout).
+pub fn synth(cfg: SynthConfig) -> Result<()> {
+    let stdout = std::io::stdout();
+    run_synth(&cfg, &mut stdout.lock())
+}
+
+/// `dlrs synth`, with the summary line to `log` (logged instead when the samples go to
+/// stdout, `out` = `-`).
+pub fn run_synth(cfg: &SynthConfig, log: &mut dyn Write) -> Result<()> {
+    let arch = exactly_one(
+        &["preset", "model"],
+        [
+            cfg.preset.as_deref().map(Arch::Preset),
+            cfg.model.as_deref().map(Arch::Model),
+        ],
+    )?;
+    let dist = IdDist::parse(&cfg.dist)?;
+    let exec = Executor::new(cfg.threads)?;
+    if !(cfg.ctr > 0.0 && cfg.ctr < 1.0) {
+        return Err(TrainError::setting("ctr", "must be between 0 and 1"));
+    }
+    let shape = TeacherShape {
+        emb_scale: cfg.emb_scale,
+        logit_scale: cfg.logit_scale,
+        ctr: cfg.ctr,
+    };
+    let seed = cfg.seed.unwrap_or(cfg.teacher);
+    let (teacher, ids) = match arch {
+        Arch::Preset(name) => {
+            let (c, preset_ids) = preset_config(name, cfg.rows_cap)?;
+            let ids = cfg.ids_per_table.unwrap_or(preset_ids);
+            let m = exec.install(|| Model::random(c, cfg.teacher))?;
+            (make_teacher(m, shape, ids, dist, cfg.teacher, &exec)?, ids)
+        }
+        Arch::Model(dir) => {
+            let ids = cfg.ids_per_table.unwrap_or(1);
+            let load = || {
+                Model::load(dir).map_err(|err| TrainError::Load {
+                    dir: dir.to_path_buf(),
+                    err,
+                })
+            };
+            if cfg.use_weights {
+                (load()?, ids)
+            } else {
+                let m = load()?;
+                let m = exec.install(|| Model::random(m.config.clone(), cfg.teacher))?;
+                (make_teacher(m, shape, ids, dist, cfg.teacher, &exec)?, ids)
+            }
+        }
+    };
+    if let Some(dir) = &cfg.save_teacher {
+        teacher.save(dir).map_err(|err| TrainError::SaveTeacher {
+            dir: dir.clone(),
+            err,
+        })?;
+    }
+    let to_stdout = cfg.out.as_os_str() == "-";
+    let t0 = Instant::now();
+    let clicks = if to_stdout {
+        let stdout = std::io::stdout();
+        let mut w = BufWriter::new(stdout.lock());
+        let c = write_samples(&teacher, cfg.rows, ids, dist, seed, &exec, &mut w)?;
+        w.flush().map_err(TrainError::Output)?;
+        c
+    } else {
+        let mut clicks = 0;
+        dlrs_model::weights::atomic_write(&cfg.out, |tmp| {
+            let f = BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
+            let write = |w: &mut dyn Write| {
+                write_samples(&teacher, cfg.rows, ids, dist, seed, &exec, w).map_err(|e| match e {
+                    // the file's own error: atomic_write names the file
+                    TrainError::Output(e) => e,
+                    e => std::io::Error::other(e),
+                })
+            };
+            if cfg.out.extension().is_some_and(|e| e == "gz") {
+                let mut enc = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+                clicks = write(&mut enc)?;
+                enc.finish()?.flush()?;
+            } else {
+                let mut f = f;
+                clicks = write(&mut f)?;
+                f.flush()?;
+            }
+            Ok(())
+        })?;
+        clicks
+    };
+    let msg = format!(
+        "wrote {} samples ({} clicks, ctr {:.4}) to {} in {:.1}s",
+        cfg.rows,
+        clicks,
+        clicks as f64 / cfg.rows.max(1) as f64,
+        cfg.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    if to_stdout {
+        tracing::info!("{msg}");
+    } else {
+        writeln!(log, "{msg}").map_err(TrainError::Output)?;
+    }
+    Ok(())
 }

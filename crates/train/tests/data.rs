@@ -111,7 +111,11 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-fn read_all(path: &Path, cfg: &DlrmConfig, skip_bad: bool) -> anyhow::Result<(Vec<Sample>, u64)> {
+fn read_all(
+    path: &Path,
+    cfg: &DlrmConfig,
+    skip_bad: bool,
+) -> dlrs_train::Result<(Vec<Sample>, u64)> {
     let mut r = SampleReader::open(path, cfg, DataFormat::Auto, skip_bad)?;
     let mut out = vec![];
     let mut s = empty();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use dlrs_model::{DlrmConfig, Model, TableMode};
 use dlrs_train::metrics::EvalMetrics;
 use dlrs_train::optim::{DenseOptimizer, SparseOptimizer};
-use dlrs_train::{EvalArgs, SynthArgs, TrainArgs, run_eval, run_synth, run_train};
+use dlrs_train::{EvalConfig, SynthConfig, TrainConfig, run_eval, run_synth, run_train};
 
 const TINY: &str = r#"{"arch_mlp_bot":"4-16-8","arch_mlp_top":"16-1","arch_embedding_size":"200-50-1000",
     "arch_sparse_feature_size":8,"arch_interaction_op":"dot"}"#;
@@ -16,8 +16,8 @@ fn write_model(dir: &Path, cfg: &str, seed: u64) -> PathBuf {
     dir.to_path_buf()
 }
 
-fn synth_args(model: &Path, teacher: u64, rows: u64, out: &Path, dist: &str) -> SynthArgs {
-    SynthArgs {
+fn synth_args(model: &Path, teacher: u64, rows: u64, out: &Path, dist: &str) -> SynthConfig {
+    SynthConfig {
         preset: None,
         rows_cap: None,
         model: Some(model.to_path_buf()),
@@ -36,8 +36,8 @@ fn synth_args(model: &Path, teacher: u64, rows: u64, out: &Path, dist: &str) -> 
     }
 }
 
-fn train_args(model: &Path, train: &Path, out: &Path) -> TrainArgs {
-    TrainArgs {
+fn train_args(model: &Path, train: &Path, out: &Path) -> TrainConfig {
+    TrainConfig {
         model: Some(model.to_path_buf()),
         preset: None,
         rows_cap: None,
@@ -66,8 +66,8 @@ fn train_args(model: &Path, train: &Path, out: &Path) -> TrainArgs {
     }
 }
 
-fn eval_args(model: &Path, data: &Path) -> EvalArgs {
-    EvalArgs {
+fn eval_args(model: &Path, data: &Path) -> EvalConfig {
+    EvalConfig {
         model: model.to_path_buf(),
         data: data.to_path_buf(),
         batch: 512,

@@ -7,14 +7,14 @@ use std::path::Path;
 use dlrs_model::{Executor, Model, RowFormat, TableMode};
 use dlrs_train::data::DataFormat;
 use dlrs_train::optim::{DenseOptimizer, SparseOptimizer};
-use dlrs_train::{SynthArgs, TrainArgs, evaluate, run_synth, run_train};
+use dlrs_train::{SynthConfig, TrainConfig, evaluate, run_synth, run_train};
 
 const ROWS_CAP: usize = 100;
 
 /// A criteo-kaggle-shaped teacher (tables capped at 100 rows), sharpened so that a student
 /// learns a clear signal from a few hundred thousand samples.
 fn synth(rows: u64, seed: u64, out: &Path) {
-    let args = SynthArgs {
+    let args = SynthConfig {
         preset: Some("criteo-kaggle".into()),
         rows_cap: Some(ROWS_CAP),
         model: None,
@@ -47,7 +47,7 @@ fn quantized_tables_of_a_trained_model_keep_its_auc() {
     synth(200_000, 1, &train);
     synth(50_000, 2, &eval);
     let out = dir.path().join("trained");
-    let args = TrainArgs {
+    let args = TrainConfig {
         model: None,
         preset: Some("criteo-kaggle".into()),
         rows_cap: Some(ROWS_CAP),
