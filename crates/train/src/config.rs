@@ -25,7 +25,7 @@ pub struct TrainConfig {
     pub resume: Option<PathBuf>,
     /// with `resume`: train the checkpoint on `train` data other than the data it was
     /// trained on; the epoch count and the position in the data start again from 0, the
-    /// weights, optimizer state and step are kept (without `resume`: no effect)
+    /// weights, optimizer state and step are kept (without `resume`: an error)
     pub new_data: bool,
     /// training data: JSON Lines with labels, or Criteo TSV; gzip/zstd accepted; `-` for
     /// stdin

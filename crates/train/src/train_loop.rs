@@ -107,6 +107,12 @@ impl TrainLoop {
     /// or a resume from the checkpoint in `resume`.
     pub fn new(cfg: TrainConfig) -> Result<Self> {
         let start = start_point(&cfg)?;
+        if cfg.new_data && !matches!(start, Start::Resume(_)) {
+            return Err(TrainError::Setting {
+                flag: "new-data",
+                msg: "only goes with --resume (a new run starts on its data anyway)".into(),
+            });
+        }
         let settings = settings(&cfg)?;
         let data = DataIdentity::of(&cfg.train)?;
         let (model, opt, state) = match start {

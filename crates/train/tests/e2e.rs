@@ -599,6 +599,15 @@ fn resume_refuses_other_data_unless_new_data() {
     let rep = run_train(&o, &mut Vec::new()).unwrap();
     assert_eq!(rep.samples, 3000 - 20 * 64);
 
+    // --new-data without --resume is refused
+    let mut n = a.clone();
+    n.new_data = true;
+    n.out = dir.path().join("out-nd");
+    let err = run_train(&n, &mut Vec::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("--new-data") && err.contains("--resume"),
+        "{err}"
+    );
     // --new-data: the position restarts at the new data's first sample, the step goes on
     let mut o = r.clone();
     o.train = short;

@@ -476,11 +476,7 @@ mod tests {
             unsafe { hw_to_f32(h) }
         };
         for h in 0..=u16::MAX {
-            assert_eq!(
-                f16_to_f32(h).to_bits(),
-                hw_f32(h).to_bits(),
-                "{h:#x}"
-            );
+            assert_eq!(f16_to_f32(h).to_bits(), hw_f32(h).to_bits(), "{h:#x}");
             // around every f16 value and the midpoints to its neighbours
             let b = f16_to_f32(h).to_bits();
             for d in [
@@ -495,12 +491,7 @@ mod tests {
                 (1 << 12) + 1,
             ] {
                 let x = f32::from_bits(b.wrapping_add_signed(d));
-                assert_eq!(
-                    f32_to_f16(x),
-                    hw_f16(x),
-                    "{x:e} ({:#x})",
-                    x.to_bits()
-                );
+                assert_eq!(f32_to_f16(x), hw_f16(x), "{x:e} ({:#x})", x.to_bits());
             }
         }
         for bits in (0..=u32::MAX).step_by(65521) {
