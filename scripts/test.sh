@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The test suite: the doc examples, a stock tritonclient against `dlrs serve` (installs
-# tritonclient[http] from PyPI into .venv-tritonclient on first use), then every crate's
-# unit, property and integration tests (nextest). The parity fixtures are committed: no
-# PyTorch needed.
+# The test suite: rustfmt and clippy (warnings are errors), the doc examples, a stock
+# tritonclient against `dlrs serve` (installs tritonclient[http] from PyPI into
+# .venv-tritonclient on first use), then every crate's unit, property and integration
+# tests (nextest). The parity fixtures are committed: no PyTorch needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# style and lints first: a formatting slip or a clippy warning fails the suite
+cargo fmt --all --check
+cargo clippy --workspace --release --all-targets -- -D warnings
 cargo test --workspace --release --doc
 scripts/test-tritonclient.sh
 if cargo nextest --version >/dev/null 2>&1; then
