@@ -35,13 +35,13 @@ pub mod prefetch;
 pub(crate) mod testutil {
     use crate::cpu::{Isa, isa};
 
-    /// Every dispatch path this CPU can run: the reference, and AVX2 where present.
+    /// Every dispatch path this CPU can run: the reference, AVX2 and AVX-512 where present
+    /// (and not turned off by `DLRS_ISA`).
     pub fn paths() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        if isa() == Isa::Avx2 {
-            v.push(Isa::Avx2);
-        }
-        v
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&p| p <= isa())
+            .collect()
     }
 
     /// Written past the end of output rows; a kernel that overruns changes it.
