@@ -11,6 +11,7 @@
 //! - [`gather`]: embedding bags (sum pooling) over tables of every row format, and the
 //!   formats themselves (fp32, fp16, int8, int4 row-wise);
 //! - [`mlp`]: `nn.Linear` layers with fused bias and activation; [`grad`]: their backward;
+//! - [`gemm`]: the same layers over weights packed once for our own microkernels;
 //! - [`interaction`]: the DLRM dot interaction and its backward;
 //! - [`ids`]: id range checks and narrowing; [`prefetch`]: row prefetching; [`cpu`]: dispatch.
 //!
@@ -25,6 +26,7 @@
 
 pub mod cpu;
 pub mod gather;
+pub mod gemm;
 pub mod grad;
 pub mod ids;
 pub mod interaction;
