@@ -114,8 +114,16 @@ fn thread_splits_match_reference() {
         .build()
         .unwrap();
     pool.install(|| {
-        // by panels (m < n), by rows, rows not a multiple of the tile
-        for (m, k, n) in [(20, 600, 300), (300, 200, 64), (77, 300, 70)] {
+        // by panels (more panels than row tiles), by rows, rows not a multiple of the tile,
+        // batch 1, and the unpacked layout of n <= DOT_MAX_N
+        for (m, k, n) in [
+            (20, 600, 300),
+            (300, 200, 64),
+            (77, 300, 70),
+            (1, 4000, 300),
+            (600, 2000, 1),
+            (150, 3000, 3),
+        ] {
             assert!(2 * m * k * n >= PAR_MIN_FLOPS);
             for threads in [2, 3] {
                 let shape = LinearShape {
