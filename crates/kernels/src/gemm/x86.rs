@@ -8,21 +8,43 @@ use std::arch::x86_64::*;
 
 use super::{Dot, Tile};
 
-/// One vector register of f32 lanes and the operations the kernels use.
-///
-/// # Safety
-/// Every method needs the register's instruction set (AVX2 + FMA for [`Ymm`], AVX-512F for
-/// [`Zmm`]); the pointer methods need `LANES` readable (or writable) floats.
+/// One vector register of f32 lanes and the operations the kernels use. The methods are
+/// `unsafe` because each needs the register's instruction set (AVX2 + FMA for [`Ymm`],
+/// AVX-512F for [`Zmm`]) in the function it is inlined into.
 pub(super) trait Simd {
     type R: Copy;
     const LANES: usize;
+    /// # Safety
+    /// The instruction set.
     unsafe fn zero() -> Self::R;
+    /// # Safety
+    /// The instruction set; `LANES` readable floats at `p`.
     unsafe fn load(p: *const f32) -> Self::R;
+    /// `*p` in every lane.
+    ///
+    /// # Safety
+    /// The instruction set; a readable float at `p`.
     unsafe fn splat(p: *const f32) -> Self::R;
+    /// `a * b + c`, rounded once.
+    ///
+    /// # Safety
+    /// The instruction set.
     unsafe fn fma(a: Self::R, b: Self::R, c: Self::R) -> Self::R;
+    /// # Safety
+    /// The instruction set.
     unsafe fn add(a: Self::R, b: Self::R) -> Self::R;
+    /// `max(a, 0)` per lane.
+    ///
+    /// # Safety
+    /// The instruction set.
     unsafe fn relu(a: Self::R) -> Self::R;
+    /// # Safety
+    /// The instruction set; `LANES` writable floats at `p`.
     unsafe fn store(p: *mut f32, a: Self::R);
+    /// The sum of the lanes.
+    ///
+    /// # Safety
+    /// The instruction set.
     unsafe fn sum(a: Self::R) -> f32;
 }
 
