@@ -176,7 +176,9 @@ pub(super) unsafe fn tile<V: Simd, const NV: usize, const M: usize>(t: &Tile) {
         for _ in 0..t.kc {
             if t.prefetch {
                 for l in 0..nr / 16 {
-                    _mm_prefetch::<_MM_HINT_T0>(b.add(PREFETCH_K * nr + l * 16).cast());
+                    // a hint: any address may be prefetched, so past the panel's end too
+                    let ahead = b.wrapping_add(PREFETCH_K * nr + l * 16);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
                 }
             }
             let bv: [V::R; NV] = std::array::from_fn(|v| V::load(b.add(v * V::LANES)));
