@@ -46,8 +46,8 @@ pub fn narrow_ids_le_with(isa: Isa, src: &[u8], rows: u64, dst: &mut [MaybeUnini
     debug_assert!(rows <= 1 << 32);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Isa::Avx2 is only reported (cpu::isa) when the CPU has AVX2.
-        Isa::Avx2 => unsafe { x86::narrow_ids_le_avx2(src, rows, dst) },
+        // SAFETY: Isa::Avx2 and Isa::Avx512 are only reported (cpu::isa) when the CPU has AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::narrow_ids_le_avx2(src, rows, dst) },
         _ => narrow_ids_le_ref(src, rows, dst),
     }
 }
@@ -73,8 +73,8 @@ pub fn ids_below(ids: &[u32], rows: usize) -> bool {
 pub fn ids_below_with(isa: Isa, ids: &[u32], rows: usize) -> bool {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Isa::Avx2 is only reported (cpu::isa) when the CPU has AVX2.
-        Isa::Avx2 => unsafe { x86::ids_below_avx2(ids, rows) },
+        // SAFETY: Isa::Avx2 and Isa::Avx512 are only reported (cpu::isa) when the CPU has AVX2.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::ids_below_avx2(ids, rows) },
         _ => ids_below_ref(ids, rows),
     }
 }

@@ -71,7 +71,7 @@ pub fn dot_interaction(t: &[f32], out: &mut [f32], shape: DotShape) {
         return unsafe { dot_avx512::forward(t, out, shape) };
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::isa() == crate::cpu::Isa::Avx2 {
+    if crate::cpu::isa() >= crate::cpu::Isa::Avx2 {
         // SAFETY: `isa()` found AVX2 and FMA on this CPU; `shape.check` validated the slices.
         return unsafe { dot_interaction_avx2(t, out, shape) };
     }
@@ -182,7 +182,7 @@ pub fn dot_interaction_backward(t: &[f32], g: &[f32], dt: &mut [f32], shape: Dot
         return unsafe { dot_avx512::backward(t, g, dt, shape) };
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu::isa() == crate::cpu::Isa::Avx2 {
+    if crate::cpu::isa() >= crate::cpu::Isa::Avx2 {
         // SAFETY: `isa()` found AVX2 and FMA on this CPU; `shape.check` validated the slices.
         return unsafe { dot_backward_avx2(t, g, dt, shape) };
     }

@@ -11,6 +11,7 @@
 //! - [`gather`]: embedding bags (sum pooling) over tables of every row format, and the
 //!   formats themselves (fp32, fp16, int8, int4 row-wise);
 //! - [`mlp`]: `nn.Linear` layers with fused bias and activation; [`grad`]: their backward;
+//! - [`gemm`]: the same layers over weights packed once for our own microkernels;
 //! - [`interaction`]: the DLRM dot interaction and its backward;
 //! - [`ids`]: id range checks and narrowing; [`prefetch`]: row prefetching; [`cpu`]: dispatch.
 //!
@@ -25,6 +26,7 @@
 
 pub mod cpu;
 pub mod gather;
+pub mod gemm;
 pub mod grad;
 pub mod ids;
 pub mod interaction;
@@ -35,13 +37,13 @@ pub mod prefetch;
 pub(crate) mod testutil {
     use crate::cpu::{Isa, isa};
 
-    /// Every dispatch path this CPU can run: the reference, and AVX2 where present.
+    /// Every dispatch path this CPU can run: the reference, AVX2 and AVX-512 where present
+    /// (and not turned off by `DLRS_ISA`).
     pub fn paths() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        if isa() == Isa::Avx2 {
-            v.push(Isa::Avx2);
-        }
-        v
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&p| p <= isa())
+            .collect()
     }
 
     /// Written past the end of output rows; a kernel that overruns changes it.

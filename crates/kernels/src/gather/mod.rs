@@ -166,8 +166,9 @@ pub fn bag_sum_with(isa: Isa, rows: Rows, bags: Bags, out: Pooled) {
     check_args(&rows, &bags, &out);
     match isa {
         Isa::Scalar => bag_sum_ref(rows, bags, out),
+        // the gather is an AVX2 kernel; an AVX-512 CPU runs it too
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512 => {
             assert!(
                 is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
@@ -178,7 +179,7 @@ pub fn bag_sum_with(isa: Isa, rows: Rows, bags: Bags, out: Pooled) {
             unsafe { x86::bag_sum_avx2(rows, bags, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 => panic!("AVX2 kernels exist only on x86_64"),
+        Isa::Avx2 | Isa::Avx512 => panic!("AVX2 kernels exist only on x86_64"),
     }
 }
 
