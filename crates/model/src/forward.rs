@@ -25,6 +25,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use dlrs_kernels::gather::{Bags, Pooled};
+use dlrs_kernels::gemm::linear_packed;
 use dlrs_kernels::interaction::{DotShape, dot_interaction};
 use dlrs_kernels::mlp::{Activation, LinearShape, linear};
 use rayon::prelude::*;
@@ -414,7 +415,11 @@ impl Mlp<'_> {
                 ldx: ld_src,
                 ldy: ld_dst,
             };
-            linear(src, &l.weight, &l.bias, dst, shape, act, threads);
+            match l.packed() {
+                Some(packed) => linear_packed(src, packed, l.bias(), dst, shape, act, threads),
+                // changed since packing (training, between a step and its repack)
+                None => linear(src, l.weight(), l.bias(), dst, shape, act, threads),
+            }
         }
     }
 }

@@ -18,19 +18,77 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors};
 use xxhash_rust::xxh3::xxh3_64;
 
+use dlrs_kernels::gemm::PackedWeights;
+
 use crate::config::{DlrmConfig, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::format::{TensorOut, read_manifest, shard_bytes_for, shard_sums, write_model_file};
 use crate::tables::{EmbeddingTable, FILL_ROWS, ShardCheck, random_rows};
 
-/// One fully connected layer in `nn.Linear` layout.
+/// One fully connected layer in `nn.Linear` layout, with its weight also packed for the
+/// GEMM microkernels (`dlrs_kernels::gemm`) at creation: the forward pass reads the packed
+/// copy, everything else (files, gradients, optimizers) the `[out_w, in_w]` one. The weight
+/// is changed only through [`Layer::params_mut`], which drops the packed copy; [`Layer::pack`]
+/// (or [`Weights::pack_layers`]) packs it again, and until then the forward pass runs the
+/// unpacked weight: a stale packed weight is never used.
 #[derive(Clone, Debug)]
 pub struct Layer {
     pub in_w: usize,
     pub out_w: usize,
     /// `[out_w, in_w]` row-major
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
+    weight: Vec<f32>,
+    /// `[out_w]`
+    bias: Vec<f32>,
+    packed: Option<PackedWeights>,
+}
+
+impl Layer {
+    /// A layer of `weight [out_w, in_w]` (row-major) and `bias [out_w]`, packed.
+    ///
+    /// # Panics
+    /// If the lengths do not fit the widths.
+    pub fn new(in_w: usize, out_w: usize, weight: Vec<f32>, bias: Vec<f32>) -> Self {
+        assert_eq!(weight.len(), in_w * out_w, "weight must be [out_w, in_w]");
+        assert_eq!(bias.len(), out_w, "bias must be [out_w]");
+        let mut l = Layer {
+            in_w,
+            out_w,
+            weight,
+            bias,
+            packed: None,
+        };
+        l.pack();
+        l
+    }
+
+    /// `[out_w, in_w]` row-major.
+    pub fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    /// `[out_w]`.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// The weight packed for the GEMM microkernels, unless it changed since it was packed.
+    pub fn packed(&self) -> Option<&PackedWeights> {
+        self.packed.as_ref()
+    }
+
+    /// The weight and the bias, writable. Drops the packed weight: call [`Layer::pack`] after
+    /// the change (the forward pass is correct without, only slower).
+    pub fn params_mut(&mut self) -> (&mut [f32], &mut [f32]) {
+        self.packed = None;
+        (&mut self.weight, &mut self.bias)
+    }
+
+    /// Packs the weight if it is not packed (a no-op otherwise).
+    pub fn pack(&mut self) {
+        if self.packed.is_none() {
+            self.packed = Some(PackedWeights::new(&self.weight, self.out_w, self.in_w));
+        }
+    }
 }
 
 /// All parameters of a DLRM.
@@ -76,17 +134,23 @@ fn random_mlp(widths: &[usize], rng: &mut SmallRng) -> Vec<Layer> {
             let (i, o) = (p[0], p[1]);
             let w = Normal::new(0.0f32, (2.0 / (i + o) as f32).sqrt()).expect("finite std");
             let b = Normal::new(0.0f32, (1.0 / o as f32).sqrt()).expect("finite std");
-            Layer {
-                in_w: i,
-                out_w: o,
-                weight: (0..i * o).map(|_| w.sample(rng)).collect(),
-                bias: (0..o).map(|_| b.sample(rng)).collect(),
-            }
+            let weight = (0..i * o).map(|_| w.sample(rng)).collect();
+            let bias = (0..o).map(|_| b.sample(rng)).collect();
+            Layer::new(i, o, weight, bias)
         })
         .collect()
 }
 
 impl Weights {
+    /// Packs every MLP layer whose weight changed since it was packed (after an optimizer
+    /// step).
+    pub fn pack_layers(&mut self) {
+        self.bot
+            .iter_mut()
+            .chain(self.top.iter_mut())
+            .for_each(Layer::pack);
+    }
+
     /// Random weights with the reference DLRM's initialisation: MLP weights
     /// N(0, sqrt(2/(in+out))), biases N(0, sqrt(1/out)), tables U(±sqrt(1/rows)).
     /// Tables are filled in parallel; the result depends only on `seed`.
@@ -318,12 +382,7 @@ impl Weights {
             let mut bias = vec![0.0; b.shape()[0]];
             copy_le_f32(w.data(), &mut weight);
             copy_le_f32(b.data(), &mut bias);
-            layers.push(Layer {
-                in_w: w.shape()[1],
-                out_w: w.shape()[0],
-                weight,
-                bias,
-            });
+            layers.push(Layer::new(w.shape()[1], w.shape()[0], weight, bias));
         }
         let top = layers.split_off(cfg.bot.len() - 1);
         Ok(Weights {
@@ -499,4 +558,26 @@ pub fn atomic_write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = File::create(tmp)?;
         f.write_all(bytes)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_layer_is_never_served_from_its_old_packing() {
+        let w: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let mut l = Layer::new(4, 3, w.clone(), vec![0.5; 3]);
+        assert_eq!(l.packed().expect("packed at creation").unpack(), w);
+        let (weight, bias) = l.params_mut();
+        weight[5] = -7.0;
+        bias[1] = 2.0;
+        assert!(l.packed().is_none(), "params_mut drops the packed copy");
+        l.pack();
+        let mut want = w;
+        want[5] = -7.0;
+        assert_eq!(l.packed().unwrap().unpack(), want);
+        assert_eq!(l.weight(), want.as_slice());
+        assert_eq!(l.bias(), &[0.5, 2.0, 0.5]);
+    }
 }

@@ -437,7 +437,7 @@ impl Step<'_> {
             ldx: ldd,
             ldy: top_w[0].out_w,
         };
-        grad_input(&tb.dz, &top_w[0].weight, dst, shape, threads);
+        grad_input(&tb.dz, top_w[0].weight(), dst, shape, threads);
         // dot interaction backward: the pairs' gradients back to the features, then x's own
         // gradient (it also feeds the top MLP directly, as the first D inputs)
         if cfg.interaction == Interaction::Dot {
@@ -559,7 +559,7 @@ fn layer_backward(
             ldx: layer.in_w,
             ..shape
         };
-        grad_input(dz, &layer.weight, da, shape, threads);
+        grad_input(dz, layer.weight(), da, shape, threads);
         debug_assert_eq!(lower_db.len(), layer.in_w);
         relu_backward_sums(dz, da, a, m, lower_db, accumulate);
     }

@@ -123,12 +123,15 @@ pub fn dense_param_names(model: &Model) -> Vec<String> {
     v
 }
 
-fn dense_params(model: &mut Model) -> Vec<&mut Vec<f32>> {
+fn dense_params(model: &mut Model) -> Vec<&mut [f32]> {
     let w = &mut model.weights;
     w.bot
         .iter_mut()
         .chain(w.top.iter_mut())
-        .flat_map(|l| [&mut l.weight, &mut l.bias])
+        .flat_map(|l| {
+            let (w, b) = l.params_mut();
+            [w, b]
+        })
         .collect()
 }
 
@@ -169,7 +172,7 @@ impl Optimizer {
             .bot
             .iter()
             .chain(&w.top)
-            .flat_map(|l| [l.weight.len(), l.bias.len()])
+            .flat_map(|l| [l.weight().len(), l.bias().len()])
             .map(|n| dense.slots().iter().map(|_| vec![0.0f32; n]).collect())
             .collect();
         let sparse_state = w
@@ -273,6 +276,8 @@ impl Optimizer {
             .for_each(|((p, g), st)| {
                 dense_update(dense, lr, t, p, g, st);
             });
+        // the forward reads the packed weights: pack the updated ones
+        model.weights.pack_layers();
     }
 
     /// The state as safetensors tensors (name, shape, data) plus metadata.

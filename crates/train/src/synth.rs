@@ -91,7 +91,8 @@ pub fn make_teacher(
         }
     }
     if let Some(l) = model.weights.top.last_mut() {
-        l.bias[0] += (0.5 * (lo + hi)) as f32;
+        l.params_mut().1[0] += (0.5 * (lo + hi)) as f32;
+        l.pack();
     }
     Ok(model)
 }
@@ -176,10 +177,11 @@ pub fn sharpen(model: &mut Model, emb_scale: f32, logit_scale: f32) {
             .for_each(|c| c.iter_mut().for_each(|v| *v *= k));
     }
     if let Some(l) = model.weights.top.last_mut() {
-        l.weight
-            .iter_mut()
-            .chain(l.bias.iter_mut())
+        let (w, b) = l.params_mut();
+        w.iter_mut()
+            .chain(b.iter_mut())
             .for_each(|v| *v *= logit_scale);
+        l.pack();
     }
 }
 

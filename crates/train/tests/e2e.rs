@@ -458,7 +458,7 @@ fn mlp_values(m: &Model) -> Vec<f32> {
     w.bot
         .iter()
         .chain(&w.top)
-        .flat_map(|l| l.weight.iter().chain(&l.bias).copied())
+        .flat_map(|l| l.weight().iter().chain(l.bias()).copied())
         .collect()
 }
 

@@ -23,13 +23,13 @@ fn params(m: &Model) -> P {
             .weights
             .bot
             .iter()
-            .map(|l| (f(&l.weight), f(&l.bias), l.in_w, l.out_w))
+            .map(|l| (f(l.weight()), f(l.bias()), l.in_w, l.out_w))
             .collect(),
         top: m
             .weights
             .top
             .iter()
-            .map(|l| (f(&l.weight), f(&l.bias), l.in_w, l.out_w))
+            .map(|l| (f(l.weight()), f(l.bias()), l.in_w, l.out_w))
             .collect(),
     }
 }

@@ -42,8 +42,8 @@ fn model_tensors(m: &Model) -> HashMap<String, Vec<f32>> {
     }
     for (prefix, layers) in [("bot_l", &m.weights.bot), ("top_l", &m.weights.top)] {
         for (i, l) in layers.iter().enumerate() {
-            out.insert(format!("{prefix}.{}.weight", 2 * i), l.weight.clone());
-            out.insert(format!("{prefix}.{}.bias", 2 * i), l.bias.clone());
+            out.insert(format!("{prefix}.{}.weight", 2 * i), l.weight().to_vec());
+            out.insert(format!("{prefix}.{}.bias", 2 * i), l.bias().to_vec());
         }
     }
     out
