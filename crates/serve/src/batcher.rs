@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use dlrs_model::{Bags, Batch, DlrmConfig, Executor, Workspace};
 use tokio::sync::oneshot;
 
-use crate::Hooks;
+use crate::config::{Hooks, QueueConfig};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::Version;
@@ -151,30 +151,6 @@ impl Drop for Reservation {
     }
 }
 
-/// The batching rules.
-#[derive(Clone, Debug)]
-pub struct BatcherConfig {
-    /// most samples in one forward pass; larger requests are cut into chunks
-    pub max_batch: usize,
-    /// longest the oldest queued request waits for others to join its batch
-    pub max_delay: Duration,
-    /// most samples waiting within `burst_cooldown` of a refusal; beyond it requests are
-    /// refused at once
-    pub max_queue: usize,
-    /// most samples waiting when no request was refused for `burst_cooldown`: room for a
-    /// burst (arrivals bunched by a stall on either side) at a load the server keeps up
-    /// with, which an overloaded queue (one that refuses) does not get. Like the
-    /// controlled-delay queues of "Fail at scale" (Maurer, ACM Queue 2015), a queue is
-    /// allowed more while it is not standing. At most `max_queue` has no effect.
-    pub max_queue_burst: usize,
-    /// how long after a refusal `max_queue` bounds the queue again
-    pub burst_cooldown: Duration,
-    /// longest estimated wait ahead of a new request (the samples waiting times the measured
-    /// compute time per sample, over the instances); beyond it the request is refused at once.
-    /// `None`: no bound by time.
-    pub max_wait: Option<Duration>,
-}
-
 struct State {
     pending: VecDeque<Pending>,
     /// samples admitted and not yet handed to a batch
@@ -204,7 +180,7 @@ const PER_SAMPLE_WINDOW: usize = 32;
 pub struct Queue {
     state: Mutex<State>,
     ready: Condvar,
-    cfg: BatcherConfig,
+    cfg: QueueConfig,
     metrics: Arc<Metrics>,
 }
 
@@ -212,7 +188,7 @@ pub struct Queue {
 type Segment = (Arc<Entry>, usize, usize);
 
 impl Queue {
-    pub fn new(cfg: BatcherConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(cfg: QueueConfig, metrics: Arc<Metrics>) -> Self {
         let state = State {
             pending: VecDeque::new(),
             waiting: 0,
@@ -273,7 +249,7 @@ impl Queue {
                 st.waiting
             )));
         }
-        if let Some(max) = self.cfg.max_wait {
+        if let Some(max) = self.cfg.max_wait() {
             let wait = st.waiting as f64 * st.per_sample_s / st.instances.max(1) as f64;
             if wait > max.as_secs_f64() {
                 st.refused = Some(now);
@@ -296,7 +272,7 @@ impl Queue {
     fn capacity(&self, st: &State, now: Instant) -> usize {
         let cooling = st
             .refused
-            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.burst_cooldown);
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.burst_cooldown());
         if cooling {
             self.cfg.max_queue
         } else {
@@ -408,7 +384,7 @@ impl Queue {
                 st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             };
-            let window_end = first.entry.enqueued + self.cfg.max_delay;
+            let window_end = first.entry.enqueued + self.cfg.max_delay();
             let (plan, full) = plan_batch(
                 st.pending.iter().map(|p| {
                     (
@@ -743,13 +719,13 @@ mod tests {
 
     fn queue(max_batch: usize, max_delay: Duration, max_queue: usize) -> Arc<Queue> {
         Arc::new(Queue::new(
-            BatcherConfig {
+            QueueConfig {
                 max_batch,
-                max_delay,
+                max_queue_delay_us: max_delay.as_micros() as u64,
                 max_queue,
                 max_queue_burst: 0,
-                burst_cooldown: Duration::from_millis(100),
-                max_wait: None,
+                burst_cooldown_ms: 100,
+                max_queue_wait_ms: 0,
             },
             Arc::new(Metrics::new()),
         ))
@@ -943,13 +919,13 @@ mod tests {
     #[test]
     fn the_wait_bound_refuses_what_the_measured_compute_time_cannot_start_in_time() {
         let v = version();
-        let cfg = BatcherConfig {
+        let cfg = QueueConfig {
             max_batch: 4,
-            max_delay: Duration::ZERO,
+            max_queue_delay_us: 0,
             max_queue: 1000,
             max_queue_burst: 0,
-            burst_cooldown: Duration::from_millis(100),
-            max_wait: Some(Duration::from_millis(5)),
+            burst_cooldown_ms: 100,
+            max_queue_wait_ms: 5,
         };
         let q = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
         // no instance runs: what is admitted stays queued
@@ -975,13 +951,13 @@ mod tests {
 
     #[test]
     fn the_queue_takes_a_burst_unless_it_refused_lately() {
-        let cfg = |burst| BatcherConfig {
+        let cfg = |burst| QueueConfig {
             max_batch: 4,
-            max_delay: Duration::ZERO,
+            max_queue_delay_us: 0,
             max_queue: 6,
             max_queue_burst: burst,
-            burst_cooldown: Duration::from_millis(50),
-            max_wait: None,
+            burst_cooldown_ms: 50,
+            max_queue_wait_ms: 0,
         };
         let refused = |r: Result<Reservation, ApiError>, flag: &str| match r {
             Err(ApiError::Overloaded(m)) => assert!(m.contains(flag), "{m}"),

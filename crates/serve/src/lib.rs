@@ -178,8 +178,24 @@
 //! `dlrs_model_version`, `dlrs_connections` (open), `dlrs_connections_refused_total`,
 //! `dlrs_connections_timed_out_total{phase}` (`header` or `idle`), `dlrs_shm_inputs_total`
 //! (inputs read from system shared memory).
+//!
+//! # The crate
+//!
+//! [`run`] and [`serve`] take a [`ServeConfig`] (the flags above as plain fields, named after
+//! them; [`ServeConfig::new`] gives their defaults; the flags themselves belong to the `dlrs`
+//! binary) and fail with a [`ServeError`] naming the setting or file at fault. A request's
+//! failure is an [`ApiError`], mapped to its status explicitly. The batching rules,
+//! [`QueueConfig`], are shared with the in-process twin (`dlrs-loadgen`), which runs the
+//! same [`Queue`] and compute instances ([`spawn_instances`]).
+//!
+//! Inside: `config` (the settings), `state` (versions, reloads, shutdown), `conn` (the
+//! accept loop and connection timeouts), `http` (routes and handlers), `kserve`
+//! (the protocol: requests into validated batches, tensor decoding, responses),
+//! `batcher` (the queue and compute instances), `shm` (registered shared memory regions),
+//! `metrics`, `error`.
 
 mod batcher;
+mod config;
 mod conn;
 mod error;
 mod http;
@@ -188,268 +204,45 @@ mod metrics;
 mod shm;
 mod state;
 
-use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use dlrs_model::{Batch, TableMode};
-
-pub use batcher::{BatcherConfig, Job, Queue, Reply, ReplyTo, spawn as spawn_instances};
-pub use error::ApiError;
+pub use batcher::{Job, Queue, Reply, ReplyTo, spawn as spawn_instances};
+pub use config::{BatchHook, Hooks, QueueConfig, ServeConfig, compute_layout};
+pub use error::{ApiError, ServeError};
 pub use metrics::Metrics;
 pub use state::Version;
 
-/// Options of `dlrs serve`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ServeArgs {
-    /// model directory (config.json + model.safetensors)
-    #[arg(long)]
-    pub model: PathBuf,
-    /// model name in URLs (default: the directory's file name)
-    #[arg(long)]
-    pub name: Option<String>,
-    /// address to listen on
-    #[arg(long, default_value = "127.0.0.1:8000")]
-    pub addr: String,
-    /// the batching and admission rules (shared with `dlrs twin`)
-    #[command(flatten)]
-    pub queue: QueueArgs,
-    /// threads of the forward pass, over all instances
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
-    /// compute instances: batches computed at once, each on --threads / --instances threads
-    /// (default: one per thread)
-    #[arg(long)]
-    pub instances: Option<usize>,
-    /// threads that run HTTP (tokio workers: accept, read and parse requests, answer)
-    #[arg(long, default_value_t = 2)]
-    pub http_threads: usize,
-    /// nice value of the compute instances' threads (0-19; Linux). Above 0 the HTTP threads
-    /// preempt them when the cores are saturated, so requests are read, refused (503) or
-    /// queued at once instead of waiting behind a batch's compute
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub compute_nice: i32,
-    /// time slice the HTTP threads ask the scheduler for, in microseconds (Linux 6.12+,
-    /// EEVDF; 0, the default: the kernel's). A slice shorter than the compute threads' lets a
-    /// waking HTTP thread preempt a running batch at once instead of after the batch's slice
-    /// (on a 250 Hz kernel up to a 4 ms tick). Threads keep their nice value. With
-    /// --compute-nice 10 under overload, 100 cut the HTTP and client threads' waits for a
-    /// core of over 2 ms by two thirds (docs/benchmarks.md)
-    #[arg(long, default_value_t = 0)]
-    pub http_slice_us: u64,
-    /// mmap: map the model file; ram: copy tables into huge pages
-    #[arg(long, default_value = "ram", value_parser = parse_table_mode)]
-    pub tables: TableMode,
-    /// with --tables ram: hold memory for a second copy of the tables from the start, so a
-    /// reload copies the new version into memory that is already resident (the replaced
-    /// version's memory is kept for the next one) instead of into fresh pages. Costs twice
-    /// the tables' memory. On VMs that hand freed memory back to the host (free page
-    /// reporting), the first touch of fresh pages stalls the vCPUs (both cores, 26-43 ms at a
-    /// time while 4 GB was copied here) and a reload under load refuses requests
-    #[arg(long)]
-    pub keep_reload_memory: bool,
-    /// deadline of requests without an x-dlrs-deadline-ms header, in milliseconds
-    #[arg(long, default_value_t = 1000)]
-    pub default_deadline_ms: u64,
-    /// largest request body; larger ones get 413 before they are read
-    #[arg(long, default_value_t = 32 << 20)]
-    pub max_body_bytes: usize,
-    /// time allowed to receive a request body, in milliseconds (then 408)
-    #[arg(long, default_value_t = 10_000)]
-    pub body_timeout_ms: u64,
-    /// how often to check the model files for a new version, in milliseconds (0: never)
-    #[arg(long, default_value_t = 1000)]
-    pub watch_interval_ms: u64,
-    /// on shutdown, the longest the server waits, in milliseconds, for requests in flight
-    /// and connections still sending or receiving one; at the bound it closes them and exits
-    #[arg(long, default_value_t = 30_000)]
-    pub drain_timeout_ms: u64,
-    /// longest a reload may take to load the new version, in milliseconds; a slower one is
-    /// abandoned (the old version keeps serving, later reloads proceed)
-    #[arg(long, default_value_t = 600_000)]
-    pub reload_timeout_ms: u64,
-    /// most open connections; beyond it a new connection is answered 503 and closed
-    #[arg(long, default_value_t = 1024)]
-    pub max_connections: usize,
-    /// time allowed to receive a request's headers, in milliseconds, from its first byte (or
-    /// from accept on a new connection); then the connection is closed
-    #[arg(long, default_value_t = 5000)]
-    pub header_timeout_ms: u64,
-    /// longest a keep-alive connection waits for its next request, in milliseconds
-    #[arg(long, default_value_t = 60_000)]
-    pub idle_timeout_ms: u64,
-    /// time allowed to write a response, in milliseconds (a client that does not read its
-    /// answers); then the connection is closed
-    #[arg(long, default_value_t = 10_000)]
-    pub write_timeout_ms: u64,
-    /// most request-body bytes held in memory at once by all requests together (bodies
-    /// being received or parsed); beyond it requests get 503
-    #[arg(long, default_value_t = 256 << 20)]
-    pub max_body_memory_bytes: usize,
-    /// let local clients register system shared memory regions (Triton's system shared
-    /// memory extension: inputs read from, outputs written to /dev/shm objects the client
-    /// names); only for trusted local clients
-    #[arg(long)]
-    pub allow_client_shm: bool,
-    /// test hooks (not a command-line option)
-    #[arg(skip)]
-    #[doc(hidden)]
-    pub hooks: Hooks,
-}
-
-fn parse_table_mode(s: &str) -> Result<TableMode, String> {
-    TableMode::parse(s).ok_or_else(|| format!("`{s}`: expected mmap or ram"))
-}
-
-/// The batching and admission rules: the options `dlrs serve` and `dlrs twin` share, so that
-/// the twin queues exactly as the server does.
-#[derive(clap::Args, Debug, Clone)]
-pub struct QueueArgs {
-    /// most samples computed in one batch (larger ones are split)
-    #[arg(long, default_value_t = 256)]
-    pub max_batch: usize,
-    /// longest a queued request waits for more to batch with, in microseconds
-    #[arg(long, default_value_t = 500)]
-    pub max_queue_delay_us: u64,
-    /// most samples waiting in the queue; beyond it requests get 503 at once
-    #[arg(long, default_value_t = 4096)]
-    pub max_queue: usize,
-    /// most samples waiting when no request was refused within the last
-    /// --burst-cooldown-ms: room for a burst of arrivals (bunched by a stall) at a load the
-    /// server keeps up with. Within the cooldown of a refusal, as under overload, --max-queue
-    /// bounds the queue. 0 or at most --max-queue: off
-    #[arg(long, default_value_t = 0)]
-    pub max_queue_burst: usize,
-    /// how long after a refusal --max-queue applies instead of --max-queue-burst, in
-    /// milliseconds
-    #[arg(long, default_value_t = 100)]
-    pub burst_cooldown_ms: u64,
-    /// most estimated work waiting ahead of a new request, in milliseconds (waiting samples
-    /// times the median compute time per sample of the last 32 batches, over the
-    /// instances); beyond it requests get 503 at once. 0: no bound by time (only --max-queue)
-    #[arg(long, default_value_t = 0)]
-    pub max_queue_wait_ms: u64,
-}
-
-impl QueueArgs {
-    /// The queue's rules from the options.
-    pub fn config(&self) -> BatcherConfig {
-        BatcherConfig {
-            max_batch: self.max_batch,
-            max_delay: Duration::from_micros(self.max_queue_delay_us),
-            max_queue: self.max_queue,
-            max_queue_burst: self.max_queue_burst,
-            burst_cooldown: Duration::from_millis(self.burst_cooldown_ms),
-            max_wait: (self.max_queue_wait_ms > 0)
-                .then(|| Duration::from_millis(self.max_queue_wait_ms)),
-        }
-    }
-}
-
-impl ServeArgs {
-    /// The options `dlrs serve --model DIR` gets (every other option at its default).
-    pub fn new(model: impl Into<PathBuf>) -> Self {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: ServeArgs,
-        }
-        let model: PathBuf = model.into();
-        let argv = [
-            std::ffi::OsString::from("serve"),
-            "--model".into(),
-            model.into_os_string(),
-        ];
-        <Cli as clap::Parser>::try_parse_from(argv)
-            .expect("defaults parse")
-            .args
-    }
-
-    /// `(instances, threads per instance)` from `--instances` and `--threads`.
-    pub fn compute_layout(&self) -> anyhow::Result<(usize, usize)> {
-        compute_layout(self.threads, self.instances)
-    }
-
-    /// The model name used in URLs.
-    pub fn model_name(&self) -> String {
-        // the path's own last component (a symlink's name, not its target's), else the
-        // canonical directory's (for `.` and the like)
-        let own = self
-            .model
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned());
-        self.name.clone().or(own).unwrap_or_else(|| {
-            let dir = std::fs::canonicalize(&self.model).unwrap_or_else(|_| self.model.clone());
-            dir.file_name()
-                .map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned())
-        })
-    }
-}
-
-/// `(instances, threads per instance)`: `threads` split evenly over `instances` (default: one
-/// instance per thread).
-pub fn compute_layout(threads: usize, instances: Option<usize>) -> anyhow::Result<(usize, usize)> {
-    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
-    let instances = instances.unwrap_or(threads);
-    anyhow::ensure!(
-        instances >= 1 && threads.is_multiple_of(instances),
-        "--instances {instances} must divide --threads {threads} (each instance gets the same number of threads)"
-    );
-    Ok((instances, threads / instances))
-}
-
-/// Fault-injection points for tests. Not part of the command line.
-#[derive(Clone, Default)]
-#[doc(hidden)]
-pub struct Hooks {
-    /// Runs on the batcher thread just before each batch's forward pass, inside the panic
-    /// guard (a test can block here to hold a batch, or panic to simulate a crash).
-    pub before_forward: Option<BatchHook>,
-    /// Runs on the reload thread before a new version is loaded (a test can block here to
-    /// wedge a reload).
-    pub before_load: Option<Arc<dyn Fn() + Send + Sync>>,
-}
-
-/// A function run on a batch (see [`Hooks`]).
-#[doc(hidden)]
-pub type BatchHook = Arc<dyn Fn(&Batch) + Send + Sync>;
-
-impl fmt::Debug for Hooks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hooks")
-            .field("before_forward", &self.before_forward.is_some())
-            .field("before_load", &self.before_load.is_some())
-            .finish()
-    }
-}
-
-/// Runs the server on `args.addr` until SIGTERM or SIGINT, then drains and returns.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let rt = http_runtime(&args)?;
+/// Runs the server on `config.addr` until SIGTERM or SIGINT, then drains and returns.
+pub fn run(config: ServeConfig) -> Result<(), ServeError> {
+    let rt = http_runtime(&config)?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.addr)
+        let listener = tokio::net::TcpListener::bind(&config.addr)
             .await
-            .with_context(|| format!("listening on {}", args.addr))?;
-        serve(args, listener, shutdown_signal()).await
+            .map_err(|source| ServeError::Listen {
+                addr: config.addr.clone(),
+                source,
+            })?;
+        serve(config, listener, shutdown_signal()).await
     })
 }
 
 /// The tokio runtime the HTTP side runs on: `--http-threads` workers named `dlrs-http`, each
 /// asking for `--http-slice-us` slices (a failure to is reported once and changes nothing).
-pub fn http_runtime(args: &ServeArgs) -> anyhow::Result<tokio::runtime::Runtime> {
-    anyhow::ensure!(args.http_threads >= 1, "--http-threads must be at least 1");
-    let slice = std::time::Duration::from_micros(args.http_slice_us);
-    let what = format!("dlrs serve: --http-slice-us {}", args.http_slice_us);
+pub fn http_runtime(config: &ServeConfig) -> Result<tokio::runtime::Runtime, ServeError> {
+    if config.http_threads < 1 {
+        return Err(ServeError::flag("--http-threads", "must be at least 1"));
+    }
+    let slice = Duration::from_micros(config.http_slice_us);
+    let what = format!("dlrs serve: --http-slice-us {}", config.http_slice_us);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.http_threads)
+        .worker_threads(config.http_threads)
         .enable_all()
         .thread_name("dlrs-http")
         .on_thread_start(move || dlrs_model::sys::ask_for_thread_slice(slice, &what))
         .build()
-        .context("starting the tokio runtime")
+        .map_err(ServeError::Runtime)
 }
 
 /// Completes on the first SIGTERM or SIGINT.
@@ -472,17 +265,14 @@ async fn shutdown_signal() {
 /// Serves on `listener` until `shutdown` completes, then drains (see the crate docs) and
 /// returns. Loads the model first; a model that does not load is an error.
 pub async fn serve(
-    args: ServeArgs,
+    config: ServeConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(args.queue.max_batch >= 1, "--max-batch must be at least 1");
-    anyhow::ensure!(args.queue.max_queue >= 1, "--max-queue must be at least 1");
-    let limits = conn::Limits::from_args(&args)?;
-    let state = state::AppState::start(args).await?;
-    let addr = listener
-        .local_addr()
-        .context("reading the listener's address")?;
+) -> Result<(), ServeError> {
+    config.queue.check()?;
+    let limits = conn::Limits::from_config(&config)?;
+    let state = state::AppState::start(config).await?;
+    let addr = listener.local_addr().map_err(ServeError::ListenerAddress)?;
     eprintln!(
         "dlrs serve: model \"{}\" (version 1) from {} on http://{addr}",
         state.name,
@@ -498,7 +288,7 @@ pub async fn serve(
             // --drain-timeout-ms bounds the whole shutdown from here: the wait for requests
             // in flight and then for connections still receiving or answering one
             let deadline =
-                std::time::Instant::now() + Duration::from_millis(state.args.drain_timeout_ms);
+                std::time::Instant::now() + Duration::from_millis(state.config.drain_timeout_ms);
             state.drain(deadline).await;
             let _ = stop_tx.send(deadline);
         })
@@ -523,7 +313,7 @@ pub async fn serve(
         task.abort();
     }
     state.stop().await;
-    served.context("serving HTTP")?;
+    served.map_err(ServeError::Http)?;
     eprintln!("dlrs serve: stopped");
     Ok(())
 }
