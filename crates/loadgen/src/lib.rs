@@ -56,7 +56,8 @@
 //!
 //! Offered and achieved QPS, samples/s, latency p50/p95/p99/p99.9/max/mean in ms of the
 //! queries answered ok, and failures: by HTTP status, bad answers, transport errors,
-//! timeouts. With `--json`, exactly one JSON object on stdout (progress goes to stderr):
+//! timeouts. With `--json`, exactly one JSON object on stdout (the lines for people go to
+//! the log instead, i.e. to stderr at level info in the `dlrs` binary):
 //!
 //! - always: `mode` (`"http"` or `"twin"`), `query_size`, `dist`, `ids_per_table`, `seed`,
 //!   `pool` (the pool's actual size), `warmup_s`, `drain_s`; HTTP: `url`, `model`, `model_dir`, `protocol`, `binary`,

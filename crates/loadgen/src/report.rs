@@ -12,7 +12,8 @@ use crate::error::LoadgenError;
 use crate::search::{Point, Search};
 use crate::stats::{Report, ms};
 
-/// Where the lines for people go: stdout, or stderr when stdout carries the JSON object.
+/// Where the lines for people go: stdout, or, when stdout carries the JSON object, the log
+/// (stderr in the `dlrs` binary, at level info).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Out {
     pub json: bool,
@@ -21,7 +22,9 @@ pub(crate) struct Out {
 impl Out {
     pub fn line(&self, s: &str) {
         if self.json {
-            eprintln!("{s}");
+            for l in s.lines() {
+                tracing::info!("{l}");
+            }
         } else {
             println!("{s}");
         }

@@ -34,7 +34,7 @@ pub fn run_twin(config: TwinConfig) -> Result<(), LoadgenError> {
 }
 
 /// [`run`] without printing the JSON object: returns it (the report for people is printed,
-/// to stderr with `json`).
+/// to the log with `json`).
 pub fn loadgen_json(config: LoadgenConfig) -> Result<Value, LoadgenError> {
     config.load.check()?;
     let http = HttpLoad::new(&config.target(), &config.load)?;
@@ -273,7 +273,7 @@ fn warmup_seed(seed: u64) -> u64 {
 
 /// Runs the measurement(s) `load` asks for with `measure`: a warmup (not reported) unless
 /// `load.warmup` is 0, then one measurement at `load.qps`, or the search for the highest rate
-/// that meets `load.target_p99_ms`. Prints the report for people (to stderr with `--json`),
+/// that meets `load.target_p99_ms`. Prints the report for people (to the log with `--json`),
 /// draws the plot and returns the JSON object: `header`'s fields, then the figures.
 pub(crate) fn drive(
     load: &LoadConfig,

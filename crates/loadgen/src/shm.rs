@@ -65,8 +65,8 @@ impl Cleanup {
         if let Some(u) = self.unregister.take()
             && let Err(e) = u.run()
         {
-            eprintln!(
-                "dlrs loadgen: could not unregister shared memory region \"{}\": {e}",
+            tracing::warn!(
+                "could not unregister shared memory region \"{}\": {e}",
                 u.region
             );
         }
@@ -238,7 +238,7 @@ async fn on_signal(cleanup: Arc<Mutex<Cleanup>>) {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
-    eprintln!("dlrs loadgen: interrupted; removing the shared memory region");
+    tracing::warn!("interrupted; removing the shared memory region");
     let _ = tokio::task::spawn_blocking(move || {
         cleanup.lock().unwrap_or_else(|p| p.into_inner()).run();
     })

@@ -507,7 +507,7 @@ fn run(queue: &Queue, exec: &Executor, hooks: &Hooks) {
         match done {
             Ok(()) => return,
             Err(_) => {
-                eprintln!("dlrs serve: a batcher panicked outside a forward pass; restarting it");
+                tracing::error!("a batcher panicked outside a forward pass; restarting it");
                 ws = Workspace::default();
             }
         }
@@ -555,9 +555,7 @@ fn compute(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            eprintln!(
-                "dlrs serve: a batch of {size} samples panicked: {what}; its requests get 500"
-            );
+            tracing::error!("a batch of {size} samples panicked: {what}; its requests get 500");
             Err(ApiError::Internal(format!(
                 "the computation of this request's batch panicked: {what}"
             )))

@@ -127,7 +127,7 @@ pub async fn serve(
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // e.g. out of file descriptors: wait for some to be released
-                    eprintln!("dlrs serve: accepting a connection failed: {e}");
+                    tracing::warn!("accepting a connection failed: {e}");
                     tokio::select! {
                         d = &mut shutdown => break d,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,

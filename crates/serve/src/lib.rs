@@ -179,6 +179,12 @@
 //! `dlrs_connections_timed_out_total{phase}` (`header` or `idle`), `dlrs_shm_inputs_total`
 //! (inputs read from system shared memory).
 //!
+//! # Logs
+//!
+//! The server logs through `tracing` (the `dlrs` binary writes the lines to stderr, as text
+//! or JSON, at the levels `RUST_LOG` sets): start and stop, reloads, shutdown, and batches
+//! that panicked.
+//!
 //! # The crate
 //!
 //! [`run`] and [`serve`] take a [`ServeConfig`] (the flags above as plain fields, named after
@@ -256,7 +262,7 @@ async fn shutdown_signal() {
             }
         }
         Err(e) => {
-            eprintln!("dlrs serve: cannot watch SIGTERM ({e}); only SIGINT shuts down");
+            tracing::warn!("cannot watch SIGTERM ({e}); only SIGINT shuts down");
             let _ = tokio::signal::ctrl_c().await;
         }
     }
@@ -273,8 +279,8 @@ pub async fn serve(
     let limits = conn::Limits::from_config(&config)?;
     let state = state::AppState::start(config).await?;
     let addr = listener.local_addr().map_err(ServeError::ListenerAddress)?;
-    eprintln!(
-        "dlrs serve: model \"{}\" (version 1) from {} on http://{addr}",
+    tracing::info!(
+        "model \"{}\" (version 1) from {} on http://{addr}",
         state.name,
         state.dir.display()
     );
@@ -314,6 +320,6 @@ pub async fn serve(
     }
     state.stop().await;
     served.map_err(ServeError::Http)?;
-    eprintln!("dlrs serve: stopped");
+    tracing::info!("stopped");
     Ok(())
 }

@@ -248,11 +248,7 @@ impl AppState {
                      abandoned; still serving version {serving}",
                     self.config.reload_timeout_ms
                 ));
-                eprintln!(
-                    "dlrs serve: model \"{}\": reload failed: {}",
-                    self.name,
-                    err.message()
-                );
+                tracing::error!("model \"{}\": reload failed: {}", self.name, err.message());
                 return Err(err);
             }
         };
@@ -269,8 +265,8 @@ impl AppState {
                 retire(old);
                 self.metrics.reload(true);
                 self.metrics.model_version.set(number as f64);
-                eprintln!(
-                    "dlrs serve: model \"{}\": now serving version {number} from {}",
+                tracing::info!(
+                    "model \"{}\": now serving version {number} from {}",
                     self.name,
                     self.dir.display()
                 );
@@ -280,11 +276,7 @@ impl AppState {
                 rs.failed = fp;
                 self.metrics.reload(false);
                 let err = ApiError::from_load(e, serving);
-                eprintln!(
-                    "dlrs serve: model \"{}\": reload failed: {}",
-                    self.name,
-                    err.message()
-                );
+                tracing::error!("model \"{}\": reload failed: {}", self.name, err.message());
                 Err(err)
             }
             Err(join) => {
@@ -327,11 +319,11 @@ impl AppState {
     pub async fn drain(&self, until: Instant) {
         self.draining.store(true, Ordering::SeqCst);
         let n = self.inflight.load(Ordering::SeqCst);
-        eprintln!("dlrs serve: shutting down; waiting for {n} requests in flight");
+        tracing::info!("shutting down; waiting for {n} requests in flight");
         while self.inflight.load(Ordering::SeqCst) > 0 {
             if Instant::now() >= until {
-                eprintln!(
-                    "dlrs serve: {} requests still in flight after --drain-timeout-ms; stopping anyway",
+                tracing::warn!(
+                    "{} requests still in flight after --drain-timeout-ms; stopping anyway",
                     self.inflight.load(Ordering::SeqCst)
                 );
                 break;
@@ -366,8 +358,8 @@ fn retire(old: Arc<Version>) {
             drop(old);
         });
     if let Err(e) = spawned {
-        eprintln!(
-            "dlrs serve: could not start a thread to free the replaced model version ({e}); freeing it here"
+        tracing::warn!(
+            "could not start a thread to free the replaced model version ({e}); freeing it here"
         );
     }
 }
