@@ -83,6 +83,7 @@ pub fn measure(
                         batch,
                         deadline: Instant::now() + deadline,
                         reply,
+                        request_id: None,
                     },
                     None,
                 );

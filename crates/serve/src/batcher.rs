@@ -59,6 +59,8 @@ pub struct Job {
     pub batch: Arc<Batch>,
     pub deadline: Instant,
     pub reply: ReplyTo,
+    /// the HTTP request's id (see the crate docs, "Logs"), named when its batch fails
+    pub request_id: Option<Arc<str>>,
 }
 
 /// An admitted request, shared by the queue and the batches computing its chunks.
@@ -67,6 +69,7 @@ struct Entry {
     batch: Arc<Batch>,
     deadline: Instant,
     enqueued: Instant,
+    request_id: Option<Arc<str>>,
     out: Mutex<Out>,
 }
 
@@ -310,6 +313,7 @@ impl Queue {
             batch: job.batch,
             deadline: job.deadline,
             enqueued: Instant::now(),
+            request_id: job.request_id,
             out,
         };
         st.pending.push_back(Pending {
@@ -555,7 +559,10 @@ fn compute(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!("a batch of {size} samples panicked: {what}; its requests get 500");
+            tracing::error!(
+                requests = %request_ids(segments),
+                "a batch of {size} samples panicked: {what}; its requests get 500"
+            );
             Err(ApiError::Internal(format!(
                 "the computation of this request's batch panicked: {what}"
             )))
@@ -575,6 +582,15 @@ fn compute(
             }
         }
     }
+}
+
+/// The ids of the requests of `segments`, comma-separated (`-` for a request without one).
+fn request_ids(segments: &[Segment]) -> String {
+    let ids: Vec<&str> = segments
+        .iter()
+        .map(|(e, _, _)| e.request_id.as_deref().unwrap_or("-"))
+        .collect();
+    ids.join(",")
 }
 
 /// The batch of `segments`: the request's own batch when it is one whole request, else the
@@ -711,6 +727,7 @@ mod tests {
             batch: Arc::new(batch(v, from, n)),
             deadline,
             enqueued: Instant::now(),
+            request_id: Some(format!("r{from}").into()),
             out,
         })
     }
@@ -742,6 +759,7 @@ mod tests {
             batch: Arc::new(b),
             deadline: Instant::now() + deadline,
             reply: ReplyTo::Channel(tx),
+            request_id: None,
         };
         q.submit(job, None).map(|()| rx)
     }
@@ -758,6 +776,26 @@ mod tests {
             assemble(&v.model.config, &[(e1, 0, 4)]).unwrap(),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn a_failed_batch_names_its_requests() {
+        let v = version();
+        let (e0, e1) = (entry(&v, 0, 3), entry(&v, 3, 4));
+        let anonymous = Arc::new(Entry {
+            model: Arc::clone(&v),
+            batch: Arc::new(batch(&v, 9, 1)),
+            deadline: Instant::now(),
+            enqueued: Instant::now(),
+            request_id: None,
+            out: Mutex::new(Out {
+                reply: None,
+                scores: Vec::new(),
+                left: 1,
+            }),
+        });
+        let segs = [(e0, 1, 3), (e1, 0, 4), (anonymous, 0, 1)];
+        assert_eq!(request_ids(&segs), "r0,r3,-");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::batcher::{Job, Reply, ReplyTo, Reservation};
 use crate::error::ApiError;
 use crate::kserve;
+use crate::request_id::{self, RequestId};
 use crate::state::{AppState, InflightGuard, Version};
 
 type St = State<Arc<AppState>>;
@@ -70,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
+        .layer(middleware::from_fn(request_id::layer))
         .layer(Extension(budget))
         .with_state(state)
 }
@@ -403,11 +405,13 @@ struct InferenceCall {
     name: String,
     version: Option<String>,
     headers: HeaderMap,
+    id: RequestId,
 }
 
 async fn infer(
     State(st): St,
     Extension(budget): Budget,
+    Extension(id): Extension<RequestId>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -417,6 +421,7 @@ async fn infer(
         name,
         version: None,
         headers,
+        id,
     };
     run_inference(st, &budget, call, body)
         .await
@@ -426,6 +431,7 @@ async fn infer(
 async fn infer_v(
     State(st): St,
     Extension(budget): Budget,
+    Extension(id): Extension<RequestId>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -435,6 +441,7 @@ async fn infer_v(
         name,
         version: Some(version),
         headers,
+        id,
     };
     run_inference(st, &budget, call, body)
         .await
@@ -444,6 +451,7 @@ async fn infer_v(
 async fn predict(
     State(st): St,
     Extension(budget): Budget,
+    Extension(id): Extension<RequestId>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -453,6 +461,7 @@ async fn predict(
         name,
         version: None,
         headers,
+        id,
     };
     run_inference(st, &budget, call, body)
         .await
@@ -537,6 +546,7 @@ async fn run_inference(
     };
     let (batch, answer, deadline) = match parsed {
         Parsed::V2(r) => {
+            call.id.offer(r.id.as_deref());
             let timeout = r
                 .timeout_us
                 .and_then(|us| t0.checked_add(Duration::from_micros(us)));
@@ -553,7 +563,7 @@ async fn run_inference(
         }
         Parsed::V1(b) => (b, Answer::V1, deadline),
     };
-    let scores = compute(&st, &v, batch, deadline, reservation).await?;
+    let scores = compute(&st, &v, batch, deadline, reservation, &call.id).await?;
     Ok(answer.response(&st.name, v.number, &scores))
 }
 
@@ -628,6 +638,7 @@ async fn compute(
     batch: dlrs_model::Batch,
     deadline: Instant,
     reservation: Option<Reservation>,
+    id: &RequestId,
 ) -> Result<Vec<f32>, ApiError> {
     if batch.size() == 0 {
         return Ok(Vec::new());
@@ -643,6 +654,7 @@ async fn compute(
         batch: Arc::new(batch),
         deadline,
         reply: ReplyTo::Channel(tx),
+        request_id: Some(id.get()),
     };
     st.queue.submit(job, reservation)?;
     wait(rx, deadline).await

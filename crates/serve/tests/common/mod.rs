@@ -128,11 +128,13 @@ impl Server {
                 .map(|v| v.to_str().unwrap().to_string())
         };
         let retry_after = header("retry-after");
+        let request_id = header("x-request-id");
         let status = r.status().as_u16();
         let body = r.body_mut().read_to_string().unwrap();
         Resp {
             status,
             retry_after,
+            request_id,
             body,
         }
     }
@@ -189,6 +191,8 @@ pub fn agent() -> ureq::Agent {
 pub struct Resp {
     pub status: u16,
     pub retry_after: Option<String>,
+    /// the `x-request-id` header
+    pub request_id: Option<String>,
     pub body: String,
 }
 
