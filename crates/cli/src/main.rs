@@ -98,14 +98,14 @@ enum Cmd {
     },
     /// Serve a model over HTTP (KServe v2 / Open Inference Protocol, and plain JSON) with
     /// dynamic batching, deadlines, metrics and hot reload.
-    Serve(dlrs_serve::ServeArgs),
+    Serve(args::ServeArgs),
     /// Open-loop Poisson load against a `dlrs serve` endpoint: latency percentiles from the
     /// scheduled send time, errors by status; with --target-p99-ms, the latency-bounded
     /// throughput search and its curve.
-    Loadgen(dlrs_loadgen::LoadgenArgs),
+    Loadgen(args::LoadgenArgs),
     /// The same load in-process (batching queue + forward, no HTTP): the serving overhead
     /// becomes a number.
-    Twin(dlrs_loadgen::TwinArgs),
+    Twin(args::TwinArgs),
     /// Train a DLRM on CPU (sparse embedding updates; sgd, adagrad, row-wise Adagrad, adam),
     /// streaming JSON Lines or Criteo TSV, with evals and resumable checkpoints.
     Train(args::train::TrainArgs),
@@ -172,12 +172,12 @@ fn main() {
             threads,
             json,
         } => compare(&model, &input, threads, json),
-        Cmd::Serve(a) => dlrs_serve::run(a),
+        Cmd::Serve(a) => dlrs_serve::run(a.into()).map_err(Into::into),
         Cmd::Train(a) => dlrs_train::train(a.into()).map_err(Into::into),
         Cmd::Eval(a) => dlrs_train::eval(a.into()).map_err(Into::into),
         Cmd::Synth(a) => dlrs_train::synth(a.into()).map_err(Into::into),
-        Cmd::Loadgen(a) => dlrs_loadgen::run(a),
-        Cmd::Twin(a) => dlrs_loadgen::run_twin(a),
+        Cmd::Loadgen(a) => dlrs_loadgen::run(a.into()).map_err(Into::into),
+        Cmd::Twin(a) => dlrs_loadgen::run_twin(a.into()).map_err(Into::into),
         Cmd::Verify {
             model,
             require_manifest,

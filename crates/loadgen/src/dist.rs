@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail, ensure};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, LogNormal, Normal};
+
+use crate::error::LoadgenError;
 
 /// Largest query (samples), as DeepRecSys caps its production-like size distribution.
 pub const MAX_QUERY_SIZE: usize = 1024;
@@ -15,22 +16,29 @@ pub const MAX_QUERIES: usize = 10_000_000;
 
 /// Arrival offsets (seconds from the start) of a Poisson process of rate `qps` on
 /// `[0, duration_s)`: exponential inter-arrival times of mean `1 / qps`, drawn from `seed`.
-pub fn poisson_schedule(qps: f64, duration_s: f64, seed: u64) -> anyhow::Result<Vec<f64>> {
-    ensure!(
-        qps.is_finite() && qps > 0.0,
-        "--qps must be a positive number, got {qps}"
-    );
-    ensure!(
-        duration_s.is_finite() && duration_s > 0.0,
-        "--duration must be a positive number of seconds, got {duration_s}"
-    );
+pub fn poisson_schedule(qps: f64, duration_s: f64, seed: u64) -> Result<Vec<f64>, LoadgenError> {
+    if !(qps.is_finite() && qps > 0.0) {
+        return Err(LoadgenError::flag(
+            "--qps",
+            format!("must be a positive number, got {qps}"),
+        ));
+    }
+    if !(duration_s.is_finite() && duration_s > 0.0) {
+        return Err(LoadgenError::flag(
+            "--duration",
+            format!("must be a positive number of seconds, got {duration_s}"),
+        ));
+    }
     let expected = qps * duration_s;
-    ensure!(
-        expected <= MAX_QUERIES as f64 / 2.0,
-        "{qps} QPS for {duration_s} s is {expected:.0} queries; at most {} per measurement",
-        MAX_QUERIES / 2
-    );
-    let exp = Exp::new(qps).context("an exponential distribution of rate --qps")?;
+    if expected > MAX_QUERIES as f64 / 2.0 {
+        return Err(LoadgenError::TooManyQueries {
+            qps,
+            duration_s,
+            expected,
+            max: MAX_QUERIES / 2,
+        });
+    }
+    let exp = Exp::new(qps).expect("a positive, finite rate (checked above)");
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_a771_0000_0001);
     let mut out = Vec::with_capacity(expected as usize + 16);
     let mut t = 0.0;
@@ -62,11 +70,12 @@ pub enum QuerySize {
     },
 }
 
-fn two_numbers(kind: &str, s: &str) -> anyhow::Result<(f64, f64)> {
+fn two_numbers(kind: &str, s: &str) -> Result<(f64, f64), LoadgenError> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let bad = || {
-        anyhow::anyhow!(
-            "--query-size {kind}:{s}: expected {kind}:MU,SIGMA with finite MU and SIGMA >= 0"
+        LoadgenError::flag(
+            "--query-size",
+            format!("{kind}:{s}: expected {kind}:MU,SIGMA with finite MU and SIGMA >= 0"),
         )
     };
     let [mu, sigma] = parts[..] else {
@@ -89,13 +98,16 @@ impl QuerySize {
     /// `N WEIGHT` (N samples with relative frequency WEIGHT); blank lines and lines starting
     /// with `#` are skipped, commas count as spaces. Sizes above [`MAX_QUERY_SIZE`] are
     /// capped when drawn.
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
+    pub fn parse(s: &str) -> Result<Self, LoadgenError> {
+        let bad = |msg: &str| LoadgenError::flag("--query-size", format!("{s}: {msg}"));
         if let Some(n) = s.strip_prefix("fixed:") {
             let n: usize = n
                 .trim()
                 .parse()
-                .map_err(|_| anyhow::anyhow!("--query-size {s}: expected fixed:N with N >= 1"))?;
-            ensure!(n >= 1, "--query-size {s}: a query has at least 1 sample");
+                .map_err(|_| bad("expected fixed:N with N >= 1"))?;
+            if n < 1 {
+                return Err(bad("a query has at least 1 sample"));
+            }
             return Ok(QuerySize::Fixed(n.min(MAX_QUERY_SIZE)));
         }
         if let Some(rest) = s.strip_prefix("normal:") {
@@ -109,18 +121,22 @@ impl QuerySize {
         if let Some(path) = s.strip_prefix("file:") {
             return Self::from_file(Path::new(path));
         }
-        bail!(
-            "--query-size `{s}`: expected fixed:N, normal:MU,SIGMA, lognormal:MU,SIGMA or file:PATH"
-        )
+        Err(LoadgenError::flag(
+            "--query-size",
+            format!("`{s}`: expected fixed:N, normal:MU,SIGMA, lognormal:MU,SIGMA or file:PATH"),
+        ))
     }
 
-    fn from_file(path: &Path) -> anyhow::Result<Self> {
+    fn from_file(path: &Path) -> Result<Self, LoadgenError> {
         let text = dlrs_model::files::read_text_bounded(
             path,
             dlrs_model::files::TEXT_MAX_BYTES,
             "a query-size file",
         )
-        .with_context(|| format!("reading query sizes from {}", path.display()))?;
+        .map_err(|source| LoadgenError::ReadSizes {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut sizes = Vec::new();
         let mut cumulative = Vec::new();
         let mut total = 0.0;
@@ -129,7 +145,11 @@ impl QuerySize {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let at = || format!("{}: line {}", path.display(), i + 1);
+            let bad = |msg: String| LoadgenError::Sizes {
+                path: path.to_path_buf(),
+                line: Some(i + 1),
+                msg,
+            };
             let fields: Vec<&str> = line
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|f| !f.is_empty())
@@ -137,20 +157,20 @@ impl QuerySize {
             let (n, w) = match fields[..] {
                 [n] => (n, "1"),
                 [n, w] => (n, w),
-                _ => bail!("{}: expected `N` or `N WEIGHT`, got `{line}`", at()),
+                _ => return Err(bad(format!("expected `N` or `N WEIGHT`, got `{line}`"))),
             };
-            let n: usize = n.parse().map_err(|_| {
-                anyhow::anyhow!("{}: `{n}` is not a query size (an integer >= 1)", at())
-            })?;
-            ensure!(n >= 1, "{}: a query has at least 1 sample, got {n}", at());
+            let n: usize = n
+                .parse()
+                .map_err(|_| bad(format!("`{n}` is not a query size (an integer >= 1)")))?;
+            if n < 1 {
+                return Err(bad(format!("a query has at least 1 sample, got {n}")));
+            }
             let w: f64 = w
                 .parse()
-                .map_err(|_| anyhow::anyhow!("{}: `{w}` is not a weight", at()))?;
-            ensure!(
-                w.is_finite() && w >= 0.0,
-                "{}: weight {w} must be finite and >= 0",
-                at()
-            );
+                .map_err(|_| bad(format!("`{w}` is not a weight")))?;
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(bad(format!("weight {w} must be finite and >= 0")));
+            }
             if w == 0.0 {
                 continue;
             }
@@ -158,11 +178,13 @@ impl QuerySize {
             sizes.push(n.min(MAX_QUERY_SIZE));
             cumulative.push(total);
         }
-        ensure!(
-            total > 0.0,
-            "{}: no query sizes (one `N` or `N WEIGHT` per line)",
-            path.display()
-        );
+        if total <= 0.0 {
+            return Err(LoadgenError::Sizes {
+                path: path.to_path_buf(),
+                line: None,
+                msg: "no query sizes (one `N` or `N WEIGHT` per line)".into(),
+            });
+        }
         Ok(QuerySize::File {
             path: path.to_path_buf(),
             sizes,
@@ -220,8 +242,8 @@ impl QuerySize {
 }
 
 impl std::str::FromStr for QuerySize {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
+    type Err = LoadgenError;
+    fn from_str(s: &str) -> Result<Self, LoadgenError> {
         Self::parse(s)
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP side. The measured queries go out as HTTP/1.1 requests encoded once per pooled
 //! query, written on a pool of keep-alive connections by the dispatcher itself, their
-//! answers parsed with `httparse` by one task per connection (see [`Wire`]); hyper's client
+//! answers parsed with `httparse` by one task per connection (see `Wire`); hyper's client
 //! serves the few control requests (metadata, shared memory registration).
 //!
 //! A query waits while every connection is busy; since its latency counts from its
@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use dlrs_model::DlrmConfig;
 use http_body_util::{BodyExt, Full};
@@ -24,6 +23,7 @@ use hyper::{Method, Request, Uri, header};
 use hyper_util::rt::TokioIo;
 
 use crate::driver::{Job, Measure, Results, spawn_dispatcher, start_instant};
+use crate::error::{BoxError, LoadgenError};
 use crate::payload::{Body, Protocol, answer_ok};
 use crate::stats::{Report, Status};
 
@@ -43,27 +43,47 @@ pub struct Endpoint {
 impl Endpoint {
     /// Parses `http://HOST[:PORT][/PREFIX]` and resolves HOST (connections go only to the
     /// address the user gave).
-    pub async fn resolve(url: &str, model: &str, protocol: Protocol) -> anyhow::Result<Self> {
-        let uri = Uri::from_str(url).with_context(|| format!("--url `{url}` is not a URL"))?;
+    pub async fn resolve(url: &str, model: &str, protocol: Protocol) -> Result<Self, LoadgenError> {
+        let uri = Uri::from_str(url).map_err(|source| LoadgenError::Url {
+            url: url.to_string(),
+            source,
+        })?;
         match uri.scheme_str() {
             Some("http") => {}
-            Some(s) => bail!("--url `{url}`: scheme {s} is not supported (only http)"),
-            None => bail!("--url `{url}`: expected http://HOST:PORT"),
+            Some(s) => {
+                return Err(LoadgenError::flag(
+                    "--url",
+                    format!("`{url}`: scheme {s} is not supported (only http)"),
+                ));
+            }
+            None => {
+                return Err(LoadgenError::flag(
+                    "--url",
+                    format!("`{url}`: expected http://HOST:PORT"),
+                ));
+            }
         }
         let auth = uri
             .authority()
-            .with_context(|| format!("--url `{url}` has no host"))?;
+            .ok_or_else(|| LoadgenError::flag("--url", format!("`{url}` has no host")))?;
         let port = auth.port_u16().unwrap_or(80);
         let host = auth.host().trim_start_matches('[').trim_end_matches(']');
         let addr = tokio::net::lookup_host((host, port))
             .await
-            .with_context(|| format!("resolving {host}"))?
+            .map_err(|source| LoadgenError::Resolve {
+                host: host.to_string(),
+                source,
+            })?
             .next()
-            .with_context(|| format!("{host} has no address"))?;
-        ensure!(
-            !model.is_empty() && !model.contains('/'),
-            "--model `{model}`: expected a model name"
-        );
+            .ok_or_else(|| LoadgenError::NoAddress {
+                host: host.to_string(),
+            })?;
+        if model.is_empty() || model.contains('/') {
+            return Err(LoadgenError::flag(
+                "--model",
+                format!("`{model}`: expected a model name"),
+            ));
+        }
         Ok(Endpoint {
             addr,
             host: auth.as_str().to_string(),
@@ -81,25 +101,28 @@ impl Endpoint {
     }
 
     /// Opens a TCP connection (no Nagle delay; nonblocking, as tokio left it).
-    pub async fn connect_stream(&self) -> anyhow::Result<std::net::TcpStream> {
-        let stream = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::TcpStream::connect(self.addr),
-        )
-        .await
-        .with_context(|| format!("connecting to {} timed out", self.addr))?
-        .with_context(|| format!("connecting to {}", self.addr))?;
+    pub async fn connect_stream(&self) -> Result<std::net::TcpStream, LoadgenError> {
+        let addr = self.addr;
+        let stream =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|source| LoadgenError::ConnectTimeout { addr, source })?
+                .map_err(|source| LoadgenError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        Ok(stream.into_std()?)
+        stream
+            .into_std()
+            .map_err(|source| LoadgenError::Connect { addr, source })
     }
 
     /// Opens one keep-alive HTTP/1.1 connection driven by hyper (requests besides the
     /// measured queries).
-    pub async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-        let stream = tokio::net::TcpStream::from_std(self.connect_stream().await?)?;
+    pub async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, LoadgenError> {
+        let addr = self.addr;
+        let stream = tokio::net::TcpStream::from_std(self.connect_stream().await?)
+            .map_err(|source| LoadgenError::Connect { addr, source })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .with_context(|| format!("HTTP handshake with {}", self.addr))?;
+            .map_err(|source| LoadgenError::Handshake { addr, source })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -107,16 +130,26 @@ impl Endpoint {
     }
 
     /// `GET` of `path` under the base; the status and body.
-    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+    pub async fn get(&self, path: &str) -> Result<(u16, Bytes), LoadgenError> {
         self.call(Method::GET, path, Bytes::new()).await
     }
 
     /// `POST` of the JSON `body` to `path` under the base; the status and body.
-    pub async fn post(&self, path: &str, body: String) -> anyhow::Result<(u16, Bytes)> {
+    pub async fn post(&self, path: &str, body: String) -> Result<(u16, Bytes), LoadgenError> {
         self.call(Method::POST, path, Bytes::from(body)).await
     }
 
-    async fn call(&self, method: Method, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(u16, Bytes), LoadgenError> {
+        let failed = |source: BoxError| LoadgenError::Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            source,
+        };
         let mut s = self.connect().await?;
         let mut req = Request::builder()
             .method(&method)
@@ -125,17 +158,25 @@ impl Endpoint {
         if !body.is_empty() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
-        let req = req.body(Full::new(body))?;
+        let req = req.body(Full::new(body)).map_err(|e| failed(Box::new(e)))?;
         let resp = tokio::time::timeout(Duration::from_secs(10), s.send_request(req))
             .await
-            .with_context(|| format!("{method} {path} timed out"))?
-            .with_context(|| format!("{method} {path}"))?;
+            .map_err(|source| LoadgenError::RequestTimeout {
+                method: method.to_string(),
+                path: path.to_string(),
+                source,
+            })?
+            .map_err(|e| failed(Box::new(e)))?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()
             .collect()
             .await
-            .with_context(|| format!("reading {method} {path}"))?
+            .map_err(|source| LoadgenError::ReadAnswer {
+                method: method.to_string(),
+                path: path.to_string(),
+                source,
+            })?
             .to_bytes();
         Ok((status, body))
     }
@@ -146,56 +187,39 @@ impl Endpoint {
     /// (`"R0-R1-..."`, as `dlrs serve` publishes it). With `model_dir`, the config is
     /// `model_dir/config.json`, checked against the metadata. Without it the MLP widths are
     /// stand-ins (queries carry only dense features and ids).
-    pub async fn model_config(&self, model_dir: Option<&Path>) -> anyhow::Result<DlrmConfig> {
+    pub async fn model_config(&self, model_dir: Option<&Path>) -> Result<DlrmConfig, LoadgenError> {
         let path = format!("/v2/models/{}", self.model);
         let (status, body) = self.get(&path).await?;
         let text = String::from_utf8_lossy(&body);
-        ensure!(status == 200, "GET {path}: HTTP {status}: {}", text.trim());
-        let meta: serde_json::Value = serde_json::from_slice(&body)
-            .with_context(|| format!("GET {path}: not JSON: {}", text.trim()))?;
-        let dim = |name: &str| -> anyhow::Result<usize> {
-            let inputs = meta["inputs"]
-                .as_array()
-                .with_context(|| format!("GET {path}: no \"inputs\" in {meta}"))?;
-            let inp = inputs.iter().find(|i| i["name"] == name).with_context(|| {
-                format!("GET {path}: no input \"{name}\" (is this a dlrs model?)")
+        if status != 200 {
+            return Err(LoadgenError::metadata(
+                &path,
+                format!("HTTP {status}: {}", text.trim()),
+            ));
+        }
+        let meta: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| LoadgenError::Metadata {
+                path: path.clone(),
+                msg: format!("not JSON: {}", text.trim()),
+                source: Some(Box::new(e)),
             })?;
-            inp["shape"]
-                .as_array()
-                .and_then(|s| s.get(1))
-                .and_then(|d| d.as_u64())
-                .map(|d| d as usize)
-                .with_context(|| {
-                    format!("GET {path}: input \"{name}\" has no shape [-1, N]: {inp}")
-                })
-        };
-        let (nd, nt) = (dim("dense")?, dim("lengths")?);
+        let (nd, nt) = (
+            input_width(&meta, &path, "dense")?,
+            input_width(&meta, &path, "lengths")?,
+        );
         let params = &meta["parameters"];
-        let rows = match &params["table_rows"] {
-            serde_json::Value::Null => None,
-            v => {
-                let rows = v
-                    .as_str()
-                    .and_then(|s| s.split('-').map(|r| r.trim().parse::<usize>().ok()).collect::<Option<Vec<_>>>())
-                    .with_context(|| {
-                        format!("GET {path}: parameters.table_rows {v} is not a string of row counts like \"1000-20-5\"")
-                    })?;
-                ensure!(
-                    rows.len() == nt,
-                    "GET {path}: parameters.table_rows gives {} tables, input \"lengths\" has {nt}",
-                    rows.len()
-                );
-                Some(rows)
-            }
-        };
+        let rows = table_rows(&params["table_rows"], &path, nt)?;
 
         let Some(dir) = model_dir else {
             let Some(rows) = rows else {
-                bail!(
-                    "GET {path}: the metadata gives {nd} dense features and {nt} tables but not the tables' row counts \
-                     (no parameters.table_rows: not dlrs serve, or an older one); pass --model-dir DIR \
-                     (the served model directory, or a copy of its config.json)"
-                )
+                return Err(LoadgenError::metadata(
+                    &path,
+                    format!(
+                        "the metadata gives {nd} dense features and {nt} tables but not the tables' row counts \
+                         (no parameters.table_rows: not dlrs serve, or an older one); pass --model-dir DIR \
+                         (the served model directory, or a copy of its config.json)"
+                    ),
+                ));
             };
             let d = params["embedding_dim"].as_u64().unwrap_or(1).max(1);
             let stand_in = serde_json::json!({
@@ -205,31 +229,98 @@ impl Endpoint {
                 "arch_sparse_feature_size": d,
                 "arch_interaction_op": "cat",
             });
-            return DlrmConfig::from_json_str(&stand_in.to_string()).with_context(|| {
-                format!("GET {path}: the metadata does not describe a model: {meta}")
+            return DlrmConfig::from_json_str(&stand_in.to_string()).map_err(|e| {
+                LoadgenError::Metadata {
+                    path: path.clone(),
+                    msg: format!("the metadata does not describe a model: {meta}"),
+                    source: Some(Box::new(e)),
+                }
             });
         };
         let file = dir.join("config.json");
         let cfg = DlrmConfig::load(&file)?;
-        ensure!(
-            cfg.n_dense() == nd && cfg.n_tables() == nt,
-            "{} has {} dense features and {} tables; the served model \"{}\" has {nd} and {nt}",
-            file.display(),
-            cfg.n_dense(),
-            cfg.n_tables(),
-            self.model
-        );
-        if let Some(rows) = rows {
-            ensure!(
-                cfg.tables == rows,
-                "{} has tables of {:?} rows; the served model \"{}\" has {rows:?}",
-                file.display(),
-                cfg.tables,
-                self.model
-            );
+        if cfg.n_dense() != nd || cfg.n_tables() != nt {
+            return Err(LoadgenError::ModelDirMismatch {
+                msg: format!(
+                    "has {} dense features and {} tables; the served model \"{}\" has {nd} and {nt}",
+                    cfg.n_dense(),
+                    cfg.n_tables(),
+                    self.model
+                ),
+                file,
+            });
+        }
+        if let Some(rows) = rows
+            && cfg.tables != rows
+        {
+            return Err(LoadgenError::ModelDirMismatch {
+                msg: format!(
+                    "has tables of {:?} rows; the served model \"{}\" has {rows:?}",
+                    cfg.tables, self.model
+                ),
+                file,
+            });
         }
         Ok(cfg)
     }
+}
+
+/// The `N` of input `name`'s shape `[-1, N]` in the metadata `meta` (of `GET path`).
+fn input_width(meta: &serde_json::Value, path: &str, name: &str) -> Result<usize, LoadgenError> {
+    let inputs = meta["inputs"]
+        .as_array()
+        .ok_or_else(|| LoadgenError::metadata(path, format!("no \"inputs\" in {meta}")))?;
+    let inp = inputs.iter().find(|i| i["name"] == name).ok_or_else(|| {
+        LoadgenError::metadata(path, format!("no input \"{name}\" (is this a dlrs model?)"))
+    })?;
+    inp["shape"]
+        .as_array()
+        .and_then(|s| s.get(1))
+        .and_then(|d| d.as_u64())
+        .map(|d| d as usize)
+        .ok_or_else(|| {
+            LoadgenError::metadata(
+                path,
+                format!("input \"{name}\" has no shape [-1, N]: {inp}"),
+            )
+        })
+}
+
+/// The tables' row counts of the metadata's `parameters.table_rows` (`"R0-R1-..."`; `None`
+/// when absent), which must be `nt`.
+fn table_rows(
+    v: &serde_json::Value,
+    path: &str,
+    nt: usize,
+) -> Result<Option<Vec<usize>>, LoadgenError> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let rows = v
+        .as_str()
+        .and_then(|s| {
+            s.split('-')
+                .map(|r| r.trim().parse::<usize>().ok())
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| {
+            LoadgenError::metadata(
+                path,
+                format!(
+                    "parameters.table_rows {v} is not a string of row counts like \"1000-20-5\""
+                ),
+            )
+        })?;
+    if rows.len() != nt {
+        return Err(LoadgenError::metadata(
+            path,
+            format!(
+                "parameters.table_rows gives {} tables, input \"lengths\" has {nt}",
+                rows.len()
+            ),
+        ));
+    }
+    Ok(Some(rows))
 }
 
 /// Where a measurement's queries go and how they are sent: the HTTP/1.1 requests are
@@ -651,9 +742,13 @@ pub fn measure(
     connections: usize,
     bodies: &Arc<Vec<Body>>,
     m: &Measure,
-) -> anyhow::Result<Report> {
-    ensure!(connections >= 1, "--connections must be at least 1");
-    ensure!(!bodies.is_empty(), "no queries to send");
+) -> Result<Report, LoadgenError> {
+    if connections < 1 {
+        return Err(LoadgenError::flag("--connections", "must be at least 1"));
+    }
+    if bodies.is_empty() {
+        return Err(LoadgenError::NoQueries("send"));
+    }
     let offsets = Arc::new(crate::dist::poisson_schedule(m.qps, m.duration_s, m.seed)?);
     let sizes: Vec<usize> = (0..offsets.len())
         .map(|i| bodies[i % bodies.len()].size)
@@ -665,7 +760,7 @@ pub fn measure(
         for _ in 0..connections {
             v.push(ep.connect_stream().await?);
         }
-        anyhow::Ok(v)
+        Ok::<_, LoadgenError>(v)
     })?;
     let start = start_instant();
     let results = Arc::new(Results::new(start, offsets.len()));

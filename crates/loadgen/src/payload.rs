@@ -3,12 +3,12 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Context;
 use bytes::Bytes;
 use dlrs_model::synth::{IdDist, synth_batch};
 use dlrs_model::{Batch, DlrmConfig};
 
 use crate::dist::QuerySize;
+use crate::error::LoadgenError;
 
 /// Most bytes of batches a pool may take ([`batch_bytes`]): generation stops there and the
 /// pool is smaller than `--pool`. Counted on the batches, not on the encoded bodies, so that
@@ -48,15 +48,15 @@ impl Workload {
     pub fn generate(
         &self,
         cfg: &DlrmConfig,
-        mut each: impl FnMut(usize, Batch) -> anyhow::Result<bool>,
-    ) -> anyhow::Result<()> {
+        mut each: impl FnMut(usize, Batch) -> Result<bool, LoadgenError>,
+    ) -> Result<(), LoadgenError> {
         for (j, &n) in self.sizes().iter().enumerate() {
             let seed = self
                 .seed
                 .wrapping_mul(0x9e37_79b9_7f4a_7c15)
                 .wrapping_add(j as u64);
             let b = synth_batch(cfg, n, self.ids_per_table, self.dist, seed)
-                .context("generating a synthetic query")?;
+                .map_err(LoadgenError::Synth)?;
             if !each(j, b)? {
                 break;
             }
@@ -65,7 +65,7 @@ impl Workload {
     }
 
     /// The pool as batches (fewer than `pool` if they would exceed [`MAX_POOL_BYTES`]).
-    pub fn batches(&self, cfg: &DlrmConfig) -> anyhow::Result<Vec<Batch>> {
+    pub fn batches(&self, cfg: &DlrmConfig) -> Result<Vec<Batch>, LoadgenError> {
         let mut out = Vec::with_capacity(self.pool);
         let mut bytes = 0;
         self.generate(cfg, |_, b| {
@@ -82,7 +82,7 @@ impl Workload {
         cfg: &DlrmConfig,
         protocol: Protocol,
         binary: bool,
-    ) -> anyhow::Result<Vec<Body>> {
+    ) -> Result<Vec<Body>, LoadgenError> {
         self.encoded(cfg, |b| Ok(encode(b, protocol, binary)))
     }
 
@@ -93,8 +93,8 @@ impl Workload {
         &self,
         cfg: &DlrmConfig,
         region: &str,
-        store: &mut dyn FnMut(&[u8]) -> anyhow::Result<u64>,
-    ) -> anyhow::Result<Vec<Body>> {
+        store: &mut dyn FnMut(&[u8]) -> Result<u64, LoadgenError>,
+    ) -> Result<Vec<Body>, LoadgenError> {
         self.encoded(cfg, |b| {
             let [d, l, i] = tensors_le(b);
             let ranges = [
@@ -111,8 +111,8 @@ impl Workload {
     fn encoded(
         &self,
         cfg: &DlrmConfig,
-        mut enc: impl FnMut(&Batch) -> anyhow::Result<Body>,
-    ) -> anyhow::Result<Vec<Body>> {
+        mut enc: impl FnMut(&Batch) -> Result<Body, LoadgenError>,
+    ) -> Result<Vec<Body>, LoadgenError> {
         let mut out = Vec::with_capacity(self.pool);
         let mut bytes = 0;
         self.generate(cfg, |_, b| {

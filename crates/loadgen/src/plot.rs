@@ -5,16 +5,21 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters_backend::text_anchor::{HPos, VPos};
 use plotters_backend::{BackendColor, BackendCoord, BackendTextStyle, DrawingErrorKind};
 
+use crate::error::{BoxError, LoadgenError};
 use crate::search::Search;
 
 /// Draws `s` to `path` (`.svg` or `.png`), titled `title`.
-pub fn plot(path: &Path, s: &Search, title: &str) -> anyhow::Result<()> {
+pub fn plot(path: &Path, s: &Search, title: &str) -> Result<(), LoadgenError> {
+    let failed = |what: &'static str, source: BoxError| LoadgenError::PlotFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -24,8 +29,7 @@ pub fn plot(path: &Path, s: &Search, title: &str) -> anyhow::Result<()> {
         Some("svg") => {
             let root = SVGBackend::new(path, (w, h)).into_drawing_area();
             draw(&root, s, title)?;
-            root.present()
-                .with_context(|| format!("writing {}", path.display()))?;
+            root.present().map_err(|e| failed("writing", e.into()))?;
         }
         Some("png") => {
             let mut buf = vec![255u8; (w * h * 3) as usize];
@@ -37,25 +41,27 @@ pub fn plot(path: &Path, s: &Search, title: &str) -> anyhow::Result<()> {
                 }
                 .into_drawing_area();
                 draw(&root, s, title)?;
-                root.present().context("drawing the plot")?;
+                root.present()
+                    .map_err(|e| LoadgenError::Draw(e.to_string()))?;
             }
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
+            let file = std::fs::File::create(path).map_err(|e| failed("creating", e.into()))?;
             let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
-            let mut wr = enc
-                .write_header()
-                .with_context(|| format!("writing {}", path.display()))?;
-            wr.write_image_data(&buf)
-                .with_context(|| format!("writing {}", path.display()))?;
-            wr.finish()
-                .with_context(|| format!("writing {}", path.display()))?;
+            let writing = |e: png::EncodingError| failed("writing", e.into());
+            let mut wr = enc.write_header().map_err(writing)?;
+            wr.write_image_data(&buf).map_err(writing)?;
+            wr.finish().map_err(writing)?;
         }
-        _ => bail!(
-            "--plot {}: expected a file name ending in .svg or .png",
-            path.display()
-        ),
+        _ => {
+            return Err(LoadgenError::flag(
+                "--plot",
+                format!(
+                    "{}: expected a file name ending in .svg or .png",
+                    path.display()
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -64,11 +70,11 @@ fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     s: &Search,
     title: &str,
-) -> anyhow::Result<()>
+) -> Result<(), LoadgenError>
 where
     DB::ErrorType: 'static,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing the plot: {e}");
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| LoadgenError::Draw(e.to_string());
     root.fill(&WHITE).map_err(err)?;
     let mut pts: Vec<(f64, f64, f64)> = s
         .points

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::error::LoadgenError;
 use crate::stats::Report;
 
 /// One measured rate of a search.
@@ -81,16 +82,19 @@ pub struct Searcher {
 }
 
 impl Searcher {
-    pub fn new(plan: SearchPlan) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            plan.target_p99_ms.is_finite() && plan.target_p99_ms > 0.0,
-            "--target-p99-ms must be positive"
-        );
-        anyhow::ensure!(
-            (0.0..1.0).contains(&plan.max_error_rate),
-            "--max-error-rate must be at least 0 and below 1"
-        );
-        anyhow::ensure!(plan.max_steps >= 1, "--max-steps must be at least 1");
+    pub fn new(plan: SearchPlan) -> Result<Self, LoadgenError> {
+        if !(plan.target_p99_ms.is_finite() && plan.target_p99_ms > 0.0) {
+            return Err(LoadgenError::flag("--target-p99-ms", "must be positive"));
+        }
+        if !(0.0..1.0).contains(&plan.max_error_rate) {
+            return Err(LoadgenError::flag(
+                "--max-error-rate",
+                "must be at least 0 and below 1",
+            ));
+        }
+        if plan.max_steps < 1 {
+            return Err(LoadgenError::flag("--max-steps", "must be at least 1"));
+        }
         Ok(Searcher {
             plan,
             points: Vec::new(),
@@ -153,9 +157,9 @@ impl Searcher {
 /// sees each point as it is measured.
 pub fn search(
     plan: SearchPlan,
-    mut measure: impl FnMut(usize, f64) -> anyhow::Result<Report>,
+    mut measure: impl FnMut(usize, f64) -> Result<Report, LoadgenError>,
     mut on_point: impl FnMut(&Point),
-) -> anyhow::Result<Search> {
+) -> Result<Search, LoadgenError> {
     let mut s = Searcher::new(plan)?;
     while let Some(qps) = s.next_qps() {
         let report = measure(s.next_step(), qps)?;
@@ -172,9 +176,9 @@ pub fn search(
 /// `on_point(side, point)` sees each point.
 pub fn search_paired(
     plans: [SearchPlan; 2],
-    mut measure: impl FnMut(usize, usize, f64) -> anyhow::Result<Report>,
+    mut measure: impl FnMut(usize, usize, f64) -> Result<Report, LoadgenError>,
     mut on_point: impl FnMut(usize, &Point),
-) -> anyhow::Result<[Search; 2]> {
+) -> Result<[Search; 2], LoadgenError> {
     let mut s = [Searcher::new(plans[0])?, Searcher::new(plans[1])?];
     for round in 0.. {
         if s.iter().all(|x| x.next_qps().is_none()) {

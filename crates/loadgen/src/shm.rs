@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
 use dlrs_model::DlrmConfig;
 
+use crate::error::LoadgenError;
 use crate::http::Endpoint;
 use crate::payload::{Body, Workload};
 
@@ -65,8 +65,8 @@ impl Cleanup {
         if let Some(u) = self.unregister.take()
             && let Err(e) = u.run()
         {
-            eprintln!(
-                "dlrs loadgen: could not unregister shared memory region \"{}\": {e:#}",
+            tracing::warn!(
+                "could not unregister shared memory region \"{}\": {e}",
                 u.region
             );
         }
@@ -83,7 +83,9 @@ struct Unregister {
 }
 
 impl Unregister {
-    fn run(&self) -> anyhow::Result<()> {
+    /// Sends the request; an error is the socket's, or the status of an answer other than
+    /// 200 (`HTTP 404`).
+    fn run(&self) -> std::io::Result<()> {
         let t = Duration::from_secs(5);
         let mut s = TcpStream::connect_timeout(&self.addr, t)?;
         s.set_read_timeout(Some(t))?;
@@ -96,10 +98,9 @@ impl Unregister {
         let mut head = [0u8; 12];
         s.read_exact(&mut head)?;
         let status = String::from_utf8_lossy(&head[9..12]).into_owned();
-        ensure!(
-            head.starts_with(b"HTTP/1.") && status == "200",
-            "HTTP {status}"
-        );
+        if !(head.starts_with(b"HTTP/1.") && status == "200") {
+            return Err(std::io::Error::other(format!("HTTP {status}")));
+        }
         Ok(())
     }
 }
@@ -125,7 +126,7 @@ impl ShmPool {
         ep: &Endpoint,
         workload: &Workload,
         cfg: &DlrmConfig,
-    ) -> anyhow::Result<(ShmPool, Vec<Body>)> {
+    ) -> Result<(ShmPool, Vec<Body>), LoadgenError> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let region = format!(
             "dlrs-loadgen-{}-{}",
@@ -149,40 +150,46 @@ impl ShmPool {
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .with_context(|| format!("creating the shared memory object {}", path.display()))?;
+            .map_err(|source| LoadgenError::ShmCreate {
+                path: path.clone(),
+                source,
+            })?;
         pool.lock().path = Some(path.clone());
 
         // each tensor at an 8-byte aligned offset, written through the file (a full tmpfs is
         // an error here, not a fault on a mapped page)
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let mut at = 0u64;
-        let bodies = workload
-            .shm_bodies(cfg, &pool.region, &mut |bytes| {
-                let offset = at;
-                let pad = bytes.len().next_multiple_of(8) - bytes.len();
-                w.write_all(bytes)?;
-                w.write_all(&[0; 8][..pad])?;
-                at += (bytes.len() + pad) as u64;
-                Ok(offset)
-            })
-            .and_then(|b| {
-                w.flush()?;
-                Ok(b)
-            })
-            .with_context(|| format!("writing the queries to {}", path.display()))?;
+        let writing = |source| LoadgenError::ShmWrite {
+            path: path.clone(),
+            source,
+        };
+        let bodies = workload.shm_bodies(cfg, &pool.region, &mut |bytes| {
+            let offset = at;
+            let pad = bytes.len().next_multiple_of(8) - bytes.len();
+            w.write_all(bytes).map_err(writing)?;
+            w.write_all(&[0; 8][..pad]).map_err(writing)?;
+            at += (bytes.len() + pad) as u64;
+            Ok(offset)
+        })?;
+        w.flush().map_err(writing)?;
         drop(w);
-        ensure!(at > 0, "no queries to write to shared memory");
+        if at == 0 {
+            return Err(LoadgenError::NoQueries("write to shared memory"));
+        }
         pool.byte_size = at;
 
         let reg = format!("/v2/systemsharedmemory/region/{}/register", pool.region);
         let body = serde_json::json!({"key": pool.key, "offset": 0, "byte_size": at}).to_string();
         let (status, answer) = rt.block_on(ep.post(&reg, body))?;
-        ensure!(
-            status == 200,
-            "registering shared memory region \"{}\" (POST {reg}): HTTP {status}: {}",
-            pool.region,
-            String::from_utf8_lossy(&answer).trim()
-        );
+        if status != 200 {
+            return Err(LoadgenError::Register {
+                region: pool.region.clone(),
+                path: reg,
+                status,
+                answer: String::from_utf8_lossy(&answer).trim().to_string(),
+            });
+        }
         let mut c = pool.lock();
         c.unregister = Some(Unregister {
             addr: ep.addr,
@@ -195,8 +202,10 @@ impl ShmPool {
         });
         // the server has mapped the object: its name is no longer needed
         if let Some(p) = c.path.take() {
-            std::fs::remove_file(&p)
-                .with_context(|| format!("removing {} after registering it", p.display()))?;
+            std::fs::remove_file(&p).map_err(|source| LoadgenError::ShmRemove {
+                path: p.clone(),
+                source,
+            })?;
         }
         drop(c);
         Ok((pool, bodies))
@@ -229,7 +238,7 @@ async fn on_signal(cleanup: Arc<Mutex<Cleanup>>) {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
-    eprintln!("dlrs loadgen: interrupted; removing the shared memory region");
+    tracing::warn!("interrupted; removing the shared memory region");
     let _ = tokio::task::spawn_blocking(move || {
         cleanup.lock().unwrap_or_else(|p| p.into_inner()).run();
     })

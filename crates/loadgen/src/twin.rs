@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
 use dlrs_model::Batch;
-use dlrs_serve::{ApiError, BatcherConfig, Hooks, Job, Metrics, Queue, ReplyTo, Version};
+use dlrs_serve::{ApiError, Hooks, Job, Metrics, Queue, QueueConfig, ReplyTo, Version};
 
 use crate::driver::{Measure, Results, spawn_dispatcher, start_instant};
+use crate::error::LoadgenError;
 use crate::stats::{Report, Status};
 
 /// The serving settings: `dlrs serve`'s queue rules, deadline and compute layout.
 #[derive(Clone, Debug)]
 pub struct Batching {
-    /// batching and admission, as `dlrs serve`'s (`QueueArgs::config`)
-    pub queue: BatcherConfig,
+    /// batching and admission, as `dlrs serve`'s
+    pub queue: QueueConfig,
     /// a query not computed this long after it was queued is answered 504
     pub deadline: Duration,
     /// compute instances
@@ -36,12 +36,13 @@ pub fn measure(
     batching: &Batching,
     hooks: &Hooks,
     m: &Measure,
-) -> anyhow::Result<Report> {
-    ensure!(
-        batching.queue.max_batch >= 1,
-        "--max-batch must be at least 1"
-    );
-    ensure!(!queries.is_empty(), "no queries to send");
+) -> Result<Report, LoadgenError> {
+    if batching.queue.max_batch < 1 {
+        return Err(LoadgenError::flag("--max-batch", "must be at least 1"));
+    }
+    if queries.is_empty() {
+        return Err(LoadgenError::NoQueries("send"));
+    }
     let offsets = Arc::new(crate::dist::poisson_schedule(m.qps, m.duration_s, m.seed)?);
     let sizes: Vec<usize> = (0..offsets.len())
         .map(|i| queries[i % queries.len()].size())
@@ -51,7 +52,10 @@ pub fn measure(
         // compute at the default priority: with no HTTP threads beside them, a nice value
         // (serve's --compute-nice) would change nothing here
         dlrs_serve::spawn_instances(&queue, batching.instances, batching.threads, 0, hooks)
-            .context("starting the compute threads")?;
+            .map_err(|source| LoadgenError::Start {
+                what: "the compute threads",
+                source,
+            })?;
     let start = start_instant();
     let results = Arc::new(Results::new(start, offsets.len()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -79,6 +83,7 @@ pub fn measure(
                         batch,
                         deadline: Instant::now() + deadline,
                         reply,
+                        request_id: None,
                     },
                     None,
                 );

@@ -168,13 +168,13 @@ fn twin_setup() -> (Arc<dlrs_serve::Version>, Arc<Vec<Arc<dlrs_model::Batch>>>) 
 /// Batches of one query on one instance: a stall is one forward pass that takes long.
 fn one_query_batches() -> Batching {
     Batching {
-        queue: dlrs_serve::BatcherConfig {
+        queue: dlrs_serve::QueueConfig {
             max_batch: 4,
-            max_delay: Duration::ZERO,
+            max_queue_delay_us: 0,
             max_queue: 1 << 20,
             max_queue_burst: 0,
-            burst_cooldown: Duration::from_millis(100),
-            max_wait: None,
+            burst_cooldown_ms: 100,
+            max_queue_wait_ms: 0,
         },
         deadline: Duration::from_secs(60),
         instances: 1,

@@ -3,8 +3,18 @@
 
 mod common;
 
-use common::{ModelDir, NAME, Server, loadgen_args, serve_args, try_loadgen_args, twin_args};
+use common::{ModelDir, NAME, Server, serve_args};
+use dlrs_loadgen::dist::QuerySize;
+use dlrs_loadgen::payload::Protocol;
+use dlrs_loadgen::shm::SharedMemory;
+use dlrs_loadgen::{LoadConfig, LoadgenConfig, TwinConfig, VersusConfig};
+use dlrs_model::synth::IdDist;
 use serde_json::Value;
+
+/// `--query-size s`.
+fn size(s: &str) -> QuerySize {
+    QuerySize::parse(s).unwrap()
+}
 
 const RUN_KEYS: [&str; 10] = [
     "offered_qps",
@@ -91,25 +101,19 @@ fn loadgen_against_dlrs_serve() {
     let dir = dir.to_str().unwrap();
 
     // v2 with JSON tensors, the default
-    let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
-        "--url",
-        &url,
-        "--model",
-        NAME,
-        "--model-dir",
-        dir,
-        "--qps",
-        "40",
-        "--duration",
-        "1",
-        "--query-size",
-        "normal:20,4",
-        "--json",
-        "--warmup",
-        "0",
-        "--connections",
-        "4",
-    ]))
+    let v = dlrs_loadgen::loadgen_json(LoadgenConfig {
+        model_dir: Some(dir.into()),
+        connections: 4,
+        load: LoadConfig {
+            qps: 40.0,
+            duration: 1.0,
+            query_size: size("normal:20,4"),
+            json: true,
+            warmup: 0.0,
+            ..LoadConfig::default()
+        },
+        ..LoadgenConfig::new(&url, NAME)
+    })
     .unwrap();
     assert_clean_run(&v, 40.0, 1.0);
     assert_eq!(v["mode"], "http");
@@ -122,26 +126,20 @@ fn loadgen_against_dlrs_serve() {
 
     // v2 binary tensors, zipf ids, several ids per bag; no --model-dir: the tables' row
     // counts come from the server's metadata (an id out of range would be a 400)
-    let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
-        "--url",
-        &url,
-        "--model",
-        NAME,
-        "--qps",
-        "40",
-        "--duration",
-        "0.7",
-        "--binary",
-        "--dist",
-        "zipf:1.1",
-        "--ids-per-table",
-        "3",
-        "--json",
-        "--warmup",
-        "0.2",
-        "--query-size",
-        "fixed:1024",
-    ]))
+    let v = dlrs_loadgen::loadgen_json(LoadgenConfig {
+        binary: true,
+        load: LoadConfig {
+            qps: 40.0,
+            duration: 0.7,
+            dist: IdDist::Zipf(1.1),
+            ids_per_table: 3,
+            json: true,
+            warmup: 0.2,
+            query_size: size("fixed:1024"),
+            ..LoadConfig::default()
+        },
+        ..LoadgenConfig::new(&url, NAME)
+    })
     .unwrap();
     assert_clean_run(&v, 40.0, 0.7);
     assert_eq!(v["binary"], true);
@@ -152,25 +150,19 @@ fn loadgen_against_dlrs_serve() {
     );
 
     // v1 predict
-    let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
-        "--url",
-        &url,
-        "--model",
-        NAME,
-        "--model-dir",
-        dir,
-        "--qps",
-        "40",
-        "--duration",
-        "0.7",
-        "--protocol",
-        "v1",
-        "--json",
-        "--warmup",
-        "0",
-        "--query-size",
-        "fixed:3",
-    ]))
+    let v = dlrs_loadgen::loadgen_json(LoadgenConfig {
+        model_dir: Some(dir.into()),
+        protocol: Protocol::V1,
+        load: LoadConfig {
+            qps: 40.0,
+            duration: 0.7,
+            json: true,
+            warmup: 0.0,
+            query_size: size("fixed:3"),
+            ..LoadConfig::default()
+        },
+        ..LoadgenConfig::new(&url, NAME)
+    })
     .unwrap();
     assert_clean_run(&v, 40.0, 0.7);
     assert_eq!(v["protocol"], "v1");
@@ -180,18 +172,15 @@ fn loadgen_against_dlrs_serve() {
     );
 
     // a wrong model name: the metadata request already gets 404, and the error says so
-    let e = dlrs_loadgen::loadgen_json(loadgen_args(&[
-        "--url",
-        &url,
-        "--model",
-        "nope",
-        "--model-dir",
-        dir,
-        "--duration",
-        "0.2",
-        "--warmup",
-        "0",
-    ]))
+    let e = dlrs_loadgen::loadgen_json(LoadgenConfig {
+        model_dir: Some(dir.into()),
+        load: LoadConfig {
+            duration: 0.2,
+            warmup: 0.0,
+            ..LoadConfig::default()
+        },
+        ..LoadgenConfig::new(&url, "nope")
+    })
     .unwrap_err();
     assert!(format!("{e:#}").contains("404"), "{e:#}");
 
@@ -201,16 +190,14 @@ fn loadgen_against_dlrs_serve() {
     let text = text.replace("10-20-5", "10-20-6");
     assert!(text.contains("10-20-6"), "{text}");
     std::fs::write(other.path().join("config.json"), text).unwrap();
-    let e = dlrs_loadgen::loadgen_json(loadgen_args(&[
-        "--url",
-        &url,
-        "--model",
-        NAME,
-        "--model-dir",
-        other.path().to_str().unwrap(),
-        "--duration",
-        "0.2",
-    ]))
+    let e = dlrs_loadgen::loadgen_json(LoadgenConfig {
+        model_dir: Some(other.path().into()),
+        load: LoadConfig {
+            duration: 0.2,
+            ..LoadConfig::default()
+        },
+        ..LoadgenConfig::new(&url, NAME)
+    })
     .unwrap_err();
     assert!(
         format!("{e:#}")
@@ -252,30 +239,20 @@ fn loadgen_with_system_shared_memory() {
     sa.allow_client_shm = true;
     let server = Server::start(sa);
     let url = server.url();
-    let argv = |url: &str| {
-        loadgen_args(&[
-            "--url",
-            url,
-            "--model",
-            NAME,
-            "--shared-memory",
-            "system",
-            "--qps",
-            "40",
-            "--duration",
-            "1",
-            "--query-size",
-            "normal:20,4",
-            "--ids-per-table",
-            "3",
-            "--dist",
-            "zipf:1.1",
-            "--json",
-            "--warmup",
-            "0",
-            "--connections",
-            "4",
-        ])
+    let argv = |url: &str| LoadgenConfig {
+        shared_memory: SharedMemory::System,
+        connections: 4,
+        load: LoadConfig {
+            qps: 40.0,
+            duration: 1.0,
+            query_size: size("normal:20,4"),
+            ids_per_table: 3,
+            dist: IdDist::Zipf(1.1),
+            json: true,
+            warmup: 0.0,
+            ..LoadConfig::default()
+        },
+        ..LoadgenConfig::new(url, NAME)
     };
     let v = dlrs_loadgen::loadgen_json(argv(&url)).unwrap();
     assert_clean_run(&v, 40.0, 1.0);
@@ -311,7 +288,7 @@ fn loadgen_with_system_shared_memory() {
 
     // v1 has no shared memory
     let mut a = argv(&url);
-    a.protocol = dlrs_loadgen::payload::Protocol::V1;
+    a.protocol = Protocol::V1;
     let e = dlrs_loadgen::loadgen_json(a).unwrap_err();
     assert!(
         format!("{e:#}").contains("--shared-memory system needs --protocol v2"),
@@ -338,14 +315,13 @@ fn without_model_dir_a_server_that_publishes_no_row_counts_is_a_clear_error() {
     );
     let (_rt, addr) = common::serve_app(app, 1);
     let url = format!("http://{addr}");
-    let e = dlrs_loadgen::loadgen_json(loadgen_args(&[
-        "--url",
-        &url,
-        "--model",
-        "other",
-        "--duration",
-        "0.2",
-    ]))
+    let e = dlrs_loadgen::loadgen_json(LoadgenConfig {
+        load: LoadConfig {
+            duration: 0.2,
+            ..LoadConfig::default()
+        },
+        ..LoadgenConfig::new(&url, "other")
+    })
     .unwrap_err();
     let e = format!("{e:#}");
     assert!(
@@ -363,23 +339,18 @@ fn http_errors_are_counted_by_status() {
     let mut sa = serve_args(&m);
     sa.queue.max_queue = 2;
     let server = Server::start(sa);
-    let v = dlrs_loadgen::loadgen_json(loadgen_args(&[
-        "--url",
-        &server.url(),
-        "--model",
-        NAME,
-        "--model-dir",
-        m.dir().to_str().unwrap(),
-        "--qps",
-        "30",
-        "--duration",
-        "0.5",
-        "--query-size",
-        "fixed:3",
-        "--warmup",
-        "0",
-        "--json",
-    ]))
+    let v = dlrs_loadgen::loadgen_json(LoadgenConfig {
+        model_dir: Some(m.dir()),
+        load: LoadConfig {
+            qps: 30.0,
+            duration: 0.5,
+            query_size: size("fixed:3"),
+            warmup: 0.0,
+            json: true,
+            ..LoadConfig::default()
+        },
+        ..LoadgenConfig::new(server.url(), NAME)
+    })
     .unwrap();
     let q = v["queries"].as_u64().unwrap();
     assert!(q > 0);
@@ -395,26 +366,21 @@ fn http_errors_are_counted_by_status() {
 #[test]
 fn twin_on_the_same_model() {
     let m = ModelDir::new(1);
-    let v = dlrs_loadgen::twin_json(twin_args(&[
-        "--model",
-        m.dir().to_str().unwrap(),
-        "--qps",
-        "60",
-        "--duration",
-        "1",
-        "--query-size",
-        "normal:20,4",
-        "--json",
-        "--warmup",
-        "0.2",
-        "--threads",
-        "1",
-        "--max-batch",
-        "64",
-        "--max-queue-delay-us",
-        "200",
-    ]))
-    .unwrap();
+    let mut twin = TwinConfig {
+        threads: 1,
+        load: LoadConfig {
+            qps: 60.0,
+            duration: 1.0,
+            query_size: size("normal:20,4"),
+            json: true,
+            warmup: 0.2,
+            ..LoadConfig::default()
+        },
+        ..TwinConfig::new(m.dir())
+    };
+    twin.queue.max_batch = 64;
+    twin.queue.max_queue_delay_us = 200;
+    let v = dlrs_loadgen::twin_json(twin).unwrap();
     assert_clean_run(&v, 60.0, 1.0);
     assert_eq!(v["mode"], "twin");
     assert_eq!(
@@ -428,16 +394,15 @@ fn twin_on_the_same_model() {
 }
 
 /// A search a tiny model passes at every step: 8-sample queries from 20 QPS, p99 <= 250 ms.
-const TINY_SEARCH: [&str; 8] = [
-    "--qps",
-    "20",
-    "--duration",
-    "0.5",
-    "--query-size",
-    "fixed:8",
-    "--target-p99-ms",
-    "250",
-];
+fn tiny_search() -> LoadConfig {
+    LoadConfig {
+        qps: 20.0,
+        duration: 0.5,
+        query_size: size("fixed:8"),
+        target_p99_ms: Some(250.0),
+        ..LoadConfig::default()
+    }
+}
 
 #[test]
 fn search_on_the_twin_finds_a_rate_under_a_generous_target_and_plots_it() {
@@ -445,20 +410,18 @@ fn search_on_the_twin_finds_a_rate_under_a_generous_target_and_plots_it() {
     let out = tempfile::tempdir().unwrap();
     for ext in ["svg", "png"] {
         let plot = out.path().join(format!("curve.{ext}"));
-        let dir = m.dir();
-        let mut argv = vec!["--model", dir.to_str().unwrap()];
-        argv.extend(TINY_SEARCH);
-        argv.extend([
-            "--max-steps",
-            "4",
-            "--json",
-            "--warmup",
-            "0",
-            "--threads",
-            "1",
-        ]);
-        argv.extend(["--plot", plot.to_str().unwrap()]);
-        let v = dlrs_loadgen::twin_json(twin_args(&argv)).unwrap();
+        let v = dlrs_loadgen::twin_json(TwinConfig {
+            threads: 1,
+            load: LoadConfig {
+                max_steps: 4,
+                json: true,
+                warmup: 0.0,
+                plot: Some(plot.clone()),
+                ..tiny_search()
+            },
+            ..TwinConfig::new(m.dir())
+        })
+        .unwrap();
         let points = v["points"].as_array().unwrap();
         assert!(!points.is_empty() && points.len() <= 4, "{v}");
         for p in points {
@@ -492,34 +455,34 @@ fn search_on_the_twin_finds_a_rate_under_a_generous_target_and_plots_it() {
     }
 }
 
+/// The defaults of the settings are the documented ones (the `dlrs` binary's flags take
+/// theirs from here, which crates/cli checks, with the values the flags refuse).
 #[test]
-fn flags_parse_with_the_documented_defaults() {
-    let a = loadgen_args(&["--url", "http://127.0.0.1:1", "--model", "m"]);
+fn settings_have_the_documented_defaults() {
+    let a = LoadgenConfig::new("http://127.0.0.1:1", "m");
     assert_eq!(a.connections, 64);
-    assert_eq!(a.protocol, dlrs_loadgen::payload::Protocol::V2);
+    assert_eq!(a.protocol, Protocol::V2);
     assert_eq!(
         a.load.query_size,
-        dlrs_loadgen::dist::QuerySize::Normal {
+        QuerySize::Normal {
             mu: 165.0,
             sigma: 16.0
         }
     );
     assert_eq!(a.load.ids_per_table, 1);
     assert!(a.load.target_p99_ms.is_none() && !a.load.json);
-    assert!(
-        try_loadgen_args(&["--url", "u", "--model", "m", "--plot", "x.svg"]).is_err(),
-        "--plot needs --target-p99-ms"
-    );
-    assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--query-size", "gamma:1"]).is_err());
-    assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--dist", "zipf:0"]).is_err());
-    assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--protocol", "v3"]).is_err());
-    assert_eq!(a.shared_memory, dlrs_loadgen::shm::SharedMemory::None);
-    assert!(try_loadgen_args(&["--url", "u", "--model", "m", "--shared-memory", "cuda"]).is_err());
-    let t = twin_args(&["--model", "/x"]);
+    assert_eq!(a.shared_memory, SharedMemory::None);
+    assert!(QuerySize::parse("gamma:1").is_err());
+    assert!(IdDist::parse("zipf:0").is_err());
+    assert!(Protocol::parse("v3").is_err());
+    assert!(SharedMemory::parse("cuda").is_err());
+    let t = TwinConfig::new("/x");
     assert_eq!(
         (t.threads, t.queue.max_batch, t.queue.max_queue_delay_us),
         (2, 256, 500)
     );
+    assert_eq!(t.versus, VersusConfig::default());
+    assert!(t.versus.url.is_none());
 }
 
 #[test]
@@ -527,30 +490,27 @@ fn twin_versus_http_searches_both_in_turn_and_reports_their_ratio() {
     let m = ModelDir::new(1);
     let server = Server::start(serve_args(&m));
     let url = server.url();
-    let dir = m.dir();
     let out = tempfile::tempdir().unwrap();
     let plot = out.path().join("pair.svg");
-    let mut common = vec!["--model", dir.to_str().unwrap()];
-    common.extend(TINY_SEARCH);
-    common.extend([
-        "--max-steps",
-        "3",
-        "--warmup",
-        "0.2",
-        "--threads",
-        "1",
-        "--json",
-    ]);
-    common.extend(["--versus-url", &url]);
+    let common = TwinConfig {
+        threads: 1,
+        versus: VersusConfig {
+            url: Some(url.clone()),
+            ..VersusConfig::default()
+        },
+        load: LoadConfig {
+            max_steps: 3,
+            warmup: 0.2,
+            json: true,
+            ..tiny_search()
+        },
+        ..TwinConfig::new(m.dir())
+    };
     let mut argv = common.clone();
-    argv.extend([
-        "--versus-model",
-        NAME,
-        "--versus-binary",
-        "--plot",
-        plot.to_str().unwrap(),
-    ]);
-    let v = dlrs_loadgen::twin_json(twin_args(&argv)).unwrap();
+    argv.versus.model = Some(NAME.into());
+    argv.versus.binary = true;
+    argv.load.plot = Some(plot);
+    let v = dlrs_loadgen::twin_json(argv).unwrap();
 
     for (side, mode, path) in [
         ("http", "http", "pair-http.svg"),
@@ -585,10 +545,10 @@ fn twin_versus_http_searches_both_in_turn_and_reports_their_ratio() {
 
     // the comparison needs a search and the server's name for the model
     let mut no_target = common.clone();
-    no_target.retain(|a| !["--target-p99-ms", "250"].contains(a));
-    no_target.extend(["--versus-model", NAME]);
-    let e = dlrs_loadgen::twin_json(twin_args(&no_target)).unwrap_err();
+    no_target.load.target_p99_ms = None;
+    no_target.versus.model = Some(NAME.into());
+    let e = dlrs_loadgen::twin_json(no_target).unwrap_err();
     assert!(format!("{e:#}").contains("--target-p99-ms"), "{e:#}");
-    let e = dlrs_loadgen::twin_json(twin_args(&common)).unwrap_err();
+    let e = dlrs_loadgen::twin_json(common).unwrap_err();
     assert!(format!("{e:#}").contains("--versus-model"), "{e:#}");
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use dlrs_model::{Bags, Batch, DlrmConfig, Executor, Workspace};
 use tokio::sync::oneshot;
 
-use crate::Hooks;
+use crate::config::{Hooks, QueueConfig};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::Version;
@@ -59,6 +59,8 @@ pub struct Job {
     pub batch: Arc<Batch>,
     pub deadline: Instant,
     pub reply: ReplyTo,
+    /// the HTTP request's id (see the crate docs, "Logs"), named when its batch fails
+    pub request_id: Option<Arc<str>>,
 }
 
 /// An admitted request, shared by the queue and the batches computing its chunks.
@@ -67,6 +69,7 @@ struct Entry {
     batch: Arc<Batch>,
     deadline: Instant,
     enqueued: Instant,
+    request_id: Option<Arc<str>>,
     out: Mutex<Out>,
 }
 
@@ -151,30 +154,6 @@ impl Drop for Reservation {
     }
 }
 
-/// The batching rules.
-#[derive(Clone, Debug)]
-pub struct BatcherConfig {
-    /// most samples in one forward pass; larger requests are cut into chunks
-    pub max_batch: usize,
-    /// longest the oldest queued request waits for others to join its batch
-    pub max_delay: Duration,
-    /// most samples waiting within `burst_cooldown` of a refusal; beyond it requests are
-    /// refused at once
-    pub max_queue: usize,
-    /// most samples waiting when no request was refused for `burst_cooldown`: room for a
-    /// burst (arrivals bunched by a stall on either side) at a load the server keeps up
-    /// with, which an overloaded queue (one that refuses) does not get. Like the
-    /// controlled-delay queues of "Fail at scale" (Maurer, ACM Queue 2015), a queue is
-    /// allowed more while it is not standing. At most `max_queue` has no effect.
-    pub max_queue_burst: usize,
-    /// how long after a refusal `max_queue` bounds the queue again
-    pub burst_cooldown: Duration,
-    /// longest estimated wait ahead of a new request (the samples waiting times the measured
-    /// compute time per sample, over the instances); beyond it the request is refused at once.
-    /// `None`: no bound by time.
-    pub max_wait: Option<Duration>,
-}
-
 struct State {
     pending: VecDeque<Pending>,
     /// samples admitted and not yet handed to a batch
@@ -204,7 +183,7 @@ const PER_SAMPLE_WINDOW: usize = 32;
 pub struct Queue {
     state: Mutex<State>,
     ready: Condvar,
-    cfg: BatcherConfig,
+    cfg: QueueConfig,
     metrics: Arc<Metrics>,
 }
 
@@ -212,7 +191,7 @@ pub struct Queue {
 type Segment = (Arc<Entry>, usize, usize);
 
 impl Queue {
-    pub fn new(cfg: BatcherConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(cfg: QueueConfig, metrics: Arc<Metrics>) -> Self {
         let state = State {
             pending: VecDeque::new(),
             waiting: 0,
@@ -273,7 +252,7 @@ impl Queue {
                 st.waiting
             )));
         }
-        if let Some(max) = self.cfg.max_wait {
+        if let Some(max) = self.cfg.max_wait() {
             let wait = st.waiting as f64 * st.per_sample_s / st.instances.max(1) as f64;
             if wait > max.as_secs_f64() {
                 st.refused = Some(now);
@@ -296,7 +275,7 @@ impl Queue {
     fn capacity(&self, st: &State, now: Instant) -> usize {
         let cooling = st
             .refused
-            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.burst_cooldown);
+            .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.burst_cooldown());
         if cooling {
             self.cfg.max_queue
         } else {
@@ -334,6 +313,7 @@ impl Queue {
             batch: job.batch,
             deadline: job.deadline,
             enqueued: Instant::now(),
+            request_id: job.request_id,
             out,
         };
         st.pending.push_back(Pending {
@@ -408,7 +388,7 @@ impl Queue {
                 st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             };
-            let window_end = first.entry.enqueued + self.cfg.max_delay;
+            let window_end = first.entry.enqueued + self.cfg.max_delay();
             let (plan, full) = plan_batch(
                 st.pending.iter().map(|p| {
                     (
@@ -531,7 +511,7 @@ fn run(queue: &Queue, exec: &Executor, hooks: &Hooks) {
         match done {
             Ok(()) => return,
             Err(_) => {
-                eprintln!("dlrs serve: a batcher panicked outside a forward pass; restarting it");
+                tracing::error!("a batcher panicked outside a forward pass; restarting it");
                 ws = Workspace::default();
             }
         }
@@ -579,8 +559,9 @@ fn compute(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            eprintln!(
-                "dlrs serve: a batch of {size} samples panicked: {what}; its requests get 500"
+            tracing::error!(
+                requests = %request_ids(segments),
+                "a batch of {size} samples panicked: {what}; its requests get 500"
             );
             Err(ApiError::Internal(format!(
                 "the computation of this request's batch panicked: {what}"
@@ -601,6 +582,15 @@ fn compute(
             }
         }
     }
+}
+
+/// The ids of the requests of `segments`, comma-separated (`-` for a request without one).
+fn request_ids(segments: &[Segment]) -> String {
+    let ids: Vec<&str> = segments
+        .iter()
+        .map(|(e, _, _)| e.request_id.as_deref().unwrap_or("-"))
+        .collect();
+    ids.join(",")
 }
 
 /// The batch of `segments`: the request's own batch when it is one whole request, else the
@@ -737,19 +727,20 @@ mod tests {
             batch: Arc::new(batch(v, from, n)),
             deadline,
             enqueued: Instant::now(),
+            request_id: Some(format!("r{from}").into()),
             out,
         })
     }
 
     fn queue(max_batch: usize, max_delay: Duration, max_queue: usize) -> Arc<Queue> {
         Arc::new(Queue::new(
-            BatcherConfig {
+            QueueConfig {
                 max_batch,
-                max_delay,
+                max_queue_delay_us: max_delay.as_micros() as u64,
                 max_queue,
                 max_queue_burst: 0,
-                burst_cooldown: Duration::from_millis(100),
-                max_wait: None,
+                burst_cooldown_ms: 100,
+                max_queue_wait_ms: 0,
             },
             Arc::new(Metrics::new()),
         ))
@@ -768,6 +759,7 @@ mod tests {
             batch: Arc::new(b),
             deadline: Instant::now() + deadline,
             reply: ReplyTo::Channel(tx),
+            request_id: None,
         };
         q.submit(job, None).map(|()| rx)
     }
@@ -784,6 +776,26 @@ mod tests {
             assemble(&v.model.config, &[(e1, 0, 4)]).unwrap(),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn a_failed_batch_names_its_requests() {
+        let v = version();
+        let (e0, e1) = (entry(&v, 0, 3), entry(&v, 3, 4));
+        let anonymous = Arc::new(Entry {
+            model: Arc::clone(&v),
+            batch: Arc::new(batch(&v, 9, 1)),
+            deadline: Instant::now(),
+            enqueued: Instant::now(),
+            request_id: None,
+            out: Mutex::new(Out {
+                reply: None,
+                scores: Vec::new(),
+                left: 1,
+            }),
+        });
+        let segs = [(e0, 1, 3), (e1, 0, 4), (anonymous, 0, 1)];
+        assert_eq!(request_ids(&segs), "r0,r3,-");
     }
 
     #[test]
@@ -943,13 +955,13 @@ mod tests {
     #[test]
     fn the_wait_bound_refuses_what_the_measured_compute_time_cannot_start_in_time() {
         let v = version();
-        let cfg = BatcherConfig {
+        let cfg = QueueConfig {
             max_batch: 4,
-            max_delay: Duration::ZERO,
+            max_queue_delay_us: 0,
             max_queue: 1000,
             max_queue_burst: 0,
-            burst_cooldown: Duration::from_millis(100),
-            max_wait: Some(Duration::from_millis(5)),
+            burst_cooldown_ms: 100,
+            max_queue_wait_ms: 5,
         };
         let q = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
         // no instance runs: what is admitted stays queued
@@ -975,13 +987,13 @@ mod tests {
 
     #[test]
     fn the_queue_takes_a_burst_unless_it_refused_lately() {
-        let cfg = |burst| BatcherConfig {
+        let cfg = |burst| QueueConfig {
             max_batch: 4,
-            max_delay: Duration::ZERO,
+            max_queue_delay_us: 0,
             max_queue: 6,
             max_queue_burst: burst,
-            burst_cooldown: Duration::from_millis(50),
-            max_wait: None,
+            burst_cooldown_ms: 50,
+            max_queue_wait_ms: 0,
         };
         let refused = |r: Result<Reservation, ApiError>, flag: &str| match r {
             Err(ApiError::Overloaded(m)) => assert!(m.contains(flag), "{m}"),

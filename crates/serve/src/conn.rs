@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
 use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::service::Service as _;
@@ -36,7 +35,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::ServeArgs;
+use crate::config::ServeConfig;
+use crate::error::ServeError;
 use crate::metrics::Metrics;
 
 /// Connections being refused (answered 503 and drained) at once; beyond it a connection over
@@ -45,7 +45,7 @@ const REFUSING_AT_ONCE: usize = 64;
 /// How long a refused connection is kept to let the client read its 503.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
-/// The connection limits of [`ServeArgs`], checked.
+/// The connection limits of [`ServeConfig`], checked.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_connections: usize,
@@ -55,36 +55,38 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Checks the connection and body-memory options of `args`.
-    pub fn from_args(args: &ServeArgs) -> anyhow::Result<Self> {
-        ensure!(
-            (1..=1 << 20).contains(&args.max_connections),
-            "--max-connections must be between 1 and {}",
-            1 << 20
-        );
-        ensure!(
-            args.header_timeout_ms >= 1,
-            "--header-timeout-ms must be at least 1"
-        );
-        ensure!(
-            args.idle_timeout_ms >= 1,
-            "--idle-timeout-ms must be at least 1"
-        );
-        ensure!(
-            args.write_timeout_ms >= 1,
-            "--write-timeout-ms must be at least 1"
-        );
-        ensure!(
-            args.max_body_memory_bytes >= args.max_body_bytes,
-            "--max-body-memory-bytes ({}) must be at least --max-body-bytes ({}), or the largest body could never be read",
-            args.max_body_memory_bytes,
-            args.max_body_bytes
-        );
+    /// Checks the connection and body-memory settings of `config`.
+    pub fn from_config(config: &ServeConfig) -> Result<Self, ServeError> {
+        const MAX_CONNECTIONS: usize = 1 << 20;
+        if !(1..=MAX_CONNECTIONS).contains(&config.max_connections) {
+            return Err(ServeError::flag(
+                "--max-connections",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        for (flag, ms) in [
+            ("--header-timeout-ms", config.header_timeout_ms),
+            ("--idle-timeout-ms", config.idle_timeout_ms),
+            ("--write-timeout-ms", config.write_timeout_ms),
+        ] {
+            if ms < 1 {
+                return Err(ServeError::flag(flag, "must be at least 1"));
+            }
+        }
+        if config.max_body_memory_bytes < config.max_body_bytes {
+            return Err(ServeError::flag(
+                "--max-body-memory-bytes",
+                format!(
+                    "({}) must be at least --max-body-bytes ({}), or the largest body could never be read",
+                    config.max_body_memory_bytes, config.max_body_bytes
+                ),
+            ));
+        }
         Ok(Limits {
-            max_connections: args.max_connections,
-            header_timeout: Duration::from_millis(args.header_timeout_ms),
-            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
-            write_timeout: Duration::from_millis(args.write_timeout_ms),
+            max_connections: config.max_connections,
+            header_timeout: Duration::from_millis(config.header_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
         })
     }
 }
@@ -125,7 +127,7 @@ pub async fn serve(
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // e.g. out of file descriptors: wait for some to be released
-                    eprintln!("dlrs serve: accepting a connection failed: {e}");
+                    tracing::warn!("accepting a connection failed: {e}");
                     tokio::select! {
                         d = &mut shutdown => break d,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,

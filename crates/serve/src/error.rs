@@ -1,8 +1,63 @@
-//! Errors of the server and the HTTP status each one maps to (see the crate docs' table).
+//! The server's errors: [`ServeError`], why the server could not start or keep serving, and
+//! [`ApiError`], why one request failed, with the HTTP status each maps to (see the crate
+//! docs' table).
+
+use std::path::PathBuf;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dlrs_model::ModelError;
+
+/// Why the server could not start, or stopped serving. An OS or model error is the
+/// `source()`, never part of the message, so that a chain printer (anyhow's `{:#}`) says it
+/// once.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A setting is out of range or does not fit another; `flag` is its command-line name.
+    #[error("{flag} {msg}")]
+    Flag { flag: &'static str, msg: String },
+    /// The model directory did not load.
+    #[error("loading the model from {}", dir.display())]
+    Load {
+        dir: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    /// The thread loading the model panicked.
+    #[error("loading the model")]
+    LoadPanicked(#[source] tokio::task::JoinError),
+    /// `--keep-reload-memory`: the memory for a second copy of the tables was refused.
+    #[error("reserving memory for reloads (--keep-reload-memory)")]
+    ReserveReloadMemory(#[source] std::io::Error),
+    /// The compute instances' threads could not be started.
+    #[error("starting the compute threads")]
+    ComputeThreads(#[source] std::io::Error),
+    /// The HTTP side's tokio runtime could not be started.
+    #[error("starting the tokio runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The listening socket could not be bound.
+    #[error("listening on {addr}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listener's own address could not be read.
+    #[error("reading the listener's address")]
+    ListenerAddress(#[source] std::io::Error),
+    /// Serving connections failed.
+    #[error("serving HTTP")]
+    Http(#[source] std::io::Error),
+}
+
+impl ServeError {
+    pub(crate) fn flag(flag: &'static str, msg: impl Into<String>) -> Self {
+        ServeError::Flag {
+            flag,
+            msg: msg.into(),
+        }
+    }
+}
 
 /// A request's failure; the message names the offending field, tensor or header.
 #[derive(Clone, Debug, PartialEq, Eq)]

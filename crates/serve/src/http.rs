@@ -17,7 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::batcher::{Job, Reply, ReplyTo, Reservation};
 use crate::error::ApiError;
 use crate::kserve;
-use crate::state::{AppState, Version};
+use crate::request_id::{self, RequestId};
+use crate::state::{AppState, InflightGuard, Version};
 
 type St = State<Arc<AppState>>;
 
@@ -30,7 +31,7 @@ pub const HEADER_LEN: &str = "inference-header-content-length";
 const PARSE_OFFLOAD_BYTES: usize = 64 << 10;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let budget = Arc::new(BodyBudget::new(state.args.max_body_memory_bytes));
+    let budget = Arc::new(BodyBudget::new(state.config.max_body_memory_bytes));
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -70,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
+        .layer(middleware::from_fn(request_id::layer))
         .layer(Extension(budget))
         .with_state(state)
 }
@@ -218,7 +220,7 @@ async fn shm_unregister_all(State(st): St) -> Response {
 /// The deadline of a request that arrived at `t0`.
 fn deadline(st: &AppState, headers: &HeaderMap, t0: Instant) -> Result<Instant, ApiError> {
     let ms = match headers.get(DEADLINE_HEADER) {
-        None => st.args.default_deadline_ms as f64,
+        None => st.config.default_deadline_ms as f64,
         Some(v) => {
             let text = v.to_str().unwrap_or("<not text>").trim();
             match text.parse::<f64>() {
@@ -310,7 +312,7 @@ async fn read_body(
     mut on_prefix: Option<(usize, PrefixCheck<'_>)>,
     drained: &mut bool,
 ) -> Result<BodyBytes, ApiError> {
-    let limit = st.args.max_body_bytes;
+    let limit = st.config.max_body_bytes;
     let too_large = |n: String| {
         ApiError::TooLarge(format!(
             "request body of {n} bytes is over the limit of {limit} bytes (--max-body-bytes)"
@@ -332,7 +334,7 @@ async fn read_body(
     {
         return Err(too_large(n.to_string()));
     }
-    let timeout = Duration::from_millis(st.args.body_timeout_ms);
+    let timeout = Duration::from_millis(st.config.body_timeout_ms);
     let until = tokio::time::Instant::now() + timeout;
     let mut held = budget.none();
     let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
@@ -397,14 +399,31 @@ enum Protocol {
 
 type Budget = Extension<Arc<BodyBudget>>;
 
+/// What an inference request is, besides its body.
+struct InferenceCall {
+    proto: Protocol,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    id: RequestId,
+}
+
 async fn infer(
     State(st): St,
     Extension(budget): Budget,
+    Extension(id): Extension<RequestId>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run_inference(st, &budget, Protocol::V2, name, None, headers, body)
+    let call = InferenceCall {
+        proto: Protocol::V2,
+        name,
+        version: None,
+        headers,
+        id,
+    };
+    run_inference(st, &budget, call, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -412,31 +431,39 @@ async fn infer(
 async fn infer_v(
     State(st): St,
     Extension(budget): Budget,
+    Extension(id): Extension<RequestId>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run_inference(
-        st,
-        &budget,
-        Protocol::V2,
+    let call = InferenceCall {
+        proto: Protocol::V2,
         name,
-        Some(version),
+        version: Some(version),
         headers,
-        body,
-    )
-    .await
-    .unwrap_or_else(IntoResponse::into_response)
+        id,
+    };
+    run_inference(st, &budget, call, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn predict(
     State(st): St,
     Extension(budget): Budget,
+    Extension(id): Extension<RequestId>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    run_inference(st, &budget, Protocol::V1, name, None, headers, body)
+    let call = InferenceCall {
+        proto: Protocol::V1,
+        name,
+        version: None,
+        headers,
+        id,
+    };
+    run_inference(st, &budget, call, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -466,58 +493,32 @@ fn parse(
     }
 }
 
+/// A received inference request: its body read within the limits, and what was settled
+/// before it was parsed.
+struct Received {
+    _inflight: InflightGuard,
+    deadline: Instant,
+    header_len: Option<usize>,
+    body: BodyBytes,
+    /// room held in the queue from the JSON header, before the binary data was read
+    reservation: Option<Reservation>,
+}
+
 async fn run_inference(
     st: Arc<AppState>,
     budget: &BodyBudget,
-    proto: Protocol,
-    name: String,
-    version: Option<String>,
-    headers: HeaderMap,
+    call: InferenceCall,
     body: Body,
 ) -> Result<Response, Failure> {
     let t0 = Instant::now();
-    // set when a request was refused from its JSON header: the rest of its body is drained by
-    // a task of its own, so the connection stays usable (no `Connection: close`)
-    let mut drained = false;
-    let received = async {
-        let inflight = st.enter()?;
-        st.check_model(&name, version.as_deref())?;
-        let deadline = deadline(&st, &headers, t0)?;
-        let header_len = match headers.get(HEADER_LEN) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.trim().parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(
-                            "header Inference-Header-Content-Length: not a non-negative integer"
-                                .into(),
-                        )
-                    })?,
-            ),
-        };
-        if header_len.is_some() && matches!(proto, Protocol::V1) {
-            return Err(ApiError::BadRequest(
-                "header Inference-Header-Content-Length: /v1 predict takes JSON only".into(),
-            ));
-        }
-        // a binary request says its batch size in its JSON header: hold room in the queue
-        // for it then, so that under overload it is refused before its binary data is read
-        let mut reservation = None;
-        let mut reserve = |json: &[u8]| {
-            reservation = hold_room(&st, json)?;
-            Ok(())
-        };
-        let on_prefix = header_len.map(|n| (n, &mut reserve as PrefixCheck<'_>));
-        let body = read_body(&st, budget, &headers, body, on_prefix, &mut drained).await?;
-        Ok((inflight, deadline, header_len, body, reservation))
-    };
-    let (_inflight, deadline, header_len, body, reservation) =
-        received.await.map_err(|error| Failure {
-            error,
-            body_unread: !drained,
-        })?;
+    let proto = call.proto;
+    let Received {
+        _inflight,
+        deadline,
+        header_len,
+        body,
+        reservation,
+    } = receive(&st, budget, &call, t0, body).await?;
     // a JSON request small enough to parse here (one whose tensors are in shared memory,
     // say) holds its room before it is parsed: under overload it is refused for the price of
     // reading its header, not of copying its ids
@@ -545,6 +546,7 @@ async fn run_inference(
     };
     let (batch, answer, deadline) = match parsed {
         Parsed::V2(r) => {
+            call.id.offer(r.id.as_deref());
             let timeout = r
                 .timeout_us
                 .and_then(|us| t0.checked_add(Duration::from_micros(us)));
@@ -561,56 +563,101 @@ async fn run_inference(
         }
         Parsed::V1(b) => (b, Answer::V1, deadline),
     };
-    let scores = if batch.size() == 0 {
-        Vec::new()
-    } else {
-        if Instant::now() >= deadline {
-            return Err(ApiError::DeadlineExceeded(
-                "deadline passed before the request was queued".into(),
-            )
-            .into());
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job {
-            model: Arc::clone(&v),
-            batch: Arc::new(batch),
-            deadline,
-            reply: ReplyTo::Channel(tx),
+    let scores = compute(&st, &v, batch, deadline, reservation, &call.id).await?;
+    Ok(answer.response(&st.name, v.number, &scores))
+}
+
+/// The first steps of an inference request, up to its body in memory: counted in flight
+/// (refused once shutting down), its model and version checked, its deadline and binary
+/// header read, and its body read within the limits. Errors here may come before the body
+/// was read in full (see [`Failure`]).
+async fn receive(
+    st: &Arc<AppState>,
+    budget: &BodyBudget,
+    call: &InferenceCall,
+    t0: Instant,
+    body: Body,
+) -> Result<Received, Failure> {
+    // set when a request was refused from its JSON header: the rest of its body is drained by
+    // a task of its own, so the connection stays usable (no `Connection: close`)
+    let mut drained = false;
+    let received = async {
+        let inflight = st.enter()?;
+        st.check_model(&call.name, call.version.as_deref())?;
+        let deadline = deadline(st, &call.headers, t0)?;
+        let header_len = binary_header_len(&call.headers, call.proto)?;
+        // a binary request says its batch size in its JSON header: hold room in the queue
+        // for it then, so that under overload it is refused before its binary data is read
+        let mut reservation = None;
+        let mut reserve = |json: &[u8]| {
+            reservation = hold_room(st, json)?;
+            Ok(())
         };
-        st.queue.submit(job, reservation)?;
-        wait(rx, deadline).await?
+        let on_prefix = header_len.map(|n| (n, &mut reserve as PrefixCheck<'_>));
+        let body = read_body(st, budget, &call.headers, body, on_prefix, &mut drained).await?;
+        Ok(Received {
+            _inflight: inflight,
+            deadline,
+            header_len,
+            body,
+            reservation,
+        })
     };
-    Ok(match answer {
-        Answer::V2 { id, binary, shm } => {
-            if let Some(r) = &shm {
-                let bytes: Vec<u8> = scores.iter().flat_map(|s| s.to_le_bytes()).collect();
-                r.write(&bytes);
-            }
-            let (body, json_len) = kserve::infer_response(
-                &st.name,
-                v.number,
-                id.as_deref(),
-                &scores,
-                binary,
-                shm.as_ref(),
-            );
-            match json_len {
-                None => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-                Some(h) => (
-                    [
-                        (
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("application/octet-stream"),
-                        ),
-                        (HeaderName::from_static(HEADER_LEN), HeaderValue::from(h)),
-                    ],
-                    body,
-                )
-                    .into_response(),
-            }
-        }
-        Answer::V1 => axum::Json(kserve::PredictResponse { scores: &scores }).into_response(),
+    received.await.map_err(|error| Failure {
+        error,
+        body_unread: !drained,
     })
+}
+
+/// The `Inference-Header-Content-Length` header (the binary tensor data extension; v2 only).
+fn binary_header_len(headers: &HeaderMap, proto: Protocol) -> Result<Option<usize>, ApiError> {
+    let Some(v) = headers.get(HEADER_LEN) else {
+        return Ok(None);
+    };
+    let n = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "header Inference-Header-Content-Length: not a non-negative integer".into(),
+            )
+        })?;
+    if matches!(proto, Protocol::V1) {
+        return Err(ApiError::BadRequest(
+            "header Inference-Header-Content-Length: /v1 predict takes JSON only".into(),
+        ));
+    }
+    Ok(Some(n))
+}
+
+/// The scores of `batch`, computed on version `v` by the queue by `deadline` (504 after).
+async fn compute(
+    st: &AppState,
+    v: &Arc<Version>,
+    batch: dlrs_model::Batch,
+    deadline: Instant,
+    reservation: Option<Reservation>,
+    id: &RequestId,
+) -> Result<Vec<f32>, ApiError> {
+    if batch.size() == 0 {
+        return Ok(Vec::new());
+    }
+    if Instant::now() >= deadline {
+        return Err(ApiError::DeadlineExceeded(
+            "deadline passed before the request was queued".into(),
+        ));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = Job {
+        model: Arc::clone(v),
+        batch: Arc::new(batch),
+        deadline,
+        reply: ReplyTo::Channel(tx),
+        request_id: Some(id.get()),
+    };
+    st.queue.submit(job, reservation)?;
+    wait(rx, deadline).await
 }
 
 /// An inference request's failure. One answered before its body was read in full says
@@ -650,6 +697,38 @@ enum Answer {
         shm: Option<kserve::ShmRef>,
     },
     V1,
+}
+
+impl Answer {
+    /// The answer with `scores`, computed by `version` of model `model`.
+    fn response(self, model: &str, version: u64, scores: &[f32]) -> Response {
+        let (id, binary, shm) = match self {
+            Answer::V1 => {
+                return axum::Json(kserve::PredictResponse { scores }).into_response();
+            }
+            Answer::V2 { id, binary, shm } => (id, binary, shm),
+        };
+        if let Some(r) = &shm {
+            let bytes: Vec<u8> = scores.iter().flat_map(|s| s.to_le_bytes()).collect();
+            r.write(&bytes);
+        }
+        let (body, json_len) =
+            kserve::infer_response(model, version, id.as_deref(), scores, binary, shm.as_ref());
+        match json_len {
+            None => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Some(h) => (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                    (HeaderName::from_static(HEADER_LEN), HeaderValue::from(h)),
+                ],
+                body,
+            )
+                .into_response(),
+        }
+    }
 }
 
 /// Waits for the batcher's answer, or answers 504 at the deadline.

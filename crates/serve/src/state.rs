@@ -7,14 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use dlrs_model::{CONFIG_FILE, WEIGHTS_FILE};
 use dlrs_model::{Model, TableMode};
 use tokio::task::JoinHandle;
 
-use crate::ServeArgs;
 use crate::batcher::{self, Queue};
-use crate::error::ApiError;
+use crate::config::ServeConfig;
+use crate::error::{ApiError, ServeError};
 use crate::metrics::Metrics;
 use crate::shm::Registry;
 
@@ -62,7 +61,7 @@ struct ReloadState {
 pub struct AppState {
     pub name: String,
     pub dir: PathBuf,
-    pub args: ServeArgs,
+    pub config: ServeConfig,
     mode: TableMode,
     current: RwLock<Arc<Version>>,
     reload: tokio::sync::Mutex<ReloadState>,
@@ -89,34 +88,41 @@ impl Drop for InflightGuard {
 
 impl AppState {
     /// Loads the model and starts the batcher thread.
-    pub async fn start(args: ServeArgs) -> anyhow::Result<Arc<Self>> {
-        let dir = args.model.clone();
-        let mode = args.tables;
+    pub async fn start(config: ServeConfig) -> Result<Arc<Self>, ServeError> {
+        let dir = config.model.clone();
+        let mode = config.tables;
         let fp = fingerprint(&dir);
-        let keep = args.keep_reload_memory;
+        let keep = config.keep_reload_memory;
         let model = {
             let d = dir.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<Model> {
-                let model = load(&d, mode)
-                    .with_context(|| format!("loading the model from {}", d.display()))?;
+            tokio::task::spawn_blocking(move || -> Result<Model, ServeError> {
+                let model = load(&d, mode).map_err(|source| ServeError::Load {
+                    dir: d.clone(),
+                    source,
+                })?;
                 if keep {
                     dlrs_model::tables::reserve_spare_table_memory(&model.weights.tables)
-                        .context("reserving memory for reloads (--keep-reload-memory)")?;
+                        .map_err(ServeError::ReserveReloadMemory)?;
                 }
                 Ok(model)
             })
             .await
-            .context("loading the model")??
+            .map_err(ServeError::LoadPanicked)??
         };
         let metrics = Arc::new(Metrics::new());
         metrics.model_version.set(1.0);
-        let cfg = args.queue.config();
-        let queue = Arc::new(Queue::new(cfg, Arc::clone(&metrics)));
-        let (instances, threads) = args.compute_layout()?;
-        let batchers = batcher::spawn(&queue, instances, threads, args.compute_nice, &args.hooks)
-            .context("starting the compute threads")?;
+        let queue = Arc::new(Queue::new(config.queue.clone(), Arc::clone(&metrics)));
+        let (instances, threads) = config.compute_layout()?;
+        let batchers = batcher::spawn(
+            &queue,
+            instances,
+            threads,
+            config.compute_nice,
+            &config.hooks,
+        )
+        .map_err(ServeError::ComputeThreads)?;
         Ok(Arc::new(AppState {
-            name: args.model_name(),
+            name: config.model_name(),
             dir,
             mode,
             current: RwLock::new(Arc::new(Version { model, number: 1 })),
@@ -127,12 +133,12 @@ impl AppState {
             }),
             queue,
             metrics,
-            shm: Registry::new(args.allow_client_shm),
+            shm: Registry::new(config.allow_client_shm),
             draining: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             abandoned_reloads: Arc::new(AtomicUsize::new(0)),
             batchers: std::sync::Mutex::new(batchers),
-            args,
+            config,
         }))
     }
 
@@ -195,7 +201,7 @@ impl AppState {
             )));
         }
         let (dir, mode) = (self.dir.clone(), self.mode);
-        let before_load = self.args.hooks.before_load.clone();
+        let before_load = self.config.hooks.before_load.clone();
         // a reload runs beside the serving version: on its own thread at the lowest CPU
         // priority, so that reading and copying gigabytes of tables does not take the cores
         // from the compute instances (requests would queue up and get 503)
@@ -226,7 +232,7 @@ impl AppState {
                 "starting the reload thread: {e}"
             )));
         }
-        let timeout = Duration::from_millis(self.args.reload_timeout_ms);
+        let timeout = Duration::from_millis(self.config.reload_timeout_ms);
         let loaded = match tokio::time::timeout(timeout, rx).await {
             Ok(loaded) => {
                 self.abandoned_reloads.fetch_sub(1, Ordering::SeqCst);
@@ -240,13 +246,9 @@ impl AppState {
                 let err = ApiError::ReloadFailed(format!(
                     "loading the new version took longer than --reload-timeout-ms {} and was \
                      abandoned; still serving version {serving}",
-                    self.args.reload_timeout_ms
+                    self.config.reload_timeout_ms
                 ));
-                eprintln!(
-                    "dlrs serve: model \"{}\": reload failed: {}",
-                    self.name,
-                    err.message()
-                );
+                tracing::error!("model \"{}\": reload failed: {}", self.name, err.message());
                 return Err(err);
             }
         };
@@ -263,8 +265,8 @@ impl AppState {
                 retire(old);
                 self.metrics.reload(true);
                 self.metrics.model_version.set(number as f64);
-                eprintln!(
-                    "dlrs serve: model \"{}\": now serving version {number} from {}",
+                tracing::info!(
+                    "model \"{}\": now serving version {number} from {}",
                     self.name,
                     self.dir.display()
                 );
@@ -274,11 +276,7 @@ impl AppState {
                 rs.failed = fp;
                 self.metrics.reload(false);
                 let err = ApiError::from_load(e, serving);
-                eprintln!(
-                    "dlrs serve: model \"{}\": reload failed: {}",
-                    self.name,
-                    err.message()
-                );
+                tracing::error!("model \"{}\": reload failed: {}", self.name, err.message());
                 Err(err)
             }
             Err(join) => {
@@ -294,7 +292,7 @@ impl AppState {
     /// Starts the directory watcher and the metrics upkeep.
     pub fn spawn_background(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
-        let every = self.args.watch_interval_ms;
+        let every = self.config.watch_interval_ms;
         if every > 0 {
             let st = Arc::clone(self);
             tasks.push(tokio::spawn(async move {
@@ -321,11 +319,11 @@ impl AppState {
     pub async fn drain(&self, until: Instant) {
         self.draining.store(true, Ordering::SeqCst);
         let n = self.inflight.load(Ordering::SeqCst);
-        eprintln!("dlrs serve: shutting down; waiting for {n} requests in flight");
+        tracing::info!("shutting down; waiting for {n} requests in flight");
         while self.inflight.load(Ordering::SeqCst) > 0 {
             if Instant::now() >= until {
-                eprintln!(
-                    "dlrs serve: {} requests still in flight after --drain-timeout-ms; stopping anyway",
+                tracing::warn!(
+                    "{} requests still in flight after --drain-timeout-ms; stopping anyway",
                     self.inflight.load(Ordering::SeqCst)
                 );
                 break;
@@ -360,8 +358,8 @@ fn retire(old: Arc<Version>) {
             drop(old);
         });
     if let Err(e) = spawned {
-        eprintln!(
-            "dlrs serve: could not start a thread to free the replaced model version ({e}); freeing it here"
+        tracing::warn!(
+            "could not start a thread to free the replaced model version ({e}); freeing it here"
         );
     }
 }

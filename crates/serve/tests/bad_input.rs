@@ -402,6 +402,7 @@ fn post_binary(srv: &Server, b: usize, t: &[Vec<u8>; 3]) -> Resp {
     Resp {
         status: r.status().as_u16(),
         retry_after: None,
+        request_id: None,
         body: r.body_mut().read_to_string().unwrap(),
     }
 }

@@ -363,7 +363,7 @@ fn an_error_before_the_body_is_read_closes_the_connection_and_says_so() {
 #[test]
 fn connection_flags_have_their_defaults_and_are_checked() {
     let md = ModelDir::new(1);
-    let a = dlrs_serve::ServeArgs::new(md.dir());
+    let a = dlrs_serve::ServeConfig::new(md.dir());
     assert_eq!(
         (
             a.max_connections,
@@ -379,7 +379,7 @@ fn connection_flags_have_their_defaults_and_are_checked() {
         .enable_all()
         .build()
         .unwrap();
-    let start = |args: dlrs_serve::ServeArgs| {
+    let start = |args: dlrs_serve::ServeConfig| {
         rt.block_on(async {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             dlrs_serve::serve(args, l, std::future::pending()).await

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 
 /// A server with `args`, checked to answer a request correctly.
-fn answering_server(md: &ModelDir, args: dlrs_serve::ServeArgs) -> Server {
+fn answering_server(md: &ModelDir, args: dlrs_serve::ServeConfig) -> Server {
     let srv = Server::start(args);
     let s = samples(&mut Lcg(3), 2);
     assert_close(&srv.infer(&s).scores(), &reference(&md.model, &s));

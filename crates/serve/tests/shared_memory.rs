@@ -58,7 +58,7 @@ impl Drop for ShmObject {
     }
 }
 
-fn shm_args(md: &ModelDir) -> dlrs_serve::ServeArgs {
+fn shm_args(md: &ModelDir) -> dlrs_serve::ServeConfig {
     let mut a = md.args();
     a.allow_client_shm = true;
     a

@@ -1,5 +1,5 @@
 //! Helpers of the load generator's tests: a tiny model in a tempdir and a `dlrs serve` on
-//! 127.0.0.1:0 (as crates/serve's own tests do), and clap parsing of the public args.
+//! 127.0.0.1:0 (as crates/serve's own tests do), and a stand-in server.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -41,19 +41,19 @@ impl ModelDir {
 pub struct Server {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), dlrs_serve::ServeError>>>,
 }
 
 /// `dlrs serve`'s options for the model in `m`, its directory not watched (a test reloads by
 /// request if at all).
-pub fn serve_args(m: &ModelDir) -> dlrs_serve::ServeArgs {
-    let mut sa = dlrs_serve::ServeArgs::new(m.dir());
+pub fn serve_args(m: &ModelDir) -> dlrs_serve::ServeConfig {
+    let mut sa = dlrs_serve::ServeConfig::new(m.dir());
     sa.watch_interval_ms = 0;
     sa
 }
 
 impl Server {
-    pub fn start(args: dlrs_serve::ServeArgs) -> Server {
+    pub fn start(args: dlrs_serve::ServeConfig) -> Server {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -102,41 +102,6 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
-}
-
-#[derive(clap::Parser)]
-struct LoadgenCli {
-    #[command(flatten)]
-    args: dlrs_loadgen::LoadgenArgs,
-}
-
-#[derive(clap::Parser)]
-struct TwinCli {
-    #[command(flatten)]
-    args: dlrs_loadgen::TwinArgs,
-}
-
-/// `dlrs loadgen ARGS...` as clap parses it.
-pub fn loadgen_args(argv: &[&str]) -> dlrs_loadgen::LoadgenArgs {
-    <LoadgenCli as clap::Parser>::try_parse_from(
-        std::iter::once("loadgen").chain(argv.iter().copied()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-    .args
-}
-
-/// `dlrs twin ARGS...` as clap parses it.
-pub fn twin_args(argv: &[&str]) -> dlrs_loadgen::TwinArgs {
-    <TwinCli as clap::Parser>::try_parse_from(std::iter::once("twin").chain(argv.iter().copied()))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .args
-}
-
-pub fn try_loadgen_args(argv: &[&str]) -> Result<dlrs_loadgen::LoadgenArgs, clap::Error> {
-    <LoadgenCli as clap::Parser>::try_parse_from(
-        std::iter::once("loadgen").chain(argv.iter().copied()),
-    )
-    .map(|c| c.args)
 }
 
 /// Serves `app` on 127.0.0.1:0 from a runtime of `workers` threads (a stand-in server for

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use dlrs_model::{Batch, DlrmConfig, Executor, Model, Sample, Workspace};
-use dlrs_serve::ServeArgs;
+use dlrs_serve::ServeConfig;
 use serde_json::{Value, json};
 
 pub const NAME: &str = "tiny";
@@ -37,8 +37,8 @@ impl ModelDir {
     pub fn dir(&self) -> std::path::PathBuf {
         self.tmp.path().join(NAME)
     }
-    pub fn args(&self) -> ServeArgs {
-        let mut a = ServeArgs::new(self.dir());
+    pub fn args(&self) -> ServeConfig {
+        let mut a = ServeConfig::new(self.dir());
         a.watch_interval_ms = 0;
         a
     }
@@ -62,12 +62,12 @@ pub fn atomic_write(dir: &Path, file: &str, text: &str) {
 pub struct Server {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), dlrs_serve::ServeError>>>,
     pub agent: ureq::Agent,
 }
 
 impl Server {
-    pub fn start(args: ServeArgs) -> Server {
+    pub fn start(args: ServeConfig) -> Server {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -122,15 +122,19 @@ impl Server {
             req = req.header(*k, *v);
         }
         let mut r = req.send(body).expect("request failed");
-        let retry_after = r
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let retry_after = header("retry-after");
+        let request_id = header("x-request-id");
         let status = r.status().as_u16();
         let body = r.body_mut().read_to_string().unwrap();
         Resp {
             status,
             retry_after,
+            request_id,
             body,
         }
     }
@@ -156,7 +160,7 @@ impl Server {
     }
 
     /// Triggers shutdown and waits for `serve` to return.
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    pub fn stop(mut self) -> Result<(), dlrs_serve::ServeError> {
         self.trigger_shutdown();
         self.thread.take().unwrap().join().unwrap()
     }
@@ -187,6 +191,8 @@ pub fn agent() -> ureq::Agent {
 pub struct Resp {
     pub status: u16,
     pub retry_after: Option<String>,
+    /// the `x-request-id` header
+    pub request_id: Option<String>,
     pub body: String,
 }
 
