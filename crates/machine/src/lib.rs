@@ -108,13 +108,7 @@ pub fn quick_limits_cached(
     row_bytes: usize,
     threads: usize,
 ) -> std::io::Result<(FmaPeak, GatherRate)> {
-    let key = format!(
-        "{} {}",
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .unwrap_or_default()
-            .trim(),
-        Host::detect().cpu_line()
-    );
+    let key = cache_key();
     let path = cache_path();
     let mut cache: Cache = path
         .as_ref()
@@ -157,6 +151,17 @@ struct Cache {
     key: String,
     fma: Option<FmaPeak>,
     gather: Vec<GatherRate>,
+}
+
+/// What a cached probe is valid for: this boot of this CPU.
+fn cache_key() -> String {
+    format!(
+        "{} {}",
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim(),
+        Host::detect().cpu_line()
+    )
 }
 
 fn cache_path() -> Option<std::path::PathBuf> {
@@ -219,13 +224,7 @@ mod tests {
         let p = cache_path().unwrap();
         assert!(!p.exists());
         // seed the cache with figures no probe would measure: a second call must reuse them
-        let key = format!(
-            "{} {}",
-            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .unwrap_or_default()
-                .trim(),
-            Host::detect().cpu_line()
-        );
+        let key = cache_key();
         let fake = GatherRate {
             row_bytes: 128,
             threads: 1,
