@@ -217,18 +217,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mlp_s = (stages.bottom_mlp + stages.top_mlp) / n;
     let flops = cfg.mlp_flops_per_sample() * a.batch as f64;
     let row_stride = tables.iter().map(|t| t.stride()).max().unwrap_or(0);
-    // the host's limits, probed at this bench's row stride and thread count (before the
-    // model is dropped, so the probe's 1 GiB comes on top: it is what a server would see)
+    let rows_per_s = rows_per_batch / emb_s;
+    let mlp_gflops = flops / mlp_s / 1e9;
+    // the host's limits, probed at this bench's row stride and thread count (a quick probe
+    // cached for the boot; probed again if the MLPs just ran faster than its FMA peak)
     let limits = if a.skip_limits {
         None
     } else {
-        Some(dlrs_machine::quick_limits_cached(
+        Some(dlrs_machine::quick_limits_cached_checked(
             row_stride.next_multiple_of(4),
             a.threads,
+            mlp_gflops / a.threads as f64,
         )?)
     };
-    let rows_per_s = rows_per_batch / emb_s;
-    let mlp_gflops = flops / mlp_s / 1e9;
     let limits_json = limits.map(|(fma, gather)| {
         json!({
             "fma_gflop_per_s_per_core": fma.per_core_gflops,

@@ -63,8 +63,8 @@ fn request() -> Option<Request> {
     let v = std::env::var("DLRS_ISA").ok()?;
     let r = parse_request(&v);
     if r.is_none() {
-        eprintln!(
-            "dlrs: ignoring DLRS_ISA={v:?} (expected scalar, avx2, avx512, avx512-256 or avx512-512)"
+        tracing::warn!(
+            "ignoring DLRS_ISA={v:?} (expected scalar, avx2, avx512, avx512-256 or avx512-512)"
         );
     }
     r

@@ -108,6 +108,17 @@ pub fn quick_limits_cached(
     row_bytes: usize,
     threads: usize,
 ) -> std::io::Result<(FmaPeak, GatherRate)> {
+    quick_limits_cached_checked(row_bytes, threads, 0.0)
+}
+
+/// [`quick_limits_cached`], measuring the FMA peak again (and keeping the higher) when the
+/// cached one is below `measured_gflops_per_core`, a rate a kernel just reached on this host:
+/// a cached peak taken while the machine was busy would otherwise stay too low all boot.
+pub fn quick_limits_cached_checked(
+    row_bytes: usize,
+    threads: usize,
+    measured_gflops_per_core: f64,
+) -> std::io::Result<(FmaPeak, GatherRate)> {
     let key = cache_key();
     let path = cache_path();
     let mut cache: Cache = path
@@ -123,7 +134,15 @@ pub fn quick_limits_cached(
         });
     let opts = ProbeOptions::quick();
     let fma = match cache.fma {
-        Some(f) if f.threads >= threads => f,
+        Some(f) if f.threads >= threads && f.per_core_gflops >= measured_gflops_per_core => f,
+        Some(f) if f.threads >= threads => {
+            let again = probe::fma_peak(threads, opts.reps);
+            if again.per_core_gflops > f.per_core_gflops {
+                again
+            } else {
+                f
+            }
+        }
         _ => probe::fma_peak(threads, opts.reps),
     };
     let gather = match cache
@@ -246,6 +265,10 @@ mod tests {
         };
         write_atomically(&p, &serde_json::to_vec(&seeded).unwrap()).unwrap();
         assert_eq!(quick_limits_cached(128, 1).unwrap(), (fma, fake));
+        // a kernel that just ran faster than the cached peak makes it measure the peak again
+        let (f, g) = quick_limits_cached_checked(128, 1, 8.0).unwrap();
+        assert!(f.per_core_gflops > 8.0, "{f:?}");
+        assert_eq!(g, fake);
         // another key (a reboot, another CPU) is not trusted
         let mut other = seeded;
         other.key.push('x');

@@ -98,7 +98,7 @@ pub fn set_thread_slice(slice: std::time::Duration) -> std::io::Result<()> {
 }
 
 /// [`set_thread_slice`] for a thread pool's start hook: nothing for a zero slice; a failure
-/// leaves the thread as it was and is reported on stderr once per process, as `{what} not
+/// leaves the thread as it was and is logged once per process (a warning), as `{what} not
 /// applied (error)` (`what` names the option, e.g. `dlrs serve: --http-slice-us 100`).
 pub fn ask_for_thread_slice(slice: std::time::Duration, what: &str) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -106,7 +106,7 @@ pub fn ask_for_thread_slice(slice: std::time::Duration, what: &str) {
         && let Err(e) = set_thread_slice(slice)
         && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
-        eprintln!("{what} not applied ({e}); the thread keeps the kernel's slice");
+        tracing::warn!("{what} not applied ({e}); the thread keeps the kernel's slice");
     }
 }
 
