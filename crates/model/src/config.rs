@@ -15,6 +15,11 @@
 //! (`["fp32", "int4", ...]`); names are `fp32`, `fp16`, `int8`, `int4`. Absent means fp32,
 //! and dlrs writes the field only for models that are not all fp32, so an fp32 model's
 //! config.json stays the reference's.
+//!
+//! Another is `"dlrs_mlp_dtype"`: `"fp32"` (absent) or `"bf16"`, the MLP weights' type. With
+//! `bf16`, the weights (not the biases) are stored as BF16 tensors and the layers compute in
+//! bf16 with f32 accumulation (the activations are rounded to bf16 too, as PyTorch's bf16
+//! autocast does).
 
 pub use dlrs_kernels::gather::RowFormat;
 use serde_json::{Map, Value, json};
@@ -55,12 +60,42 @@ pub struct DlrmConfig {
     pub interaction_itself: bool,
     /// row format of each table (same length as `tables`)
     pub table_formats: Vec<RowFormat>,
+    /// the MLP weights' type
+    pub mlp_dtype: MlpDtype,
 }
+
+/// The type of the MLP weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MlpDtype {
+    #[default]
+    F32,
+    /// bfloat16 weights, f32 accumulation
+    Bf16,
+}
+
+impl MlpDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            MlpDtype::F32 => "fp32",
+            MlpDtype::Bf16 => "bf16",
+        }
+    }
+
+    /// The inverse of [`MlpDtype::name`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [MlpDtype::F32, MlpDtype::Bf16]
+            .into_iter()
+            .find(|d| d.name() == s)
+    }
+}
+
+/// The dlrs extension field naming the MLP weights' type.
+pub const MLP_DTYPE_FIELD: &str = "dlrs_mlp_dtype";
 
 /// The dlrs extension field naming the tables' row formats.
 pub const DTYPE_FIELD: &str = "dlrs_embedding_dtype";
 
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "arch_mlp_bot",
     "arch_mlp_top",
     "arch_embedding_size",
@@ -68,6 +103,7 @@ const FIELDS: [&str; 7] = [
     "arch_interaction_op",
     "arch_interaction_itself",
     DTYPE_FIELD,
+    MLP_DTYPE_FIELD,
 ];
 
 /// Ids are stored as u32, so a table holds at most 2^32 rows.
@@ -207,6 +243,12 @@ impl DlrmConfig {
             }
             Some(v) => vec![parse_fmt(v)?; tables.len()],
         };
+        let mlp_dtype = match map.get(MLP_DTYPE_FIELD) {
+            None | Some(Value::Null) => MlpDtype::F32,
+            Some(v) => v.as_str().and_then(MlpDtype::parse).ok_or_else(|| {
+                ModelError::config(MLP_DTYPE_FIELD, format!("`{v}`: expected \"fp32\" or \"bf16\""))
+            })?,
+        };
         let c = DlrmConfig {
             bot,
             top,
@@ -215,6 +257,7 @@ impl DlrmConfig {
             interaction,
             interaction_itself,
             table_formats,
+            mlp_dtype,
         };
         c.validate()?;
         Ok(c)
@@ -365,6 +408,12 @@ impl DlrmConfig {
         self
     }
 
+    /// Sets the MLP weights' type.
+    pub fn with_mlp_dtype(mut self, dtype: MlpDtype) -> Self {
+        self.mlp_dtype = dtype;
+        self
+    }
+
     /// config.json text (the reference flags, plus the row formats when not all fp32).
     pub fn to_json_string(&self) -> String {
         let mut v = json!({
@@ -387,6 +436,9 @@ impl DlrmConfig {
                         .collect::<Vec<_>>()
                 )
             };
+        }
+        if self.mlp_dtype != MlpDtype::F32 {
+            v[MLP_DTYPE_FIELD] = json!(self.mlp_dtype.name());
         }
         serde_json::to_string_pretty(&v).expect("a JSON value serializes") + "\n"
     }
@@ -487,6 +539,27 @@ mod tests {
                 "\"dlrs_embedding_dtype\": [\"int8\"]"
             ))
             .contains("1 formats for 3 tables")
+        );
+    }
+
+    #[test]
+    fn mlp_dtype_round_trips_and_is_checked() {
+        let bf16 = OK.replace(
+            "\"arch_interaction_itself\": false",
+            "\"dlrs_mlp_dtype\": \"bf16\"",
+        );
+        let c = DlrmConfig::from_json_str(&bf16).unwrap();
+        assert_eq!(c.mlp_dtype, MlpDtype::Bf16);
+        assert_eq!(DlrmConfig::from_json_str(&c.to_json_string()).unwrap(), c);
+        let fp32 = DlrmConfig::from_json_str(OK).unwrap();
+        assert_eq!(fp32.mlp_dtype, MlpDtype::F32);
+        assert!(!fp32.to_json_string().contains("dlrs_mlp_dtype"));
+        assert!(
+            err(&OK.replace(
+                "\"arch_interaction_itself\": false",
+                "\"dlrs_mlp_dtype\": \"fp8\""
+            ))
+            .contains("`dlrs_mlp_dtype`")
         );
     }
 

@@ -38,7 +38,7 @@ pub mod tables;
 pub mod weights;
 
 pub use batch::{Bags, Batch, Sample};
-pub use config::{DlrmConfig, Interaction, RowFormat};
+pub use config::{DlrmConfig, Interaction, MlpDtype, RowFormat};
 pub use error::ModelError;
 pub use forward::{Activations, Executor, StageTimes, Workspace};
 pub use model::{CONFIG_FILE, Model, WEIGHTS_FILE};

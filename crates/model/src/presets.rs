@@ -46,6 +46,7 @@ fn cfg(
         dim,
         interaction: op,
         interaction_itself: false,
+        mlp_dtype: Default::default(),
     }
 }
 
