@@ -361,3 +361,31 @@ fn bf16_kernel_choice() {
     assert_eq!(p.dtype(), Dtype::F32);
     assert_eq!(p.unpack(), [1.0, 2.0, -3.0, 0.0]);
 }
+
+/// The zero after an odd `k` in the rounded inputs is written on every call: a NaN left in
+/// the thread's buffer by a previous layer (there, the fourth input) must not leak into
+/// `0 * pad` (NaN times the zero weight pad is NaN).
+#[test]
+fn bf16_odd_k_pad_ignores_stale_nan() {
+    for kernel in bf16_kernels() {
+        let (m, n) = (3, 40);
+        let even = PackedWeights::with_kernel(kernel, &vals(n * 4, 1), n, 4);
+        let x = [1.0, 1.0, 1.0, f32::NAN].repeat(m);
+        let mut y = vec![0.0; m * n];
+        let shape = LinearShape::dense(m, 4, n);
+        linear_packed(&x, &even, &[0.0; 40], &mut y, shape, Activation::None, 1);
+        assert!(y.iter().all(|v| v.is_nan()));
+        let odd = PackedWeights::with_kernel(kernel, &vals(n * 3, 2), n, 3);
+        let shape = LinearShape::dense(m, 3, n);
+        linear_packed(
+            &[1.0; 9],
+            &odd,
+            &[0.0; 40],
+            &mut y,
+            shape,
+            Activation::None,
+            1,
+        );
+        assert!(y.iter().all(|v| v.is_finite()), "{}", kernel.name());
+    }
+}
