@@ -11,11 +11,12 @@
 //! 64 flops instead of 32.
 //!
 //! `vdpbf16ps` does not consult MXCSR: it treats bf16 subnormal inputs as zero, flushes
-//! subnormal results to zero and rounds to nearest even.
+//! subnormal results to zero and rounds to nearest even. The inputs are rounded by
+//! `vcvtne2ps2bf16`, which also reads f32 subnormals as zero: the products are those of the
+//! other kernels but for these.
 
 use std::arch::x86_64::*;
 
-use super::bf16;
 use super::x86::{self, PREFETCH_K, Zmm};
 use super::{Dot, Micro, Tile, TileFn, tiles};
 
@@ -163,44 +164,90 @@ unsafe fn gemv(t: &Tile<u16, u16>) {
     unsafe { gemv_dp::<NV>(t) }
 }
 
-/// The [`Dot`] contract over bf16 inputs and weight rows: four rows at a time, one output at
-/// a time, 32 inputs per `vdpbf16ps` (the last ones through a masked load).
+/// The [`Dot`] contract over bf16 weight rows: four rows and all `n <= DOT_MAX_N` outputs
+/// at a time, 32 inputs per `vdpbf16ps`, `x` rounded by `vcvtne2ps2bf16` in registers (the
+/// last inputs through masked loads).
 ///
 /// # Safety
 /// As [`super::DotFn`], on a CPU with AVX-512F, VL, BW and AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma")]
-unsafe fn dot(d: &Dot<u16, u16>) {
-    const R: usize = 4;
-    // the rows hold k rounded up to even, zero-padded (the Dot contract)
-    let kp = bf16::kpad(d.k);
-    let kv = kp / 32 * 32;
-    let tail: __mmask32 = if kp > kv { (1u32 << (kp - kv)) - 1 } else { 0 };
-    // SAFETY: rows i < m of x and y, rows j < n of w, kp values each, bias[j].
+unsafe fn dot(d: &Dot<u16>) {
+    // SAFETY: forwarded.
     unsafe {
+        match d.n {
+            1 => dot_n::<1>(d),
+            2 => dot_n::<2>(d),
+            3 => dot_n::<3>(d),
+            _ => dot_n::<{ super::DOT_MAX_N }>(d),
+        }
+    }
+}
+
+/// 32 inputs at `p` rounded to bf16; with `rest < 32`, only the first `rest` are read and
+/// the others are zero.
+///
+/// # Safety
+/// AVX-512F, BW, AVX512-BF16; `rest` (at most 32) readable floats at `p`.
+#[inline(always)]
+unsafe fn round32(p: *const f32, rest: usize) -> __m512bh {
+    // SAFETY: the caller's contract; masked-off lanes are not read.
+    unsafe {
+        if rest >= 32 {
+            _mm512_cvtne2ps_pbh(_mm512_loadu_ps(p.add(16)), _mm512_loadu_ps(p))
+        } else {
+            let m_lo = ((1u32 << rest.min(16)) - 1) as __mmask16;
+            let m_hi = ((1u32 << rest.saturating_sub(16)) - 1) as __mmask16;
+            _mm512_cvtne2ps_pbh(
+                _mm512_maskz_loadu_ps(m_hi, p.add(16)),
+                _mm512_maskz_loadu_ps(m_lo, p),
+            )
+        }
+    }
+}
+
+/// [`dot`] for `N = n` outputs.
+///
+/// # Safety
+/// As [`dot`], with `d.n == N`.
+#[inline(always)]
+unsafe fn dot_n<const N: usize>(d: &Dot<u16>) {
+    const R: usize = 4;
+    let kv = d.k / 32 * 32;
+    let rest = d.k - kv;
+    let m_w = ((1u64 << rest) - 1) as __mmask32;
+    // SAFETY: rows i < m of x and y, rows j < n of w, k values each, bias[j].
+    unsafe {
+        let w: [*const u16; N] = std::array::from_fn(|j| d.w.add(j * d.ldw));
         for i0 in (0..d.m).step_by(R) {
             let rows = R.min(d.m - i0);
             // rows past m repeat the last: computed, never stored
-            let xr: [*const u16; R] =
+            let xr: [*const f32; R] =
                 std::array::from_fn(|r| d.x.add((i0 + r.min(rows - 1)) * d.ldx));
-            for j in 0..d.n {
-                let w = d.w.add(j * d.ldw);
-                let mut acc = [_mm512_setzero_ps(); R];
-                let mut kk = 0;
-                while kk < kv {
+            let mut acc = [[_mm512_setzero_ps(); N]; R];
+            let mut kk = 0;
+            while kk < kv {
+                let xv: [__m512bh; R] = std::array::from_fn(|r| round32(xr[r].add(kk), 32));
+                for (j, w) in w.iter().enumerate() {
                     let wv = load_pairs(w.add(kk));
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_dpbf16_ps(*acc, load_pairs(xr[r].add(kk)), wv);
-                    }
-                    kk += 32;
-                }
-                if tail != 0 {
-                    let wv = bh(_mm512_maskz_loadu_epi16(tail, w.add(kv).cast()));
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let xv = bh(_mm512_maskz_loadu_epi16(tail, xr[r].add(kv).cast()));
-                        *acc = _mm512_dpbf16_ps(*acc, xv, wv);
+                    for (acc, xv) in acc.iter_mut().zip(&xv) {
+                        acc[j] = _mm512_dpbf16_ps(acc[j], *xv, wv);
                     }
                 }
-                for (r, acc) in acc.iter().enumerate().take(rows) {
+                kk += 32;
+            }
+            if rest > 0 {
+                let xv: [__m512bh; R] = std::array::from_fn(|r| round32(xr[r].add(kv), rest));
+                for (j, w) in w.iter().enumerate() {
+                    // only the rest: past it, the next row's weights (times a zero input
+                    // they would still turn an infinity into a NaN)
+                    let wv = bh(_mm512_maskz_loadu_epi16(m_w, w.add(kv).cast()));
+                    for (acc, xv) in acc.iter_mut().zip(&xv) {
+                        acc[j] = _mm512_dpbf16_ps(acc[j], *xv, wv);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                for (j, acc) in acc.iter().enumerate() {
                     *d.y.add((i0 + r) * d.ldy + j) = *d.bias.add(j) + _mm512_reduce_add_ps(*acc);
                 }
             }
@@ -208,11 +255,41 @@ unsafe fn dot(d: &Dot<u16, u16>) {
     }
 }
 
-/// [`bf16::round_bits`] where the compiler may use AVX-512.
+/// Rounds a row of inputs to bf16 with `vcvtne2ps2bf16` (32 per instruction; vectorized,
+/// [`super::bf16::f32_to_bf16`] takes 9 instructions per 16): to nearest even as that, but
+/// f32 subnormals become zeros of their sign (which `vdpbf16ps` would read as zero anyway)
+/// and a NaN stays a NaN of its sign and payload.
 ///
 /// # Safety
-/// On a CPU with AVX-512F, VL and BW.
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+/// On a CPU with AVX-512F, BW and AVX512-BF16; `dst` at least as long as `src`.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma")]
 unsafe fn round(src: &[f32], dst: &mut [u16]) {
-    bf16::round_bits(src, dst)
+    let len = src.len();
+    assert!(dst.len() >= len);
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    // SAFETY: i + 32 <= len: 32 floats of src and 32 values of dst.
+    unsafe {
+        while i + 32 <= len {
+            let lo = _mm512_loadu_ps(s.add(i));
+            let hi = _mm512_loadu_ps(s.add(i + 16));
+            let v = _mm512_cvtne2ps_pbh(hi, lo);
+            _mm512_storeu_si512(d.add(i).cast(), std::mem::transmute::<__m512bh, __m512i>(v));
+            i += 32;
+        }
+    }
+    let r = len - i;
+    if r > 0 {
+        let m_lo: __mmask16 = ((1u32 << r.min(16)) - 1) as u16;
+        let m_hi: __mmask16 = ((1u32 << r.saturating_sub(16)) - 1) as u16;
+        let m: __mmask32 = ((1u64 << r) - 1) as u32;
+        // SAFETY: the masks cover the r < 32 values left, at i in src and dst; masked-off
+        // lanes are neither read nor written.
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(m_lo, s.add(i));
+            let hi = _mm512_maskz_loadu_ps(m_hi, s.add(i + 16));
+            let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_mask_storeu_epi16(d.add(i).cast(), m, v);
+        }
+    }
 }

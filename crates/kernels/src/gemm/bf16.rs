@@ -45,16 +45,8 @@ pub fn round(v: f32) -> f32 {
     bf16_to_f32(f32_to_bf16(v))
 }
 
-/// `dst[i] = f32_to_bf16(src[i])` for `i < src.len()`. `#[inline(always)]`: the kernels
+/// `dst[i] = round(src[i])` for `i < src.len()`. `#[inline(always)]`: the kernels
 /// instantiate it where their instruction set is enabled, for the compiler to vectorize.
-#[inline(always)]
-pub(super) fn round_bits(src: &[f32], dst: &mut [u16]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = f32_to_bf16(*s);
-    }
-}
-
-/// `dst[i] = round(src[i])` for `i < src.len()`; as [`round_bits`].
 #[inline(always)]
 pub(super) fn round_f32(src: &[f32], dst: &mut [f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
@@ -138,7 +130,8 @@ pub(super) fn unrows(src: &[u16], n: usize, k: usize) -> Vec<u16> {
 /// and `w` rounded to bf16 by [`f32_to_bf16`]:
 ///
 /// ```text
-/// y[i * ldy + j] = act(f32(bias[j] + sum_kk f64(round(x[i * ldx + kk])) * f64(round(w[j * k + kk]))))
+/// s = bias[j] + sum_kk f64(round(x[i * ldx + kk])) * f64(round(w[j * k + kk]))   (in f64)
+/// y[i * ldy + j] = act(f32(s))
 /// ```
 ///
 /// It allocates copies of `x` and `w`: a test oracle, not a kernel.

@@ -44,11 +44,11 @@ unsafe fn tile<const M: usize>(t: &Tile<f32, u16>) {
     unsafe { store(t, &acc) }
 }
 
-/// The [`Dot`] contract over bf16 weight rows.
+/// The [`Dot`] contract over bf16 weight rows, `x` rounded to bf16.
 ///
 /// # Safety
 /// As [`super::DotFn`].
-unsafe fn dot(d: &Dot<f32, u16>) {
+unsafe fn dot(d: &Dot<u16>) {
     for i in 0..d.m {
         // SAFETY: row i < m of x, k floats.
         let x = unsafe { std::slice::from_raw_parts(d.x.add(i * d.ldx), d.k) };
@@ -60,7 +60,11 @@ unsafe fn dot(d: &Dot<f32, u16>) {
                     *d.bias.add(j),
                 )
             };
-            let s: f32 = x.iter().zip(w).map(|(a, b)| a * bf16_to_f32(*b)).sum();
+            let s: f32 = x
+                .iter()
+                .zip(w)
+                .map(|(a, b)| bf16::round(*a) * bf16_to_f32(*b))
+                .sum();
             // SAFETY: y[i, j], i < m, j < n.
             unsafe { *d.y.add(i * d.ldy + j) = b + s };
         }

@@ -60,7 +60,15 @@ trait Widen: Simd {
     /// # Safety
     /// The instruction set; `LANES` readable values at `p`.
     unsafe fn load_bf16(p: *const u16) -> Self::R;
+    /// Each lane rounded to bf16 as [`bf16::round`] (NaN to the quiet NaN `0x7FC0_0000`).
+    ///
+    /// # Safety
+    /// The instruction set.
+    unsafe fn round(v: Self::R) -> Self::R;
 }
+
+/// `bf16::round(NaN)`.
+const QNAN: f32 = f32::from_bits(0x7FC0_0000);
 
 impl Widen for Ymm {
     #[inline(always)]
@@ -82,6 +90,18 @@ impl Widen for Ymm {
         unsafe {
             let v = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v))
+        }
+    }
+    #[inline(always)]
+    unsafe fn round(v: __m256) -> __m256 {
+        // SAFETY: AVX2 (the trait contract).
+        unsafe {
+            let u = _mm256_castps_si256(v);
+            let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(1));
+            let r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd);
+            let r = _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(-65536)));
+            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
+            _mm256_blendv_ps(r, _mm256_set1_ps(QNAN), nan)
         }
     }
 }
@@ -106,6 +126,18 @@ impl Widen for Zmm {
         unsafe {
             let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+        }
+    }
+    #[inline(always)]
+    unsafe fn round(v: __m512) -> __m512 {
+        // SAFETY: AVX-512F (the trait contract).
+        unsafe {
+            let u = _mm512_castps_si512(v);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(u), _mm512_set1_epi32(1));
+            let r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd);
+            let r = _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(-65536)));
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            _mm512_mask_blend_ps(nan, r, _mm512_set1_ps(QNAN))
         }
     }
 }
@@ -206,37 +238,57 @@ unsafe fn pair<V: Widen, const NV: usize>(acc: &mut [V::R; NV], a: *const f32, b
     }
 }
 
-/// The [`Dot`] contract over bf16 weight rows: four rows at a time, one output at a time.
+/// The [`Dot`] contract over bf16 weight rows: `R` rows and all `n <= DOT_MAX_N` outputs
+/// at a time, `x` rounded to bf16 in registers.
 ///
 /// # Safety
 /// As [`super::DotFn`], inside a function with `V`'s instruction set.
 #[inline(always)]
-unsafe fn dot<V: Widen>(d: &Dot<f32, u16>) {
-    const R: usize = 4;
+unsafe fn dot<V: Widen, const R: usize>(d: &Dot<u16>) {
+    // SAFETY: forwarded.
+    unsafe {
+        match d.n {
+            1 => dot_n::<V, R, 1>(d),
+            2 => dot_n::<V, R, 2>(d),
+            3 => dot_n::<V, R, 3>(d),
+            _ => dot_n::<V, R, { super::DOT_MAX_N }>(d),
+        }
+    }
+}
+
+/// [`dot`] for `N = n` outputs.
+///
+/// # Safety
+/// As [`dot`], with `d.n == N`.
+#[inline(always)]
+unsafe fn dot_n<V: Widen, const R: usize, const N: usize>(d: &Dot<u16>) {
     let l = V::LANES;
     let kv = d.k / l * l;
     // SAFETY: rows i < m of x and y, rows j < n of w, k values each, bias[j].
     unsafe {
+        let w: [*const u16; N] = std::array::from_fn(|j| d.w.add(j * d.ldw));
         for i0 in (0..d.m).step_by(R) {
             let rows = R.min(d.m - i0);
             // rows past m repeat the last: computed, never stored
             let xr: [*const f32; R] =
                 std::array::from_fn(|r| d.x.add((i0 + r.min(rows - 1)) * d.ldx));
-            for j in 0..d.n {
-                let w = d.w.add(j * d.ldw);
-                let mut acc = [V::zero(); R];
-                let mut kk = 0;
-                while kk < kv {
+            let mut acc = [[V::zero(); N]; R];
+            let mut kk = 0;
+            while kk < kv {
+                let xv: [V::R; R] = std::array::from_fn(|r| V::round(V::load(xr[r].add(kk))));
+                for (j, w) in w.iter().enumerate() {
                     let wv = V::load_bf16(w.add(kk));
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        *acc = V::fma(V::load(xr[r].add(kk)), wv, *acc);
+                    for (acc, xv) in acc.iter_mut().zip(&xv) {
+                        acc[j] = V::fma(*xv, wv, acc[j]);
                     }
-                    kk += l;
                 }
-                for (r, acc) in acc.iter().enumerate().take(rows) {
+                kk += l;
+            }
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                for (j, (acc, w)) in acc.iter().zip(&w).enumerate() {
                     let mut s = V::sum(*acc);
                     for kk in kv..d.k {
-                        s += *xr[r].add(kk) * bf16::bf16_to_f32(*w.add(kk));
+                        s += bf16::round(*xr[r].add(kk)) * bf16::bf16_to_f32(*w.add(kk));
                     }
                     *d.y.add((i0 + r) * d.ldy + j) = *d.bias.add(j) + s;
                 }
@@ -264,9 +316,9 @@ unsafe fn gemv_avx2(t: &Tile<f32, u16>) {
 /// # Safety
 /// As [`super::DotFn`], on a CPU with AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(d: &Dot<f32, u16>) {
+unsafe fn dot_avx2(d: &Dot<u16>) {
     // SAFETY: forwarded; this function has the features `Ymm` needs.
-    unsafe { dot::<Ymm>(d) }
+    unsafe { dot::<Ymm, 2>(d) }
 }
 
 /// [`bf16::round_f32`] where the compiler may use AVX2.
@@ -297,9 +349,9 @@ unsafe fn gemv_avx512(t: &Tile<f32, u16>) {
 /// # Safety
 /// As [`super::DotFn`], on a CPU with AVX-512F.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn dot_avx512(d: &Dot<f32, u16>) {
+unsafe fn dot_avx512(d: &Dot<u16>) {
     // SAFETY: forwarded; this function has the features `Zmm` needs.
-    unsafe { dot::<Zmm>(d) }
+    unsafe { dot::<Zmm, 4>(d) }
 }
 
 /// [`bf16::round_f32`] where the compiler may use AVX-512F.

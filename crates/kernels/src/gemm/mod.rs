@@ -751,12 +751,12 @@ pub(crate) struct Tile<X = f32, W = f32> {
 /// inputs.
 pub(crate) type TileFn<X = f32, W = f32> = unsafe fn(&Tile<X, W>);
 
-/// Dot products for the [`Layout::Rows`] layout:
+/// Dot products for the [`Layout::Rows`] layout, `n <= DOT_MAX_N`:
 /// `y[i * ldy + j] = bias[j] + sum_{kk < k} x[i * ldx + kk] * w[j * ldw + kk]` for `i < m`,
-/// `j < n`. For bf16, `x` and `w` rows hold `k` rounded up to even, with zeros after an odd
-/// `k`, and `ldx`, `ldw` are even.
-pub(crate) struct Dot<X = f32, W = f32> {
-    pub x: *const X,
+/// `j < n`. For bf16 weights the kernel rounds `x` to bf16 itself; `w`'s rows then hold `k`
+/// rounded up to even (`ldw`), with a zero after an odd `k`.
+pub(crate) struct Dot<W = f32> {
+    pub x: *const f32,
     pub ldx: usize,
     pub w: *const W,
     pub ldw: usize,
@@ -771,7 +771,7 @@ pub(crate) struct Dot<X = f32, W = f32> {
 /// # Safety
 /// The CPU runs the kernel's instruction set; every address the [`Dot`] contract names is
 /// inside a live allocation, and `y`'s elements alias none of the inputs.
-pub(crate) type DotFn<X = f32, W = f32> = unsafe fn(&Dot<X, W>);
+pub(crate) type DotFn<W = f32> = unsafe fn(&Dot<W>);
 
 /// Rounds a row of inputs to bf16: `dst[i] = bf16(src[i])` for `i < src.len()`, as bits
 /// (`u16`) or widened back to f32.
@@ -800,7 +800,8 @@ pub(crate) struct Micro<X: 'static = f32, W: 'static = f32> {
     pub tiles: &'static [TileFn<X, W>],
     /// one row over a whole panel, with independent partial sums along k
     pub gemv: TileFn<X, W>,
-    pub dot: DotFn<X, W>,
+    /// the layer's dot products (for [`Layout::Rows`]), which round `x` themselves
+    pub dot: DotFn<W>,
     /// how the kernel wants `x`: as it is (`None`: only with `X = f32`), or rounded to bf16
     /// into a buffer, a block of rows at a time
     pub round: Option<RoundFn<X>>,
@@ -893,24 +894,20 @@ impl<X: Elem, W: Elem> Job<X, W> {
         if rows.is_empty() || panels.is_empty() {
             return;
         }
+        if self.layout == Layout::Rows {
+            // SAFETY: forwarded.
+            return unsafe { self.run_rows(rows) };
+        }
         let mc = self.micro.mc.next_multiple_of(self.micro.mr);
-        let kc = match self.layout {
-            Layout::Rows => self.k,
-            Layout::Panels => self.kc_step(),
-        };
         let lines = match self.micro.round {
             None => 0,
             Some(_) => {
-                let elems = mc.min(rows.len()) * rounded_stride::<X>(kc);
+                let elems = mc.min(rows.len()) * rounded_stride::<X>(self.kc_step());
                 (elems * std::mem::size_of::<X>()).div_ceil(64)
             }
         };
-        with_rounded(lines, |buf| match self.layout {
-            // SAFETY: forwarded, with a buffer for a block of rows.
-            Layout::Rows => unsafe { self.run_rows(rows, buf) },
-            // SAFETY: as above.
-            Layout::Panels => unsafe { self.run_panels(rows, panels, buf) },
-        })
+        // SAFETY: forwarded, with a buffer for a block of rows.
+        with_rounded(lines, |buf| unsafe { self.run_panels(rows, panels, buf) })
     }
 
     /// The inputs per k-block: `k` in as few blocks of at most `micro.kc` as can be, each a
@@ -962,38 +959,33 @@ impl<X: Elem, W: Elem> Job<X, W> {
         }
     }
 
-    /// [`Job::run`] for [`Layout::Rows`]: dot products, a block of rows at a time.
+    /// [`Job::run`] for [`Layout::Rows`]: dot products.
     ///
     /// # Safety
-    /// As [`Job::run`], with `buf` of the length `run` gives it.
-    unsafe fn run_rows(&self, rows: Range<usize>, buf: &mut [Line]) {
-        let mc = self.micro.mc.next_multiple_of(self.micro.mr);
-        for i0 in rows.clone().step_by(mc) {
-            let mc = mc.min(rows.end - i0);
-            // SAFETY: rows i0 .. i0 + mc <= m, all k inputs; buf holds mc rounded rows.
-            let (x, ldx) = unsafe { self.x_block(i0, mc, 0, self.k, buf) };
-            let d = Dot {
-                x,
-                ldx,
-                w: self.w,
-                ldw: self.k.next_multiple_of(W::PACK),
-                k: self.k,
-                n: self.n,
-                bias: self.bias,
-                // SAFETY: i0 < m: a row of y.
-                y: unsafe { self.y.add(i0 * self.ldy) },
-                ldy: self.ldy,
-                m: mc,
-            };
-            // SAFETY: the caller's contract is the dot kernel's.
-            unsafe { (self.micro.dot)(&d) };
-            if self.act != Activation::None {
-                for i in i0..i0 + mc {
-                    // SAFETY: row i < m of y, n floats, written by no other thread.
-                    let row =
-                        unsafe { std::slice::from_raw_parts_mut(self.y.add(i * self.ldy), self.n) };
-                    self.act.apply(row);
-                }
+    /// As [`Job::run`].
+    unsafe fn run_rows(&self, rows: Range<usize>) {
+        let d = Dot {
+            // SAFETY: rows.start < m: a row of x and of y.
+            x: unsafe { self.x.add(rows.start * self.ldx) },
+            ldx: self.ldx,
+            w: self.w,
+            ldw: self.k.next_multiple_of(W::PACK),
+            k: self.k,
+            n: self.n,
+            bias: self.bias,
+            // SAFETY: as above.
+            y: unsafe { self.y.add(rows.start * self.ldy) },
+            ldy: self.ldy,
+            m: rows.len(),
+        };
+        // SAFETY: the caller's contract is the dot kernel's.
+        unsafe { (self.micro.dot)(&d) };
+        if self.act != Activation::None {
+            for i in rows {
+                // SAFETY: row i < m of y, n floats, written by no other thread.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(self.y.add(i * self.ldy), self.n) };
+                self.act.apply(row);
             }
         }
     }
