@@ -5,7 +5,8 @@
 //! acc[c] += x[2q] * w[c, 2q] + x[2q + 1] * w[c, 2q + 1]      (x's pair broadcast to all lanes)
 //! ```
 //!
-//! 12 x 32 tiles: 24 zmm accumulators, 2 registers of weight pairs and 1 broadcast input pair
+//! 12 x 32 tiles (and 12 x 16 for narrow layers, `Kernel::Bf16Avx512Bf16Narrow`): 24 zmm
+//! accumulators, 2 registers of weight pairs and 1 broadcast input pair
 //! per pair of inputs (the broadcast folds into `vdpbf16ps`' memory operand), as in the f32
 //! zmm kernel. On Zen 4 a zmm `vdpbf16ps` issues at the rate of a zmm FMA, one per cycle, for
 //! 64 flops instead of 32.
@@ -18,10 +19,11 @@
 use std::arch::x86_64::*;
 
 use super::x86::{self, PREFETCH_K, Zmm};
-use super::{Dot, Micro, Tile, TileFn, tiles};
+use super::{Dot, Micro, RoundBlock, Tile, TileFn, round_rows, tiles};
 
 const MR: usize = 12;
 const NV: usize = 2;
+const MR_16: usize = 12;
 
 pub(super) static MICRO: Micro<u16, u16> = Micro {
     mr: MR,
@@ -30,6 +32,17 @@ pub(super) static MICRO: Micro<u16, u16> = Micro {
     mc: super::MC,
     tiles: tiles!(tile; 1 2 3 4 5 6 7 8 9 10 11 12),
     gemv: gemv as TileFn<u16, u16>,
+    dot,
+    round: Some(round),
+};
+
+pub(super) static MICRO_16: Micro<u16, u16> = Micro {
+    mr: MR_16,
+    nr: 16,
+    kc: super::KC,
+    mc: super::MC,
+    tiles: tiles!(tile_16; 1 2 3 4 5 6 7 8 9 10 11 12),
+    gemv: gemv_16 as TileFn<u16, u16>,
     dot,
     round: Some(round),
 };
@@ -164,6 +177,24 @@ unsafe fn gemv(t: &Tile<u16, u16>) {
     unsafe { gemv_dp::<NV>(t) }
 }
 
+/// The [`Tile`] contract, up to 12 x 16.
+///
+/// # Safety
+/// As [`TileFn`], on a CPU with AVX-512F, VL, BW and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma")]
+unsafe fn tile_16<const M: usize>(t: &Tile<u16, u16>) {
+    // SAFETY: forwarded; this function has the features `tile_dp` needs.
+    unsafe { tile_dp::<1, M>(t) }
+}
+
+/// # Safety
+/// As [`TileFn`] with one row, on a CPU with AVX-512F, VL, BW and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma")]
+unsafe fn gemv_16(t: &Tile<u16, u16>) {
+    // SAFETY: forwarded; this function has the features `gemv_dp` needs.
+    unsafe { gemv_dp::<1>(t) }
+}
+
 /// The [`Dot`] contract over bf16 weight rows: four rows and all `n <= DOT_MAX_N` outputs
 /// at a time, 32 inputs per `vdpbf16ps`, `x` rounded by `vcvtne2ps2bf16` in registers (the
 /// last inputs through masked loads).
@@ -255,15 +286,25 @@ unsafe fn dot_n<const N: usize>(d: &Dot<u16>) {
     }
 }
 
-/// Rounds a row of inputs to bf16 with `vcvtne2ps2bf16` (32 per instruction; vectorized,
-/// [`super::bf16::f32_to_bf16`] takes 9 instructions per 16): to nearest even as that, but
-/// f32 subnormals become zeros of their sign (which `vdpbf16ps` would read as zero anyway)
-/// and a NaN stays a NaN of its sign and payload.
+/// The [`RoundBlock`] contract with `vcvtne2ps2bf16` (32 inputs per instruction;
+/// vectorized, [`super::bf16::f32_to_bf16`] takes 9 instructions per 16): to nearest even as
+/// that, but f32 subnormals become zeros of their sign (which `vdpbf16ps` would read as zero
+/// anyway) and a NaN stays a NaN of its sign and payload.
 ///
 /// # Safety
-/// On a CPU with AVX-512F, BW and AVX512-BF16; `dst` at least as long as `src`.
+/// As [`super::RoundFn`], on a CPU with AVX-512F, BW and AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma")]
-unsafe fn round(src: &[f32], dst: &mut [u16]) {
+unsafe fn round(b: &RoundBlock<u16>) {
+    // SAFETY: forwarded; `round_row` needs this function's features.
+    unsafe { round_rows(b, |src, dst| round_row(src, dst)) }
+}
+
+/// One row of [`round`].
+///
+/// # Safety
+/// AVX-512F, BW and AVX512-BF16.
+#[inline(always)]
+unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
     let len = src.len();
     assert!(dst.len() >= len);
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());

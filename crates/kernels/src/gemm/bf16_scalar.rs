@@ -3,7 +3,7 @@
 
 use super::bf16::{self, bf16_to_f32};
 use super::scalar::{NR, store};
-use super::{Dot, Micro, Tile, TileFn, tiles};
+use super::{Dot, Micro, RoundBlock, Tile, TileFn, round_rows, tiles};
 
 const MR: usize = 4;
 
@@ -15,7 +15,7 @@ pub(super) static MICRO: Micro<f32, u16> = Micro {
     tiles: tiles!(tile; 1 2 3 4),
     gemv: tile::<1> as TileFn<f32, u16>,
     dot,
-    round: Some(bf16::round_f32),
+    round: Some(round),
 };
 
 /// The [`Tile`] contract for `M` rows over bf16 pairs.
@@ -69,4 +69,13 @@ unsafe fn dot(d: &Dot<u16>) {
             unsafe { *d.y.add(i * d.ldy + j) = b + s };
         }
     }
+}
+
+/// The [`RoundBlock`] contract.
+///
+/// # Safety
+/// As [`super::RoundFn`].
+unsafe fn round(b: &RoundBlock<f32>) {
+    // SAFETY: forwarded.
+    unsafe { round_rows(b, bf16::round_f32) }
 }

@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 
 use super::bf16;
 use super::x86::{self, PREFETCH_K, Simd, Ymm, Zmm};
-use super::{Dot, Micro, Tile, TileFn, tiles};
+use super::{Dot, Micro, RoundBlock, Tile, TileFn, round_rows, tiles};
 
 const MR_Y: usize = 6;
 const NV_Y: usize = 2;
@@ -321,13 +321,14 @@ unsafe fn dot_avx2(d: &Dot<u16>) {
     unsafe { dot::<Ymm, 2>(d) }
 }
 
-/// [`bf16::round_f32`] where the compiler may use AVX2.
+/// The [`RoundBlock`] contract, [`bf16::round_f32`] vectorized with AVX2.
 ///
 /// # Safety
-/// On a CPU with AVX2.
+/// As [`super::RoundFn`], on a CPU with AVX2.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn round_avx2(src: &[f32], dst: &mut [f32]) {
-    bf16::round_f32(src, dst)
+unsafe fn round_avx2(b: &RoundBlock<f32>) {
+    // SAFETY: forwarded.
+    unsafe { round_rows(b, bf16::round_f32) }
 }
 
 /// # Safety
@@ -354,11 +355,12 @@ unsafe fn dot_avx512(d: &Dot<u16>) {
     unsafe { dot::<Zmm, 4>(d) }
 }
 
-/// [`bf16::round_f32`] where the compiler may use AVX-512F.
+/// The [`RoundBlock`] contract, [`bf16::round_f32`] vectorized with AVX-512F.
 ///
 /// # Safety
-/// On a CPU with AVX-512F and VL.
+/// As [`super::RoundFn`], on a CPU with AVX-512F and VL.
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn round_avx512(src: &[f32], dst: &mut [f32]) {
-    bf16::round_f32(src, dst)
+unsafe fn round_avx512(b: &RoundBlock<f32>) {
+    // SAFETY: forwarded.
+    unsafe { round_rows(b, bf16::round_f32) }
 }

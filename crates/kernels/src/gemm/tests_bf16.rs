@@ -330,18 +330,13 @@ fn bf16_kernels_round_inputs_as_the_scalar() {
             let src = &src[src.len() - len..];
             match kernel.family() {
                 Family::Widen(micro) => {
-                    let mut dst = vec![0.0f32; len];
-                    // SAFETY: this CPU runs the kernel (available); dst is as long as src.
-                    unsafe { (micro.round.unwrap())(src, &mut dst) };
+                    let dst = round_block(micro.round.unwrap(), src, f32::NAN);
                     for (s, d) in src.iter().zip(&dst) {
                         assert_eq!(d.to_bits(), round(*s).to_bits(), "{}", kernel.name());
                     }
                 }
                 Family::Dp(micro) => {
-                    let mut dst = vec![0u16; len + 1];
-                    // SAFETY: as above.
-                    unsafe { (micro.round.unwrap())(src, &mut dst) };
-                    assert_eq!(dst[len], 0, "written past the end");
+                    let dst = round_block(micro.round.unwrap(), src, 0xDEAD);
                     for (s, d) in src.iter().zip(&dst) {
                         let b = s.to_bits();
                         let want = if s.is_nan() {
@@ -360,13 +355,63 @@ fn bf16_kernels_round_inputs_as_the_scalar() {
     }
 }
 
+/// Rounds `src` as the second of two rows of a block (the first a copy), with padded
+/// strides and `sentinel` everywhere else; checks the pad after an odd length, that the
+/// rows agree and that nothing else was written. Returns the second row.
+fn round_block<X: Elem + PartialEq + std::fmt::Debug>(
+    f: RoundFn<X>,
+    src: &[f32],
+    sentinel: X,
+) -> Vec<X> {
+    let kc = src.len();
+    let (lds, ldd) = (kc + 3, bf16::kpad(kc) + 5);
+    let mut s = vec![0.0f32; lds + kc];
+    s[..kc].copy_from_slice(src);
+    s[lds..].copy_from_slice(src);
+    let mut d = vec![sentinel; ldd + bf16::kpad(kc) + 4];
+    let blk = RoundBlock {
+        src: s.as_ptr(),
+        lds,
+        rows: 2,
+        kc,
+        dst: d.as_mut_ptr(),
+        ldd,
+    };
+    // SAFETY: this CPU runs the kernel (available); 2 rows of kc at lds in s, of kpad(kc) at
+    // ldd in d.
+    unsafe { f(&blk) };
+    for (at, v) in d.iter().enumerate() {
+        let (r, c) = (at / ldd, at % ldd);
+        let bits_equal = |a: &X, b: &X| format!("{a:?}") == format!("{b:?}");
+        if r < 2 && c < kc {
+            assert!(bits_equal(v, &d[(1 - r) * ldd + c]), "rows differ at {c}");
+        } else if r < 2 && c == kc && kc % 2 == 1 {
+            assert_eq!(*v, X::ZERO, "the pad of an odd length");
+        } else {
+            assert!(bits_equal(v, &sentinel), "written at {r}, {c}");
+        }
+    }
+    d[ldd..ldd + kc].to_vec()
+}
+
 /// The kernel choice: `vdpbf16ps` where the CPU has it and `DLRS_ISA` allows it, a
 /// converting kernel otherwise; an f32 kernel given bf16 bits widens them.
 #[test]
 fn bf16_kernel_choice() {
     let k = Kernel::detect_bf16();
     assert_eq!(k == Kernel::Bf16Avx512Bf16, cpu::avx512_bf16());
-    assert_eq!(PackedWeights::new_bf16(&[0.0; 64], 8, 8).kernel(), k);
+    assert_eq!(PackedWeights::new_bf16(&[0.0; 128], 64, 2).kernel(), k);
+    // 16-column panels where 32-column ones would be mostly padding
+    let narrow = match k {
+        Kernel::Bf16Avx512Bf16 => Kernel::Bf16Avx512Bf16Narrow,
+        Kernel::Bf16Avx512 => Kernel::Bf16Avx2,
+        other => other,
+    };
+    assert_eq!(Kernel::for_layer_bf16(16), narrow);
+    assert_eq!(Kernel::for_layer_bf16(80), narrow);
+    assert_eq!(Kernel::for_layer_bf16(64), k);
+    assert_eq!(Kernel::for_layer_bf16(1024), k);
+    assert_eq!(Kernel::for_layer_bf16(16).nr(), 16);
     let bits = [0x3F80u16, 0x4000, 0xC040, 0x0000];
     let p = PackedWeights::with_kernel_bf16_bits(Kernel::Scalar, &bits, 2, 2);
     assert_eq!(p.dtype(), Dtype::F32);
