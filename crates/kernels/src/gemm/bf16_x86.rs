@@ -3,12 +3,14 @@
 //! to f32 by a 16-bit shift (the even input) and a mask (the odd one) and fed to the f32
 //! FMAs with the inputs, rounded to bf16 and held as f32.
 //!
-//! - AVX2 + FMA: 6 x 16 tiles, as the f32 AVX2 kernel (12 accumulators; the compiler
-//!   widens each weight register right before its FMAs, within the 16 registers);
-//! - AVX-512F: 12 x 32 tiles, as the f32 zmm kernel.
+//! - AVX2 + FMA: 5 x 16 tiles: 10 accumulators, 4 widened weight registers (both halves of
+//!   two loads) and 1 broadcast, of the 16 registers (6 x 16 spilled: 0.5x the f32 AVX2
+//!   kernel on Zen 4; 4 x 16: 0.9x; 5 x 16: 1.0x);
+//! - AVX-512F: 12 x 32 tiles, as the f32 zmm kernel (24 accumulators, 4 weight registers).
 //!
 //! Per pair of inputs they do the f32 kernel's two k-steps of FMAs plus one shift and one
-//! mask per weight register, on half the weight bytes.
+//! mask per weight register, on half the weight bytes: on Zen 4 (`DLRS_ISA=avx512|avx2`)
+//! they ran at 0.9-1.0x the f32 kernels on the RMC3 layers.
 
 use std::arch::x86_64::*;
 
@@ -16,7 +18,7 @@ use super::bf16;
 use super::x86::{self, PREFETCH_K, Simd, Ymm, Zmm};
 use super::{Dot, Micro, RoundBlock, Tile, TileFn, round_rows, tiles};
 
-const MR_Y: usize = 6;
+const MR_Y: usize = 5;
 const NV_Y: usize = 2;
 const MR_Z: usize = 12;
 const NV_Z: usize = 2;
@@ -26,7 +28,7 @@ pub(super) static MICRO_AVX2: Micro<f32, u16> = Micro {
     nr: NV_Y * 8,
     kc: super::KC,
     mc: super::MC,
-    tiles: tiles!(tile_avx2; 1 2 3 4 5 6),
+    tiles: tiles!(tile_avx2; 1 2 3 4 5),
     gemv: gemv_avx2 as TileFn<f32, u16>,
     dot: dot_avx2,
     round: Some(round_avx2),
@@ -168,18 +170,19 @@ unsafe fn tile<V: Widen, const NV: usize, const M: usize>(t: &Tile<f32, u16>) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
                 }
             }
+            // both halves of the weights first, then each row's pair of inputs: the
+            // broadcasts stay next to their FMAs (loading the odd inputs' broadcasts after
+            // all even ones let the compiler hoist them all, spilling the accumulators)
             let lo: [V::R; NV] = std::array::from_fn(|v| V::lo(b.add(v * 2 * V::LANES)));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let av = V::splat(a.add(i * t.lda));
-                for v in 0..NV {
-                    acc[v] = V::fma(av, lo[v], acc[v]);
-                }
-            }
             let hi: [V::R; NV] = std::array::from_fn(|v| V::hi(b.add(v * 2 * V::LANES)));
             for (i, acc) in acc.iter_mut().enumerate() {
-                let av = V::splat(a.add(i * t.lda + 1));
+                let a0 = V::splat(a.add(i * t.lda));
                 for v in 0..NV {
-                    acc[v] = V::fma(av, hi[v], acc[v]);
+                    acc[v] = V::fma(a0, lo[v], acc[v]);
+                }
+                let a1 = V::splat(a.add(i * t.lda + 1));
+                for v in 0..NV {
+                    acc[v] = V::fma(a1, hi[v], acc[v]);
                 }
             }
             a = a.add(2);

@@ -68,7 +68,7 @@
 //! | [`Kernel`]       | needs        | MR x NR | per k-pair                                      |
 //! |------------------|--------------|---------|-------------------------------------------------|
 //! | `Bf16Scalar`     | (plain Rust) | 4 x 16  | widen, f32 multiply-adds                        |
-//! | `Bf16Avx2`       | AVX2 + FMA   | 6 x 16  | widen (shift, mask), 2 x 12 f32 FMAs            |
+//! | `Bf16Avx2`       | AVX2 + FMA   | 5 x 16  | widen (shift, mask), 2 x 10 f32 FMAs            |
 //! | `Bf16Avx512`     | AVX-512F     | 12 x 32 | widen (shift, mask), 2 x 24 f32 FMAs            |
 //! | `Bf16Avx512Bf16` | AVX512-BF16  | 12 x 32 | 24 `vdpbf16ps` (2 weights, 12 broadcast pairs)  |
 //! | `...Bf16Narrow`  | AVX512-BF16  | 12 x 16 | 12 `vdpbf16ps`, for `n = 16` (as AVX2 for f32)  |
@@ -147,7 +147,7 @@ pub enum Kernel {
     Avx512Zmm,
     /// bf16 weights widened to f32 in plain Rust (4 x 16 tiles).
     Bf16Scalar,
-    /// bf16 weights widened to f32 for AVX2 FMAs (6 x 16 tiles).
+    /// bf16 weights widened to f32 for AVX2 FMAs (5 x 16 tiles).
     Bf16Avx2,
     /// bf16 weights widened to f32 for AVX-512F FMAs (12 x 32 tiles).
     Bf16Avx512,
