@@ -1,13 +1,15 @@
 //! `linear_packed` (weights packed once) against `linear` (the gemm crate, which packs the
-//! weight in every call) for every MLP layer of the presets, in GFLOP/s, with the measured
-//! FMA peak of one core to compare against:
+//! weight in every call) for every MLP layer of the presets, in GFLOP/s (2 flops per
+//! multiply-add), with the measured FMA peak of one core to compare against; bf16 weights
+//! beside f32 ones, against the measured `vdpbf16ps` peak:
 //!
 //! `cargo run --release -p dlrs-kernels --example gemm_layers_packed -- [options]`
 //!
 //! - `--threads 1,2`: thread counts (a rayon pool of that size; default 1 and 2);
 //! - `--m 1,16,64,256,1024`: batch sizes;
-//! - `--kernels auto,avx2,avx512-256,avx512-512`: packed kernels to time (`auto`, the
-//!   default: what `PackedWeights::new` picks for the layer);
+//! - `--kernels auto,auto-bf16,avx2,avx512-256,avx512-512,bf16-avx512bf16,...`: packed
+//!   kernels to time (default `auto,auto-bf16`: what `PackedWeights::new` and
+//!   `PackedWeights::new_bf16` pick for the layer; any name of `Kernel::name`);
 //! - `--layers rmc3`: only the layers of presets whose name contains this;
 //! - `--reps 7`: timed repetitions per figure (the median is printed; each repetition runs
 //!   the layer for at least 10 ms);
@@ -19,7 +21,7 @@
 
 use std::time::Instant;
 
-use dlrs_kernels::gemm::{Kernel, PackedWeights, linear_packed};
+use dlrs_kernels::gemm::{Dtype, Kernel, PackedWeights, linear_packed};
 use dlrs_kernels::mlp::{Activation, LinearShape, linear};
 
 /// (preset, part, [widths]): layers widths[i] -> widths[i + 1].
@@ -34,11 +36,42 @@ const PRESETS: [(&str, &str, &[usize]); 8] = [
     ("criteo-kaggle", "top", &[367, 512, 256, 1]),
 ];
 
+/// A packed kernel to time: a named one, or what the library picks for the layer.
+#[derive(Clone, Copy)]
+enum Pick {
+    Auto(Dtype),
+    Named(Kernel),
+}
+
+impl Pick {
+    fn name(self) -> &'static str {
+        match self {
+            Pick::Auto(Dtype::F32) => "auto",
+            Pick::Auto(Dtype::Bf16) => "auto-bf16",
+            Pick::Named(k) => k.name(),
+        }
+    }
+
+    fn dtype(self) -> Dtype {
+        match self {
+            Pick::Auto(d) => d,
+            Pick::Named(k) => k.dtype(),
+        }
+    }
+
+    fn pack(self, w: &[f32], n: usize, k: usize) -> PackedWeights {
+        match self {
+            Pick::Auto(Dtype::F32) => PackedWeights::new(w, n, k),
+            Pick::Auto(Dtype::Bf16) => PackedWeights::new_bf16(w, n, k),
+            Pick::Named(kern) => PackedWeights::with_kernel(kern, w, n, k),
+        }
+    }
+}
+
 struct Opts {
     threads: Vec<usize>,
     ms: Vec<usize>,
-    /// `None`: `PackedWeights::new`'s choice
-    kernels: Vec<Option<Kernel>>,
+    kernels: Vec<Pick>,
     layers: String,
     reps: usize,
     best: bool,
@@ -54,7 +87,7 @@ fn opts() -> Opts {
     let mut o = Opts {
         threads: vec![1, 2],
         ms: vec![1, 16, 64, 256, 1024],
-        kernels: vec![None],
+        kernels: vec![Pick::Auto(Dtype::F32), Pick::Auto(Dtype::Bf16)],
         layers: String::new(),
         reps: 7,
         best: false,
@@ -71,13 +104,15 @@ fn opts() -> Opts {
             "--kernels" => {
                 o.kernels = v
                     .split(',')
-                    .map(|name| {
-                        (name != "auto").then(|| {
+                    .map(|name| match name {
+                        "auto" => Pick::Auto(Dtype::F32),
+                        "auto-bf16" => Pick::Auto(Dtype::Bf16),
+                        _ => Pick::Named(
                             *Kernel::available()
                                 .iter()
                                 .find(|k| k.name() == name)
-                                .unwrap_or_else(|| panic!("kernel {name} not available here"))
-                        })
+                                .unwrap_or_else(|| panic!("kernel {name} not available here")),
+                        ),
                     })
                     .collect()
             }
@@ -191,66 +226,95 @@ mod peak {
         let s: f32 = acc.iter().map(|v| _mm512_cvtss_f32(*v)).sum();
         ((ITERS * 12 * 16 * 2) as f64, s)
     }
+
+    /// 12 independent chains of 512-bit `vdpbf16ps` (32 bf16 multiply-adds each): flops
+    /// per call.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, VL, BW and AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512bf16")]
+    pub unsafe fn bf16(seed: f32) -> (f64, f32) {
+        let mut acc = [_mm512_set1_ps(seed); 12];
+        let (a, b) = std::hint::black_box((_mm512_set1_epi16(0x3F80), _mm512_set1_epi16(0x33D6)));
+        // SAFETY: both are 64-byte vectors; any bits are 32 bf16 values (1.0 and 1e-7).
+        let (a, b) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(a),
+                std::mem::transmute::<__m512i, __m512bh>(b),
+            )
+        };
+        for _ in 0..ITERS {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbf16_ps(*v, a, b);
+            }
+        }
+        let s: f32 = acc.iter().map(|v| _mm512_cvtss_f32(*v)).sum();
+        ((ITERS * 12 * 32 * 2) as f64, s)
+    }
 }
 
-/// The FMA peak of one core in GFLOP/s (median of 5), on the widest registers there are.
-fn fma_peak() -> f64 {
+/// The median of 5 timings of a peak probe, in GFLOP/s; prints it under `name`.
+fn probe(name: &str, run: impl Fn() -> (f64, f32)) -> f64 {
+    let mut r: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Clock::start(true);
+            let (flops, s) = run();
+            std::hint::black_box(s);
+            flops / t.secs() / 1e9
+        })
+        .collect();
+    r.sort_by(f64::total_cmp);
+    println!(
+        "{name}: {:.1} GFLOP/s (median of 5, spread {:.2}x)",
+        r[2],
+        r[4] / r[0]
+    );
+    r[2]
+}
+
+/// The f32 FMA peak of one core in GFLOP/s on the widest registers there are, and the
+/// `vdpbf16ps` peak where the CPU has AVX512-BF16 (else NaN).
+fn peaks() -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     {
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-        let avx2 = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma");
-        let mut best = 0.0f64;
-        for (name, run) in [("ymm", avx2), ("zmm", avx512)] {
-            if !run {
-                continue;
-            }
-            let mut r: Vec<f64> = (0..5)
-                .map(|_| {
-                    let t = Clock::start(true);
-                    // SAFETY: the CPU has the instruction set (checked above).
-                    let (flops, s) = unsafe {
-                        if name == "ymm" {
-                            peak::ymm(1.0)
-                        } else {
-                            peak::zmm(1.0)
-                        }
-                    };
-                    std::hint::black_box(s);
-                    flops / t.secs() / 1e9
-                })
-                .collect();
-            r.sort_by(f64::total_cmp);
-            println!(
-                "FMA peak, {name}: {:.1} GFLOP/s (median of 5, spread {:.2}x)",
-                r[2],
-                r[4] / r[0]
-            );
-            best = best.max(r[2]);
+        use std::arch::is_x86_feature_detected as has;
+        let mut best = f64::NAN;
+        if has!("avx2") && has!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked).
+            best = probe("FMA peak, ymm", || unsafe { peak::ymm(1.0) });
         }
-        if best > 0.0 {
-            return best;
+        if has!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked).
+            best = best.max(probe("FMA peak, zmm", || unsafe { peak::zmm(1.0) }));
         }
+        let mut bf16 = f64::NAN;
+        if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512bf16") {
+            // SAFETY: the CPU has the features (checked).
+            bf16 = probe("vdpbf16ps peak, zmm", || unsafe { peak::bf16(1.0) });
+        }
+        (best, bf16)
     }
-    f64::NAN
+    #[cfg(not(target_arch = "x86_64"))]
+    (f64::NAN, f64::NAN)
 }
 
 fn main() {
     let o = opts();
-    let peak = fma_peak();
-    let kname = |k: &Option<Kernel>| k.map_or("auto", |k| k.name());
+    let (peak, peak_bf16) = peaks();
     println!(
-        "cpu (vendor, family, model): {:?}; auto kernel: {}; GFLOP/s, x = against linear, \
-         %peak = of the FMA peak times threads",
+        "cpu (vendor, family, model): {:?}; auto kernels: {}, {}; GFLOP/s; x = against \
+         linear (f32 kernels) or the first f32 kernel (bf16 kernels); %peak = of the FMA \
+         (f32) or vdpbf16ps (bf16) peak times threads",
         dlrs_kernels::cpu::vendor_family_model(),
         Kernel::detect().name(),
+        Kernel::detect_bf16().name(),
     );
     print!(
         "{:<30} {:>5} {:>3} {:>7}",
         "layer (k -> n)", "m", "thr", "linear"
     );
     for k in &o.kernels {
-        print!(" {:>18} {:>5}", kname(k), "%peak");
+        print!(" {:>18} {:>5}", k.name(), "%peak");
     }
     println!(" {:>6}", "spread");
     for (preset, part, widths) in PRESETS {
@@ -268,14 +332,7 @@ fn main() {
             };
             let w: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
             let b = vec![0.01f32; n];
-            let packed: Vec<PackedWeights> = o
-                .kernels
-                .iter()
-                .map(|kern| match kern {
-                    Some(kern) => PackedWeights::with_kernel(*kern, &w, n, k),
-                    None => PackedWeights::new(&w, n, k),
-                })
-                .collect();
+            let packed: Vec<PackedWeights> = o.kernels.iter().map(|p| p.pack(&w, n, k)).collect();
             for &m in &o.ms {
                 let x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 * 0.1).collect();
                 let mut y = vec![0f32; m * n];
@@ -292,14 +349,22 @@ fn main() {
                                 linear(&x, &w, &b, &mut y, shape, act, threads)
                             });
                         print!("{name:<30} {m:>5} {threads:>3} {base:>7.1}");
-                        for p in &packed {
+                        let mut first_f32 = None;
+                        for (pick, p) in o.kernels.iter().zip(&packed) {
                             let (g, s) = gflops(flops, o.reps, o.best, threads == 1, || {
                                 linear_packed(&x, p, &b, &mut y, shape, act, threads)
                             });
                             spread = spread.max(s);
+                            let (against, peak) = match pick.dtype() {
+                                Dtype::F32 => {
+                                    first_f32.get_or_insert(g);
+                                    (base, peak)
+                                }
+                                Dtype::Bf16 => (first_f32.unwrap_or(base), peak_bf16),
+                            };
                             print!(
                                 " {g:>11.1} {:>5.2}x {:>4.0}%",
-                                g / base,
+                                g / against,
                                 100.0 * g / (peak * threads as f64)
                             );
                         }

@@ -2,16 +2,21 @@
 //!
 //! `DLRS_ISA` forces a path (read once, at the first kernel call):
 //!
-//! | `DLRS_ISA`   | [`isa`]          | [`avx512_width`] |
-//! |--------------|------------------|------------------|
-//! | `scalar`     | [`Isa::Scalar`]  |                  |
-//! | `avx2`       | [`Isa::Avx2`]    |                  |
-//! | `avx512`     | [`Isa::Avx512`]  | per CPU          |
-//! | `avx512-256` | [`Isa::Avx512`]  | 256 bits         |
-//! | `avx512-512` | [`Isa::Avx512`]  | 512 bits         |
+//! | `DLRS_ISA`   | [`isa`]          | [`avx512_width`] | [`avx512_bf16`] |
+//! |--------------|------------------|------------------|-----------------|
+//! | (unset)      | per CPU          | per CPU          | per CPU         |
+//! | `scalar`     | [`Isa::Scalar`]  |                  | no              |
+//! | `avx2`       | [`Isa::Avx2`]    |                  | no              |
+//! | `avx512`     | [`Isa::Avx512`]  | per CPU          | no              |
+//! | `avx512-256` | [`Isa::Avx512`]  | 256 bits         | no              |
+//! | `avx512-512` | [`Isa::Avx512`]  | 512 bits         | no              |
+//! | `avx512bf16` | [`Isa::Avx512`]  | per CPU          | per CPU         |
 //!
 //! A forced path the CPU lacks falls back to the best one below it. `DLRS_FORCE_SCALAR=1` is
-//! an alias of `DLRS_ISA=scalar` (and wins over it).
+//! an alias of `DLRS_ISA=scalar` (and wins over it). AVX512-BF16 (`vdpbf16ps`) is an
+//! extension of [`Isa::Avx512`] that only the bf16 GEMM kernels use: naming any path but
+//! `avx512bf16` turns it off, so that `DLRS_ISA=avx512` (or `avx2`) runs bf16 weights on the
+//! converting kernels.
 
 use std::sync::OnceLock;
 
@@ -50,6 +55,8 @@ pub enum Avx512Width {
 struct Request {
     isa: Isa,
     width: Option<Avx512Width>,
+    /// AVX512-BF16 allowed (when the CPU has it)
+    bf16: bool,
 }
 
 /// Parses the environment; `None` when nothing is forced.
@@ -58,28 +65,31 @@ fn request() -> Option<Request> {
         return Some(Request {
             isa: Isa::Scalar,
             width: None,
+            bf16: false,
         });
     }
     let v = std::env::var("DLRS_ISA").ok()?;
     let r = parse_request(&v);
     if r.is_none() {
         tracing::warn!(
-            "ignoring DLRS_ISA={v:?} (expected scalar, avx2, avx512, avx512-256 or avx512-512)"
+            "ignoring DLRS_ISA={v:?} \
+             (expected scalar, avx2, avx512, avx512-256, avx512-512 or avx512bf16)"
         );
     }
     r
 }
 
 fn parse_request(v: &str) -> Option<Request> {
-    let (isa, width) = match v.trim().to_ascii_lowercase().as_str() {
-        "scalar" => (Isa::Scalar, None),
-        "avx2" => (Isa::Avx2, None),
-        "avx512" => (Isa::Avx512, None),
-        "avx512-256" => (Isa::Avx512, Some(Avx512Width::Bits256)),
-        "avx512-512" => (Isa::Avx512, Some(Avx512Width::Bits512)),
+    let (isa, width, bf16) = match v.trim().to_ascii_lowercase().as_str() {
+        "scalar" => (Isa::Scalar, None, false),
+        "avx2" => (Isa::Avx2, None, false),
+        "avx512" => (Isa::Avx512, None, false),
+        "avx512-256" => (Isa::Avx512, Some(Avx512Width::Bits256), false),
+        "avx512-512" => (Isa::Avx512, Some(Avx512Width::Bits512), false),
+        "avx512bf16" => (Isa::Avx512, None, true),
         _ => return None,
     };
-    Some(Request { isa, width })
+    Some(Request { isa, width, bf16 })
 }
 
 /// The best instruction set of the CPU, ignoring the environment.
@@ -109,6 +119,31 @@ pub fn isa() -> Isa {
     *ISA.get_or_init(|| match request() {
         Some(r) => r.isa.min(detected()),
         None => detected(),
+    })
+}
+
+/// The CPU has AVX512-BF16 (`vdpbf16ps`, with AVX-512F, VL and BW), ignoring the
+/// environment.
+pub fn detected_avx512_bf16() -> bool {
+    static DET: OnceLock<bool> = OnceLock::new();
+    *DET.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            detected() == Isa::Avx512
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// AVX512-BF16 in use by the bf16 GEMM kernels: the CPU has it and `DLRS_ISA` is unset or
+/// `avx512bf16` (see the module doc).
+pub fn avx512_bf16() -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    *BF16.get_or_init(|| {
+        detected_avx512_bf16() && request().is_none_or(|r| r.bf16 && r.isa == Isa::Avx512)
     })
 }
 
@@ -197,6 +232,9 @@ mod tests {
         assert_eq!((r.isa, r.width), (Isa::Avx512, Some(Avx512Width::Bits256)));
         let r = parse_request("avx512-512").unwrap();
         assert_eq!((r.isa, r.width), (Isa::Avx512, Some(Avx512Width::Bits512)));
+        assert!(!r.bf16 && !parse_request("avx512").unwrap().bf16);
+        let r = parse_request("avx512bf16").unwrap();
+        assert_eq!((r.isa, r.width, r.bf16), (Isa::Avx512, None, true));
         assert!(parse_request("sse").is_none());
         assert!(Isa::Scalar < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
     }

@@ -11,9 +11,11 @@ pub(super) static MICRO: Micro = Micro {
     mr: MR,
     nr: NV * 8,
     kc: super::KC,
+    mc: super::MC,
     tiles: tiles!(tile; 1 2 3 4 5 6),
     gemv: gemv as TileFn,
     dot,
+    round: None,
 };
 
 /// # Safety

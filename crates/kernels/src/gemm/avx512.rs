@@ -19,18 +19,22 @@ pub(super) static MICRO_YMM: Micro = Micro {
     mr: MR_Y,
     nr: NV_Y * 8,
     kc: super::KC,
+    mc: super::MC,
     tiles: tiles!(ymm; 1 2 3 4 5 6),
     gemv: gemv_ymm as TileFn,
     dot: dot_ymm,
+    round: None,
 };
 
 pub(super) static MICRO_ZMM: Micro = Micro {
     mr: MR_Z,
     nr: NV_Z * 16,
     kc: super::KC,
+    mc: super::MC,
     tiles: tiles!(zmm; 1 2 3 4 5 6 7 8 9 10 11 12),
     gemv: gemv_zmm as TileFn,
     dot: dot_zmm,
+    round: None,
 };
 
 /// # Safety

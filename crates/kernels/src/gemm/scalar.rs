@@ -3,15 +3,17 @@
 use super::{Dot, Micro, Tile, TileFn, tiles};
 
 const MR: usize = 4;
-const NR: usize = 16;
+pub(super) const NR: usize = 16;
 
 pub(super) static MICRO: Micro = Micro {
     mr: MR,
     nr: NR,
     kc: super::KC,
+    mc: super::MC,
     tiles: tiles!(tile; 1 2 3 4),
     gemv: tile::<1> as TileFn,
     dot,
+    round: None,
 };
 
 /// The [`Tile`] contract for `M` rows.
@@ -31,6 +33,15 @@ unsafe fn tile<const M: usize>(t: &Tile) {
             }
         }
     }
+    // SAFETY: forwarded.
+    unsafe { store(t, &acc) }
+}
+
+/// The epilogue of a tile of `NR` columns: `c = relu?(acc + (bias or c))`.
+///
+/// # Safety
+/// As [`TileFn`]: `M` rows of `NR` writable floats at `c`, `NR` bias values when `first`.
+pub(super) unsafe fn store<const M: usize, X, W>(t: &Tile<X, W>, acc: &[[f32; NR]; M]) {
     for (i, acc) in acc.iter().enumerate() {
         // SAFETY: row i < M of the tile, NR floats, writable and aliasing no input.
         let c = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.ldc), NR) };
@@ -62,7 +73,7 @@ unsafe fn dot(d: &Dot) {
             // SAFETY: row j < n of w, k floats; bias[j].
             let (w, b) = unsafe {
                 (
-                    std::slice::from_raw_parts(d.w.add(j * d.k), d.k),
+                    std::slice::from_raw_parts(d.w.add(j * d.ldw), d.k),
                     *d.bias.add(j),
                 )
             };

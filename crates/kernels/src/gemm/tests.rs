@@ -12,7 +12,15 @@ fn vals(len: usize, seed: u64) -> Vec<f32> {
     (0..len).map(|_| 2.0 * r() - 1.0).collect()
 }
 
-/// Runs `linear_packed` with every available kernel and `threads` against `linear_ref`, with
+/// The f32 kernels this CPU runs.
+fn f32_kernels() -> Vec<Kernel> {
+    Kernel::available()
+        .into_iter()
+        .filter(|k| k.dtype() == Dtype::F32)
+        .collect()
+}
+
+/// Runs `linear_packed` with every available f32 kernel and `threads` against `linear_ref`, with
 /// sentinels between the rows of `y` (`ldy > n`) and after its last row.
 fn check_layer(
     shape: LinearShape,
@@ -28,7 +36,7 @@ fn check_layer(
     let mut want = vec![SENTINEL; len];
     linear_ref(&x, &w, &bias, &mut want, shape, act);
     let tol = 1e-5 * (1.0 + k as f32).sqrt();
-    for kernel in Kernel::available() {
+    for kernel in f32_kernels() {
         let packed = PackedWeights::with_kernel(kernel, &w, n, k);
         let mut got = vec![SENTINEL; len];
         linear_packed(&x, &packed, &bias, &mut got, shape, act, threads);
@@ -73,7 +81,7 @@ proptest! {
     #[test]
     fn pack_round_trips(n in 1usize..70, k in 0usize..40, seed in any::<u64>()) {
         let w = vals(n * k, seed);
-        for kernel in Kernel::available() {
+        for kernel in f32_kernels() {
             let p = PackedWeights::with_kernel(kernel, &w, n, k);
             prop_assert_eq!(p.unpack(), w.clone(), "{}", kernel.name());
             prop_assert!(p.bytes() >= 4 * n * k);
@@ -208,17 +216,21 @@ fn shape_must_match_weight() {
 #[test]
 fn detect_is_available() {
     assert!(Kernel::available().contains(&Kernel::detect()));
+    assert!(Kernel::available().contains(&Kernel::detect_bf16()));
+    assert_eq!(Kernel::detect().dtype(), Dtype::F32);
+    assert_eq!(Kernel::detect_bf16().dtype(), Dtype::Bf16);
     assert_eq!(Kernel::available()[0], Kernel::Scalar);
+    assert!(Kernel::available().iter().all(|k| k.runs_here()));
 }
 
 /// Row strides of 4 KiB multiples (tiles capped at 6 rows) and of 2 KiB (not capped).
 #[test]
 fn aliasing_strides_match_reference() {
-    assert_eq!(tile_rows(1024, 12), 6);
-    assert_eq!(tile_rows(2048, 12), 6);
-    assert_eq!(tile_rows(512, 12), 12);
-    assert_eq!(tile_rows(1040, 12), 12);
-    assert_eq!(tile_rows(1024, 4), 4);
+    assert_eq!(tile_rows(1024 * 4, 12), 6);
+    assert_eq!(tile_rows(2048 * 4, 12), 6);
+    assert_eq!(tile_rows(512 * 4, 12), 12);
+    assert_eq!(tile_rows(1040 * 4, 12), 12);
+    assert_eq!(tile_rows(1024 * 4, 4), 4);
     for (k, ldx) in [(1024, 1024), (1000, 1024), (2048, 2048), (512, 512)] {
         for m in [7, 30] {
             let shape = LinearShape {

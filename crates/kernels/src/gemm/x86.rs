@@ -153,7 +153,7 @@ impl Simd for Zmm {
 /// How many k-steps ahead a tile prefetches its panel when asked to (2 KiB at NR = 32). For
 /// the first tile over a panel, which reads it from L2 or L3: the AVX2 kernel gained 10-15%
 /// at k = 2560 on Zen 4, the AVX-512 ones within noise.
-const PREFETCH_K: usize = 16;
+pub(super) const PREFETCH_K: usize = 16;
 
 /// The [`Tile`] contract for `M` rows of `NV` registers (`NR = NV * V::LANES`).
 ///
@@ -191,7 +191,7 @@ pub(super) unsafe fn tile<V: Simd, const NV: usize, const M: usize>(t: &Tile) {
             a = a.add(1);
             b = b.add(nr);
         }
-        store::<V, NV, M>(t, &acc);
+        store::<V, NV, M, _, _>(t, &acc);
     }
 }
 
@@ -200,7 +200,10 @@ pub(super) unsafe fn tile<V: Simd, const NV: usize, const M: usize>(t: &Tile) {
 /// # Safety
 /// As [`tile`].
 #[inline(always)]
-unsafe fn store<V: Simd, const NV: usize, const M: usize>(t: &Tile, acc: &[[V::R; NV]; M]) {
+pub(super) unsafe fn store<V: Simd, const NV: usize, const M: usize, X, W>(
+    t: &Tile<X, W>,
+    acc: &[[V::R; NV]; M],
+) {
     // SAFETY: rows i < M of the tile, NR floats each; NR bias values when `first`.
     unsafe {
         for (i, row) in acc.iter().enumerate() {
@@ -255,7 +258,7 @@ pub(super) unsafe fn gemv<V: Simd, const NV: usize>(t: &Tile) {
         let sum: [V::R; NV] = std::array::from_fn(|v| {
             V::add(V::add(acc[0][v], acc[1][v]), V::add(acc[2][v], acc[3][v]))
         });
-        store::<V, NV, 1>(t, &[sum]);
+        store::<V, NV, 1, _, _>(t, &[sum]);
     }
 }
 
@@ -276,7 +279,7 @@ pub(super) unsafe fn dot<V: Simd>(d: &Dot) {
             let xr: [*const f32; R] =
                 std::array::from_fn(|r| d.x.add((i0 + r.min(rows - 1)) * d.ldx));
             for j in 0..d.n {
-                let w = d.w.add(j * d.k);
+                let w = d.w.add(j * d.ldw);
                 let mut acc = [[V::zero(); 2]; R];
                 let mut kk = 0;
                 while kk < kv {
