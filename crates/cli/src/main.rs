@@ -13,7 +13,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use dlrs_model::batch::parse_sample;
 use dlrs_model::metrics::auc;
-use dlrs_model::{Batch, Executor, Model, RowFormat, Sample, TableMode, Workspace, presets};
+use dlrs_model::{
+    Batch, Executor, MlpDtype, Model, RowFormat, Sample, TableMode, Workspace, presets,
+};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +49,9 @@ enum Cmd {
         /// row format of the tables: fp32, fp16, int8 or int4
         #[arg(long, default_value = "fp32", value_parser = parse_format)]
         dtype: RowFormat,
+        /// type of the MLP weights: fp32, or bf16 (f32 accumulation)
+        #[arg(long, default_value = "fp32", value_parser = parse_mlp_dtype)]
+        mlp_dtype: MlpDtype,
     },
     /// Print one click probability per input line, in input order.
     Predict {
@@ -70,13 +75,18 @@ enum Cmd {
     /// The host and its measured limits: FMA peak per core, random row-gather rate per row
     /// size, DRAM latency, sequential bandwidth.
     Probe(probe::ProbeArgs),
-    /// Convert a model's tables to another row format; prints each table's row error.
+    /// Convert a model's tables to another row format and/or its MLP weights to bf16; prints
+    /// each converted table's row error and the MLP weights' error.
+    #[command(group(clap::ArgGroup::new("to").required(true).multiple(true).args(["dtype", "mlp_dtype"])))]
     Quantize {
         #[arg(long)]
         model: PathBuf,
-        /// fp16, int8, int4 (or fp32)
+        /// the tables' new row format: fp16, int8, int4 (or fp32)
         #[arg(long, value_parser = parse_format)]
-        dtype: RowFormat,
+        dtype: Option<RowFormat>,
+        /// the MLP weights' new type: bf16 (or fp32)
+        #[arg(long, value_parser = parse_mlp_dtype)]
+        mlp_dtype: Option<MlpDtype>,
         /// only these tables (comma-separated indices); default all
         #[arg(long, value_delimiter = ',')]
         tables: Vec<usize>,
@@ -136,6 +146,10 @@ pub(crate) fn parse_mode(s: &str) -> Result<TableMode, String> {
     TableMode::parse(s).ok_or_else(|| format!("`{s}`: expected mmap or ram"))
 }
 
+pub(crate) fn parse_mlp_dtype(s: &str) -> Result<MlpDtype, String> {
+    MlpDtype::parse(s).ok_or_else(|| format!("`{s}`: expected fp32 or bf16"))
+}
+
 pub(crate) fn parse_format(s: &str) -> Result<RowFormat, String> {
     RowFormat::parse(s).ok_or_else(|| format!("`{s}` is not a row format (fp32, fp16, int8, int4)"))
 }
@@ -150,7 +164,8 @@ fn main() {
             seed,
             rows_cap,
             dtype,
-        } => init(&preset, &out, seed, rows_cap, dtype),
+            mlp_dtype,
+        } => init(&preset, &out, seed, rows_cap, dtype, mlp_dtype),
         Cmd::Predict {
             model,
             input,
@@ -163,9 +178,10 @@ fn main() {
         Cmd::Quantize {
             model,
             dtype,
+            mlp_dtype,
             tables,
             out,
-        } => quantize(&model, dtype, &tables, &out),
+        } => quantize(&model, dtype, mlp_dtype, &tables, &out),
         Cmd::Compare {
             model,
             input,
@@ -196,6 +212,7 @@ fn init(
     seed: u64,
     rows_cap: Option<usize>,
     dtype: RowFormat,
+    mlp_dtype: MlpDtype,
 ) -> Result<()> {
     let mut p = presets::preset(name)?;
     if let Some(cap) = rows_cap {
@@ -205,7 +222,7 @@ fn init(
         p.config.tables.iter_mut().for_each(|r| *r = (*r).min(cap));
     }
     let t0 = Instant::now();
-    let config = p.config.with_format(dtype);
+    let config = p.config.with_format(dtype).with_mlp_dtype(mlp_dtype);
     let bytes: usize = config
         .tables
         .iter()
@@ -218,39 +235,65 @@ fn init(
         .expect("a valid template")
         .progress_chars("=> "),
     );
-    bar.set_message(format!("init {name} {}", dtype.name()));
+    bar.set_message(format!(
+        "init {name} {} (MLPs {})",
+        dtype.name(),
+        mlp_dtype.name()
+    ));
     // streamed: rows go from the generator to the file a window at a time (bounded memory)
     Model::write_random(&config, seed, out, |n| bar.inc(n))
         .with_context(|| format!("writing {}", out.display()))?;
     bar.finish_and_clear();
     eprintln!(
-        "wrote {}: preset {name}, {} {} tables, {:.2} GB of embeddings in {:.1} s",
+        "wrote {}: preset {name}, {} {} tables, {} MLPs, {:.2} GB of embeddings in {:.1} s",
         out.display(),
         config.n_tables(),
         dtype.name(),
+        mlp_dtype.name(),
         bytes as f64 / 1e9,
         t0.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-fn quantize(dir: &Path, dtype: RowFormat, tables: &[usize], out: &Path) -> Result<()> {
+fn quantize(
+    dir: &Path,
+    dtype: Option<RowFormat>,
+    mlp_dtype: Option<MlpDtype>,
+    tables: &[usize],
+    out: &Path,
+) -> Result<()> {
     if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(dir).ok() {
         bail!("--out must differ from --model (the source model is left as it is)");
     }
+    if dtype.is_none() && !tables.is_empty() {
+        bail!("--tables selects tables for --dtype: give --dtype too");
+    }
     let mut model = Model::load(dir)?;
-    let report = model.convert_tables(dtype, tables)?;
+    let report = match dtype {
+        Some(f) => model.convert_tables(f, tables)?,
+        None => Vec::new(),
+    };
+    let mlp = mlp_dtype.map(|d| model.convert_mlp(d));
     model
         .save(out)
         .with_context(|| format!("writing {}", out.display()))?;
-    println!("table\trows\tdtype\tstride_bytes\tmax_abs_error\tmean_abs_error");
-    for (t, max, mean) in report {
-        let tb = &model.weights.tables[t];
+    if let Some(f) = dtype {
+        println!("table\trows\tdtype\tstride_bytes\tmax_abs_error\tmean_abs_error");
+        for (t, max, mean) in report {
+            let tb = &model.weights.tables[t];
+            println!(
+                "{t}\t{}\t{}\t{}\t{max:.3e}\t{mean:.3e}",
+                tb.rows(),
+                f.name(),
+                tb.stride()
+            );
+        }
+    }
+    if let (Some(d), Some((max, mean))) = (mlp_dtype, mlp) {
         println!(
-            "{t}\t{}\t{}\t{}\t{max:.3e}\t{mean:.3e}",
-            tb.rows(),
-            dtype.name(),
-            tb.stride()
+            "mlp weights\t{}\tmax_abs_error {max:.3e}\tmean_abs_error {mean:.3e}",
+            d.name()
         );
     }
     Ok(())

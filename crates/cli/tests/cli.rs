@@ -640,3 +640,99 @@ fn os_errors_are_said_once() {
         "error: /nonexistent-dlrs/config.json: No such file or directory (os error 2)"
     );
 }
+
+#[test]
+fn bf16_mlps_from_quantize_predict_close_to_the_reference_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("rmc1-cap500");
+    let out = dir.path().join("bf16");
+    let o = dlrs(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--mlp-dtype",
+        "bf16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("mlp weights\tbf16\tmax_abs_error "),
+        "{}",
+        stdout(&o)
+    );
+    // a manifest covers the BF16 tensors as the others
+    let o = dlrs(&["verify", "--model", out.to_str().unwrap()]);
+    assert!(
+        o.status.success() && stdout(&o).contains(": ok"),
+        "{}",
+        stderr(&o)
+    );
+    let input = src.join("inputs.jsonl");
+    let o = dlrs(&[
+        "predict",
+        "--model",
+        out.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want: Vec<f32> = std::fs::read_to_string(src.join("expected.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let got: Vec<f32> = stdout(&o).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    let drift = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    // bf16 weights and activations: close to PyTorch's fp32 scores, not equal
+    assert!(
+        drift > 0.0 && drift < 1e-2,
+        "max |bf16 - fp32 reference| = {drift}"
+    );
+    // the same scores on every path the host has, the converting fallback included
+    let o2 = Command::new(env!("CARGO_BIN_EXE_dlrs"))
+        .args([
+            "predict",
+            "--model",
+            out.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .env("DLRS_ISA", "avx2")
+        .output()
+        .unwrap();
+    let got2: Vec<f32> = stdout(&o2).lines().map(|l| l.parse().unwrap()).collect();
+    for (a, b) in got.iter().zip(&got2) {
+        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+    }
+    // training needs fp32 MLPs
+    let o = dlrs(&[
+        "train",
+        "--model",
+        out.to_str().unwrap(),
+        "--train",
+        input.to_str().unwrap(),
+        "--out",
+        dir.path().join("t").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("bf16 MLP weights: training needs fp32"),
+        "{}",
+        stderr(&o)
+    );
+    // quantize needs something to convert
+    let o = dlrs(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

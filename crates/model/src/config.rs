@@ -246,7 +246,10 @@ impl DlrmConfig {
         let mlp_dtype = match map.get(MLP_DTYPE_FIELD) {
             None | Some(Value::Null) => MlpDtype::F32,
             Some(v) => v.as_str().and_then(MlpDtype::parse).ok_or_else(|| {
-                ModelError::config(MLP_DTYPE_FIELD, format!("`{v}`: expected \"fp32\" or \"bf16\""))
+                ModelError::config(
+                    MLP_DTYPE_FIELD,
+                    format!("`{v}`: expected \"fp32\" or \"bf16\""),
+                )
             })?,
         };
         let c = DlrmConfig {

@@ -243,7 +243,8 @@ fn dtype_name(d: Dtype) -> &'static str {
         Dtype::F32 => "F32",
         Dtype::U8 => "U8",
         Dtype::F16 => "F16",
-        _ => unreachable!("dlrs writes F32, F16 and U8 tensors only"),
+        Dtype::BF16 => "BF16",
+        _ => unreachable!("dlrs writes F32, F16, BF16 and U8 tensors only"),
     }
 }
 

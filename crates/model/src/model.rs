@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::config::{DlrmConfig, RowFormat};
+use crate::config::{DlrmConfig, MlpDtype, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::presets::{Preset, preset};
 use crate::tables::{Cached, RowCache, TableView, TrafficCounter, build_caches};
@@ -192,6 +192,25 @@ impl Model {
             self.config.table_formats[t] = format;
         }
         Ok(report)
+    }
+
+    /// Converts the MLP weights to `dtype` (to bf16: rounded to nearest even, as
+    /// `torch.Tensor.bfloat16()`); returns the max and mean absolute change of the weights.
+    pub fn convert_mlp(&mut self, dtype: MlpDtype) -> (f64, f64) {
+        let w = &mut self.weights;
+        let (mut max, mut sum, mut n) = (0.0f64, 0.0f64, 0usize);
+        for l in w.bot.iter_mut().chain(w.top.iter_mut()) {
+            let new = l.to_dtype(dtype);
+            for (a, b) in l.weight().iter().zip(new.weight()) {
+                let d = (a - b).abs() as f64;
+                max = max.max(d);
+                sum += d;
+            }
+            n += l.weight().len();
+            *l = new;
+        }
+        self.config.mlp_dtype = dtype;
+        (max, sum / n.max(1) as f64)
     }
 
     /// What the forward pass reads each table through: the table, or its row cache in front

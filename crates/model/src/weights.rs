@@ -18,9 +18,9 @@ use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors};
 use xxhash_rust::xxh3::xxh3_64;
 
-use dlrs_kernels::gemm::PackedWeights;
+use dlrs_kernels::gemm::{PackedWeights, bf16};
 
-use crate::config::{DlrmConfig, RowFormat};
+use crate::config::{DlrmConfig, MlpDtype, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::format::{TensorOut, read_manifest, shard_bytes_for, shard_sums, write_model_file};
 use crate::tables::{EmbeddingTable, FILL_ROWS, ShardCheck, random_rows};
@@ -35,10 +35,11 @@ use crate::tables::{EmbeddingTable, FILL_ROWS, ShardCheck, random_rows};
 pub struct Layer {
     pub in_w: usize,
     pub out_w: usize,
-    /// `[out_w, in_w]` row-major
+    /// `[out_w, in_w]` row-major (for a bf16 layer: the bf16 values, widened exactly)
     weight: Vec<f32>,
     /// `[out_w]`
     bias: Vec<f32>,
+    dtype: MlpDtype,
     packed: Option<PackedWeights>,
 }
 
@@ -48,17 +49,57 @@ impl Layer {
     /// # Panics
     /// If the lengths do not fit the widths.
     pub fn new(in_w: usize, out_w: usize, weight: Vec<f32>, bias: Vec<f32>) -> Self {
+        Self::with_dtype(in_w, out_w, weight, bias, MlpDtype::F32)
+    }
+
+    /// [`Layer::new`] with weights of `dtype`: for bf16, the weight is rounded to bf16
+    /// (round to nearest even, as `torch.Tensor.bfloat16()`) and packed for the bf16
+    /// microkernels; the bias stays f32.
+    pub fn with_dtype(
+        in_w: usize,
+        out_w: usize,
+        mut weight: Vec<f32>,
+        bias: Vec<f32>,
+        dtype: MlpDtype,
+    ) -> Self {
         assert_eq!(weight.len(), in_w * out_w, "weight must be [out_w, in_w]");
         assert_eq!(bias.len(), out_w, "bias must be [out_w]");
+        if dtype == MlpDtype::Bf16 {
+            weight.iter_mut().for_each(|v| *v = bf16::round(*v));
+        }
         let mut l = Layer {
             in_w,
             out_w,
             weight,
             bias,
+            dtype,
             packed: None,
         };
         l.pack();
         l
+    }
+
+    /// The weights' type.
+    pub fn dtype(&self) -> MlpDtype {
+        self.dtype
+    }
+
+    /// The weight as stored in a model file: little-endian f32, or bf16 bits.
+    pub fn weight_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.dtype {
+            MlpDtype::F32 => std::borrow::Cow::Borrowed(f32_bytes(&self.weight)),
+            MlpDtype::Bf16 => std::borrow::Cow::Owned(
+                self.weight
+                    .iter()
+                    .flat_map(|&v| bf16::f32_to_bf16(v).to_le_bytes())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The bias as stored in a model file: little-endian f32.
+    pub fn bias_bytes(&self) -> &[u8] {
+        f32_bytes(&self.bias)
     }
 
     /// `[out_w, in_w]` row-major.
@@ -83,11 +124,30 @@ impl Layer {
         (&mut self.weight, &mut self.bias)
     }
 
-    /// Packs the weight if it is not packed (a no-op otherwise).
+    /// Packs the weight if it is not packed (a no-op otherwise). A bf16 layer's weight,
+    /// changed through [`Layer::params_mut`], is rounded to bf16 again first.
     pub fn pack(&mut self) {
         if self.packed.is_none() {
-            self.packed = Some(PackedWeights::new(&self.weight, self.out_w, self.in_w));
+            self.packed = Some(match self.dtype {
+                MlpDtype::F32 => PackedWeights::new(&self.weight, self.out_w, self.in_w),
+                MlpDtype::Bf16 => {
+                    self.weight.iter_mut().for_each(|v| *v = bf16::round(*v));
+                    PackedWeights::new_bf16(&self.weight, self.out_w, self.in_w)
+                }
+            });
         }
+    }
+
+    /// This layer with its weight in `dtype` (rounded to bf16, or kept: bf16 values are f32
+    /// values).
+    pub fn to_dtype(&self, dtype: MlpDtype) -> Self {
+        Self::with_dtype(
+            self.in_w,
+            self.out_w,
+            self.weight.clone(),
+            self.bias.clone(),
+            dtype,
+        )
     }
 }
 
@@ -114,12 +174,16 @@ pub fn expected_tensors(cfg: &DlrmConfig) -> Vec<(String, Vec<usize>, Dtype)> {
             )),
         }
     }
+    let weight_dtype = match cfg.mlp_dtype {
+        MlpDtype::F32 => Dtype::F32,
+        MlpDtype::Bf16 => Dtype::BF16,
+    };
     for (prefix, ws) in [("bot_l", cfg.bot.clone()), ("top_l", cfg.top_full())] {
         for (i, p) in ws.windows(2).enumerate() {
             v.push((
                 format!("{prefix}.{}.weight", 2 * i),
                 vec![p[1], p[0]],
-                Dtype::F32,
+                weight_dtype,
             ));
             v.push((format!("{prefix}.{}.bias", 2 * i), vec![p[1]], Dtype::F32));
         }
@@ -127,7 +191,7 @@ pub fn expected_tensors(cfg: &DlrmConfig) -> Vec<(String, Vec<usize>, Dtype)> {
     v
 }
 
-fn random_mlp(widths: &[usize], rng: &mut SmallRng) -> Vec<Layer> {
+fn random_mlp(widths: &[usize], dtype: MlpDtype, rng: &mut SmallRng) -> Vec<Layer> {
     widths
         .windows(2)
         .map(|p| {
@@ -136,7 +200,7 @@ fn random_mlp(widths: &[usize], rng: &mut SmallRng) -> Vec<Layer> {
             let b = Normal::new(0.0f32, (1.0 / o as f32).sqrt()).expect("finite std");
             let weight = (0..i * o).map(|_| w.sample(rng)).collect();
             let bias = (0..o).map(|_| b.sample(rng)).collect();
-            Layer::new(i, o, weight, bias)
+            Layer::with_dtype(i, o, weight, bias, dtype)
         })
         .collect()
 }
@@ -195,10 +259,10 @@ impl Weights {
                 } else {
                     &top[(i - n_tables) / 2 - bot.len()]
                 };
-                4 * if (i - n_tables).is_multiple_of(2) {
-                    l.weight.len()
+                if (i - n_tables).is_multiple_of(2) {
+                    l.weight_bytes().len()
                 } else {
-                    l.bias.len()
+                    l.bias_bytes().len()
                 }
             }
         });
@@ -225,11 +289,11 @@ impl Weights {
                 } else {
                     &top[j / 2 - bot.len()]
                 };
-                w.write_all(f32_bytes(if j.is_multiple_of(2) {
-                    &l.weight
+                if j.is_multiple_of(2) {
+                    w.write_all(&l.weight_bytes())?;
                 } else {
-                    &l.bias
-                }))?;
+                    w.write_all(l.bias_bytes())?;
+                }
             }
             Ok(())
         })
@@ -380,9 +444,22 @@ impl Weights {
             }
             let mut weight = vec![0.0; w.shape().iter().product()];
             let mut bias = vec![0.0; b.shape()[0]];
-            copy_le_f32(w.data(), &mut weight);
+            match cfg.mlp_dtype {
+                MlpDtype::F32 => copy_le_f32(w.data(), &mut weight),
+                // bf16 widens to f32 exactly: packing rounds nothing
+                MlpDtype::Bf16 => weight
+                    .iter_mut()
+                    .zip(w.data().chunks_exact(2))
+                    .for_each(|(d, s)| *d = bf16::bf16_to_f32(u16::from_le_bytes([s[0], s[1]]))),
+            }
             copy_le_f32(b.data(), &mut bias);
-            layers.push(Layer::new(w.shape()[1], w.shape()[0], weight, bias));
+            layers.push(Layer::with_dtype(
+                w.shape()[1],
+                w.shape()[0],
+                weight,
+                bias,
+                cfg.mlp_dtype,
+            ));
         }
         let top = layers.split_off(cfg.bot.len() - 1);
         Ok(Weights {
@@ -397,10 +474,14 @@ impl Weights {
     /// (temp file, fsync, rename, fsync the directory).
     pub fn save_safetensors(&self, path: &Path, cfg: &DlrmConfig) -> Result<()> {
         let expected = expected_tensors(cfg);
-        let mut datas: Vec<&[u8]> = self.tables.iter().map(|t| t.bytes()).collect();
+        let mut datas: Vec<std::borrow::Cow<[u8]>> = self
+            .tables
+            .iter()
+            .map(|t| std::borrow::Cow::Borrowed(t.bytes()))
+            .collect();
         for l in self.bot.iter().chain(&self.top) {
-            datas.push(f32_bytes(&l.weight));
-            datas.push(f32_bytes(&l.bias));
+            datas.push(l.weight_bytes());
+            datas.push(std::borrow::Cow::Borrowed(l.bias_bytes()));
         }
         assert_eq!(
             datas.len(),
@@ -450,8 +531,8 @@ fn tensor_outs(
 /// The MLPs of [`Weights::random`]: bottom then top, from one RNG stream.
 fn random_mlps(cfg: &DlrmConfig, seed: u64) -> (Vec<Layer>, Vec<Layer>) {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let bot = random_mlp(&cfg.bot, &mut rng);
-    let top = random_mlp(&cfg.top_full(), &mut rng);
+    let bot = random_mlp(&cfg.bot, cfg.mlp_dtype, &mut rng);
+    let top = random_mlp(&cfg.top_full(), cfg.mlp_dtype, &mut rng);
     (bot, top)
 }
 

@@ -330,3 +330,57 @@ fn streamed_random_model_equals_the_in_memory_one() {
         .sum();
     assert_eq!(written, table_bytes as u64);
 }
+
+#[test]
+fn bf16_mlps_round_trip_as_bf16_tensors_and_stay_close_to_fp32() {
+    use dlrs_kernels::gemm::Dtype as WeightDtype;
+    use dlrs_model::MlpDtype;
+    let dir = tempfile::tempdir().unwrap();
+    let fp32 = Model::random(cfg(), 5).unwrap();
+    let bf16 = Model::random(cfg().with_mlp_dtype(MlpDtype::Bf16), 5).unwrap();
+    // the same draw, rounded: a bf16 model is the fp32 one's weights as bfloat16
+    for (a, b) in fp32.weights.bot.iter().zip(&bf16.weights.bot) {
+        for (x, y) in a.weight().iter().zip(b.weight()) {
+            assert_eq!(dlrs_kernels::gemm::bf16::round(*x), *y);
+        }
+        assert_eq!(a.bias(), b.bias(), "biases stay f32");
+        assert_eq!(b.packed().unwrap().dtype(), WeightDtype::Bf16);
+    }
+    bf16.save(dir.path()).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    assert!(text.contains("\"dlrs_mlp_dtype\": \"bf16\""), "{text}");
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(meta.tensors()["bot_l.0.weight"].dtype, Dtype::BF16);
+    assert_eq!(meta.tensors()["bot_l.0.bias"].dtype, Dtype::F32);
+    let back = Model::load(dir.path()).unwrap();
+    assert_eq!(back.config.mlp_dtype, MlpDtype::Bf16);
+    for (a, b) in bf16.weights.top.iter().zip(&back.weights.top) {
+        assert_eq!(a.weight(), b.weight(), "bf16 widens exactly");
+    }
+    let batch = synth_batch(&bf16.config, 40, 3, IdDist::Zipf(1.1), 7).unwrap();
+    let exec = Executor::new(2).unwrap();
+    let (mut w1, mut w2, mut w3) = (
+        Workspace::default(),
+        Workspace::default(),
+        Workspace::default(),
+    );
+    let want = fp32.forward(&batch, &mut w1, &exec).unwrap().to_vec();
+    let got = back.forward(&batch, &mut w2, &exec).unwrap().to_vec();
+    assert_eq!(got, bf16.forward(&batch, &mut w3, &exec).unwrap());
+    let drift = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(drift > 0.0 && drift < 2e-2, "bf16 drift {drift}");
+    // converting the fp32 model gives the same model
+    let mut conv = Model::random(cfg(), 5).unwrap();
+    let (max, mean) = conv.convert_mlp(MlpDtype::Bf16);
+    assert!(max > 0.0 && mean > 0.0 && max < 1e-2, "{max} {mean}");
+    let mut w4 = Workspace::default();
+    assert_eq!(
+        conv.forward(&batch, &mut w4, &exec).unwrap(),
+        got.as_slice()
+    );
+}

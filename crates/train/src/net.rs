@@ -115,6 +115,16 @@ pub struct TrainWorkspace {
 
 /// Checks that a model can be trained: every table fp32 and held in memory (writable).
 pub fn check_trainable(model: &Model) -> Result<()> {
+    if model.config.mlp_dtype != dlrs_model::MlpDtype::F32 {
+        return Err(TrainError::Setting {
+            flag: "model",
+            msg: format!(
+                "has {} MLP weights: training needs fp32 (train in fp32, then `dlrs quantize --mlp-dtype {}` the result)",
+                model.config.mlp_dtype.name(),
+                model.config.mlp_dtype.name()
+            ),
+        });
+    }
     for (t, (f, table)) in model
         .config
         .table_formats
