@@ -7,7 +7,7 @@ anything, and the host's CPU line is printed with them.
 
   scripts/bench-vs-peer.py [--models rmc1,rmc2,rmc3] [--points 256x2,1x1] [--rounds 3]
                            [--seconds 5] [--peers eager,eager-thp,inductor,zentorch]
-                           [--peer-bf16] [--dlrs-args "--dtype int8"] [--json]
+                           [--peer-bf16] [--dlrs NAME=ARGS ...] [--json]
 
 Peers (each is `torch_dlrm.py bench --backend B`, with the same model, batch, threads, id
 distribution and the 8-batch input pool, `--pool 8` on the dlrs side):
@@ -18,8 +18,12 @@ distribution and the 8-batch input pool, `--pool 8` on the dlrs side):
 --peer-bf16 also runs every peer under bf16 autocast (PyTorch's own reduced precision), as
 extra peers named `<backend>+bf16`. A peer whose venv is missing is skipped with a note.
 
-Prints one table: per point, dlrs's median samples/s, each peer's, the best peer, and dlrs /
-best (and the same for p50 latency at batch 1). Raw points go to bench-out/.
+--dlrs NAME=ARGS (repeatable) runs several dlrs configurations against the same peer runs,
+e.g. --dlrs fp32= --dlrs bf16="--mlp-dtype bf16" --dlrs int8-bf16="--dtype int8 --mlp-dtype
+bf16" (default: one, fp32).
+
+Prints one table per dlrs configuration: per point, its median samples/s, each peer's, the
+best peer, and dlrs / best (and the p50 latencies at batch 1). Raw points go to bench-out/.
 """
 import argparse
 import json
@@ -76,10 +80,12 @@ def main():
     ap.add_argument("--dist", default="uniform")
     ap.add_argument("--peers", default="eager,eager-thp,inductor,zentorch")
     ap.add_argument("--peer-bf16", action="store_true", help="also each peer under bf16 autocast")
-    ap.add_argument("--dlrs-args", default="", help="extra dlrs bench flags, e.g. '--dtype int8'")
+    ap.add_argument("--dlrs", action="append", metavar="NAME=ARGS",
+                    help="a dlrs configuration: its name and extra bench flags (repeatable)")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object too")
     a = ap.parse_args()
 
+    variants = [v.split("=", 1) for v in (a.dlrs or ["fp32="])]
     peers = []
     for name in a.peers.split(","):
         venv, backend, env = PEERS[name]
@@ -100,8 +106,9 @@ def main():
                 b, t = (int(x) for x in point.split("x"))
                 common = ["--model", model, "--batch", str(b), "--threads", str(t), "--dist", a.dist,
                           "--seconds", str(a.seconds)]
-                runs = [("dlrs", lambda: run_json([DLRS, "bench", *common, "--pool", "8", "--json",
-                                                   *shlex.split(a.dlrs_args)]))]
+                runs = [(f"dlrs {name}", lambda extra=extra: run_json(
+                    [DLRS, "bench", *common, "--pool", "8", "--json", *shlex.split(extra)]))
+                        for name, extra in variants]
                 for name, py, backend, env, bf16 in peers:
                     cmd = [py, PEER, "bench", *common, "--backend", backend] + (["--bf16"] if bf16 else [])
                     runs.append((name, lambda cmd=cmd, env=env: run_json(cmd, env)))
@@ -115,23 +122,28 @@ def main():
 
     host = cpu_line()
     names = [p[0] for p in peers]
-    print(f"\n{host}; {a.rounds} interleaved rounds, medians; dlrs {a.dlrs_args or 'fp32'}\n")
-    print("| model | batch / threads | dlrs | " + " | ".join(names) + " | best peer | dlrs / best |")
-    print("|---|---|---|" + "---|" * len(names) + "---|---|")
-    summary = {"host": host, "rounds": a.rounds, "dlrs_args": a.dlrs_args, "points": []}
-    for (model, b, t), who in results.items():
-        med = {w: statistics.median(v["samples_per_s"] for v in pts) for w, pts in who.items()}
-        p50 = {w: statistics.median(v["latency_ms"]["p50"] for v in pts) for w, pts in who.items()}
-        best = max(names, key=lambda n: med[n]) if names else None
-        cells = " | ".join(f"{med[n]:.0f}" for n in names)
-        ratio = med["dlrs"] / med[best] if best else float("nan")
-        extra = ""
-        if b == 1 and best:
-            fastest = min(names, key=lambda n: p50[n])
-            extra = f" (p50 {p50['dlrs']:.3f} ms vs {p50[fastest]:.3f} ms {fastest}: {p50['dlrs'] / p50[fastest]:.2f})"
-        print(f"| {model} | {b} / {t} | {med['dlrs']:.0f} | {cells} | {best} {med[best]:.0f} | **{ratio:.2f}x**{extra} |")
-        summary["points"].append({"model": model, "batch": b, "threads": t, "samples_per_s": med,
-                                  "p50_ms": p50, "best_peer": best, "dlrs_over_best": ratio})
+    summary = {"host": host, "rounds": a.rounds, "points": []}
+    for vname, extra in variants:
+        me = f"dlrs {vname}"
+        print(f"\n{host}; {a.rounds} interleaved rounds, medians; dlrs {vname} ({extra or 'defaults'})\n")
+        print("| model | batch / threads | dlrs | " + " | ".join(names) + " | best peer | dlrs / best |")
+        print("|---|---|---|" + "---|" * len(names) + "---|---|")
+        for (model, b, t), who in results.items():
+            med = {w: statistics.median(v["samples_per_s"] for v in pts) for w, pts in who.items()}
+            p50 = {w: statistics.median(v["latency_ms"]["p50"] for v in pts) for w, pts in who.items()}
+            best = max(names, key=lambda n: med[n]) if names else None
+            cells = " | ".join(f"{med[n]:.0f}" for n in names)
+            ratio = med[me] / med[best] if best else float("nan")
+            extra_cell = ""
+            if b == 1 and best:
+                fastest = min(names, key=lambda n: p50[n])
+                extra_cell = (f" (p50 {p50[me]:.3f} ms vs {p50[fastest]:.3f} ms {fastest}: "
+                              f"{p50[me] / p50[fastest]:.2f})")
+            print(f"| {model} | {b} / {t} | {med[me]:.0f} | {cells} | {best} {med[best]:.0f} "
+                  f"| **{ratio:.2f}x**{extra_cell} |")
+            summary["points"].append({"dlrs": vname, "model": model, "batch": b, "threads": t,
+                                      "samples_per_s": med, "p50_ms": p50, "best_peer": best,
+                                      "dlrs_over_best": ratio})
     if a.json:
         print(json.dumps(summary))
 

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Accuracy of quantized tables on a trained model (issue #3: AUC drop <= 0.001 for int8,
-# <= 0.003 for int4).
+# Accuracy of quantized tables and bf16 MLP weights on a trained model (AUC drop <= 0.001
+# for int8 tables and for bf16 MLPs, <= 0.003 for int4 tables; fp16 tables and int8 tables
+# with bf16 MLPs are reported).
 #
 # One random teacher (criteo-kaggle shape, tables capped at ROWS_CAP rows, sharpened with
 # --logit-scale 8 so a student learns a clear signal in one pass) gives a train set (--seed 1)
 # and a held-out eval set (--seed 2). `dlrs train` fits a fresh student (row-wise Adagrad
-# tables, Adam MLPs); `dlrs quantize` converts all its tables to fp16, int8 and int4; `dlrs
-# compare` scores the eval set with the trained fp32 model and each quantized one. Prints
-# dtype, AUC, AUC drop, max/mean |score diff|; exits 1 when int8 or int4 misses its bound.
+# tables, Adam MLPs); `dlrs quantize` converts all its tables to fp16, int8 and int4, its MLP
+# weights to bf16, and both (int8 tables, bf16 MLPs); `dlrs compare` scores the eval set with
+# the trained fp32 model and each converted one. Prints dtype, AUC, AUC drop, max/mean |score
+# diff|; exits 1 when a bounded variant misses its bound.
 #
 #   scripts/quant-auc.sh                      # build first: cargo build --release -p dlrs-cli
 #   DLRS=path/to/dlrs WORK=/tmp/q TRAIN_ROWS=300000 scripts/quant-auc.sh
@@ -38,14 +40,19 @@ rm -rf "$WORK/trained"
   --dense-optimizer adam --dense-lr 0.001 --threads "$THREADS" >&2
 echo "teacher (the ceiling): $("$DLRS" eval --model "$WORK/teacher" --data "$WORK/eval.jsonl")" >&2
 
-for dt in fp16 int8 int4; do
+for dt in fp16 int8 int4 bf16-mlp int8+bf16-mlp; do
+  case $dt in
+    bf16-mlp) args=(--mlp-dtype bf16) ;;
+    int8+bf16-mlp) args=(--dtype int8 --mlp-dtype bf16) ;;
+    *) args=(--dtype "$dt") ;;
+  esac
   rm -rf "$WORK/$dt"
-  "$DLRS" quantize --model "$WORK/trained" --dtype "$dt" --out "$WORK/$dt" >/dev/null
+  "$DLRS" quantize --model "$WORK/trained" "${args[@]}" --out "$WORK/$dt" >/dev/null
   "$DLRS" compare --model "$WORK/trained" --model "$WORK/$dt" --input "$WORK/eval.jsonl" \
     --threads "$THREADS" --json | sed "s/^/$dt /"
 done | python3 -c '
 import json, sys
-bound = {"fp16": None, "int8": 0.001, "int4": 0.003}
+bound = {"fp16": None, "int8": 0.001, "int4": 0.003, "bf16-mlp": 0.001, "int8+bf16-mlp": None}
 rows, ok = [], True
 for line in sys.stdin:
     dt, js = line.split(" ", 1)
