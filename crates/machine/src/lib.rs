@@ -108,16 +108,19 @@ pub fn quick_limits_cached(
     row_bytes: usize,
     threads: usize,
 ) -> std::io::Result<(FmaPeak, GatherRate)> {
-    quick_limits_cached_checked(row_bytes, threads, 0.0)
+    quick_limits_cached_checked(row_bytes, threads, 0.0, 0.0)
 }
 
-/// [`quick_limits_cached`], measuring the FMA peak again (and keeping the higher) when the
-/// cached one is below `measured_gflops_per_core`, a rate a kernel just reached on this host:
-/// a cached peak taken while the machine was busy would otherwise stay too low all boot.
+/// [`quick_limits_cached`], measuring a limit again (and keeping the higher figure) when a
+/// kernel just beat the cached one on this host: the FMA peak when it is below
+/// `measured_gflops_per_core`, the gather rate when it is below `measured_rows_per_s` (0 for
+/// either checks nothing). A cached limit taken while the machine was busy would otherwise
+/// stay too low all boot.
 pub fn quick_limits_cached_checked(
     row_bytes: usize,
     threads: usize,
     measured_gflops_per_core: f64,
+    measured_rows_per_s: f64,
 ) -> std::io::Result<(FmaPeak, GatherRate)> {
     let key = cache_key();
     let path = cache_path();
@@ -145,17 +148,26 @@ pub fn quick_limits_cached_checked(
         }
         _ => probe::fma_peak(threads, opts.reps),
     };
-    let gather = match cache
+    let slot = cache
         .gather
         .iter()
-        .find(|g| g.row_bytes == row_bytes && g.threads == threads)
-    {
-        Some(g) => *g,
+        .position(|g| g.row_bytes == row_bytes && g.threads == threads);
+    let gather = match slot.map(|i| cache.gather[i]) {
+        Some(g) if g.rows_per_s >= measured_rows_per_s => g,
+        Some(g) => {
+            let again = probe::gather_rates(&[row_bytes], &[threads], &[true], &opts)?[0];
+            if again.rows_per_s > g.rows_per_s {
+                again
+            } else {
+                g
+            }
+        }
         None => probe::gather_rates(&[row_bytes], &[threads], &[true], &opts)?[0],
     };
     cache.fma = Some(fma);
-    if !cache.gather.contains(&gather) {
-        cache.gather.push(gather);
+    match slot {
+        Some(i) => cache.gather[i] = gather,
+        None => cache.gather.push(gather),
     }
     if let Some(p) = path {
         // best effort: a cache that cannot be written is probed again next time
@@ -266,9 +278,15 @@ mod tests {
         write_atomically(&p, &serde_json::to_vec(&seeded).unwrap()).unwrap();
         assert_eq!(quick_limits_cached(128, 1).unwrap(), (fma, fake));
         // a kernel that just ran faster than the cached peak makes it measure the peak again
-        let (f, g) = quick_limits_cached_checked(128, 1, 8.0).unwrap();
+        let (f, g) = quick_limits_cached_checked(128, 1, 8.0, 0.0).unwrap();
         assert!(f.per_core_gflops > 8.0, "{f:?}");
         assert_eq!(g, fake);
+        // and a gather that just beat the cached rate makes it measure the rate again, and
+        // the cache keeps one entry per row size and thread count, the higher
+        let (_, g) = quick_limits_cached_checked(128, 1, 0.0, 20000.0).unwrap();
+        assert!(g.rows_per_s > 20000.0, "{g:?}");
+        let cached: Cache = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(cached.gather, vec![g]);
         // another key (a reboot, another CPU) is not trusted
         let mut other = seeded;
         other.key.push('x');
