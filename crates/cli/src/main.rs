@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use dlrs_model::batch::parse_sample;
 use dlrs_model::metrics::auc;
 use dlrs_model::{
-    Batch, Executor, MlpDtype, Model, RowFormat, Sample, TableMode, Workspace, presets,
+    Batch, DlrmConfig, Executor, MlpDtype, Model, RowFormat, Sample, TableMode, Workspace, presets,
 };
 
 #[derive(Parser)]
@@ -357,12 +357,16 @@ fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result
     }
     let a = Model::load(&dirs[0])?;
     let b = Model::load(&dirs[1])?;
-    let (ca, cb) = (
-        a.config.clone().with_format(RowFormat::F32),
-        b.config.clone().with_format(RowFormat::F32),
-    );
-    if ca != cb {
-        bail!("the two models have different architectures (only row formats may differ)");
+    // the same architecture: only the row formats and the MLP weights' type may differ
+    let same = |c: &DlrmConfig| DlrmConfig {
+        mlp_dtype: MlpDtype::F32,
+        ..c.clone().with_format(RowFormat::F32)
+    };
+    if same(&a.config) != same(&b.config) {
+        bail!(
+            "the two models have different architectures (only row formats and the MLP \
+             dtype may differ)"
+        );
     }
     let exec = Executor::new(threads)?;
     let (mut sa, mut sb, mut labels) = (Vec::new(), Vec::new(), Some(Vec::new()));

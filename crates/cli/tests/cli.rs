@@ -694,6 +694,40 @@ fn bf16_mlps_from_quantize_predict_close_to_the_reference_and_verify() {
         drift > 0.0 && drift < 1e-2,
         "max |bf16 - fp32 reference| = {drift}"
     );
+    // compare takes the fp32 model and its bf16 conversion (the MLP dtype may differ),
+    // and refuses two different architectures, naming what may differ
+    let o = dlrs(&[
+        "compare",
+        "--model",
+        src.to_str().unwrap(),
+        "--model",
+        out.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let max = v["max_abs_diff"].as_f64().unwrap();
+    assert!(
+        (max - drift as f64).abs() < 2e-5,
+        "compare {max} vs predict {drift}"
+    );
+    let o = dlrs(&[
+        "compare",
+        "--model",
+        src.to_str().unwrap(),
+        "--model",
+        fixture("criteo-kaggle-cap1000").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("only row formats and the MLP dtype may differ"),
+        "{}",
+        stderr(&o)
+    );
     // the same scores on every path the host has, the converting fallback included
     let o2 = Command::new(env!("CARGO_BIN_EXE_dlrs"))
         .args([
