@@ -1,6 +1,7 @@
 //! Single-thread throughput of `gather::bag_sum` per row format: a 1 GiB table (on
 //! transparent huge pages when the kernel grants them), uniform random ids, 80 ids per bag,
-//! 256 bags per call, D = 32 (change with `--dim D`, `--seconds S`, `--gib G`).
+//! 256 bags per call, D = 32 (change with `--dim D`, `--ids-per-bag N`, `--seconds S`,
+//! `--gib G`).
 //!
 //! ```sh
 //! cargo run --release -p dlrs-kernels --example gather_formats
@@ -14,7 +15,6 @@ use dlrs_kernels::gather::{Bags, Pooled, RowFormat, Rows, bag_sum_with, quantize
 
 const HUGE_PAGE: usize = 2 << 20;
 const BAGS: usize = 256;
-const IDS_PER_BAG: usize = 80;
 
 unsafe extern "C" {
     fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
@@ -71,10 +71,11 @@ fn arg(name: &str, default: f64) -> f64 {
 
 fn main() {
     let dim = arg("--dim", 32.0) as usize;
+    let ids_per_bag = arg("--ids-per-bag", 80.0) as usize;
     let seconds = arg("--seconds", 2.0);
     let bytes = (arg("--gib", 1.0) * (1u64 << 30) as f64) as usize;
     println!(
-        "isa {}, D = {dim}, {BAGS} bags x {IDS_PER_BAG} ids, table {} MiB, 1 thread",
+        "isa {}, D = {dim}, {BAGS} bags x {ids_per_bag} ids, table {} MiB, 1 thread",
         isa().name(),
         bytes >> 20
     );
@@ -103,14 +104,14 @@ fn main() {
         }
         // a pool of 64 batches of uniform ids (5 MB of ids), cycled
         let pool = 64;
-        let ids: Vec<u32> = (0..pool * BAGS * IDS_PER_BAG)
+        let ids: Vec<u32> = (0..pool * BAGS * ids_per_bag)
             .map(|_| (xorshift(&mut seed) % rows as u64) as u32)
             .collect();
         let mut out = vec![0.0f32; BAGS * dim];
         for &(name, path) in &paths {
             let run = |k: usize, out: &mut [f32]| {
-                let ids = &ids[(k % pool) * BAGS * IDS_PER_BAG..][..BAGS * IDS_PER_BAG];
-                let offsets: Vec<u32> = (0..=BAGS).map(|b| (b * IDS_PER_BAG) as u32).collect();
+                let ids = &ids[(k % pool) * BAGS * ids_per_bag..][..BAGS * ids_per_bag];
+                let offsets: Vec<u32> = (0..=BAGS).map(|b| (b * ids_per_bag) as u32).collect();
                 let rows = Rows::new(fmt, table, stride, dim);
                 bag_sum_with(path, rows, Bags::new(&offsets, ids), Pooled::new(out, dim))
             };
@@ -124,7 +125,7 @@ fn main() {
                 k += 1;
             }
             let s = t0.elapsed().as_secs_f64();
-            let n_rows = (k * BAGS * IDS_PER_BAG) as f64;
+            let n_rows = (k * BAGS * ids_per_bag) as f64;
             println!(
                 "{:>5} {:<24} stride {:>3} B  {:>6.1} M rows/s  {:>5.2} GB/s payload  ({:.1} ns/row)",
                 fmt.name(),
