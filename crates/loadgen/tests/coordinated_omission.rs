@@ -177,8 +177,10 @@ fn one_query_batches() -> Batching {
             max_queue_wait_ms: 0,
         },
         deadline: Duration::from_secs(60),
-        instances: 1,
-        threads: 1,
+        layout: dlrs_serve::ComputeLayout::Fixed {
+            instances: 1,
+            threads: 1,
+        },
     }
 }
 
