@@ -196,7 +196,7 @@ pub struct TwinConfig {
     pub model: PathBuf,
     /// `--threads`: threads of the forward pass, over all instances
     pub threads: usize,
-    /// `--instances`: compute instances (`None`: the shared layout, as `dlrs serve`'s)
+    /// `--instances`: compute instances (`None`: one per thread)
     pub instances: Option<usize>,
     /// batching and admission, as `dlrs serve`'s
     pub queue: QueueConfig,

@@ -62,8 +62,7 @@
 //! - always: `mode` (`"http"` or `"twin"`), `query_size`, `dist`, `ids_per_table`, `seed`,
 //!   `pool` (the pool's actual size), `warmup_s`, `drain_s`; HTTP: `url`, `model`, `model_dir`, `protocol`, `binary`,
 //!   `shared_memory` (`none` or `system`), `transport` (`json`, `binary` or
-//!   `system_shared_memory`), `connections`; twin: `model_dir`, `threads`, `instances`, `layout` (`fixed` with
-//!   `--instances`, else `shared`), `max_batch`,
+//!   `system_shared_memory`), `connections`; twin: `model_dir`, `threads`, `instances`, `max_batch`,
 //!   `max_queue_delay_us`, `max_queue`, `max_queue_burst`, `burst_cooldown_ms`,
 //!   `max_queue_wait_ms`, `deadline_ms`;
 //! - one measurement: `offered_qps`, `duration_s`, `queries`, `ok`, `ok_samples`,

@@ -203,17 +203,12 @@ pub(crate) fn http_header(t: &HttpTarget, load: &LoadConfig, pool: usize) -> Map
 }
 
 /// The JSON object's fields saying what the twin was (`"mode": "twin"`).
-pub(crate) fn twin_header(
-    c: &TwinConfig,
-    layout: dlrs_serve::ComputeLayout,
-    pool: usize,
-) -> Map<String, Value> {
+pub(crate) fn twin_header(c: &TwinConfig, instances: usize, pool: usize) -> Map<String, Value> {
     let mut h = Map::new();
     h.insert("mode".into(), json!("twin"));
     h.insert("model_dir".into(), json!(c.model.display().to_string()));
     h.insert("threads".into(), json!(c.threads));
-    h.insert("instances".into(), json!(layout.instances()));
-    h.insert("layout".into(), json!(layout.name()));
+    h.insert("instances".into(), json!(instances));
     let q = &c.queue;
     h.insert("max_batch".into(), json!(q.max_batch));
     h.insert("max_queue_delay_us".into(), json!(q.max_queue_delay_us));
@@ -406,18 +401,13 @@ mod tests {
         let mut c = TwinConfig::new("/models/rmc1");
         c.queue.max_queue_wait_ms = 7;
         c.deadline_ms = 250;
-        let v = Value::Object(twin_header(
-            &c,
-            dlrs_serve::ComputeLayout::Shared { threads: 2 },
-            9,
-        ));
+        let v = Value::Object(twin_header(&c, 2, 9));
         assert_eq!(v["mode"], "twin");
         assert_eq!(v["model_dir"], "/models/rmc1");
         assert_eq!(
             (v["threads"].as_u64(), v["instances"].as_u64()),
             (Some(2), Some(2))
         );
-        assert_eq!(v["layout"], "shared");
         assert_eq!(v["max_batch"], 256);
         assert_eq!(v["max_queue_delay_us"], 500);
         assert_eq!(v["max_queue"], 4096);

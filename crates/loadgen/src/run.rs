@@ -76,7 +76,7 @@ pub fn twin_json(config: TwinConfig) -> Result<Value, LoadgenError> {
             Some((url.as_str(), model, target))
         }
     };
-    let layout = dlrs_serve::compute_layout(config.threads, config.instances)?;
+    let (instances, threads) = dlrs_serve::compute_layout(config.threads, config.instances)?;
     let model = Model::load_with(&config.model, TableMode::Ram).map_err(|source| {
         LoadgenError::LoadModel {
             dir: config.model.clone(),
@@ -99,12 +99,12 @@ pub fn twin_json(config: TwinConfig) -> Result<Value, LoadgenError> {
         t0.elapsed().as_secs_f64()
     ));
 
-    let header = report::twin_header(&config, layout, queries.len());
+    let header = report::twin_header(&config, instances, queries.len());
     let q = &config.queue;
     let title = format!(
-        "dlrs twin: {} in process ({}, max batch {}, max queue delay {} us), query size {}, ids {} x{}",
+        "dlrs twin: {} in process ({} threads in {instances} instances, max batch {}, max queue delay {} us), query size {}, ids {} x{}",
         config.model.display(),
-        layout.describe(),
+        config.threads,
         q.max_batch,
         q.max_queue_delay_us,
         load.query_size.name(),
@@ -114,7 +114,8 @@ pub fn twin_json(config: TwinConfig) -> Result<Value, LoadgenError> {
     let batching = twin::Batching {
         queue: q.clone(),
         deadline: Duration::from_millis(config.deadline_ms),
-        layout,
+        instances,
+        threads,
     };
     let hooks = dlrs_serve::Hooks::default();
     let mut measure = |qps, duration_s, seed| {
@@ -131,14 +132,8 @@ pub fn twin_json(config: TwinConfig) -> Result<Value, LoadgenError> {
         |n| n.to_string_lossy().into_owned(),
     );
     let plot_title = format!(
-        "twin {name} ({} thr / {}, batch {}, delay {} us): p99 / p50 vs QPS",
-        config.threads,
-        match layout {
-            dlrs_serve::ComputeLayout::Fixed { instances, .. } => format!("{instances} inst"),
-            shared => shared.name().to_string(),
-        },
-        q.max_batch,
-        q.max_queue_delay_us
+        "twin {name} ({} thr / {instances} inst, batch {}, delay {} us): p99 / p50 vs QPS",
+        config.threads, q.max_batch, q.max_queue_delay_us
     );
     let Some((url, model_name, target)) = versus else {
         return drive(load, header, &title, &plot_title, &mut measure);

@@ -8,9 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use dlrs_model::Batch;
-use dlrs_serve::{
-    ApiError, ComputeLayout, Hooks, Job, Metrics, Queue, QueueConfig, ReplyTo, Version,
-};
+use dlrs_serve::{ApiError, Hooks, Job, Metrics, Queue, QueueConfig, ReplyTo, Version};
 
 use crate::driver::{Measure, Results, spawn_dispatcher, start_instant};
 use crate::error::LoadgenError;
@@ -23,8 +21,10 @@ pub struct Batching {
     pub queue: QueueConfig,
     /// a query not computed this long after it was queued is answered 504
     pub deadline: Duration,
-    /// the compute instances and their threads, as `dlrs serve --threads/--instances`
-    pub layout: ComputeLayout,
+    /// compute instances
+    pub instances: usize,
+    /// threads per instance
+    pub threads: usize,
 }
 
 /// One measurement of the twin: Poisson arrivals at `m.qps` for `m.duration_s`, query `i`
@@ -51,7 +51,7 @@ pub fn measure(
     let instances =
         // compute at the default priority: with no HTTP threads beside them, a nice value
         // (serve's --compute-nice) would change nothing here
-        dlrs_serve::spawn_instances(&queue, batching.layout, 0, hooks)
+        dlrs_serve::spawn_instances(&queue, batching.instances, batching.threads, 0, hooks)
             .map_err(|source| LoadgenError::Start {
                 what: "the compute threads",
                 source,

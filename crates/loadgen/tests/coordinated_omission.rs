@@ -177,10 +177,8 @@ fn one_query_batches() -> Batching {
             max_queue_wait_ms: 0,
         },
         deadline: Duration::from_secs(60),
-        layout: dlrs_serve::ComputeLayout::Fixed {
-            instances: 1,
-            threads: 1,
-        },
+        instances: 1,
+        threads: 1,
     }
 }
 

@@ -211,25 +211,10 @@ impl Model {
         ws: &'w mut Workspace,
         exec: &Executor,
     ) -> Result<&'w [f32]> {
-        self.forward_on(batch, ws, exec, exec.threads())
-    }
-
-    /// [`forward`](Self::forward) on `threads` of `exec`'s threads (at least 1, at most all
-    /// of them). One thread runs the batch on the calling thread, outside the pool, so that
-    /// several callers can share one executor, each with the threads it was given (the
-    /// server's shared compute layout).
-    pub fn forward_on<'w>(
-        &self,
-        batch: &Batch,
-        ws: &'w mut Workspace,
-        exec: &Executor,
-        threads: usize,
-    ) -> Result<&'w [f32]> {
-        let threads = threads.clamp(1, exec.threads());
         let tables = self.table_views();
         prepare_tables(self, &tables, batch, &mut ws.staging)?;
         let b = batch.size();
-        let ranges = row_ranges(b, threads);
+        let ranges = row_ranges(b, exec.threads());
         let n = ranges.len();
         if ws.ranges.len() < n {
             ws.ranges.resize_with(n, Activations::default);
@@ -243,16 +228,11 @@ impl Model {
             scores = rest;
         }
         let staging = &ws.staging;
-        let run = || {
-            run_split(jobs, threads, |(r, acts, scores), gemm_threads| {
+        exec.install(|| {
+            run_split(jobs, exec.threads(), |(r, acts, scores), gemm_threads| {
                 forward_range(self, &tables, staging, batch, r, acts, scores, gemm_threads)
             })
-        };
-        if threads == 1 {
-            run();
-        } else {
-            exec.install(run);
-        }
+        });
         ws.times = StageTimes::default();
         for r in &ws.ranges[..n] {
             ws.times.add(&r.times, 1.0 / n as f64);

@@ -1,16 +1,13 @@
 //! The bounded queue and the compute instances: each instance is a thread that takes the next
 //! batch from the shared queue (merging queued requests), runs the forward pass behind a panic
-//! guard and hands each request its scores.
+//! guard on its own executor and hands each request its scores.
 //!
-//! Several instances compute different batches at once ([`ComputeLayout`]): with
-//! `--instances`, each on its own executor of `--threads / --instances` threads; by default,
-//! one instance per thread sharing one executor, a batch taking the threads idle when it
-//! starts (all of them when nothing else is queued, one otherwise; see [`Queue::next_batch`]).
-//! A batch split across threads waits for its slowest part, so when the HTTP threads preempt
-//! one compute thread the other one idles; independent batches do not wait for each other. A
-//! request larger than a batch is cut into chunks that may run on different instances; its
-//! answer is sent when the last chunk is scored. The in-process twin (`dlrs twin`) runs this
-//! same code.
+//! Several instances (`--instances`, like Triton's `instance_group.count`) compute different
+//! batches at once, each on `--threads / --instances` threads: a batch split across threads
+//! waits for its slowest part, so when the HTTP threads preempt one compute thread the other
+//! one idles; independent batches do not wait for each other. A request larger than a batch
+//! is cut into chunks that may run on different instances; its answer is sent when the last
+//! chunk is scored. The in-process twin (`dlrs twin`) runs this same code.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -22,7 +19,7 @@ use std::time::{Duration, Instant};
 use dlrs_model::{Bags, Batch, DlrmConfig, Executor, Workspace};
 use tokio::sync::oneshot;
 
-use crate::config::{ComputeLayout, Hooks, QueueConfig};
+use crate::config::{Hooks, QueueConfig};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::Version;
@@ -165,26 +162,15 @@ struct State {
     refused: Option<Instant>,
     /// no more admissions; instances exit once `pending` is empty
     closed: bool,
-    /// compute thread-seconds per sample (a batch's time times its threads, over its
-    /// samples): the median of the last [`PER_SAMPLE_WINDOW`] batches (0 until the first)
+    /// compute seconds per sample on one instance: the median of the last [`PER_SAMPLE_WINDOW`]
+    /// batches (0 until the first batch)
     per_sample_s: f64,
-    /// the last batches' thread-seconds per sample, oldest overwritten first
+    /// the last batches' compute seconds per sample, oldest overwritten first
     recent: Vec<f64>,
     /// where the next batch's figure goes in `recent`
     next_recent: usize,
-    /// compute threads over all instances
-    threads: usize,
-    /// how a batch gets its threads
-    width: Width,
-}
-
-/// How many threads a batch runs on.
-#[derive(Clone, Copy, Debug)]
-enum Width {
-    /// always this many (an instance's own executor)
-    Fixed(usize),
-    /// what is idle when it starts ([`ComputeLayout::Shared`]): `idle` threads now
-    Shared { idle: usize },
+    /// compute instances taking batches
+    instances: usize,
 }
 
 /// Batches whose compute time per sample the wait bound takes the median of. A median, not a
@@ -214,8 +200,7 @@ impl Queue {
             per_sample_s: 0.0,
             recent: Vec::with_capacity(PER_SAMPLE_WINDOW),
             next_recent: 0,
-            threads: 1,
-            width: Width::Fixed(1),
+            instances: 1,
         };
         Queue {
             state: Mutex::new(state),
@@ -268,7 +253,7 @@ impl Queue {
             )));
         }
         if let Some(max) = self.cfg.max_wait() {
-            let wait = st.waiting as f64 * st.per_sample_s / st.threads.max(1) as f64;
+            let wait = st.waiting as f64 * st.per_sample_s / st.instances.max(1) as f64;
             if wait > max.as_secs_f64() {
                 st.refused = Some(now);
                 return Err(ApiError::Overloaded(format!(
@@ -340,21 +325,14 @@ impl Queue {
         Ok(())
     }
 
-    /// Counts a computed batch of `size` samples that took `took` on `threads` threads into
-    /// the compute time per sample that `max_wait` estimates with, and gives its threads back.
-    fn observe(&self, size: usize, took: Duration, threads: usize) {
-        let mut st = self.lock();
-        if let Width::Shared { idle } = &mut st.width {
-            *idle += threads;
-            drop(st);
-            // an instance may be waiting for a thread
-            self.ready.notify_all();
-            st = self.lock();
-        }
+    /// Counts a computed batch of `size` samples that took `took` into the compute time per
+    /// sample that `max_wait` estimates with.
+    fn observe(&self, size: usize, took: Duration) {
         if size == 0 {
             return;
         }
-        let per = took.as_secs_f64() * threads as f64 / size as f64;
+        let per = took.as_secs_f64() / size as f64;
+        let mut st = self.lock();
         if st.recent.len() < PER_SAMPLE_WINDOW {
             st.recent.push(per);
         } else {
@@ -398,14 +376,8 @@ impl Queue {
         }
     }
 
-    /// The next batch to compute and the threads to run it on, waiting for one; `None` once
-    /// the queue is closed and empty.
-    ///
-    /// In the shared layout a batch waits for an idle thread, then takes every idle thread if
-    /// nothing else is left in the queue (a lone query split across the cores), and one thread
-    /// otherwise (the rest go to the batches behind it). Its threads come back when it is
-    /// computed ([`Queue::observe`]).
-    fn next_batch(&self) -> Option<(Vec<Segment>, usize)> {
+    /// The next batch to compute, waiting for one; `None` once the queue is closed and empty.
+    fn next_batch(&self) -> Option<Vec<Segment>> {
         let mut st = self.lock();
         loop {
             self.drop_dead(&mut st);
@@ -416,11 +388,6 @@ impl Queue {
                 st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             };
-            if matches!(st.width, Width::Shared { idle: 0 }) {
-                // every thread is computing: one gives its threads back when done
-                st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
             let window_end = first.entry.enqueued + self.cfg.max_delay();
             let (plan, full) = plan_batch(
                 st.pending.iter().map(|p| {
@@ -464,20 +431,12 @@ impl Queue {
             }
             self.release(&mut st, size);
             let more = !st.pending.is_empty();
-            let threads = match &mut st.width {
-                Width::Fixed(t) => *t,
-                Width::Shared { idle } => {
-                    let take = if more { 1 } else { *idle };
-                    *idle -= take;
-                    take
-                }
-            };
             drop(st);
             if more {
                 // another instance may take the rest
                 self.ready.notify_one();
             }
-            return Some((segments, threads));
+            return Some(segments);
         }
     }
 
@@ -511,43 +470,20 @@ impl Queue {
     }
 }
 
-/// Starts the compute instances of `layout` (threads `dlrs-batcher-{i}`) on `queue`: with
-/// [`ComputeLayout::Fixed`] each has its own executor of its threads, with
-/// [`ComputeLayout::Shared`] they share one executor of all the threads. They run until the
-/// queue is closed and drained.
+/// Starts `instances` compute threads (`dlrs-batcher-{i}`) on `queue`, each with its own
+/// executor of `threads` threads. They run until the queue is closed and drained.
 pub fn spawn(
     queue: &Arc<Queue>,
-    layout: ComputeLayout,
+    instances: usize,
+    threads: usize,
     nice: i32,
     hooks: &Hooks,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let executor = |threads: usize| {
-        Executor::with_nice(threads, nice)
-            .map(Arc::new)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    };
-    let instances = layout.instances().max(1);
-    let shared = match layout {
-        ComputeLayout::Shared { threads } => Some(executor(threads)?),
-        ComputeLayout::Fixed { .. } => None,
-    };
-    {
-        let mut st = queue.lock();
-        st.threads = layout.threads().max(1);
-        st.width = match layout {
-            ComputeLayout::Fixed { threads, .. } => Width::Fixed(threads.max(1)),
-            ComputeLayout::Shared { threads } => Width::Shared {
-                idle: threads.max(1),
-            },
-        };
-    }
     let mut handles = Vec::with_capacity(instances);
-    for i in 0..instances {
-        let exec = match (&shared, layout) {
-            (Some(e), _) => Arc::clone(e),
-            (None, ComputeLayout::Fixed { threads, .. }) => executor(threads)?,
-            (None, ComputeLayout::Shared { .. }) => unreachable!("built above"),
-        };
+    queue.lock().instances = instances.max(1);
+    for i in 0..instances.max(1) {
+        let exec =
+            Executor::with_nice(threads, nice).map_err(|e| std::io::Error::other(e.to_string()))?;
         let (queue, hooks) = (Arc::clone(queue), hooks.clone());
         let h = std::thread::Builder::new()
             .name(format!("dlrs-batcher-{i}"))
@@ -568,15 +504,8 @@ fn run(queue: &Queue, exec: &Executor, hooks: &Hooks) {
     let mut ws = Workspace::default();
     loop {
         let done = catch_unwind(AssertUnwindSafe(|| {
-            while let Some((segments, threads)) = queue.next_batch() {
-                // the threads go back to the queue even if `compute` panics
-                let _give_back = GiveBack {
-                    queue,
-                    threads,
-                    size: segments.iter().map(|(_, r0, r1)| r1 - r0).sum(),
-                    start: Instant::now(),
-                };
-                compute(queue, &segments, threads, &mut ws, exec, hooks);
+            while let Some(segments) = queue.next_batch() {
+                compute(queue, &segments, &mut ws, exec, hooks);
             }
         }));
         match done {
@@ -589,26 +518,9 @@ fn run(queue: &Queue, exec: &Executor, hooks: &Hooks) {
     }
 }
 
-/// Gives a batch's threads back to the queue, with its compute time ([`Queue::observe`]),
-/// when the batch is done (or its instance unwinds).
-struct GiveBack<'a> {
-    queue: &'a Queue,
-    threads: usize,
-    size: usize,
-    start: Instant,
-}
-
-impl Drop for GiveBack<'_> {
-    fn drop(&mut self) {
-        self.queue
-            .observe(self.size, self.start.elapsed(), self.threads);
-    }
-}
-
 fn compute(
     queue: &Queue,
     segments: &[Segment],
-    threads: usize,
     ws: &mut Workspace,
     exec: &Executor,
     hooks: &Hooks,
@@ -625,14 +537,14 @@ fn compute(
             h(&batch);
         }
         let scores = model
-            .forward_on(&batch, ws, exec, threads)
+            .forward(&batch, ws, exec)
             .map_err(ApiError::from_compute)?;
         Ok(scores.to_vec())
     }));
     let took = start.elapsed();
     queue.metrics.compute.record(took.as_secs_f64());
+    queue.observe(size, took);
     queue.metrics.batch_size.record(size as f64);
-    queue.metrics.batch_threads.record(threads as f64);
     let result = match outcome {
         Ok(Ok(scores)) if scores.len() == size => Ok(scores),
         Ok(Ok(scores)) => Err(ApiError::Internal(format!(
@@ -911,21 +823,14 @@ mod tests {
         );
     }
 
-    fn fixed(instances: usize, threads: usize) -> ComputeLayout {
-        ComputeLayout::Fixed { instances, threads }
-    }
-
     /// Many concurrent requests of every size, some larger than a batch, on 1 to 3
-    /// instances of either layout: each gets exactly the scores of its own samples computed
-    /// alone.
+    /// instances: each gets exactly the scores of its own samples computed alone.
     #[test]
     fn concurrent_requests_get_their_own_scores_on_any_number_of_instances() {
         let v = version();
-        let layouts = (1..=3).flat_map(|n| [fixed(n, 1), ComputeLayout::Shared { threads: n }]);
-        for layout in layouts {
-            let instances = layout.describe();
+        for instances in 1..=3 {
             let q = queue(5, Duration::from_micros(200), 10_000);
-            let handles = spawn(&q, layout, 0, &Hooks::default()).unwrap();
+            let handles = spawn(&q, instances, 1, 0, &Hooks::default()).unwrap();
             let results: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
                 let workers: Vec<_> = (0..4u32)
                     .map(|t| {
@@ -983,7 +888,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let handles = spawn(&q, fixed(1, 1), 0, &hooks).unwrap();
+        let handles = spawn(&q, 1, 1, 0, &hooks).unwrap();
         let first = submit(&q, &v, batch(&v, 0, 2), Duration::from_secs(30)).unwrap();
         while computed.load(Ordering::SeqCst) == 0 {
             std::thread::yield_now();
@@ -1034,7 +939,7 @@ mod tests {
             before_forward: Some(Arc::new(|b: &Batch| assert!(b.size() != 3, "boom"))),
             ..Default::default()
         };
-        let handles = spawn(&q, fixed(1, 2), 0, &hooks).unwrap();
+        let handles = spawn(&q, 1, 2, 0, &hooks).unwrap();
         let bad = submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).unwrap();
         assert!(
             matches!(bad.blocking_recv().unwrap(), Err(ApiError::Internal(m)) if m.contains("boom"))
@@ -1064,7 +969,7 @@ mod tests {
             submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).is_ok(),
             "no estimate yet"
         );
-        q.observe(2, Duration::from_millis(2), 1); // 1 ms per sample: 3 ms waiting
+        q.observe(2, Duration::from_millis(2)); // 1 ms per sample: 3 ms waiting
         let _kept = submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).unwrap();
         // 6 ms of work waiting now: refused at once, naming the flag
         match submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(30)) {
@@ -1072,88 +977,12 @@ mod tests {
             other => panic!("{:?}", other.map(|_| ())),
         }
         // one batch 50 times slower is an outlier of the median, not a new estimate
-        q.observe(2, Duration::from_millis(2), 1);
-        q.observe(2, Duration::from_millis(100), 1);
+        q.observe(2, Duration::from_millis(2));
+        q.observe(2, Duration::from_millis(100));
         assert_eq!(q.lock().per_sample_s, 1e-3);
-        // two compute threads halve the estimate
-        q.lock().threads = 2;
+        // two instances halve the estimate
+        q.lock().instances = 2;
         assert!(submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(30)).is_ok());
-        // a batch on two threads costs twice its time in thread-seconds
-        let q = Arc::new(Queue::new(q.cfg.clone(), Arc::new(Metrics::new())));
-        q.observe(4, Duration::from_millis(2), 2);
-        assert_eq!(q.lock().per_sample_s, 1e-3);
-    }
-
-    /// The shared layout: a batch with nothing queued behind it takes every idle thread;
-    /// while batches wait, each takes one, and a batch waits for a thread to come back.
-    #[test]
-    fn shared_threads_go_to_a_lone_batch_or_one_to_each_queued_batch() {
-        let v = version();
-        let q = queue(2, Duration::ZERO, 100);
-        // every batch waits in its hook for a go from the test
-        let (go, gate) = std::sync::mpsc::channel::<()>();
-        let gate = Mutex::new(gate);
-        let started = Arc::new(AtomicUsize::new(0));
-        let s = Arc::clone(&started);
-        let hooks = Hooks {
-            before_forward: Some(Arc::new(move |_: &Batch| {
-                s.fetch_add(1, Ordering::SeqCst);
-                let _ = gate.lock().unwrap().recv();
-            })),
-            ..Default::default()
-        };
-        let handles = spawn(&q, ComputeLayout::Shared { threads: 3 }, 0, &hooks).unwrap();
-        let idle = |q: &Queue| match q.lock().width {
-            Width::Shared { idle } => idle,
-            Width::Fixed(_) => unreachable!("a shared layout"),
-        };
-        let wait_until = |what: &str, f: &dyn Fn() -> bool| {
-            let t = Instant::now();
-            while !f() {
-                assert!(t.elapsed() < Duration::from_secs(10), "{what}");
-                std::thread::yield_now();
-            }
-        };
-        // a batch alone in the queue takes all three threads
-        let lone = submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(30)).unwrap();
-        wait_until("the lone batch starts", &|| {
-            started.load(Ordering::SeqCst) == 1
-        });
-        assert_eq!(idle(&q), 0);
-        // so the next three wait for threads ...
-        let rest: Vec<_> = (0..3u32)
-            .map(|i| submit(&q, &v, batch(&v, 10 + 2 * i, 2), Duration::from_secs(30)).unwrap())
-            .collect();
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(started.load(Ordering::SeqCst), 1, "no thread was idle");
-        // ... and when they come back, each takes one: the first two had others behind
-        // them, the last found one idle thread
-        go.send(()).unwrap();
-        assert_eq!(lone.blocking_recv().unwrap().unwrap().len(), 1);
-        wait_until("the three start", &|| started.load(Ordering::SeqCst) == 4);
-        assert_eq!(idle(&q), 0);
-        for _ in 0..3 {
-            go.send(()).unwrap();
-        }
-        for rx in rest {
-            assert_eq!(rx.blocking_recv().unwrap().unwrap().len(), 2);
-        }
-        wait_until("every thread back", &|| idle(&q) == 3);
-        let m = q.metrics.render();
-        let bucket = |le: &str| {
-            let head = format!("dlrs_batch_threads_bucket{{le=\"{le}\"}} ");
-            m.lines()
-                .find_map(|l| l.strip_prefix(&head))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("no bucket {le} in {m}"))
-        };
-        assert_eq!(bucket("1"), 3, "three batches on one thread");
-        assert_eq!(bucket("4") - bucket("2"), 1, "one batch on all three");
-        q.close();
-        drop(go);
-        for h in handles {
-            h.join().unwrap();
-        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub struct ServeConfig {
     pub queue: QueueConfig,
     /// `--threads`: threads of the forward pass, over all instances
     pub threads: usize,
-    /// `--instances`: compute instances (`None`: the shared layout, see [`ComputeLayout`])
+    /// `--instances`: compute instances (`None`: one per thread)
     pub instances: Option<usize>,
     /// `--http-threads`: tokio worker threads of the HTTP side
     pub http_threads: usize,
@@ -100,8 +100,8 @@ impl ServeConfig {
         }
     }
 
-    /// The compute layout from `--instances` and `--threads`.
-    pub fn compute_layout(&self) -> Result<ComputeLayout, ServeError> {
+    /// `(instances, threads per instance)` from `--instances` and `--threads`.
+    pub fn compute_layout(&self) -> Result<(usize, usize), ServeError> {
         compute_layout(self.threads, self.instances)
     }
 
@@ -121,70 +121,16 @@ impl ServeConfig {
     }
 }
 
-/// How the compute threads take batches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ComputeLayout {
-    /// `--instances N`: `N` instances of `threads` threads each (`--threads / N`); a batch
-    /// always runs on all of its instance's threads (Triton's `instance_group`).
-    Fixed { instances: usize, threads: usize },
-    /// No `--instances`: one instance per thread, all sharing one pool of `threads`. A batch
-    /// starts on one idle thread and takes every other idle thread when nothing else waits
-    /// in the queue: a lone query is split by rows across the cores (at low load), while
-    /// batches that queue behind each other run side by side on one thread each (at high
-    /// load), with no barrier between them.
-    Shared { threads: usize },
-}
-
-impl ComputeLayout {
-    /// Compute instances (threads taking batches from the queue).
-    pub fn instances(&self) -> usize {
-        match *self {
-            ComputeLayout::Fixed { instances, .. } => instances,
-            ComputeLayout::Shared { threads } => threads,
-        }
-    }
-
-    /// Compute threads over all instances.
-    pub fn threads(&self) -> usize {
-        match *self {
-            ComputeLayout::Fixed { instances, threads } => instances * threads,
-            ComputeLayout::Shared { threads } => threads,
-        }
-    }
-
-    /// `"fixed"` or `"shared"`, as reports name the kind.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ComputeLayout::Fixed { .. } => "fixed",
-            ComputeLayout::Shared { .. } => "shared",
-        }
-    }
-
-    /// As logs and reports name it.
-    pub fn describe(&self) -> String {
-        match *self {
-            ComputeLayout::Fixed { instances, threads } => {
-                format!("{instances} instance(s) of {threads} thread(s)")
-            }
-            ComputeLayout::Shared { threads } => {
-                format!("{threads} thread(s) shared by every batch")
-            }
-        }
-    }
-}
-
-/// The layout of `--threads` and `--instances`: `threads` split evenly over `instances`, or
-/// the shared layout when `instances` is `None`.
+/// `(instances, threads per instance)`: `threads` split evenly over `instances` (default: one
+/// instance per thread).
 pub fn compute_layout(
     threads: usize,
     instances: Option<usize>,
-) -> Result<ComputeLayout, ServeError> {
+) -> Result<(usize, usize), ServeError> {
     if threads < 1 {
         return Err(ServeError::flag("--threads", "must be at least 1"));
     }
-    let Some(instances) = instances else {
-        return Ok(ComputeLayout::Shared { threads });
-    };
+    let instances = instances.unwrap_or(threads);
     if instances < 1 || !threads.is_multiple_of(instances) {
         return Err(ServeError::flag(
             "--instances",
@@ -193,10 +139,7 @@ pub fn compute_layout(
             ),
         ));
     }
-    Ok(ComputeLayout::Fixed {
-        instances,
-        threads: threads / instances,
-    })
+    Ok((instances, threads / instances))
 }
 
 /// The batching and admission rules, the same for `dlrs serve` and `dlrs twin` so that the
@@ -312,22 +255,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_layout_splits_threads_evenly_over_instances_or_shares_them() {
-        assert_eq!(
-            compute_layout(4, None).unwrap(),
-            ComputeLayout::Shared { threads: 4 }
-        );
-        let fixed = compute_layout(4, Some(2)).unwrap();
-        assert_eq!(
-            fixed,
-            ComputeLayout::Fixed {
-                instances: 2,
-                threads: 2
-            }
-        );
-        assert_eq!((fixed.instances(), fixed.threads()), (2, 4));
-        let shared = compute_layout(2, None).unwrap();
-        assert_eq!((shared.instances(), shared.threads()), (2, 2));
+    fn the_layout_splits_threads_evenly_over_instances() {
+        assert_eq!(compute_layout(4, None).unwrap(), (4, 1));
+        assert_eq!(compute_layout(4, Some(2)).unwrap(), (2, 2));
         let e = compute_layout(0, None).unwrap_err();
         assert_eq!(e.to_string(), "--threads must be at least 1");
         let e = compute_layout(4, Some(3)).unwrap_err();

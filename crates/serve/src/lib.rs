@@ -74,24 +74,18 @@
 //! An inference request is parsed and validated in full (every error names the tensor or
 //! field), then enters a queue bounded in *samples* (`--max-queue`) and, with
 //! `--max-queue-wait-ms`, in *time*: a request is refused (503) when the work already waiting
-//! ahead of it, estimated from the measured compute time per sample and thread (the median of
-//! the last batches) and the number of compute threads, exceeds that many milliseconds. The
+//! ahead of it, estimated from the measured compute time per sample (a moving average over
+//! the batches computed) and the number of instances, exceeds that many milliseconds. The
 //! time bound fits every query size (a sample bound that suits 165-sample queries of 80 ids
 //! each is loose for small ones) and adapts when the compute threads slow down. A request with binary
 //! tensors declares its batch size in its JSON header, which comes first: room for it is held
 //! in the queue as soon as that header is in, so under overload it gets its 503 before its
-//! binary data is read (the queue depth counts held room).
-//!
-//! Compute instances take batches from the queue independently, each with its own
-//! [`Workspace`](dlrs_model::Workspace) ([`ComputeLayout`]). By default there is one
-//! instance per `--threads`, all sharing one [`Executor`](dlrs_model::Executor): a batch
-//! starts on one idle thread and also takes every other idle thread when nothing else is
-//! queued, so a lone query is split by rows across the cores at low load, while at high load
-//! batches run side by side on one thread each. A batch split across threads waits for its
-//! slowest part (a compute thread preempted by HTTP work idles the other), which is why the
-//! split is only taken when no other batch could use the threads. `--instances N` pins the
-//! layout instead: `N` instances of `--threads / N` threads each, every batch on all of its
-//! instance's threads (like Triton's instance groups). An instance takes the oldest request, then
+//! binary data is read (the queue depth counts held room). `--instances` compute
+//! threads (default: one per `--threads`) each own an [`Executor`](dlrs_model::Executor) of
+//! `--threads / --instances` threads and a [`Workspace`](dlrs_model::Workspace), and take
+//! batches from the queue independently (like Triton's instance groups: a batch split across
+//! threads waits for its slowest part, so one instance per thread keeps a compute thread
+//! preempted by HTTP work from idling the other). An instance takes the oldest request, then
 //! keeps taking requests until the batch holds `--max-batch` samples, the next request does
 //! not fit, or `--max-queue-delay-us` has passed since the oldest request was queued (a
 //! request that already waited that long while the instances were busy is batched with
@@ -228,7 +222,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use batcher::{Job, Queue, Reply, ReplyTo, spawn as spawn_instances};
-pub use config::{BatchHook, ComputeLayout, Hooks, QueueConfig, ServeConfig, compute_layout};
+pub use config::{BatchHook, Hooks, QueueConfig, ServeConfig, compute_layout};
 pub use error::{ApiError, ServeError};
 pub use metrics::Metrics;
 pub use request_id::REQUEST_ID_HEADER;

@@ -20,7 +20,6 @@ const LATENCY_BUCKETS: &[f64] = &[
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
-const THREAD_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -28,7 +27,6 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub inflight: Gauge,
     pub batch_size: Histogram,
-    pub batch_threads: Histogram,
     pub queue_wait: Histogram,
     pub compute: Histogram,
     pub expired: Counter,
@@ -49,7 +47,6 @@ impl Metrics {
         let mut b = PrometheusBuilder::new();
         for (name, buckets) in [
             ("dlrs_batch_size", BATCH_BUCKETS),
-            ("dlrs_batch_threads", THREAD_BUCKETS),
             ("dlrs_queue_wait_seconds", LATENCY_BUCKETS),
             ("dlrs_compute_seconds", LATENCY_BUCKETS),
             ("dlrs_request_duration_seconds", LATENCY_BUCKETS),
@@ -82,11 +79,6 @@ impl Metrics {
                 "inference requests being handled",
             ),
             ("dlrs_batch_size", None, "samples per computed batch"),
-            (
-                "dlrs_batch_threads",
-                None,
-                "compute threads per batch (shared layout: every idle thread when nothing else is queued, else one)",
-            ),
             (
                 "dlrs_queue_wait_seconds",
                 Some(Unit::Seconds),
@@ -134,7 +126,6 @@ impl Metrics {
             queue_depth: gauge("dlrs_queue_depth_samples"),
             inflight: gauge("dlrs_inflight_requests"),
             batch_size: hist("dlrs_batch_size"),
-            batch_threads: hist("dlrs_batch_threads"),
             queue_wait: hist("dlrs_queue_wait_seconds"),
             compute: hist("dlrs_compute_seconds"),
             expired: recorder

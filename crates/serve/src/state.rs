@@ -112,9 +112,15 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         metrics.model_version.set(1.0);
         let queue = Arc::new(Queue::new(config.queue.clone(), Arc::clone(&metrics)));
-        let layout = config.compute_layout()?;
-        let batchers = batcher::spawn(&queue, layout, config.compute_nice, &config.hooks)
-            .map_err(ServeError::ComputeThreads)?;
+        let (instances, threads) = config.compute_layout()?;
+        let batchers = batcher::spawn(
+            &queue,
+            instances,
+            threads,
+            config.compute_nice,
+            &config.hooks,
+        )
+        .map_err(ServeError::ComputeThreads)?;
         Ok(Arc::new(AppState {
             name: config.model_name(),
             dir,

@@ -112,7 +112,7 @@ pub struct TwinArgs {
     /// threads of the forward pass, over all instances
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// compute instances, as `dlrs serve --instances` (default: the shared layout, as serve's)
+    /// compute instances, as `dlrs serve --instances` (default: one per thread)
     #[arg(long)]
     pub instances: Option<usize>,
     /// batching and admission, with `dlrs serve`'s options and defaults

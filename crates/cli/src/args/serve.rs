@@ -24,9 +24,8 @@ pub struct ServeArgs {
     /// threads of the forward pass, over all instances
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// compute instances: batches computed at once, each on --threads / --instances threads.
-    /// Default: one instance per thread sharing the threads, a batch taking every idle thread
-    /// when nothing else is queued and one thread otherwise
+    /// compute instances: batches computed at once, each on --threads / --instances threads
+    /// (default: one per thread)
     #[arg(long)]
     pub instances: Option<usize>,
     /// threads that run HTTP (tokio workers: accept, read and parse requests, answer)
