@@ -199,35 +199,13 @@ impl Batch {
             ));
         }
         for (t, b) in bags.iter().enumerate() {
-            if b.offsets.len() != size + 1 || b.offsets[0] != 0 {
-                return Err(ModelError::input(
-                    format!("offsets[{t}]"),
-                    format!("need {} entries starting at 0", size + 1),
-                ));
-            }
-            if b.offsets.windows(2).any(|w| w[0] > w[1]) || b.offsets[size] as usize != b.ids.len()
-            {
-                return Err(ModelError::input(
-                    format!("offsets[{t}]"),
-                    format!(
-                        "must be non-decreasing and end at the id count {}",
-                        b.ids.len()
-                    ),
-                ));
-            }
+            check_offsets(t, &b.offsets, size, b.ids.len())?;
             let rows = cfg.tables[t];
             if check_ids
                 && !dlrs_kernels::ids::ids_below(&b.ids, rows)
                 && let Some(j) = b.ids.iter().position(|&id| id as usize >= rows)
             {
-                let s = b.offsets.partition_point(|&o| o as usize <= j) - 1;
-                return Err(ModelError::input(
-                    format!("sparse[{t}] of sample {s}"),
-                    format!(
-                        "id {} out of range for table {t} with {rows} rows",
-                        b.ids[j]
-                    ),
-                ));
+                return Err(id_out_of_range(t, &b.offsets, j, b.ids[j].into(), rows));
             }
         }
         Ok(Batch { size, dense, bags })
@@ -289,6 +267,37 @@ impl Batch {
     pub fn id_count(&self) -> usize {
         self.bags.iter().map(|b| b.ids.len()).sum()
     }
+}
+
+/// Checks table `t`'s offsets for a batch of `size` bags over `n_ids` ids: `size + 1`
+/// entries, starting at 0, non-decreasing, ending at `n_ids`.
+pub fn check_offsets(t: usize, offsets: &[u32], size: usize, n_ids: usize) -> Result<()> {
+    if offsets.len() != size + 1 || offsets[0] != 0 {
+        return Err(ModelError::input(
+            format!("offsets[{t}]"),
+            format!("need {} entries starting at 0", size + 1),
+        ));
+    }
+    if offsets.windows(2).any(|w| w[0] > w[1]) || offsets[size] as usize != n_ids {
+        return Err(ModelError::input(
+            format!("offsets[{t}]"),
+            format!("must be non-decreasing and end at the id count {n_ids}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The error of id `id`, the `j`-th of table `t` (bags as `offsets` says, already checked
+/// by [`check_offsets`]), which is not below the table's `rows`: names the table and the
+/// sample.
+pub fn id_out_of_range(t: usize, offsets: &[u32], j: usize, id: i64, rows: usize) -> ModelError {
+    let s = offsets
+        .partition_point(|&o| o as usize <= j)
+        .saturating_sub(1);
+    ModelError::input(
+        format!("sparse[{t}] of sample {s}"),
+        format!("id {id} out of range for table {t} with {rows} rows"),
+    )
 }
 
 fn validate_sample(cfg: &DlrmConfig, s: &Sample) -> Result<()> {
