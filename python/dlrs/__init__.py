@@ -68,22 +68,20 @@ def _interaction_width(op: str, itself: bool, n_tables: int, dim: int, bot_out: 
     return bot_out + (f * (f + 1) // 2 if itself else f * (f - 1) // 2)
 
 
-def from_torch(module: Any, config_or_flags: Any = None, out_dir: Union[str, os.PathLike, None] = None) -> str:
+def from_torch(module: Any, config_or_flags: Any, out_dir: Union[str, os.PathLike]) -> str:
     """Writes a model directory from a live reference ``DLRM_Net``-style module.
 
     ``module`` has the reference state-dict keys (``emb_l.{t}.weight``,
     ``bot_l.{2i}.weight/bias``, ``top_l.{2i}.weight/bias``): embedding bags pooled by sum,
     ReLU after every bottom layer and every top layer but the last, sigmoid after it.
     ``config_or_flags`` is a dict of ``config.json`` fields (the reference flag names, e.g.
-    ``{"arch_interaction_op": "dot"}``), the reference script's ``argparse.Namespace``, or
-    a path to a ``config.json``; the table sizes, embedding dimension and MLP widths are
+    ``{"arch_interaction_op": "dot"}``), the reference script's ``argparse.Namespace``, a
+    path to a ``config.json``, or None; the table sizes, embedding dimension and MLP widths are
     read from the state dict when not given, and the interaction when only one fits the
     top MLP's input width. Writes ``out_dir/model.safetensors`` (the state dict, float32,
     with dlrs's checksum manifest) and ``out_dir/config.json``; never pickles. Returns
     ``out_dir``. Raises ``dlrs.ModelError`` naming a tensor that does not fit the config.
     """
-    if out_dir is None:
-        raise TypeError("from_torch: out_dir is required")
     import torch  # only needed here
 
     flags = _flags(config_or_flags)

@@ -94,7 +94,7 @@ def quantize(
 def verify(model_dir: _Path, *, require_manifest: bool = False) -> dict[str, Any]:
     """Checks config, shapes and every checksum; raises ModelError naming what fails."""
 
-def from_torch(module: Any, config_or_flags: Any = None, out_dir: Optional[_Path] = None) -> str:
+def from_torch(module: Any, config_or_flags: Any, out_dir: _Path) -> str:
     """Writes a model directory (safetensors + config.json, never pickle) from a reference
     DLRM_Net-style module; returns out_dir."""
 

@@ -206,7 +206,7 @@ impl Model {
         bags: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
         let inputs = Inputs::take(dense, sparse, bags, &self.net.config)?;
-        let batch = inputs.batch(&self.net.config).map_err(model_err)?;
+        let batch = no_panic(|| inputs.batch(&self.net.config).map_err(model_err))?;
         let d = PyDict::new(py);
         d.set_item("dense", batch.dense().as_ptr() as usize)?;
         let ids: Vec<usize> = batch
