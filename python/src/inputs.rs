@@ -9,7 +9,8 @@
 //!   the caller's buffers ([`Values::Shared`]): no copy;
 //! - int64 ids are narrowed to the tables' `u32` row numbers, the range check fused into
 //!   that one pass (`dlrs_kernels::ids::narrow_ids_le`); int64 offsets, offsets of B
-//!   entries and lengths become `u32` offsets (B + 1 per table);
+//!   entries and lengths become `u32` offsets (B + 1 per table); the tables are converted
+//!   in parallel on the model's threads;
 //! - then the batch is validated once, as every batch is ([`Batch::from_parts_ids_checked`]).
 //!
 //! An id is never read through a float, clamped or remapped: out of range is an error that
@@ -28,6 +29,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyTuple};
+use rayon::prelude::*;
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
 
@@ -345,8 +347,9 @@ impl Inputs {
     }
 
     /// The validated batch (no GIL needed): shared where the inputs allow it, see the
-    /// module doc.
-    pub fn batch(&self, cfg: &DlrmConfig) -> Result<Batch> {
+    /// module doc. With `parallel`, the tables are converted in parallel on the current
+    /// rayon pool (call it inside the model's `Executor::install`).
+    pub fn batch(&self, cfg: &DlrmConfig, parallel: bool) -> Result<Batch> {
         let nd = cfg.n_dense();
         self.dense.want(&[Kind::F32])?;
         let b = match self.dense.shape[..] {
@@ -360,21 +363,26 @@ impl Inputs {
         };
         let dense = self.dense.shared::<f32>(0..b * nd);
         let nt = cfg.n_tables();
-        let mut bags = Vec::with_capacity(nt);
-        match &self.sparse {
-            Sparse::Pairs { tables, lengths } => {
-                for (t, (values, bounds)) in tables.iter().enumerate() {
-                    let n = values.len_1d()?;
-                    let offsets = if *lengths {
-                        offsets_from_lengths(t, bounds, 0..bounds.len_1d()?, b)?
-                    } else {
-                        offsets_of(t, bounds, b, n)?
-                    };
-                    check_offsets(t, &offsets, b, n)?;
-                    let ids = ids_of(t, values, 0..n, cfg.tables[t], &offsets)?;
-                    bags.push(Bags { offsets, ids });
-                }
+        let each = |f: &(dyn Fn(usize) -> Result<Bags> + Sync)| -> Result<Vec<Bags>> {
+            if parallel {
+                (0..nt).into_par_iter().map(f).collect()
+            } else {
+                (0..nt).map(f).collect()
             }
+        };
+        let bags = match &self.sparse {
+            Sparse::Pairs { tables, lengths } => each(&|t| {
+                let (values, bounds) = &tables[t];
+                let n = values.len_1d()?;
+                let offsets = if *lengths {
+                    offsets_from_lengths(t, bounds, 0..bounds.len_1d()?, b)?
+                } else {
+                    offsets_of(t, bounds, b, n)?
+                };
+                check_offsets(t, &offsets, b, n)?;
+                let ids = ids_of(t, values, 0..n, cfg.tables[t], &offsets)?;
+                Ok(Bags { offsets, ids })
+            })?,
             Sparse::Jagged { values, lengths } => {
                 let n_values = values.len_1d()?;
                 let n_lengths = lengths.len_1d()?;
@@ -383,6 +391,8 @@ impl Inputs {
                         "{n_lengths} lengths, expected tables x batch = {nt} x {b}"
                     )));
                 }
+                // each key's offsets and where its ids start in `values`
+                let mut parts = Vec::with_capacity(nt);
                 let mut start = 0usize;
                 for t in 0..nt {
                     let offsets = offsets_from_lengths(t, lengths, t * b..(t + 1) * b, b)?;
@@ -393,8 +403,7 @@ impl Inputs {
                             t + 1
                         )));
                     }
-                    let ids = ids_of(t, values, start..start + n, cfg.tables[t], &offsets)?;
-                    bags.push(Bags { offsets, ids });
+                    parts.push((offsets, start..start + n));
                     start += n;
                 }
                 if start != n_values {
@@ -402,8 +411,16 @@ impl Inputs {
                         "{n_values} values, but the lengths add up to {start}"
                     )));
                 }
+                each(&|t| {
+                    let (offsets, range) = &parts[t];
+                    let ids = ids_of(t, values, range.clone(), cfg.tables[t], offsets)?;
+                    Ok(Bags {
+                        offsets: offsets.clone(),
+                        ids,
+                    })
+                })?
             }
-        }
+        };
         Batch::from_parts_ids_checked(cfg, b, dense, bags)
     }
 }
@@ -501,9 +518,18 @@ fn ids_of(
             Ok(arr.shared::<u32>(range))
         }
         Ints::I64(s) => {
-            let mut ids = vec![0u32; s.len()];
+            let n = s.len();
+            let mut ids: Vec<u32> = Vec::with_capacity(n);
             let bytes = &elements::<u8>(&arr.buf)[range.start * 8..range.end * 8];
-            if !dlrs_kernels::ids::narrow_ids_le(bytes, rows as u64, &mut ids) {
+            let ok = dlrs_kernels::ids::narrow_ids_le_uninit(
+                bytes,
+                rows as u64,
+                &mut ids.spare_capacity_mut()[..n],
+            );
+            // SAFETY: the capacity is `n`, and narrow_ids_le_uninit initializes every one of
+            // the `n` elements it is given, whether it returns true or false (its contract).
+            unsafe { ids.set_len(n) };
+            if !ok {
                 let j = s
                     .iter()
                     .position(|&v| v < 0 || v as u64 >= rows as u64)

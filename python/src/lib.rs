@@ -206,7 +206,7 @@ impl Model {
         bags: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
         let inputs = Inputs::take(dense, sparse, bags, &self.net.config)?;
-        let batch = no_panic(|| inputs.batch(&self.net.config).map_err(model_err))?;
+        let batch = no_panic(|| inputs.batch(&self.net.config, false).map_err(model_err))?;
         let d = PyDict::new(py);
         d.set_item("dense", batch.dense().as_ptr() as usize)?;
         let ids: Vec<usize> = batch
@@ -222,6 +222,31 @@ impl Model {
         d.set_item("ids", ids)?;
         d.set_item("offsets", offs)?;
         Ok(d)
+    }
+
+    /// Seconds the forward pass alone takes on these inputs, timed in Rust with the batch
+    /// built beforehand (for benchmarks of the Python call's overhead).
+    #[pyo3(signature = (dense, sparse, *, bags = "offsets"))]
+    fn _time_forward(
+        &self,
+        py: Python<'_>,
+        dense: &Bound<'_, PyAny>,
+        sparse: &Bound<'_, PyAny>,
+        bags: &str,
+    ) -> PyResult<f64> {
+        let inputs = Inputs::take(dense, sparse, bags, &self.net.config)?;
+        py.detach(|| {
+            no_panic(|| {
+                let batch = self.batch(&inputs)?;
+                let mut ws = self.workspace();
+                let t = std::time::Instant::now();
+                let out = self.net.forward(&batch, &mut ws, &self.exec).map(|_| ());
+                let secs = t.elapsed().as_secs_f64();
+                self.give_back(ws);
+                out.map_err(model_err)?;
+                Ok(secs)
+            })
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -240,23 +265,39 @@ impl Model {
 impl Model {
     /// Builds the batch and runs the forward pass (no GIL needed).
     fn run(&self, inputs: Inputs) -> PyResult<Vec<f32>> {
-        let batch = inputs.batch(&self.net.config).map_err(model_err)?;
-        let mut ws = self
-            .workspaces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
+        let batch = self.batch(&inputs)?;
+        let mut ws = self.workspace();
         let out = self
             .net
             .forward(&batch, &mut ws, &self.exec)
             .map(<[f32]>::to_vec)
             .map_err(model_err);
+        self.give_back(ws);
+        out
+    }
+
+    /// The batch of `inputs`, its tables converted on the model's threads.
+    fn batch(&self, inputs: &Inputs) -> PyResult<dlrs_model::Batch> {
+        let parallel = self.exec.threads() > 1;
+        self.exec
+            .install(|| inputs.batch(&self.net.config, parallel))
+            .map_err(model_err)
+    }
+
+    /// A workspace of the pool (a new one when every one is in use).
+    fn workspace(&self) -> Workspace {
+        self.workspaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, ws: Workspace) {
         self.workspaces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(ws);
-        out
     }
 }
 
@@ -479,7 +520,9 @@ impl Trainer {
         let (trainer, state) = (&mut self.trainer, &mut self.state);
         py.detach(|| {
             no_panic(|| {
-                let batch = inputs.batch(&trainer.model.config).map_err(model_err)?;
+                let batch = inputs
+                    .batch(&trainer.model.config, false)
+                    .map_err(model_err)?;
                 let labels = labels.labels(batch.size()).map_err(model_err)?;
                 let loss = trainer.step(&batch, labels);
                 let n = batch.size() as u64;

@@ -2,7 +2,7 @@
 """The Python call's overhead, measured against `dlrs bench` in the same run (a benchmark,
 not a test).
 
-    python python/bench.py [--dir DIR | --rows-cap N] [--seconds 5] [--dlrs target/release/dlrs]
+    python scripts/bench-python.py [--dir DIR | --rows-cap N] [--seconds 3] [--rounds 5] [--dlrs target/release/dlrs]
 
 Writes RMC1 with `dlrs init --preset rmc1` (full-size 4 GB tables unless --rows-cap) into
 a temporary directory (or uses --dir), then for batch 256 and batch 1 on 2 threads runs
@@ -10,7 +10,10 @@ a temporary directory (or uses --dir), then for batch 256 and batch 1 on 2 threa
 `dlrs.Model.load(DIR, tables="ram", threads=2).predict(...)` over a pool of uniform random
 batches whose rows span >= 256 MB (as dlrs bench's pool does), ids as int64 (narrowed, one
 checked copy) and as int32 (read in place). Prints one JSON object per point and the
-Python/Rust ratios: samples/s at batch 256, p50 latency added at batch 1.
+Python/Rust ratios of the medians over interleaved rounds: samples/s at batch 256, p50
+latency added at batch 1. Then, in one process, `predict` against the forward pass alone
+(timed in Rust on the same batches, calls alternating), which cancels a shared host's load
+drift between processes.
 """
 
 import argparse
@@ -41,8 +44,7 @@ def pool_of(model, batch, dtype, rng):
     return pool
 
 
-def py_bench(model, batch, dtype, seconds, rng):
-    pool = pool_of(model, batch, dtype, rng)
+def py_bench(model, pool, batch, seconds):
     predict = model.predict
     for dense, sparse in pool[:3]:
         predict(dense, sparse)
@@ -62,6 +64,41 @@ def py_bench(model, batch, dtype, seconds, rng):
         "p99_us": float(np.percentile(lat, 99) * 1e6),
         "batches": len(lat),
     }
+
+
+def interleaved(model, pool, batch, seconds):
+    """Python's `predict` (timed in Python) and the forward pass alone (timed in Rust,
+    `Model._time_forward`) in turn over the same pool, in one process: the call's overhead
+    with the host's load drift cancelled."""
+    predict, forward = model.predict, model._time_forward
+    for dense, sparse in pool[:4]:
+        predict(dense, sparse)
+    py, rs = [], []
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end or len(py) < 10:
+        dense, sparse = pool[i % len(pool)]
+        if i % 2 == 0:
+            t0 = time.perf_counter()
+            predict(dense, sparse)
+            py.append(time.perf_counter() - t0)
+        else:
+            rs.append(forward(dense, sparse))
+        i += 1
+    py, rs = np.array(py), np.array(rs)
+    return {
+        "python_samples_per_s": batch * len(py) / float(py.sum()),
+        "forward_samples_per_s": batch * len(rs) / float(rs.sum()),
+        "ratio_samples_per_s": float(rs.mean() / py.mean()),
+        "python_p50_us": float(np.percentile(py, 50) * 1e6),
+        "forward_p50_us": float(np.percentile(rs, 50) * 1e6),
+        "p50_added_us": float((np.percentile(py, 50) - np.percentile(rs, 50)) * 1e6),
+        "calls": len(py) + len(rs),
+    }
+
+
+def median(runs):
+    return {k: float(np.median([r[k] for r in runs])) for k in ("samples_per_s", "p50_us")}
 
 
 def rust_bench(exe, d, batch, threads, seconds):
@@ -90,7 +127,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", help="an RMC1 model directory (default: written by dlrs init)")
     ap.add_argument("--rows-cap", type=int, default=0)
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dlrs", default="target/release/dlrs")
     a = ap.parse_args()
@@ -106,20 +144,25 @@ def main():
     model = dlrs.Model.load(d, tables="ram", threads=a.threads)
     rng = np.random.default_rng(1)
     for batch in (256, 1):
-        rust = rust_bench(a.dlrs, d, batch, a.threads, a.seconds)
-        p64 = py_bench(model, batch, np.int64, a.seconds, rng)
-        p32 = py_bench(model, batch, np.int32, a.seconds, rng)
-        rust2 = rust_bench(a.dlrs, d, batch, a.threads, a.seconds)  # before and after
-        r = {k: (rust[k] + rust2[k]) / 2 for k in rust}
+        pools = {t: pool_of(model, batch, t, rng) for t in (np.int64, np.int32)}
+        runs = {"dlrs_bench": [], "python_int64": [], "python_int32": []}
+        # rounds interleaved, medians reported: a shared host's load drifts between runs
+        for _ in range(a.rounds):
+            runs["dlrs_bench"].append(rust_bench(a.dlrs, d, batch, a.threads, a.seconds))
+            runs["python_int64"].append(py_bench(model, pools[np.int64], batch, a.seconds))
+            runs["python_int32"].append(py_bench(model, pools[np.int32], batch, a.seconds))
         preset = None if a.rows_cap or batch != 256 else rust_preset(a.dlrs, batch, a.threads, a.seconds)
+        inproc = {t.__name__: interleaved(model, pools[t], batch, 2 * a.seconds) for t in (np.int64, np.int32)}
+        m = {k: median(v) for k, v in runs.items()}
+        r = m["dlrs_bench"]
         print(json.dumps({
             "model": "rmc1", "rows_cap": a.rows_cap or None, "batch": batch, "threads": a.threads,
-            "dlrs_bench": r, "dlrs_bench_runs": [rust, rust2], "dlrs_bench_preset": preset,
-            "python_int64": p64, "python_int32": p32,
-            "ratio_samples_per_s_int64": p64["samples_per_s"] / r["samples_per_s"],
-            "ratio_samples_per_s_int32": p32["samples_per_s"] / r["samples_per_s"],
-            "p50_added_us_int64": p64["p50_us"] - r["p50_us"],
-            "p50_added_us_int32": p32["p50_us"] - r["p50_us"],
+            "rounds": a.rounds, "median": m, "runs": runs, "dlrs_bench_preset": preset,
+            "in_process": inproc,
+            "ratio_samples_per_s_int64": m["python_int64"]["samples_per_s"] / r["samples_per_s"],
+            "ratio_samples_per_s_int32": m["python_int32"]["samples_per_s"] / r["samples_per_s"],
+            "p50_added_us_int64": m["python_int64"]["p50_us"] - r["p50_us"],
+            "p50_added_us_int32": m["python_int32"]["p50_us"] - r["p50_us"],
         }), flush=True)
     if tmp:
         tmp.cleanup()
