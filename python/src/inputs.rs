@@ -346,6 +346,15 @@ impl Inputs {
         Ok(Inputs { dense, sparse })
     }
 
+    /// Ids over all tables (as the arrays' sizes say).
+    pub fn id_count(&self) -> usize {
+        let size = |a: &Arr| a.shape.iter().product::<usize>();
+        match &self.sparse {
+            Sparse::Pairs { tables, .. } => tables.iter().map(|(v, _)| size(v)).sum(),
+            Sparse::Jagged { values, .. } => size(values),
+        }
+    }
+
     /// The validated batch (no GIL needed): shared where the inputs allow it, see the
     /// module doc. With `parallel`, the tables are converted in parallel on the current
     /// rayon pool (call it inside the model's `Executor::install`).

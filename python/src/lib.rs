@@ -276,12 +276,18 @@ impl Model {
         out
     }
 
-    /// The batch of `inputs`, its tables converted on the model's threads.
+    /// The batch of `inputs`; a large one's tables converted on the model's threads (a
+    /// small one's on the calling thread: handing work to the pool costs more than it saves).
     fn batch(&self, inputs: &Inputs) -> PyResult<dlrs_model::Batch> {
-        let parallel = self.exec.threads() > 1;
-        self.exec
-            .install(|| inputs.batch(&self.net.config, parallel))
-            .map_err(model_err)
+        /// ids from which the tables are converted in parallel (RMC1 at batch 256 has 164k)
+        const PARALLEL_IDS: usize = 1 << 15;
+        let cfg = &self.net.config;
+        if self.exec.threads() > 1 && inputs.id_count() >= PARALLEL_IDS {
+            self.exec.install(|| inputs.batch(cfg, true))
+        } else {
+            inputs.batch(cfg, false)
+        }
+        .map_err(model_err)
     }
 
     /// A workspace of the pool (a new one when every one is in use).
