@@ -263,26 +263,44 @@ impl Model {
 }
 
 impl Model {
-    /// Builds the batch and runs the forward pass (no GIL needed).
+    /// Builds the batch and runs the forward pass (no GIL needed): a large batch's tables
+    /// are converted on the model's threads, in the same hand-off to its pool as the
+    /// forward pass (a small one's on the calling thread: handing work to the pool costs
+    /// more than it saves).
     fn run(&self, inputs: Inputs) -> PyResult<Vec<f32>> {
-        let batch = self.batch(&inputs)?;
-        let mut ws = self.workspace();
-        let out = self
-            .net
-            .forward(&batch, &mut ws, &self.exec)
-            .map(<[f32]>::to_vec)
-            .map_err(model_err);
-        self.give_back(ws);
-        out
+        let parallel = self.parallel(&inputs);
+        let go = || {
+            let batch = inputs
+                .batch(&self.net.config, parallel)
+                .map_err(model_err)?;
+            let mut ws = self.workspace();
+            let out = self
+                .net
+                .forward(&batch, &mut ws, &self.exec)
+                .map(<[f32]>::to_vec)
+                .map_err(model_err);
+            self.give_back(ws);
+            out
+        };
+        // (the forward's own `install` runs inline on a thread of the pool)
+        if parallel {
+            self.exec.install(go)
+        } else {
+            go()
+        }
     }
 
-    /// The batch of `inputs`; a large one's tables converted on the model's threads (a
-    /// small one's on the calling thread: handing work to the pool costs more than it saves).
-    fn batch(&self, inputs: &Inputs) -> PyResult<dlrs_model::Batch> {
+    /// Whether to convert the tables of `inputs` in parallel.
+    fn parallel(&self, inputs: &Inputs) -> bool {
         /// ids from which the tables are converted in parallel (RMC1 at batch 256 has 164k)
         const PARALLEL_IDS: usize = 1 << 15;
+        self.exec.threads() > 1 && inputs.id_count() >= PARALLEL_IDS
+    }
+
+    /// The batch of `inputs`, converted as [`Model::run`] converts it.
+    fn batch(&self, inputs: &Inputs) -> PyResult<dlrs_model::Batch> {
         let cfg = &self.net.config;
-        if self.exec.threads() > 1 && inputs.id_count() >= PARALLEL_IDS {
+        if self.parallel(inputs) {
             self.exec.install(|| inputs.batch(cfg, true))
         } else {
             inputs.batch(cfg, false)
