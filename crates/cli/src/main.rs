@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
 use dlrs_model::batch::parse_sample;
 use dlrs_model::metrics::auc;
 use dlrs_model::{
-    Batch, DlrmConfig, Executor, MlpDtype, Model, RowFormat, Sample, TableMode, Workspace, presets,
+    Batch, DlrmConfig, Executor, MlpDtype, Model, RowFormat, Sample, TableMode, Verified,
+    WEIGHTS_FILE, Workspace, presets,
 };
 
 #[derive(Parser)]
@@ -263,25 +264,11 @@ fn quantize(
     tables: &[usize],
     out: &Path,
 ) -> Result<()> {
-    if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(dir).ok() {
-        bail!("--out must differ from --model (the source model is left as it is)");
-    }
-    if dtype.is_none() && !tables.is_empty() {
-        bail!("--tables selects tables for --dtype: give --dtype too");
-    }
-    let mut model = Model::load(dir)?;
-    let report = match dtype {
-        Some(f) => model.convert_tables(f, tables)?,
-        None => Vec::new(),
-    };
-    let mlp = mlp_dtype.map(|d| model.convert_mlp(d));
-    model
-        .save(out)
-        .with_context(|| format!("writing {}", out.display()))?;
+    let q = Model::quantize_dir(dir, dtype, mlp_dtype, tables, out)?;
     if let Some(f) = dtype {
         println!("table\trows\tdtype\tstride_bytes\tmax_abs_error\tmean_abs_error");
-        for (t, max, mean) in report {
-            let tb = &model.weights.tables[t];
+        for &(t, max, mean) in &q.tables {
+            let tb = &q.model.weights.tables[t];
             println!(
                 "{t}\t{}\t{}\t{}\t{max:.3e}\t{mean:.3e}",
                 tb.rows(),
@@ -290,7 +277,7 @@ fn quantize(
             );
         }
     }
-    if let (Some(d), Some((max, mean))) = (mlp_dtype, mlp) {
+    if let (Some(d), Some((max, mean))) = (mlp_dtype, q.mlp) {
         println!(
             "mlp weights\t{}\tmax_abs_error {max:.3e}\tmean_abs_error {mean:.3e}",
             d.name()
@@ -412,30 +399,26 @@ fn compare(dirs: &[PathBuf], input: &Path, threads: usize, json: bool) -> Result
 
 fn verify(dir: &Path, require_manifest: bool) -> Result<()> {
     let t0 = Instant::now();
-    // loading verifies config, shapes and the MLP checksums; then every table shard
-    let model = Model::load_with(dir, TableMode::Mmap)?;
-    if !model.weights.has_manifest {
-        let what = format!(
-            "{}: no manifest: {} tensors checked for shape and dtype only; run `dlrs manifest --model {}` to add checksums",
-            dir.join("model.safetensors").display(),
-            dlrs_model::weights::expected_tensors(&model.config).len(),
-            dir.display()
-        );
-        if require_manifest {
-            bail!("{what} (--require-manifest)");
+    // (without a manifest the library's error would not name the flag: checked here)
+    match Model::verify_dir(dir, false)? {
+        Verified::NoManifest { tensors } => {
+            let what = format!(
+                "{}: no manifest: {tensors} tensors checked for shape and dtype only; run `dlrs manifest --model {}` to add checksums",
+                dir.join(WEIGHTS_FILE).display(),
+                dir.display()
+            );
+            if require_manifest {
+                bail!("{what} (--require-manifest)");
+            }
+            println!("{what}");
         }
-        println!("{what}");
-        return Ok(());
+        Verified::Checksums { tables, bytes } => println!(
+            "{}: ok ({tables} tables, {:.2} GB verified in {:.2} s)",
+            dir.display(),
+            bytes as f64 / 1e9,
+            t0.elapsed().as_secs_f64()
+        ),
     }
-    model.verify_tables()?;
-    let bytes: usize = model.weights.tables.iter().map(|t| t.size_bytes()).sum();
-    println!(
-        "{}: ok ({} tables, {:.2} GB verified in {:.2} s)",
-        dir.display(),
-        model.config.n_tables(),
-        bytes as f64 / 1e9,
-        t0.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 

@@ -5,25 +5,121 @@
 //! tables, offsets that start at 0 and end at the id count, every id inside its table (or,
 //! through [`Batch::from_parts_ids_checked`], checked by a caller as it built the bags). The
 //! kernels downstream trust it. Nothing is ever clamped or remapped.
+//!
+//! A batch holds its values ([`Values`]) either as its own `Vec`s or shared with the buffer
+//! a caller already has (a NumPy array or a torch tensor handed over from Python), so an
+//! input need not be copied to be run.
+
+use std::ops::Deref;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::config::DlrmConfig;
 use crate::error::{ModelError, Result};
 
+/// The values of a batch's field: its own `Vec`, or a slice shared with whoever holds the
+/// memory (the `Arc` keeps it alive; no copy is made). Reads go through `Deref<[T]>`;
+/// [`Values::to_mut`] turns shared values into owned ones (a copy) before a write.
+#[derive(Clone)]
+pub enum Values<T: 'static> {
+    Owned(Vec<T>),
+    /// memory owned elsewhere, e.g. a Python buffer; it must not change while the batch
+    /// lives (the owner's contract)
+    Shared(Arc<dyn AsRef<[T]> + Send + Sync>),
+}
+
+impl<T: Clone> Values<T> {
+    /// The values as a `Vec` to change, copying shared values first.
+    pub fn to_mut(&mut self) -> &mut Vec<T> {
+        if let Values::Shared(s) = self {
+            *self = Values::Owned(s.as_ref().as_ref().to_vec());
+        }
+        match self {
+            Values::Owned(v) => v,
+            Values::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+
+    /// Keeps the first `n` values (shared values: a copy of those `n`).
+    pub fn truncate(&mut self, n: usize) {
+        match self {
+            Values::Owned(v) => v.truncate(n),
+            Values::Shared(s) => {
+                let s = s.as_ref().as_ref();
+                *self = Values::Owned(s[..n.min(s.len())].to_vec())
+            }
+        }
+    }
+}
+
+impl<T> Deref for Values<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Values::Owned(v) => v,
+            Values::Shared(s) => s.as_ref().as_ref(),
+        }
+    }
+}
+
+impl<T> Default for Values<T> {
+    fn default() -> Self {
+        Values::Owned(Vec::new())
+    }
+}
+
+impl<T> From<Vec<T>> for Values<T> {
+    fn from(v: Vec<T>) -> Self {
+        Values::Owned(v)
+    }
+}
+
+impl<T> FromIterator<T> for Values<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(it: I) -> Self {
+        Values::Owned(it.into_iter().collect())
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Values<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Values<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T: PartialEq> PartialEq for Values<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self[..] == o[..]
+    }
+}
+
+impl<T: PartialEq> PartialEq<Vec<T>> for Values<T> {
+    fn eq(&self, o: &Vec<T>) -> bool {
+        self[..] == o[..]
+    }
+}
+
 /// The bags of one table for a whole batch.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Bags {
     /// `B + 1` entries, `offsets[0] = 0`, non-decreasing, `offsets[B] = ids.len()`
-    pub offsets: Vec<u32>,
-    pub ids: Vec<u32>,
+    pub offsets: Values<u32>,
+    pub ids: Values<u32>,
 }
 
 /// A batch of samples that fits a config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     size: usize,
-    dense: Vec<f32>,
+    dense: Values<f32>,
     bags: Vec<Bags>,
 }
 
@@ -41,10 +137,10 @@ impl Batch {
     pub fn from_parts(
         cfg: &DlrmConfig,
         size: usize,
-        dense: Vec<f32>,
+        dense: impl Into<Values<f32>>,
         bags: Vec<Bags>,
     ) -> Result<Self> {
-        Self::validate(cfg, size, dense, bags, true)
+        Self::validate(cfg, size, dense.into(), bags, true)
     }
 
     /// [`Batch::from_parts`] for a caller that has already range-checked every id as it
@@ -57,7 +153,7 @@ impl Batch {
     pub fn from_parts_ids_checked(
         cfg: &DlrmConfig,
         size: usize,
-        dense: Vec<f32>,
+        dense: impl Into<Values<f32>>,
         bags: Vec<Bags>,
     ) -> Result<Self> {
         debug_assert!(
@@ -66,14 +162,14 @@ impl Batch {
                 .all(|(b, &rows)| dlrs_kernels::ids::ids_below_ref(&b.ids, rows)),
             "from_parts_ids_checked: an id out of range"
         );
-        Self::validate(cfg, size, dense, bags, false)
+        Self::validate(cfg, size, dense.into(), bags, false)
     }
 
     /// The checks of [`Batch::from_parts`]; the ids' range only with `check_ids`.
     fn validate(
         cfg: &DlrmConfig,
         size: usize,
-        dense: Vec<f32>,
+        dense: Values<f32>,
         bags: Vec<Bags>,
         check_ids: bool,
     ) -> Result<Self> {
@@ -103,35 +199,13 @@ impl Batch {
             ));
         }
         for (t, b) in bags.iter().enumerate() {
-            if b.offsets.len() != size + 1 || b.offsets[0] != 0 {
-                return Err(ModelError::input(
-                    format!("offsets[{t}]"),
-                    format!("need {} entries starting at 0", size + 1),
-                ));
-            }
-            if b.offsets.windows(2).any(|w| w[0] > w[1]) || b.offsets[size] as usize != b.ids.len()
-            {
-                return Err(ModelError::input(
-                    format!("offsets[{t}]"),
-                    format!(
-                        "must be non-decreasing and end at the id count {}",
-                        b.ids.len()
-                    ),
-                ));
-            }
+            check_offsets(t, &b.offsets, size, b.ids.len())?;
             let rows = cfg.tables[t];
             if check_ids
                 && !dlrs_kernels::ids::ids_below(&b.ids, rows)
                 && let Some(j) = b.ids.iter().position(|&id| id as usize >= rows)
             {
-                let s = b.offsets.partition_point(|&o| o as usize <= j) - 1;
-                return Err(ModelError::input(
-                    format!("sparse[{t}] of sample {s}"),
-                    format!(
-                        "id {} out of range for table {t} with {rows} rows",
-                        b.ids[j]
-                    ),
-                ));
+                return Err(id_out_of_range(t, &b.offsets, j, b.ids[j].into(), rows));
             }
         }
         Ok(Batch { size, dense, bags })
@@ -141,11 +215,11 @@ impl Batch {
     pub fn empty(cfg: &DlrmConfig) -> Self {
         Batch {
             size: 0,
-            dense: Vec::new(),
+            dense: Values::default(),
             bags: vec![
                 Bags {
-                    offsets: vec![0],
-                    ids: Vec::new()
+                    offsets: vec![0].into(),
+                    ids: Values::default()
                 };
                 cfg.n_tables()
             ],
@@ -163,20 +237,20 @@ impl Batch {
                     "more than 2^32 ids per table in one batch",
                 ));
             }
-            b.ids.extend_from_slice(ids);
-            b.offsets.push(end as u32);
+            b.ids.to_mut().extend_from_slice(ids);
+            b.offsets.to_mut().push(end as u32);
         }
-        self.dense.extend_from_slice(&s.dense);
+        self.dense.to_mut().extend_from_slice(&s.dense);
         self.size += 1;
         Ok(())
     }
 
     pub fn clear(&mut self) {
         self.size = 0;
-        self.dense.clear();
+        self.dense.truncate(0);
         for b in &mut self.bags {
             b.offsets.truncate(1);
-            b.ids.clear();
+            b.ids.truncate(0);
         }
     }
 
@@ -193,6 +267,37 @@ impl Batch {
     pub fn id_count(&self) -> usize {
         self.bags.iter().map(|b| b.ids.len()).sum()
     }
+}
+
+/// Checks table `t`'s offsets for a batch of `size` bags over `n_ids` ids: `size + 1`
+/// entries, starting at 0, non-decreasing, ending at `n_ids`.
+pub fn check_offsets(t: usize, offsets: &[u32], size: usize, n_ids: usize) -> Result<()> {
+    if offsets.len() != size + 1 || offsets[0] != 0 {
+        return Err(ModelError::input(
+            format!("offsets[{t}]"),
+            format!("need {} entries starting at 0", size + 1),
+        ));
+    }
+    if offsets.windows(2).any(|w| w[0] > w[1]) || offsets[size] as usize != n_ids {
+        return Err(ModelError::input(
+            format!("offsets[{t}]"),
+            format!("must be non-decreasing and end at the id count {n_ids}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The error of id `id`, the `j`-th of table `t` (bags as `offsets` says, already checked
+/// by [`check_offsets`]), which is not below the table's `rows`: names the table and the
+/// sample.
+pub fn id_out_of_range(t: usize, offsets: &[u32], j: usize, id: i64, rows: usize) -> ModelError {
+    let s = offsets
+        .partition_point(|&o| o as usize <= j)
+        .saturating_sub(1);
+    ModelError::input(
+        format!("sparse[{t}] of sample {s}"),
+        format!("id {id} out of range for table {t} with {rows} rows"),
+    )
 }
 
 fn validate_sample(cfg: &DlrmConfig, s: &Sample) -> Result<()> {
@@ -425,12 +530,12 @@ mod tests {
     fn one_sample_bags() -> Vec<Bags> {
         vec![
             Bags {
-                offsets: vec![0, 1],
-                ids: vec![4],
+                offsets: vec![0, 1].into(),
+                ids: vec![4].into(),
             },
             Bags {
-                offsets: vec![0, 0],
-                ids: vec![],
+                offsets: vec![0, 0].into(),
+                ids: vec![].into(),
             },
         ]
     }
@@ -441,7 +546,7 @@ mod tests {
         let ok = one_sample_bags;
         assert!(Batch::from_parts(&c, 1, vec![0.0, 1.0], ok()).is_ok());
         let mut b = ok();
-        b[0].ids[0] = 5;
+        b[0].ids.to_mut()[0] = 5;
         assert!(
             Batch::from_parts(&c, 1, vec![0.0, 1.0], b)
                 .unwrap_err()
@@ -449,7 +554,7 @@ mod tests {
                 .contains("sample 0")
         );
         let mut b = ok();
-        b[0].offsets = vec![0, 2];
+        b[0].offsets = vec![0, 2].into();
         assert!(
             Batch::from_parts(&c, 1, vec![0.0, 1.0], b)
                 .unwrap_err()
@@ -479,10 +584,10 @@ mod tests {
             Batch::from_parts(&c, 1, vec![0.0, 1.0], ok()).unwrap()
         );
         let mut b = ok();
-        b[0].offsets = vec![0, 2];
+        b[0].offsets = vec![0, 2].into();
         assert!(err(vec![0.0, 1.0], b).contains("offsets[0]"));
         let mut b = ok();
-        b[1].offsets = vec![1, 1];
+        b[1].offsets = vec![1, 1].into();
         assert!(err(vec![0.0, 1.0], b).contains("offsets[1]"));
         assert!(err(vec![0.0, 1.0], ok()[..1].to_vec()).contains("1 tables"));
         assert!(err(vec![0.0, f32::NAN], ok()).contains("dense[0][1]"));

@@ -62,7 +62,8 @@ impl ModelError {
             msg: msg.into(),
         }
     }
-    pub(crate) fn input(field: impl Into<String>, msg: impl Into<String>) -> Self {
+    /// An input error about `field` (see [`ModelError::Input`]).
+    pub fn input(field: impl Into<String>, msg: impl Into<String>) -> Self {
         ModelError::Input {
             line: None,
             field: field.into(),

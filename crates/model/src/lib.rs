@@ -37,9 +37,9 @@ pub mod sys;
 pub mod tables;
 pub mod weights;
 
-pub use batch::{Bags, Batch, Sample};
+pub use batch::{Bags, Batch, Sample, Values};
 pub use config::{DlrmConfig, Interaction, MlpDtype, RowFormat};
 pub use error::ModelError;
 pub use forward::{Activations, Executor, StageTimes, Workspace};
-pub use model::{CONFIG_FILE, Model, WEIGHTS_FILE};
+pub use model::{CONFIG_FILE, Model, Quantized, Verified, WEIGHTS_FILE};
 pub use weights::TableMode;

@@ -16,6 +16,24 @@ pub const CONFIG_FILE: &str = "config.json";
 /// The weights file of a model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
+/// What [`Model::quantize_dir`] wrote: the converted model and the error of each conversion.
+pub struct Quantized {
+    pub model: Model,
+    /// per converted table: `(index, max abs error, mean abs error)`
+    pub tables: Vec<(usize, f64, f64)>,
+    /// the MLP weights' `(max abs change, mean abs change)`, when converted
+    pub mlp: Option<(f64, f64)>,
+}
+
+/// What [`Model::verify_dir`] found in a model directory whose every check passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verified {
+    /// no checksum manifest: `tensors` tensors were checked for shape and dtype only
+    NoManifest { tensors: usize },
+    /// every checksum matched: `tables` tables of `bytes` bytes
+    Checksums { tables: usize, bytes: usize },
+}
+
 /// A DLRM ready to run: a validated config and weights that fit it.
 pub struct Model {
     pub config: DlrmConfig,
@@ -143,6 +161,64 @@ impl Model {
             &dir.join(CONFIG_FILE),
             self.config.to_json_string().as_bytes(),
         )
+    }
+
+    /// `dlrs quantize`: loads `dir`, converts the tables to `dtype` (`tables` selects some,
+    /// all when empty) and/or the MLP weights to `mlp_dtype`, and writes the result to `out`
+    /// (which must not be `dir`: the source model is left as it is).
+    pub fn quantize_dir(
+        dir: &Path,
+        dtype: Option<RowFormat>,
+        mlp_dtype: Option<MlpDtype>,
+        tables: &[usize],
+        out: &Path,
+    ) -> Result<Quantized> {
+        if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(dir).ok() {
+            return Err(ModelError::input(
+                "out",
+                "must differ from the model directory (the source model is left as it is)",
+            ));
+        }
+        if dtype.is_none() && !tables.is_empty() {
+            return Err(ModelError::input(
+                "tables",
+                "selects tables for the table dtype: give the dtype too",
+            ));
+        }
+        let mut model = Model::load(dir)?;
+        let tables = match dtype {
+            Some(f) => model.convert_tables(f, tables)?,
+            None => Vec::new(),
+        };
+        let mlp = mlp_dtype.map(|d| model.convert_mlp(d));
+        model.save(out)?;
+        Ok(Quantized { model, tables, mlp })
+    }
+
+    /// `dlrs verify`: loads `dir` (which checks the config, every tensor's shape and dtype,
+    /// and the MLPs' checksums), then checks every table shard against its checksum. Without
+    /// a manifest there are no checksums: an error with `require_manifest`, else
+    /// [`Verified::NoManifest`].
+    pub fn verify_dir(dir: &Path, require_manifest: bool) -> Result<Verified> {
+        let model = Model::load_with(dir, TableMode::Mmap)?;
+        if !model.weights.has_manifest {
+            let tensors = crate::weights::expected_tensors(&model.config).len();
+            if require_manifest {
+                return Err(ModelError::Format {
+                    path: dir.join(WEIGHTS_FILE),
+                    msg: format!(
+                        "no manifest: {tensors} tensors checked for shape and dtype only; run `dlrs manifest --model {}` to add checksums (a manifest is required)",
+                        dir.display()
+                    ),
+                });
+            }
+            return Ok(Verified::NoManifest { tensors });
+        }
+        model.verify_tables()?;
+        Ok(Verified::Checksums {
+            tables: model.config.n_tables(),
+            bytes: model.weights.tables.iter().map(|t| t.size_bytes()).sum(),
+        })
     }
 
     /// Converts tables to `format` (all when `tables` is empty), returning per converted

@@ -96,7 +96,10 @@ pub fn synth_batch(
             size * ids_per_table,
         );
         let offsets = (0..=size).map(|b| (b * ids_per_table) as u32).collect();
-        bags.push(Bags { offsets, ids });
+        bags.push(Bags {
+            offsets,
+            ids: ids.into(),
+        });
     }
     Batch::from_parts(cfg, size, dense, bags)
 }

@@ -608,7 +608,7 @@ fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Bat
     let mut dense = Vec::with_capacity(size * nd);
     let mut bags: Vec<Bags> = (0..nt)
         .map(|t| Bags {
-            offsets: Vec::with_capacity(size + 1),
+            offsets: Vec::with_capacity(size + 1).into(),
             ids: Vec::with_capacity(
                 segments
                     .iter()
@@ -617,11 +617,12 @@ fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Bat
                         (o[*r1] - o[*r0]) as usize
                     })
                     .sum(),
-            ),
+            )
+            .into(),
         })
         .collect();
     for b in &mut bags {
-        b.offsets.push(0);
+        b.offsets.to_mut().push(0);
     }
     for (entry, r0, r1) in segments {
         let (r0, r1) = (*r0, *r1);
@@ -635,8 +636,8 @@ fn assemble<'a>(cfg: &DlrmConfig, segments: &'a [Segment]) -> Result<Cow<'a, Bat
                     "more than 2^32 ids of one table in one batch".into(),
                 ));
             }
-            dst.ids.extend_from_slice(&s.ids[lo..hi]);
-            dst.offsets.extend(
+            dst.ids.to_mut().extend_from_slice(&s.ids[lo..hi]);
+            dst.offsets.to_mut().extend(
                 s.offsets[r0 + 1..=r1]
                     .iter()
                     .map(|&o| (o as usize - lo + base) as u32),

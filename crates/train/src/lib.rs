@@ -44,7 +44,7 @@ pub use crate::error::{Result, SettingChange, TrainError};
 pub use crate::eval::{eval, evaluate, run_eval};
 pub use crate::synth::{run_synth, synth};
 pub use crate::train_loop::{
-    SATURATED_LIMIT, TrainLoop, TrainReport, divergence_warning, run_train, train,
+    SATURATED_LIMIT, TrainLoop, TrainReport, divergence_warning, run_train, start_fresh, train,
 };
 
 use crate::net::{TrainWorkspace, check_trainable};

@@ -376,6 +376,15 @@ impl TrainLoop {
     }
 }
 
+/// A new run's trainer on `model`, as `dlrs train --model DIR` starts one: `cfg`'s
+/// optimizers and learning rates (checked as the command checks them), fresh optimizer
+/// state, `cfg.threads` threads; and the run's state at step 0 (its data unrecorded). Its
+/// steps are the command's when fed the same batches in the same order.
+pub fn start_fresh(cfg: &TrainConfig, model: Model) -> Result<(Trainer, TrainState)> {
+    let (model, opt, state) = fresh(cfg, model, settings(cfg)?, None)?;
+    Ok((Trainer::new(model, opt, cfg.threads)?, state))
+}
+
 /// The one starting point of `cfg`.
 fn start_point(cfg: &TrainConfig) -> Result<Start<'_>> {
     exactly_one(

@@ -323,8 +323,8 @@ impl<'a> Inputs<'a> {
                 let mut offsets = Vec::with_capacity(b + 1);
                 offsets.push(0);
                 Bags {
-                    offsets,
-                    ids: Vec::with_capacity(n),
+                    offsets: offsets.into(),
+                    ids: Vec::with_capacity(n).into(),
                 }
             })
             .collect();
@@ -334,7 +334,7 @@ impl<'a> Inputs<'a> {
                 let l = lengths[s * nt + t] as usize;
                 let rows = cfg.tables[t] as u64;
                 // (a negative id is >= rows as u64)
-                match indices.push_ids(at..at + l, rows, &mut bag.ids) {
+                match indices.push_ids(at..at + l, rows, bag.ids.to_mut()) {
                     Ok(()) => {}
                     Err(Some(j)) => {
                         return Err(bad(format!(
@@ -351,7 +351,8 @@ impl<'a> Inputs<'a> {
                     }
                 }
                 at += l;
-                bag.offsets.push(bag.ids.len() as u32);
+                let n = bag.ids.len() as u32;
+                bag.offsets.to_mut().push(n);
             }
         }
         Ok(bags)
@@ -609,15 +610,15 @@ mod tests {
         assert_eq!(
             b.bags()[0],
             Bags {
-                offsets: vec![0, 2, 3],
-                ids: vec![4, 0, 3]
+                offsets: vec![0, 2, 3].into(),
+                ids: vec![4, 0, 3].into()
             }
         );
         assert_eq!(
             b.bags()[1],
             Bags {
-                offsets: vec![0, 0, 1],
-                ids: vec![2]
+                offsets: vec![0, 0, 1].into(),
+                ids: vec![2].into()
             }
         );
         assert!(!flat.binary_output);
