@@ -2,7 +2,9 @@
 # The test suite: rustfmt and clippy (warnings are errors), the doc examples, a stock
 # tritonclient against `dlrs serve` (installs tritonclient[http] from PyPI into
 # .venv-tritonclient on first use), then every crate's unit, property and integration
-# tests (nextest). The parity fixtures are committed: no PyTorch needed.
+# tests (nextest), the report's page among them in headless Chromium (Debian's chromium,
+# installed by scripts/install-chromium.sh when /usr/bin/chromium is missing). The parity
+# fixtures are committed: no PyTorch needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # style and lints first: a formatting slip or a clippy warning fails the suite
@@ -10,6 +12,7 @@ cargo fmt --all --check
 cargo clippy --workspace --release --all-targets -- -D warnings
 cargo test --workspace --release --doc
 scripts/test-tritonclient.sh
+scripts/install-chromium.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --release --no-fail-fast
 else

@@ -10,6 +10,7 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// A category axis: `n` categories, category `i` spanning `i..i + 1`, ticked and labelled
 /// at its middle.
@@ -109,8 +110,28 @@ fn font(size: u32) -> TextStyle<'static> {
     ("sans-serif", size).into_font().into()
 }
 
-/// `1234567` as `1.23M`, `5300` as `5.3k`, `0.42` as `0.42`.
+/// `1234567` as `1.23M`, `5300` as `5.3k`, `0.42` as `0.42`, `0.1` as `0.1`.
 pub fn short(v: f64) -> String {
+    let s = short_fixed(v);
+    // no trailing zeros after a decimal point: 5.30k -> 5.3k, 0.10 -> 0.1
+    let (num, unit) = s.split_at(s.trim_end_matches(['k', 'M', 'G']).len());
+    if num.contains('.') {
+        format!("{}{unit}", num.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        s
+    }
+}
+
+/// An axis label for a count such as a batch size: `1024`, `16`, else [`short`].
+pub fn count(v: f64) -> String {
+    if v >= 1.0 && v < 1e5 && (v - v.round()).abs() < 1e-6 {
+        format!("{v:.0}")
+    } else {
+        short(v)
+    }
+}
+
+fn short_fixed(v: f64) -> String {
     let a = v.abs();
     let (x, unit) = if a >= 1e9 {
         (v / 1e9, "G")
@@ -205,11 +226,18 @@ impl Figure for Bars {
         if let Some((r, _)) = &self.reference {
             vmax = vmax.max(*r);
         }
-        vmax = (vmax * 1.1).max(self.value_max.unwrap_or(0.0)).max(1e-9);
+        vmax = match self.value_max {
+            // shares that add up to the maximum: no headroom above it
+            Some(m) if vmax <= m * 1.02 => m,
+            _ => (vmax * 1.1).max(1e-9),
+        };
         let cat_range = Categories::new(n);
         let names = self.categories.clone();
+        let lying = self.lying;
+        // lying, the first category is drawn at the top: position i holds category n - 1 - i
         let cat_fmt = move |x: &f64| {
-            let i = x.floor() as usize;
+            let i = (x.floor().max(0.0) as usize).min(n - 1);
+            let i = if lying { n - 1 - i } else { i };
             names.get(i).cloned().unwrap_or_default()
         };
         let val_fmt = |v: &f64| short(*v);
@@ -354,18 +382,14 @@ impl Figure for Lines {
         let x_range = (xmin / 1.15..xmax * 1.15)
             .log_scale()
             .with_key_points(self.xs.clone());
-        let x_fmt = |x: &f64| short(*x);
+        let x_fmt = |x: &f64| count(*x);
         let y_fmt = |y: &f64| short(*y);
-        let mut entries: Vec<(RGBColor, String, bool)> = self
+        // the reference lines carry their names on the chart
+        let entries: Vec<(RGBColor, String, bool)> = self
             .series
             .iter()
             .map(|s| (s.color, s.name.clone(), true))
             .collect();
-        entries.extend(
-            self.references
-                .iter()
-                .map(|r| (RGBColor(90, 90, 90), r.1.clone(), true)),
-        );
         macro_rules! finish {
             ($chart:expr) => {{
                 let chart = &mut $chart;
@@ -379,12 +403,24 @@ impl Figure for Lines {
                     .y_label_formatter(&y_fmt)
                     .draw()
                     .map_err(e)?;
-                for (r, _) in &self.references {
+                for (r, name) in &self.references {
+                    let grey = RGBColor(90, 90, 90);
                     chart
                         .draw_series(LineSeries::new(
                             [(xmin / 1.15, *r), (xmax * 1.15, *r)],
-                            RGBColor(90, 90, 90).stroke_width(1),
+                            grey.stroke_width(1),
                         ))
+                        .map_err(e)?;
+                    // the line's name just above its left end
+                    let style = font(14)
+                        .color(&grey)
+                        .pos(Pos::new(HPos::Left, VPos::Bottom));
+                    chart
+                        .draw_series(std::iter::once(Text::new(
+                            name.clone(),
+                            (xmin / 1.1, *r),
+                            style,
+                        )))
                         .map_err(e)?;
                 }
                 for s in &self.series {
@@ -435,11 +471,15 @@ mod tests {
     #[test]
     fn short_numbers() {
         assert_eq!(short(1_234_567.0), "1.23M");
-        assert_eq!(short(5300.0), "5.30k");
+        assert_eq!(short(5300.0), "5.3k");
+        assert_eq!(short(0.1), "0.1");
+        assert_eq!(short(2.0e6), "2M");
+        assert_eq!(count(1024.0), "1024");
         assert_eq!(short(250.0), "250");
         assert_eq!(short(0.42), "0.42");
         assert_eq!(short(64.0), "64");
         assert_eq!(short(1024.0), "1.02k");
+        assert_eq!(short(10.5), "10.5");
     }
 
     #[test]
