@@ -139,6 +139,14 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
                 / 1_000_000
         );
     }
+    let busy = r.machine.load_average.iter().copied().fold(0.0, f64::max);
+    if busy > 0.5 * h.cpus.max(1) as f64 {
+        let _ = write!(
+            o,
+            "<p class=\"note\"><b>A busy machine.</b> The load average reached {busy:.1} on {} CPUs during the run: other work shared the CPUs, so throughput is lower and latency higher than this machine gives when idle, and the figures are noisier.</p>\n",
+            h.cpus
+        );
+    }
     o.push_str("<p>The questions of Gupta et al., <i>The Architectural Implications of Facebook's DNN-based Personalized Recommendation</i> (HPCA 2020) and DeepRecSys (ISCA 2020), answered for this machine: where the time goes per model class and batch size, how batching trades latency for throughput, what co-location costs, and how much each model serves within a latency target. Every figure is in <code>report.json</code>.</p>\n");
 
     // models
@@ -241,6 +249,13 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
                     .map_or("-".into(), |n| format!("{n:.0} ns a dependent load")),
             ],
             vec!["sequential read".into(), seq.join(", ")],
+            vec![
+                "load average (start, end)".into(),
+                format!(
+                    "{:.2}, {:.2}",
+                    r.machine.load_average[0], r.machine.load_average[1]
+                ),
+            ],
         ],
     );
     let rows: Vec<Vec<String>> = l

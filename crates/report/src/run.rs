@@ -61,6 +61,7 @@ pub fn measure(opts: &Options, progress: &mut dyn Progress) -> Result<Report, Re
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let load_at_start = load_average();
     let host = dlrs_machine::Host::detect();
     let cpus = host.cpus.max(1) as usize;
 
@@ -95,10 +96,11 @@ pub fn measure(opts: &Options, progress: &mut dyn Progress) -> Result<Report, Re
         dlrs_machine::measure_with(&plan.probe, &row_bytes, &threads, &plan.probe_huge_pages)
             .map_err(ReportError::Probe)?;
     progress.advance(plan.est_machine_s());
-    let machine = Machine {
+    let mut machine = Machine {
         cpu_line: host.cpu_line(),
         host,
         limits,
+        load_average: [load_at_start, 0.0],
     };
 
     let mut models = Vec::new();
@@ -259,6 +261,7 @@ pub fn measure(opts: &Options, progress: &mut dyn Progress) -> Result<Report, Re
         }
     }
     drop(kept);
+    machine.load_average[1] = load_average();
 
     let report = Report {
         schema_version: SCHEMA_VERSION,
@@ -304,6 +307,14 @@ pub fn measure(opts: &Options, progress: &mut dyn Progress) -> Result<Report, Re
         plots: Vec::new(),
     };
     Ok(report)
+}
+
+/// The 1-minute load average (`/proc/loadavg`; 0 where there is none).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A model's name, fp32 table bytes (after the cap), fp32 row stride and row cap, from its

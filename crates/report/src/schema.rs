@@ -58,6 +58,9 @@ pub struct Machine {
     pub cpu_line: String,
     pub host: dlrs_machine::Host,
     pub limits: dlrs_machine::Limits,
+    /// the 1-minute load average when the run started and when it ended: well above 0
+    /// means other work shared the CPUs and every figure is lower than an idle machine's
+    pub load_average: [f64; 2],
 }
 
 /// A model measured.
