@@ -147,6 +147,7 @@ pub fn measure(opts: &Options, progress: &mut dyn Progress) -> Result<Report, Re
             progress.step(&format!("{}: {n} instance(s) side by side", s.name));
             let members: Vec<&Subject> = (0..n).map(|_| &s).collect();
             let timings = side_by_side(&members, &plan)?;
+            // 1 instance comes first: it is "alone" for the others
             let sc = scenario(&format!("{} x{n}", s.name), &members, &timings, &alone);
             if n == 1 {
                 alone.push((s.name.clone(), sc.instances[0].clone()));
@@ -154,21 +155,6 @@ pub fn measure(opts: &Options, progress: &mut dyn Progress) -> Result<Report, Re
             scenarios.push(sc);
             progress.advance(plan.coloc_s + 0.5);
         }
-        let sc = scenarios
-            .iter()
-            .filter(|sc| sc.name.starts_with(&format!("{} x", s.name)))
-            .cloned()
-            .collect::<Vec<_>>();
-        // the one-instance scenario was measured before "alone" existed: fill it in
-        for mut sc in sc {
-            for inst in &mut sc.instances {
-                fill_alone(inst, &alone);
-            }
-            if let Some(slot) = scenarios.iter_mut().find(|x| x.name == sc.name) {
-                *slot = sc;
-            }
-        }
-
         // section 5: latency-bounded throughput
         let cap = points
             .iter()
@@ -218,7 +204,7 @@ pub fn measure(opts: &Options, progress: &mut dyn Progress) -> Result<Report, Re
                 other = subject(spec, *rows_cap, Some(f))?;
                 &other
             };
-            formats.push(format_point(sub, f, &plan, &machine.limits)?);
+            formats.push(format_point(sub, f, &plan)?);
             progress.advance(
                 plan.est_point_s()
                     + if f == RowFormat::F32 {
@@ -758,12 +744,7 @@ fn search_bounded(
     })
 }
 
-fn format_point(
-    s: &Subject,
-    f: RowFormat,
-    plan: &Plan,
-    _limits: &dlrs_machine::Limits,
-) -> Result<FormatPoint, ReportError> {
+fn format_point(s: &Subject, f: RowFormat, plan: &Plan) -> Result<FormatPoint, ReportError> {
     let t = time_point(s, plan.formats_batch, 1, plan)?;
     let fp = RowFootprint::of(s.model());
     Ok(FormatPoint {
