@@ -13,9 +13,9 @@ pub struct ReportArgs {
     /// models to characterize: presets (rmc1, rmc2, rmc3, criteo-kaggle) or model directories
     #[arg(long, value_delimiter = ',', default_value = "rmc1,rmc2,rmc3")]
     models: Vec<String>,
-    /// under 5 minutes on 2 cores: tables capped at 256 MB a model (marked as such in the
-    /// page and the JSON), shorter measurements; without it, full-size presets (under 30
-    /// minutes)
+    /// under 5 minutes on 2 cores: each table capped at 64 MiB or twice the largest cache
+    /// (marked as such in the page and the JSON), shorter measurements; without it,
+    /// full-size presets (under 30 minutes)
     #[arg(long)]
     quick: bool,
     /// tiny tables and measurements, for tests (the figures mean little)

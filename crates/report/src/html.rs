@@ -128,15 +128,9 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
             .collect();
         let _ = write!(
             o,
-            "<p class=\"note\"><b>Capped tables.</b> This {} run capped the tables ({}), so that they take {} MB or less each model: still far larger than the caches, but the DRAM-bound figures can differ from full-size tables'. Run without <code>--quick</code> for full-size presets.</p>\n",
+            "<p class=\"note\"><b>Capped tables.</b> This {} run capped the tables ({}): each is still larger than the caches, but full-size tables spread the same lookups over more rows, so the DRAM-bound figures can differ. Run without <code>--quick</code> for full-size presets.</p>\n",
             r.size.name(),
-            esc(&caps.join(", ")),
-            r.models
-                .iter()
-                .map(|m| m.embedding_bytes)
-                .max()
-                .unwrap_or(0)
-                / 1_000_000
+            esc(&caps.join(", "))
         );
     }
     let busy = r.machine.load_average.iter().copied().fold(0.0, f64::max);
@@ -286,7 +280,7 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
     o.push_str("<h2>2. Operator breakdown</h2>\n");
     let _ = write!(
         o,
-        "<p>Each model's forward pass on {} thread, batch by batch, with each stage timed. The embedding stage is set against the random row-gather rate at the tables' row size (1 thread, huge pages), each MLP against the FMA peak of one core; the interaction has no such limit. Each point is what <code>dlrs bench</code> measures: the exact command is in <code>report.json</code> (<code>bench_command</code>).</p>\n",
+        "<p>Each model's forward pass on {} thread, batch by batch, with each stage timed. The embedding stage is set against the random row-gather rate at the tables' row size (1 thread, huge pages), each MLP against the FMA peak of one core; the interaction has no such limit. A gather fraction above 100% means some rows came from the caches: a large batch reads some rows again, the more so in a small table. Each point is what <code>dlrs bench</code> measures: the exact command is in <code>report.json</code> (<code>bench_command</code>).</p>\n",
         r.breakdown.threads
     );
     figures_of(&mut o, figs, "breakdown");

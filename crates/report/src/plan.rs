@@ -12,6 +12,9 @@ pub const BREAKDOWN_BATCHES: [usize; 5] = [1, 16, 64, 256, 1024];
 /// The p99 targets the batching section finds the crossing batch of, ms.
 pub const CROSSING_TARGETS_MS: [f64; 3] = [10.0, 25.0, 60.0];
 
+/// The least bytes of a table capped by `--quick`: twice a 32 MiB last-level cache.
+pub const QUICK_TABLE_BYTES: usize = 64 << 20;
+
 /// Row sizes of the gather-rate probe, bytes (the tables' own strides are added).
 pub const PROBE_ROW_BYTES: [usize; 3] = [64, 128, 256];
 
@@ -22,8 +25,7 @@ pub struct Plan {
     pub probe: ProbeOptions,
     /// gather rates on huge pages (`true`) and on 4 KiB pages (`false`)
     pub probe_huge_pages: Vec<bool>,
-    /// a preset's tables are capped so that all of them take at most this many bytes in
-    /// fp32 (`None`: full size)
+    /// each table of a preset is capped at this many bytes in fp32 (`None`: full size)
     pub table_bytes_cap: Option<usize>,
     /// timed seconds of a point (at least `min_batches` batches)
     pub point_s: f64,
@@ -50,7 +52,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(size: Size) -> Self {
+    /// The plan of `size` on a host whose largest cache holds `llc_bytes`: `--quick` caps
+    /// each table at twice that, and at least [`QUICK_TABLE_BYTES`], so that a table's rows
+    /// come from DRAM as a full-size table's do.
+    pub fn new(size: Size, llc_bytes: u64) -> Self {
         let full = Plan {
             size,
             probe: ProbeOptions::full(),
@@ -81,7 +86,7 @@ impl Plan {
                     lookups: 1 << 20,
                     reps: 2,
                 },
-                table_bytes_cap: Some(256 << 20),
+                table_bytes_cap: Some(QUICK_TABLE_BYTES.max(2 * llc_bytes as usize)),
                 point_s: 0.4,
                 min_batches: 5,
                 extend_batches_to: 2048,
@@ -101,7 +106,7 @@ impl Plan {
                     reps: 1,
                 },
                 probe_huge_pages: vec![true, false],
-                table_bytes_cap: Some(4 << 20),
+                table_bytes_cap: Some(1 << 20),
                 point_s: 0.0,
                 min_batches: 3,
                 extend_batches_to: 0,
@@ -118,10 +123,9 @@ impl Plan {
         }
     }
 
-    /// The row cap that keeps `tables` fp32 tables of `dim` within the byte cap.
-    pub fn rows_cap(&self, tables: usize, dim: usize) -> Option<usize> {
-        self.table_bytes_cap
-            .map(|b| (b / (tables.max(1) * dim.max(1) * 4)).max(1))
+    /// The row cap that keeps an fp32 table of `dim` within the byte cap.
+    pub fn rows_cap(&self, dim: usize) -> Option<usize> {
+        self.table_bytes_cap.map(|b| (b / (dim.max(1) * 4)).max(1))
     }
 
     /// Estimated seconds of the machine section.

@@ -56,13 +56,14 @@ pub fn measure(opts: &Options, progress: &mut dyn Progress) -> Result<Report, Re
     if opts.models.is_empty() {
         return Err(ReportError::option("--models", "name at least one model"));
     }
-    let plan = Plan::new(opts.size);
     let t0 = Instant::now();
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let load_at_start = load_average();
     let host = dlrs_machine::Host::detect();
+    let llc = host.caches.iter().map(|c| c.bytes).max().unwrap_or(0);
+    let plan = Plan::new(opts.size, llc);
     let cpus = host.cpus.max(1) as usize;
 
     // the shapes first (a bad name fails before anything is measured), for the estimate
@@ -318,7 +319,7 @@ fn shape(spec: &str, plan: &Plan) -> Result<(String, usize, usize, Option<usize>
     let cap = if dir.is_dir() {
         None
     } else {
-        plan.rows_cap(cfg.n_tables(), cfg.dim)
+        plan.rows_cap(cfg.dim)
             .filter(|c| cfg.tables.iter().any(|r| r > c))
     };
     let rows: usize = cfg
