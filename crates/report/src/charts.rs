@@ -124,7 +124,7 @@ pub fn short(v: f64) -> String {
 
 /// An axis label for a count such as a batch size: `1024`, `16`, else [`short`].
 pub fn count(v: f64) -> String {
-    if v >= 1.0 && v < 1e5 && (v - v.round()).abs() < 1e-6 {
+    if (1.0..1e5).contains(&v) && (v - v.round()).abs() < 1e-6 {
         format!("{v:.0}")
     } else {
         short(v)

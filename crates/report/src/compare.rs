@@ -262,9 +262,9 @@ pub fn page(c: &Comparison, a: &Report, b: &Report, fig: &Inline) -> String {
             format!(" ({} run)", r.size.name())
         }
     };
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p><b>A</b>: {} &mdash; {}{}<br><b>B</b>: {} &mdash; {}{}</p>\n",
+        "<p><b>A</b>: {} &mdash; {}{}<br><b>B</b>: {} &mdash; {}{}</p>",
         esc(&c.a),
         esc(&c.a_cpu),
         esc(&cap(a)),

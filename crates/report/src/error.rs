@@ -26,7 +26,7 @@ pub enum ReportError {
     Twin {
         model: String,
         #[source]
-        source: dlrs_loadgen::LoadgenError,
+        source: Box<dlrs_loadgen::LoadgenError>,
     },
 
     /// A chart could not be drawn or written.
@@ -34,7 +34,7 @@ pub enum ReportError {
     Chart {
         id: String,
         #[source]
-        source: dlrs_loadgen::LoadgenError,
+        source: Box<dlrs_loadgen::LoadgenError>,
     },
 
     /// A co-located instance's thread panicked or could not start.

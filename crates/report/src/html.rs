@@ -126,18 +126,18 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
                     .map(|c| format!("{} at {c} rows a table", m.name))
             })
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             o,
-            "<p class=\"note\"><b>Capped tables.</b> This {} run capped the tables ({}): each is still larger than the caches, but full-size tables spread the same lookups over more rows, so the DRAM-bound figures can differ. Run without <code>--quick</code> for full-size presets.</p>\n",
+            "<p class=\"note\"><b>Capped tables.</b> This {} run capped the tables ({}): each is still larger than the caches, but full-size tables spread the same lookups over more rows, so the DRAM-bound figures can differ. Run without <code>--quick</code> for full-size presets.</p>",
             r.size.name(),
             esc(&caps.join(", "))
         );
     }
     let busy = r.machine.load_average.iter().copied().fold(0.0, f64::max);
     if busy > 0.5 * h.cpus.max(1) as f64 {
-        let _ = write!(
+        let _ = writeln!(
             o,
-            "<p class=\"note\"><b>A busy machine.</b> The load average reached {busy:.1} on {} CPUs during the run: other work shared the CPUs, so throughput is lower and latency higher than this machine gives when idle, and the figures are noisier.</p>\n",
+            "<p class=\"note\"><b>A busy machine.</b> The load average reached {busy:.1} on {} CPUs during the run: other work shared the CPUs, so throughput is lower and latency higher than this machine gives when idle, and the figures are noisier.</p>",
             h.cpus
         );
     }
@@ -278,9 +278,9 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
 
     // 2. breakdown
     o.push_str("<h2>2. Operator breakdown</h2>\n");
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p>Each model's forward pass on {} thread, batch by batch, with each stage timed. The embedding stage is set against the random row-gather rate at the tables' row size (1 thread, huge pages), each MLP against the FMA peak of one core; the interaction has no such limit. A gather fraction above 100% means some rows came from the caches: a large batch reads some rows again, the more so in a small table. Each point is what <code>dlrs bench</code> measures: the exact command is in <code>report.json</code> (<code>bench_command</code>).</p>\n",
+        "<p>Each model's forward pass on {} thread, batch by batch, with each stage timed. The embedding stage is set against the random row-gather rate at the tables' row size (1 thread, huge pages), each MLP against the FMA peak of one core; the interaction has no such limit. A gather fraction above 100% means some rows came from the caches: a large batch reads some rows again, the more so in a small table. Each point is what <code>dlrs bench</code> measures: the exact command is in <code>report.json</code> (<code>bench_command</code>).</p>",
         r.breakdown.threads
     );
     figures_of(&mut o, figs, "breakdown");
@@ -369,9 +369,9 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
     // 4. co-location
     let c = &r.colocation;
     o.push_str("<h2>4. Co-location</h2>\n");
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p>N instances side by side, each on its own thread with its own stream of batches of {} samples, for {} s; instances of one model share its weights, as <code>dlrs serve --instances</code> does. With more instances than the machine's {} CPUs they also share cores: that cost is in the figures too.</p>\n",
+        "<p>N instances side by side, each on its own thread with its own stream of batches of {} samples, for {} s; instances of one model share its weights, as <code>dlrs serve --instances</code> does. With more instances than the machine's {} CPUs they also share cores: that cost is in the figures too.</p>",
         c.batch, c.seconds, c.cpus
     );
     figures_of(&mut o, figs, "colocation");
@@ -414,9 +414,9 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
     // 5. latency-bounded
     let lb = &r.latency_bounded;
     o.push_str("<h2>5. Latency-bounded throughput</h2>\n");
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p>The twin's search, in process: Poisson arrivals of queries of <code>{}</code> samples go into <code>dlrs serve</code>'s own batching queue and {} compute instance(s) on {} threads; the rate doubles while the p99 (from each query's scheduled arrival) stays within the target, then bisects, {} s a step and at most {} steps. A step with any refused or late query misses.</p>\n",
+        "<p>The twin's search, in process: Poisson arrivals of queries of <code>{}</code> samples go into <code>dlrs serve</code>'s own batching queue and {} compute instance(s) on {} threads; the rate doubles while the p99 (from each query's scheduled arrival) stays within the target, then bisects, {} s a step and at most {} steps. A step with any refused or late query misses.</p>",
         esc(&lb.query_size),
         lb.instances,
         lb.threads,
@@ -458,9 +458,9 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
     // 6. formats
     let rf = &r.row_formats;
     o.push_str("<h2>6. Row formats</h2>\n");
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p>The tables in fp32, fp16, int8 and int4 (the quantized rows carry their scale and bias), one thread, batch {}.</p>\n",
+        "<p>The tables in fp32, fp16, int8 and int4 (the quantized rows carry their scale and bias), one thread, batch {}.</p>",
         rf.batch
     );
     figures_of(&mut o, figs, "formats");

@@ -59,7 +59,7 @@ fn draw<F: dlrs_loadgen::plot::Figure>(
 ) -> Result<String, ReportError> {
     let chart = |source| ReportError::Chart {
         id: id.to_string(),
-        source,
+        source: Box::new(source),
     };
     let svg = svg_string(fig).map_err(chart)?;
     write_file(&dir.join(format!("{id}.svg")), svg.as_bytes())?;

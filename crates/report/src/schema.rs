@@ -150,6 +150,8 @@ pub struct Point {
     pub dominant: String,
     /// the `dlrs bench` command that measures the same point
     pub bench_command: String,
+    /// bytes between rows of the tables (the gather rate it is set against is this size's)
+    pub row_stride: usize,
 }
 
 /// Section 2: the operator breakdown, per model and batch size.
