@@ -252,8 +252,10 @@ mod tests {
     fn cache_lines_per_row_follow_alignment() {
         assert_eq!(lines_per_row(128, 128), 2.0);
         assert_eq!(lines_per_row(64, 64), 1.0);
-        // 72-byte rows (int8 D=64 + scale/bias) straddle a line boundary most of the time
-        assert!(lines_per_row(72, 72) > 1.5 && lines_per_row(72, 72) < 2.0);
+        // 72-byte rows (int8 D=64 + scale and bias) always span two lines
+        assert_eq!(lines_per_row(72, 72), 2.0);
+        // 40-byte rows 40 bytes apart span two lines every other time
+        assert_eq!(lines_per_row(40, 40), 1.5);
         assert_eq!(lines_per_row(16, 16), 1.0);
     }
 
