@@ -95,7 +95,7 @@ impl Plan {
                 step_s: 0.5,
                 warmup_s: 0.1,
                 drain_s: 0.3,
-                max_steps: 4,
+                max_steps: 5,
                 query_pool: 256,
                 ..full
             },
