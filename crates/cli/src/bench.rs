@@ -1,12 +1,14 @@
 //! `dlrs bench`: one measured point on synthetic inputs.
 
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use dlrs_model::bench::{
+    BenchModel, Build, RowFootprint, build_model, pool_batches, synth_pool, time_forward,
+};
 use dlrs_model::synth::{IdDist, synth_batch};
-use dlrs_model::{Executor, MlpDtype, Model, RowFormat, StageTimes, TableMode, Workspace, presets};
+use dlrs_model::{Executor, MlpDtype, Model, RowFormat, TableMode, Workspace};
 use serde_json::json;
 
 #[derive(Args)]
@@ -60,9 +62,6 @@ pub struct BenchArgs {
     skip_limits: bool,
 }
 
-/// Bytes of embedding rows the default pool of batches spans: well past the last-level cache.
-const COLD_POOL_BYTES: usize = 256 << 20;
-
 /// Peak resident set size (VmHWM), current anonymous huge-page bytes, and current resident
 /// anonymous and file-backed (mapped model file, reclaimable page cache) bytes.
 fn memory() -> (u64, u64, u64, u64) {
@@ -81,26 +80,6 @@ fn memory() -> (u64, u64, u64, u64) {
         field(&status, "RssAnon:"),
         field(&status, "RssFile:"),
     )
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
-    sorted[i]
-}
-
-/// Mean 64-byte cache lines a row of `row_bytes` touches when rows sit `stride` bytes
-/// apart from a 64-byte aligned start.
-fn lines_per_row(stride: usize, row_bytes: usize) -> f64 {
-    // the pattern of row starts modulo 64 repeats every 64 / gcd(stride, 64) rows
-    let period = 64 / gcd(stride, 64);
-    let total: usize = (0..period)
-        .map(|r| (r * stride % 64 + row_bytes).div_ceil(64))
-        .sum();
-    total as f64 / period as f64
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 fn formats_name(m: &Model) -> String {
@@ -134,45 +113,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let exec = Executor::new(a.threads)?;
     let host = dlrs_machine::Host::detect();
     let t0 = Instant::now();
-    let (mut model, name, preset_ids) = if Path::new(&a.model).is_dir() {
-        let mut m = Model::load_with(Path::new(&a.model), a.tables)?;
-        if let Some(f) = a.dtype {
-            exec.install(|| m.convert_tables(f, &[]))?;
-        }
-        if let Some(d) = a.mlp_dtype {
-            m.convert_mlp(d);
-        }
-        (m, a.model.clone(), 1)
-    } else {
-        let mut p = presets::preset(&a.model)?;
-        if let Some(cap) = a.rows_cap {
-            p.config
-                .tables
-                .iter_mut()
-                .for_each(|r| *r = (*r).min(cap.max(1)));
-        }
-        let cfg = p
-            .config
-            .clone()
-            .with_format(a.dtype.unwrap_or(RowFormat::F32))
-            .with_mlp_dtype(a.mlp_dtype.unwrap_or_default());
-        (
-            exec.install(|| Model::random(cfg, 0))?,
-            p.name.to_string(),
-            p.ids_per_table,
-        )
+    let build = Build {
+        rows_cap: a.rows_cap,
+        format: a.dtype,
+        mlp_dtype: a.mlp_dtype,
+        mode: a.tables,
     };
+    let BenchModel {
+        mut model,
+        name,
+        ids_per_table: preset_ids,
+    } = build_model(&a.model, &build, &exec)?;
     let build_s = t0.elapsed().as_secs_f64();
     let cfg = &model.config;
     let ids = a.ids_per_table.unwrap_or(preset_ids);
-    let batch_bytes = a.batch * ids * cfg.n_tables() * cfg.dim * 4;
-    let n_pool = a
-        .pool
-        .unwrap_or(COLD_POOL_BYTES.div_ceil(batch_bytes.max(1)).clamp(8, 4096))
-        .max(1);
-    let pool: Vec<_> = (0..n_pool)
-        .map(|i| synth_batch(cfg, a.batch, ids, dist, 1 + i as u64))
-        .collect::<Result<_, _>>()?;
+    let n_pool = a.pool.unwrap_or(pool_batches(cfg, a.batch, ids)).max(1);
+    let pool = synth_pool(cfg, a.batch, ids, dist, n_pool, 1)?;
 
     let mut cache_share = None;
     if a.row_cache > 0 {
@@ -185,46 +141,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let model = model;
     let cfg = &model.config;
     let mut ws = Workspace::default();
-    for b in pool.iter().take(3) {
-        model.forward(b, &mut ws, &exec)?;
-    }
-    let mut lat = Vec::new();
-    let mut stages = StageTimes::default();
-    let mut checksum = 0.0f64;
-    let end = Instant::now() + std::time::Duration::from_secs_f64(a.seconds);
-    let mut i = 0;
-    while Instant::now() < end || lat.len() < 10 {
-        let b = &pool[i % pool.len()];
-        let s = Instant::now();
-        let scores = model.forward(b, &mut ws, &exec)?;
-        lat.push(s.elapsed().as_secs_f64());
-        checksum += scores[0] as f64;
-        stages.accumulate(&ws.times);
-        i += 1;
-    }
-    let n = lat.len() as f64;
-    let total: f64 = lat.iter().sum();
-    lat.sort_by(|x, y| x.total_cmp(y));
+    let timing = time_forward(&model, &pool, &mut ws, &exec, a.seconds, 10)?;
+    let stages = timing.stages_mean();
+    let lat = &timing.latencies_s;
+    let total = timing.total_s();
     let (rss, huge, rss_anon, rss_file) = memory();
     let (hits, lookups) = ws.cache_counts();
     let hit_share = (lookups > 0).then(|| hits as f64 / lookups as f64);
     // bytes and cache lines a lookup reads, averaged over the tables
     let tables = &model.weights.tables;
-    let row_bytes = tables
-        .iter()
-        .map(|t| t.format().row_bytes(cfg.dim))
-        .sum::<usize>() as f64
-        / tables.len() as f64;
-    let lines_per_row = tables
-        .iter()
-        .map(|t| lines_per_row(t.stride(), t.format().row_bytes(cfg.dim)))
-        .sum::<f64>()
-        / tables.len() as f64;
+    let RowFootprint {
+        row_bytes,
+        cache_lines_per_row: lines_per_row,
+        row_stride,
+    } = RowFootprint::of(&model);
     let rows_per_batch = (a.batch * ids * cfg.n_tables()) as f64;
-    let emb_s = stages.embedding / n;
-    let mlp_s = (stages.bottom_mlp + stages.top_mlp) / n;
+    let emb_s = stages.embedding;
+    let mlp_s = stages.bottom_mlp + stages.top_mlp;
     let flops = cfg.mlp_flops_per_sample() * a.batch as f64;
-    let row_stride = tables.iter().map(|t| t.stride()).max().unwrap_or(0);
     let table_bytes: usize = tables.iter().map(|t| t.size_bytes()).sum();
     let rows_per_s = rows_per_batch / emb_s;
     let mlp_gflops = flops / mlp_s / 1e9;
@@ -298,21 +232,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "cache_lines_per_row": lines_per_row,
         "embedding_bytes": table_bytes,
         "build_s": build_s,
-        "samples_per_s": a.batch as f64 * n / total,
-        "latency_ms": {"p50": percentile(&lat, 50.0) * 1e3, "p99": percentile(&lat, 99.0) * 1e3,
-                       "mean": total / n * 1e3},
-        "breakdown_ms": {"embedding": emb_s * 1e3, "bottom_mlp": stages.bottom_mlp / n * 1e3,
-                         "interaction": stages.interaction / n * 1e3, "top_mlp": stages.top_mlp / n * 1e3},
+        "samples_per_s": timing.samples_per_s(),
+        "latency_ms": {"p50": timing.percentile(50.0) * 1e3, "p99": timing.percentile(99.0) * 1e3,
+                       "mean": timing.mean_s() * 1e3},
+        "breakdown_ms": {"embedding": emb_s * 1e3, "bottom_mlp": stages.bottom_mlp * 1e3,
+                         "interaction": stages.interaction * 1e3, "top_mlp": stages.top_mlp * 1e3},
         "embedding_rows_per_s": rows_per_s,
         "embedding_gb_per_s": rows_per_batch * row_bytes / emb_s / 1e9,
-        "embedding_gb_per_s_wall": rows_per_batch * row_bytes * n / total / 1e9,
+        "embedding_gb_per_s_wall": rows_per_batch * row_bytes * timing.batches() as f64 / total / 1e9,
         "mlp_gflop_per_s": mlp_gflops,
         "batches": lat.len(),
         "rss_bytes": rss,
         "anon_huge_page_bytes": huge,
         "rss_anon_bytes": rss_anon,
         "rss_file_bytes": rss_file,
-        "checksum": checksum,
+        "checksum": timing.checksum,
         "row_cache_bytes": model.row_cache_bytes(),
         "row_cache_observed_hit_share": cache_share,
         "row_cache_hit_share": hit_share,

@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod logs;
 mod probe;
+mod report;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -76,6 +77,10 @@ enum Cmd {
     /// The host and its measured limits: FMA peak per core, random row-gather rate per row
     /// size, DRAM latency, sequential bandwidth.
     Probe(probe::ProbeArgs),
+    /// The characterization of recommendation inference on this machine: its limits, the
+    /// operator breakdown per model and batch size, batching, co-location, latency-bounded
+    /// throughput and row formats, as report.html, report.json and charts (SVG, PNG).
+    Report(report::ReportArgs),
     /// Convert a model's tables to another row format and/or its MLP weights to bf16; prints
     /// each converted table's row error and the MLP weights' error.
     #[command(group(clap::ArgGroup::new("to").required(true).multiple(true).args(["dtype", "mlp_dtype"])))]
@@ -176,6 +181,7 @@ fn main() {
         } => predict(&model, &input, batch, threads, tables),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Probe(a) => probe::run(a),
+        Cmd::Report(a) => report::run(a),
         Cmd::Quantize {
             model,
             dtype,

@@ -13,57 +13,115 @@ use plotters_backend::{BackendColor, BackendCoord, BackendTextStyle, DrawingErro
 use crate::error::{BoxError, LoadgenError};
 use crate::search::Search;
 
+/// A chart that draws itself on any plotters backend: the SVG one, or the PNG raster of
+/// this module. The search's curve is one; `dlrs report`'s charts are others.
+pub trait Figure {
+    /// Width and height in pixels.
+    fn size(&self) -> (u32, u32) {
+        (960, 600)
+    }
+
+    /// Draws the chart on `root` (filling its background first); errors are plotters' own,
+    /// as text.
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>
+    where
+        DB::ErrorType: 'static;
+}
+
 /// Draws `s` to `path` (`.svg` or `.png`), titled `title`.
 pub fn plot(path: &Path, s: &Search, title: &str) -> Result<(), LoadgenError> {
-    let failed = |what: &'static str, source: BoxError| LoadgenError::PlotFile {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let (w, h) = (960u32, 600u32);
+    let curve = SearchCurve { search: s, title };
     match ext.as_deref() {
-        Some("svg") => {
-            let root = SVGBackend::new(path, (w, h)).into_drawing_area();
-            draw(&root, s, title)?;
-            root.present().map_err(|e| failed("writing", e.into()))?;
-        }
-        Some("png") => {
-            let mut buf = vec![255u8; (w * h * 3) as usize];
-            {
-                let root = Raster {
-                    w,
-                    h,
-                    buf: &mut buf,
-                }
-                .into_drawing_area();
-                draw(&root, s, title)?;
-                root.present()
-                    .map_err(|e| LoadgenError::Draw(e.to_string()))?;
-            }
-            let file = std::fs::File::create(path).map_err(|e| failed("creating", e.into()))?;
-            let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let writing = |e: png::EncodingError| failed("writing", e.into());
-            let mut wr = enc.write_header().map_err(writing)?;
-            wr.write_image_data(&buf).map_err(writing)?;
-            wr.finish().map_err(writing)?;
-        }
-        _ => {
-            return Err(LoadgenError::flag(
-                "--plot",
-                format!(
-                    "{}: expected a file name ending in .svg or .png",
-                    path.display()
-                ),
-            ));
-        }
+        Some("svg") => write_svg(path, &curve),
+        Some("png") => write_png(path, &curve),
+        _ => Err(LoadgenError::flag(
+            "--plot",
+            format!(
+                "{}: expected a file name ending in .svg or .png",
+                path.display()
+            ),
+        )),
     }
-    Ok(())
+}
+
+fn file_error(path: &Path, what: &'static str, source: BoxError) -> LoadgenError {
+    LoadgenError::PlotFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `fig` as an SVG document.
+pub fn svg_string(fig: &impl Figure) -> Result<String, LoadgenError> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, fig.size()).into_drawing_area();
+        fig.draw(&root).map_err(LoadgenError::Draw)?;
+        root.present()
+            .map_err(|e| LoadgenError::Draw(e.to_string()))?;
+    }
+    Ok(out)
+}
+
+/// Writes `fig` to `path` as SVG.
+pub fn write_svg(path: &Path, fig: &impl Figure) -> Result<(), LoadgenError> {
+    let svg = svg_string(fig)?;
+    std::fs::write(path, svg).map_err(|e| file_error(path, "writing", e.into()))
+}
+
+/// `fig` as a PNG image (RGB, text in the 8x8 bitmap font).
+pub fn png_bytes(fig: &impl Figure) -> Result<Vec<u8>, LoadgenError> {
+    let (w, h) = fig.size();
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = Raster {
+            w,
+            h,
+            buf: &mut buf,
+        }
+        .into_drawing_area();
+        fig.draw(&root).map_err(LoadgenError::Draw)?;
+        root.present()
+            .map_err(|e| LoadgenError::Draw(e.to_string()))?;
+    }
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let encoding = |e: png::EncodingError| LoadgenError::Draw(format!("encoding the PNG: {e}"));
+    let mut wr = enc.write_header().map_err(encoding)?;
+    wr.write_image_data(&buf).map_err(encoding)?;
+    wr.finish().map_err(encoding)?;
+    Ok(out)
+}
+
+/// Writes `fig` to `path` as PNG.
+pub fn write_png(path: &Path, fig: &impl Figure) -> Result<(), LoadgenError> {
+    let bytes = png_bytes(fig)?;
+    std::fs::write(path, bytes).map_err(|e| file_error(path, "writing", e.into()))
+}
+
+/// The search's curve: p99 and p50 against the offered rate.
+struct SearchCurve<'a> {
+    search: &'a Search,
+    title: &'a str,
+}
+
+impl Figure for SearchCurve<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>
+    where
+        DB::ErrorType: 'static,
+    {
+        draw(root, self.search, self.title).map_err(|e| match e {
+            LoadgenError::Draw(s) => s,
+            other => other.to_string(),
+        })
+    }
 }
 
 fn draw<DB: DrawingBackend>(

@@ -382,12 +382,17 @@ impl DlrmConfig {
 
     /// Multiply-adds per sample in the MLPs, times two.
     pub fn mlp_flops_per_sample(&self) -> f64 {
-        let f = |w: &[usize]| {
-            w.windows(2)
-                .map(|p| 2.0 * (p[0] * p[1]) as f64)
-                .sum::<f64>()
-        };
-        f(&self.bot) + f(&self.top_full())
+        self.bottom_mlp_flops_per_sample() + self.top_mlp_flops_per_sample()
+    }
+
+    /// Multiply-adds per sample in the bottom MLP, times two.
+    pub fn bottom_mlp_flops_per_sample(&self) -> f64 {
+        layer_flops(&self.bot)
+    }
+
+    /// Multiply-adds per sample in the top MLP (from the interaction's width), times two.
+    pub fn top_mlp_flops_per_sample(&self) -> f64 {
+        layer_flops(&self.top_full())
     }
 
     /// Embedding parameters (all tables).
@@ -445,6 +450,11 @@ impl DlrmConfig {
         }
         serde_json::to_string_pretty(&v).expect("a JSON value serializes") + "\n"
     }
+}
+
+/// Two FLOPs per multiply-add of the layers `widths[0] -> widths[1] -> ...`.
+fn layer_flops(widths: &[usize]) -> f64 {
+    widths.windows(2).map(|p| 2.0 * (p[0] * p[1]) as f64).sum()
 }
 
 #[cfg(test)]

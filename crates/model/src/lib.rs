@@ -9,7 +9,8 @@
 //! - [`batch`]: validated jagged batches and the JSON Lines sample format.
 //! - [`forward`]: the one forward pass, threads splitting the batch; training runs it with
 //!   its activations kept.
-//! - [`presets`] and [`synth`]: RMC1/2/3 and Criteo shapes, synthetic inputs.
+//! - [`presets`] and [`synth`]: RMC1/2/3 and Criteo shapes, synthetic inputs; [`bench`]:
+//!   timing the forward pass on them (`dlrs bench`, `dlrs report`).
 //! - [`files`]: reading files safely (regular files only, size bounds); [`sys`]: thread
 //!   scheduling.
 //!
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod files;
