@@ -54,20 +54,7 @@ pub fn run(a: ProbeArgs) -> Result<()> {
     }
     let (h, l) = (&report.host, &report.limits);
     println!("host        {}", h.cpu_line());
-    let caches: Vec<String> = h
-        .caches
-        .iter()
-        .filter(|c| c.kind != "Instruction")
-        .map(|c| {
-            format!(
-                "L{} {} KiB (shared by {})",
-                c.level,
-                c.bytes >> 10,
-                c.shared_by
-            )
-        })
-        .collect();
-    println!("caches      {}", caches.join(", "));
+    println!("caches      {}", h.caches_line());
     println!(
         "system      {} NUMA node(s), transparent huge pages: {}, kernel {}",
         h.numa_nodes, h.thp, h.kernel
@@ -78,14 +65,8 @@ pub fn run(a: ProbeArgs) -> Result<()> {
     );
     for g in &l.gather {
         println!(
-            "gather      {:>3} B rows, {} thread(s), {:<10} {:>7.1} M rows/s  {:>6.2} GB/s",
-            g.row_bytes,
-            g.threads,
-            if g.huge_pages {
-                "huge pages"
-            } else {
-                "4 KiB pages"
-            },
+            "gather      {:<38} {:>7.1} M rows/s  {:>6.2} GB/s",
+            g.describe(),
             g.rows_per_s / 1e6,
             g.gb_per_s
         );

@@ -51,6 +51,24 @@ pub struct Host {
 }
 
 impl Host {
+    /// The data and unified caches: `L1 32 KiB (shared by 1 CPUs), L2 1024 KiB (shared by 1
+    /// CPUs), ...`.
+    pub fn caches_line(&self) -> String {
+        self.caches
+            .iter()
+            .filter(|c| c.kind != "Instruction")
+            .map(|c| {
+                format!(
+                    "L{} {} KiB (shared by {} CPUs)",
+                    c.level,
+                    c.bytes >> 10,
+                    c.shared_by
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Reads the host's identity. Fields the system does not expose are left empty or 0.
     pub fn detect() -> Host {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

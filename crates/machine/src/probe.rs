@@ -67,6 +67,23 @@ pub struct GatherRate {
     pub gb_per_s: f64,
 }
 
+impl GatherRate {
+    /// What was measured, as the probe and the report name it: `128 B rows, 2 thread(s),
+    /// huge pages`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} B rows, {} thread(s), {}",
+            self.row_bytes,
+            self.threads,
+            if self.huge_pages {
+                "huge pages"
+            } else {
+                "4 KiB pages"
+            }
+        )
+    }
+}
+
 /// Median of `reps` runs of `f` (each returning a measure).
 fn median(reps: usize, mut f: impl FnMut() -> f64) -> f64 {
     let mut v: Vec<f64> = (0..reps.max(1)).map(|_| f()).collect();

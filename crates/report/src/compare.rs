@@ -104,16 +104,7 @@ pub fn compare(a: &Report, b: &Report, a_name: &str, b_name: &str) -> Comparison
             x.row_bytes == g.row_bytes && x.threads == g.threads && x.huge_pages == g.huge_pages
         });
         f.push(pair(
-            format!(
-                "gather {} B rows, {} thread(s), {}",
-                g.row_bytes,
-                g.threads,
-                if g.huge_pages {
-                    "huge pages"
-                } else {
-                    "4 KiB pages"
-                }
-            ),
+            format!("gather {}", g.describe()),
             "rows/s",
             Some(g.rows_per_s),
             other.map(|x| x.rows_per_s),

@@ -183,19 +183,6 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
 
     // 1. machine
     o.push_str("<h2>1. The machine</h2>\n");
-    let caches: Vec<String> = h
-        .caches
-        .iter()
-        .filter(|c| c.kind != "Instruction")
-        .map(|c| {
-            format!(
-                "L{} {} KiB (shared by {} CPUs)",
-                c.level,
-                c.bytes >> 10,
-                c.shared_by
-            )
-        })
-        .collect();
     let l = &r.machine.limits;
     let seq: Vec<String> = l
         .seq_read
@@ -223,7 +210,7 @@ pub fn page(r: &Report, figs: &[Inline]) -> String {
             ],
             vec!["ISA".into(), h.isa.join(" ")],
             vec!["logical CPUs".into(), h.cpus.to_string()],
-            vec!["caches".into(), caches.join(", ")],
+            vec!["caches".into(), h.caches_line()],
             vec!["NUMA nodes".into(), h.numa_nodes.to_string()],
             vec!["transparent huge pages".into(), h.thp.clone()],
             vec!["kernel".into(), h.kernel.clone()],
