@@ -136,34 +136,22 @@ pub fn quick_limits_cached_checked(
             gather: Vec::new(),
         });
     let opts = ProbeOptions::quick();
-    let fma = match cache.fma {
-        Some(f) if f.threads >= threads && f.per_core_gflops >= measured_gflops_per_core => f,
-        Some(f) if f.threads >= threads => {
-            let again = probe::fma_peak(threads, opts.reps);
-            if again.per_core_gflops > f.per_core_gflops {
-                again
-            } else {
-                f
-            }
-        }
-        _ => probe::fma_peak(threads, opts.reps),
-    };
+    let fma = refreshed(
+        cache.fma.filter(|f| f.threads >= threads),
+        measured_gflops_per_core,
+        |f| f.per_core_gflops,
+        || Ok(probe::fma_peak(threads, opts.reps)),
+    )?;
     let slot = cache
         .gather
         .iter()
         .position(|g| g.row_bytes == row_bytes && g.threads == threads);
-    let gather = match slot.map(|i| cache.gather[i]) {
-        Some(g) if g.rows_per_s >= measured_rows_per_s => g,
-        Some(g) => {
-            let again = probe::gather_rates(&[row_bytes], &[threads], &[true], &opts)?[0];
-            if again.rows_per_s > g.rows_per_s {
-                again
-            } else {
-                g
-            }
-        }
-        None => probe::gather_rates(&[row_bytes], &[threads], &[true], &opts)?[0],
-    };
+    let gather = refreshed(
+        slot.map(|i| cache.gather[i]),
+        measured_rows_per_s,
+        |g| g.rows_per_s,
+        || Ok(probe::gather_rates(&[row_bytes], &[threads], &[true], &opts)?[0]),
+    )?;
     cache.fma = Some(fma);
     match slot {
         Some(i) => cache.gather[i] = gather,
@@ -174,6 +162,24 @@ pub fn quick_limits_cached_checked(
         let _ = write_atomically(&p, &serde_json::to_vec(&cache).unwrap_or_default());
     }
     Ok((fma, gather))
+}
+
+/// A cached limit, unless a kernel just ran faster than it (`rate` of it below `beaten`):
+/// then the higher of it and a new `probe`; a new `probe` when nothing is cached.
+fn refreshed<T: Copy>(
+    cached: Option<T>,
+    beaten: f64,
+    rate: impl Fn(&T) -> f64,
+    probe: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    match cached {
+        Some(c) if rate(&c) >= beaten => Ok(c),
+        Some(c) => {
+            let again = probe()?;
+            Ok(if rate(&again) > rate(&c) { again } else { c })
+        }
+        None => probe(),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
