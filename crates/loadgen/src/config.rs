@@ -200,6 +200,9 @@ pub struct TwinConfig {
     pub instances: Option<usize>,
     /// batching and admission, as `dlrs serve`'s
     pub queue: QueueConfig,
+    /// the scheduler, as `dlrs serve --target-p99-ms`'s (`None`: the flags' settings; `dlrs
+    /// twin --target-p99-ms` without `--static-settings`)
+    pub control: Option<dlrs_serve::ControlConfig>,
     /// `--deadline-ms`: a query not computed this many milliseconds after it was queued gets
     /// 504
     pub deadline_ms: u64,
@@ -217,6 +220,7 @@ impl TwinConfig {
             threads: 2,
             instances: None,
             queue: QueueConfig::default(),
+            control: None,
             deadline_ms: 1000,
             versus: VersusConfig::default(),
             load: LoadConfig::default(),

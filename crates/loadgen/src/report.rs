@@ -91,7 +91,7 @@ pub(crate) fn report_lines(r: &Report) -> Vec<String> {
 /// One search step's line.
 pub(crate) fn point_line(p: &Point) -> String {
     let r = &p.report;
-    format!(
+    let line = format!(
         "step {:>2}: {:>9.1} QPS offered, {:>9.1} achieved, {:>9.0} samples/s, p50 {:>8} ms, p99 {:>8} ms, errors: {} -> {}",
         p.step,
         r.offered_qps,
@@ -105,7 +105,11 @@ pub(crate) fn point_line(p: &Point) -> String {
         } else {
             "misses the target"
         }
-    )
+    );
+    match &r.scheduler {
+        Some(s) => format!("{line}; scheduler: {s}"),
+        None => line,
+    }
 }
 
 /// What a search looks for, as its first line says.

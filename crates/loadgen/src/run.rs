@@ -111,21 +111,38 @@ pub fn twin_json(config: TwinConfig) -> Result<Value, LoadgenError> {
         load.dist.name(),
         load.ids_per_table
     );
+    let controller = config
+        .control
+        .clone()
+        .map(|c| dlrs_serve::Controller::new(c, config.threads, q));
+    if let Some(c) = &config.control {
+        out.line(&format!(
+            "scheduler: towards p{} <= {} ms, starting at {}",
+            c.percentile,
+            c.target_ms,
+            dlrs_serve::Controller::new(c.clone(), config.threads, q)
+                .settings()
+                .describe()
+        ));
+    }
     let batching = twin::Batching {
         queue: q.clone(),
         deadline: Duration::from_millis(config.deadline_ms),
         instances,
         threads,
+        controller: controller.clone(),
     };
     let hooks = dlrs_serve::Hooks::default();
     let mut measure = |qps, duration_s, seed| {
-        twin::measure(
+        let mut r = twin::measure(
             &version,
             &queries,
             &batching,
             &hooks,
             &load.at(qps, duration_s, seed),
-        )
+        )?;
+        r.scheduler = controller.as_ref().map(|c| c.settings().describe());
+        Ok(r)
     };
     let name = config.model.file_name().map_or_else(
         || config.model.display().to_string(),

@@ -122,6 +122,10 @@ pub struct Report {
     /// failed queries by the second of the schedule they were due in (whole seconds from the
     /// start; only seconds with failures): when a stall or a reload cost requests
     pub failures_by_second: BTreeMap<u64, u64>,
+    /// the server's scheduler settings (`--target-p99-ms`) at the end of the measurement,
+    /// when it runs one
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
 }
 
 impl Report {
@@ -183,6 +187,7 @@ impl Report {
             errors,
             slowest_at_s: None,
             failures_by_second: BTreeMap::new(),
+            scheduler: None,
         }
     }
 

@@ -8,7 +8,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use dlrs_model::Batch;
-use dlrs_serve::{ApiError, Hooks, Job, Metrics, Queue, QueueConfig, ReplyTo, Version};
+use dlrs_serve::{
+    ApiError, Controller, Hooks, Job, Metrics, Queue, QueueConfig, ReplyTo, Version,
+};
 
 use crate::driver::{Measure, Results, spawn_dispatcher, start_instant};
 use crate::error::LoadgenError;
@@ -25,6 +27,10 @@ pub struct Batching {
     pub instances: usize,
     /// threads per instance
     pub threads: usize,
+    /// the scheduler, kept across measurements (a search's steps) as a server keeps it:
+    /// when set, it chooses the layout and batching (`instances`, `threads` and `queue`'s
+    /// max batch, delay and wait bound are its starting point or its pins)
+    pub controller: Option<Arc<Controller>>,
 }
 
 /// One measurement of the twin: Poisson arrivals at `m.qps` for `m.duration_s`, query `i`
@@ -47,15 +53,30 @@ pub fn measure(
     let sizes: Vec<usize> = (0..offsets.len())
         .map(|i| queries[i % queries.len()].size())
         .collect();
-    let queue = Arc::new(Queue::new(batching.queue.clone(), Arc::new(Metrics::new())));
-    let instances =
-        // compute at the default priority: with no HTTP threads beside them, a nice value
-        // (serve's --compute-nice) would change nothing here
-        dlrs_serve::spawn_instances(&queue, batching.instances, batching.threads, 0, hooks)
-            .map_err(|source| LoadgenError::Start {
-                what: "the compute threads",
-                source,
-            })?;
+    let metrics = Arc::new(Metrics::new());
+    // compute at the default priority: with no HTTP threads beside them, a nice value
+    // (serve's --compute-nice) would change nothing here
+    let (queue, instances) = match &batching.controller {
+        Some(c) => {
+            let queue = Arc::new(Queue::controlled(
+                batching.queue.clone(),
+                metrics,
+                Arc::clone(c),
+            ));
+            let handles = dlrs_serve::spawn_controlled(&queue, 0, hooks);
+            (queue, handles)
+        }
+        None => {
+            let queue = Arc::new(Queue::new(batching.queue.clone(), metrics));
+            let handles =
+                dlrs_serve::spawn_instances(&queue, batching.instances, batching.threads, 0, hooks);
+            (queue, handles)
+        }
+    };
+    let instances = instances.map_err(|source| LoadgenError::Start {
+        what: "the compute threads",
+        source,
+    })?;
     let start = start_instant();
     let results = Arc::new(Results::new(start, offsets.len()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -175,10 +175,12 @@ fn one_query_batches() -> Batching {
             max_queue_burst: 0,
             burst_cooldown_ms: 100,
             max_queue_wait_ms: 0,
+            idle_spin_us: 0,
         },
         deadline: Duration::from_secs(60),
         instances: 1,
         threads: 1,
+        controller: None,
     }
 }
 

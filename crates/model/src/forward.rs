@@ -106,6 +106,28 @@ impl Executor {
             None => f(),
         }
     }
+
+}
+
+/// Keeps the calling thread busy until `done()` or `until`, yielding its core to any other
+/// runnable thread between checks (OpenMP's active wait policy, `KMP_BLOCKTIME`). A batch
+/// that arrives at an idle VM pays for its core to wake: on a 2-vCPU Zen 4 VM, RMC1's
+/// 165-sample batch on 2 threads took 3.2-3.5 ms after 10-30 ms of idle sleep and 1.7-2.0 ms
+/// after as long a spin of both cores (1.4-1.5 ms back to back). Only the calling thread
+/// spins: with a pool's threads spinning too, the threads that queue requests (HTTP, the
+/// twin's dispatcher) waited for a core, and the p99 grew.
+pub fn spin_until(until: Instant, done: &dyn Fn() -> bool) {
+    let mut i = 0u32;
+    while !done() {
+        std::hint::spin_loop();
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(64) {
+            if Instant::now() >= until {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// Rows below which a batch is not split across threads: a smaller range costs more in
@@ -211,10 +233,25 @@ impl Model {
         ws: &'w mut Workspace,
         exec: &Executor,
     ) -> Result<&'w [f32]> {
+        self.forward_on(batch, ws, exec, exec.threads())
+    }
+
+    /// [`forward`](Self::forward) on `threads` of `exec`'s threads (clamped to 1..=all of
+    /// them). On one thread the batch runs on the calling thread, outside the pool: the
+    /// server's live-tuned layout gives an instance all of its executor's threads at low
+    /// load and one while another instance computes beside it.
+    pub fn forward_on<'w>(
+        &self,
+        batch: &Batch,
+        ws: &'w mut Workspace,
+        exec: &Executor,
+        threads: usize,
+    ) -> Result<&'w [f32]> {
+        let threads = threads.clamp(1, exec.threads());
         let tables = self.table_views();
         prepare_tables(self, &tables, batch, &mut ws.staging)?;
         let b = batch.size();
-        let ranges = row_ranges(b, exec.threads());
+        let ranges = row_ranges(b, threads);
         let n = ranges.len();
         if ws.ranges.len() < n {
             ws.ranges.resize_with(n, Activations::default);
@@ -228,11 +265,16 @@ impl Model {
             scores = rest;
         }
         let staging = &ws.staging;
-        exec.install(|| {
-            run_split(jobs, exec.threads(), |(r, acts, scores), gemm_threads| {
+        let run = || {
+            run_split(jobs, threads, |(r, acts, scores), gemm_threads| {
                 forward_range(self, &tables, staging, batch, r, acts, scores, gemm_threads)
             })
-        });
+        };
+        if threads == 1 {
+            run();
+        } else {
+            exec.install(run);
+        }
         ws.times = StageTimes::default();
         for r in &ws.ranges[..n] {
             ws.times.add(&r.times, 1.0 / n as f64);

@@ -732,6 +732,7 @@ fn search_bounded(
         deadline: Duration::from_millis(1000),
         instances,
         threads,
+        controller: None,
     };
     let hooks = dlrs_serve::Hooks::default();
     let found = search::search(

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use dlrs_model::{Bags, Batch, DlrmConfig, Executor, Workspace};
 use tokio::sync::oneshot;
 
 use crate::config::{Hooks, QueueConfig};
+use crate::control::{ControlConfig, Memory, Observations, Settings};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::Version;
@@ -88,11 +90,12 @@ impl Entry {
     fn out(&self) -> MutexGuard<'_, Out> {
         self.out.lock().unwrap_or_else(|p| p.into_inner())
     }
-    /// Stores the scores of rows `r0..` and answers when the request is complete.
-    fn deliver(&self, r0: usize, scores: &[f32]) {
+    /// Stores the scores of rows `r0..` and answers when the request is complete (then
+    /// true).
+    fn deliver(&self, r0: usize, scores: &[f32]) -> bool {
         let mut o = self.out();
         if o.reply.is_none() {
-            return;
+            return false;
         }
         if o.scores.len() != self.len() {
             o.scores = vec![0.0; self.len()];
@@ -104,7 +107,9 @@ impl Entry {
             let reply = o.reply.take().expect("checked above");
             drop(o);
             reply.send(Ok(scores));
+            return true;
         }
+        false
     }
     /// Answers `err` unless already answered.
     fn fail(&self, err: ApiError) {
@@ -169,8 +174,9 @@ struct State {
     recent: Vec<f64>,
     /// where the next batch's figure goes in `recent`
     next_recent: usize,
-    /// compute instances taking batches
-    instances: usize,
+    /// how many instances take batches, on how many threads each, and the batching and
+    /// admission settings in force (the flags', or the controller's)
+    settings: Settings,
 }
 
 /// Batches whose compute time per sample the wait bound takes the median of. A median, not a
@@ -183,8 +189,79 @@ const PER_SAMPLE_WINDOW: usize = 32;
 pub struct Queue {
     state: Mutex<State>,
     ready: Condvar,
+    /// bumped when a request is queued, the settings change or the queue closes: what an
+    /// instance spinning on an empty queue watches
+    epoch: AtomicU64,
     cfg: QueueConfig,
     metrics: Arc<Metrics>,
+    /// the live scheduler of `--target-p99-ms`, if any
+    controller: Option<Arc<Controller>>,
+}
+
+/// The live scheduler's state (see [`crate::control`]): what the queue measured and what the
+/// controller decided. It outlives a queue: the twin's search runs one queue per step and
+/// keeps what was learned.
+pub struct Controller {
+    pub cfg: ControlConfig,
+    /// compute threads over all instances
+    pub threads: usize,
+    learned: Mutex<(Observations, Memory)>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("cfg", &self.cfg)
+            .field("threads", &self.threads)
+            .field("settings", &self.settings())
+            .finish()
+    }
+}
+
+impl Controller {
+    /// A controller of `threads` compute threads towards `cfg`'s target, starting from
+    /// `queue`'s flags (where pinned) with every thread on one batch.
+    pub fn new(cfg: ControlConfig, threads: usize, queue: &QueueConfig) -> Arc<Self> {
+        let threads = threads.max(1);
+        let p = cfg.pin_instances.map_or(threads, |i| threads / i.max(1));
+        let settings = Settings {
+            threads_per_batch: p,
+            instances: threads / p,
+            max_batch: cfg.pin_max_batch.unwrap_or(queue.max_batch),
+            delay_us: cfg.pin_delay_us.unwrap_or(0),
+            max_wait: cfg
+                .pin_wait_ms
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+            spin_us: cfg
+                .pin_spin_us
+                .unwrap_or(crate::control::DEFAULT_SPIN.as_micros() as u64),
+        };
+        Arc::new(Controller {
+            learned: Mutex::new((Observations::new(threads), Memory::new(threads, settings))),
+            cfg,
+            threads,
+        })
+    }
+
+    fn learned(&self) -> MutexGuard<'_, (Observations, Memory)> {
+        self.learned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        self.learned().1.settings
+    }
+
+    /// One look: decides, and returns the new settings with the reason when they changed.
+    fn look(&self, now: Instant, metrics: &Metrics) -> Option<(Settings, String)> {
+        let mut guard = self.learned();
+        let (obs, mem) = &mut *guard;
+        let view = obs.view(now, self.cfg.quantile());
+        let why = crate::control::decide(&self.cfg, self.threads, &view, mem, now);
+        metrics.control(&self.cfg, &view, mem);
+        why.map(|w| (mem.settings, w))
+    }
 }
 
 /// `(request, first row, end row)`: one request's part of a batch.
@@ -192,6 +269,30 @@ type Segment = (Arc<Entry>, usize, usize);
 
 impl Queue {
     pub fn new(cfg: QueueConfig, metrics: Arc<Metrics>) -> Self {
+        let settings = Settings {
+            threads_per_batch: 1,
+            instances: 1,
+            max_batch: cfg.max_batch,
+            delay_us: cfg.max_queue_delay_us,
+            max_wait: cfg.max_wait(),
+            spin_us: cfg.idle_spin_us,
+        };
+        Self::with_settings(cfg, metrics, settings, None)
+    }
+
+    /// A queue whose settings the live scheduler `controller` tunes (start its instances
+    /// with [`spawn_controlled`]).
+    pub fn controlled(cfg: QueueConfig, metrics: Arc<Metrics>, controller: Arc<Controller>) -> Self {
+        let settings = controller.settings();
+        Self::with_settings(cfg, metrics, settings, Some(controller))
+    }
+
+    fn with_settings(
+        cfg: QueueConfig,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        controller: Option<Arc<Controller>>,
+    ) -> Self {
         let state = State {
             pending: VecDeque::new(),
             waiting: 0,
@@ -200,14 +301,33 @@ impl Queue {
             per_sample_s: 0.0,
             recent: Vec::with_capacity(PER_SAMPLE_WINDOW),
             next_recent: 0,
-            instances: 1,
+            settings,
         };
         Queue {
             state: Mutex::new(state),
             ready: Condvar::new(),
+            epoch: AtomicU64::new(0),
             cfg,
             metrics,
+            controller,
         }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        self.lock().settings
+    }
+
+    /// Puts `settings` in force (instances that may now take batches are woken).
+    fn apply(&self, settings: Settings) {
+        self.lock().settings = settings;
+        self.wake();
+    }
+
+    /// Wakes every instance, spinning or sleeping.
+    fn wake(&self) {
+        self.epoch.fetch_add(1, Ordering::Release);
+        self.ready.notify_all();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -252,16 +372,21 @@ impl Queue {
                 st.waiting
             )));
         }
-        if let Some(max) = self.cfg.max_wait() {
-            let wait = st.waiting as f64 * st.per_sample_s / st.instances.max(1) as f64;
+        if let Some(max) = st.settings.max_wait {
+            let wait = st.waiting as f64 * st.per_sample_s / st.settings.instances.max(1) as f64;
             if wait > max.as_secs_f64() {
                 st.refused = Some(now);
                 return Err(ApiError::Overloaded(format!(
-                    "queue full: {} samples waiting, about {:.1} ms of work, over the {} ms the server queues \
-                     (--max-queue-wait-ms); retry later",
+                    "queue full: {} samples waiting, about {:.1} ms of work, over the {:.1} ms the server queues \
+                     ({}); retry later",
                     st.waiting,
                     wait * 1e3,
-                    max.as_millis()
+                    max.as_secs_f64() * 1e3,
+                    if self.controller.is_some() {
+                        "derived from --target-p99-ms"
+                    } else {
+                        "--max-queue-wait-ms"
+                    }
                 )));
             }
         }
@@ -321,15 +446,23 @@ impl Queue {
             dispatched: 0,
         });
         drop(st);
-        self.ready.notify_one();
+        if let Some(c) = &self.controller {
+            c.learned().0.arrival(Instant::now(), n);
+        }
+        // all: an instance the settings leave idle would take the wakeup and wait again
+        self.wake();
         Ok(())
     }
 
-    /// Counts a computed batch of `size` samples that took `took` into the compute time per
-    /// sample that `max_wait` estimates with.
-    fn observe(&self, size: usize, took: Duration) {
+    /// Counts a computed batch of `size` samples that took `took` on `threads` threads into
+    /// the compute time per sample that `max_wait` estimates with (and the controller's
+    /// figures).
+    fn observe(&self, size: usize, took: Duration, threads: usize) {
         if size == 0 {
             return;
+        }
+        if let Some(c) = &self.controller {
+            c.learned().0.batch(Instant::now(), threads, size, took);
         }
         let per = took.as_secs_f64() / size as f64;
         let mut st = self.lock();
@@ -350,7 +483,7 @@ impl Queue {
     /// Closes the queue: what it holds is still computed, then the instances exit.
     pub fn close(&self) {
         self.lock().closed = true;
-        self.ready.notify_all();
+        self.wake();
     }
 
     /// Closes the queue and answers everything still queued with 503 (nothing more is
@@ -368,7 +501,7 @@ impl Queue {
             self.release(&mut st, n);
             st.pending.drain(..).collect()
         };
-        self.ready.notify_all();
+        self.wake();
         for p in dropped {
             p.entry.fail(ApiError::ShuttingDown(
                 "the queue was aborted before the request was computed".into(),
@@ -376,19 +509,40 @@ impl Queue {
         }
     }
 
-    /// The next batch to compute, waiting for one; `None` once the queue is closed and empty.
-    fn next_batch(&self) -> Option<Vec<Segment>> {
+    /// The next batch for instance `instance` to compute and the threads to compute it on,
+    /// waiting for one (and while the settings give the instance no batches); `None` once
+    /// the queue is closed and empty.
+    fn next_batch(&self, instance: usize) -> Option<(Vec<Segment>, usize)> {
         let mut st = self.lock();
+        // spin at most once per batch: a spin that ran out ends in sleep
+        let mut spun = false;
         loop {
             self.drop_dead(&mut st);
+            if instance >= st.settings.instances && !st.closed {
+                st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
             let Some(first) = st.pending.front() else {
                 if st.closed {
                     return None;
                 }
+                if st.settings.spin_us > 0 && !spun {
+                    spun = true;
+                    // read under the lock: a request queued after it bumps the epoch
+                    let epoch = self.epoch.load(Ordering::Acquire);
+                    let until = Instant::now() + Duration::from_micros(st.settings.spin_us);
+                    drop(st);
+                    dlrs_model::forward::spin_until(until, &|| {
+                        self.epoch.load(Ordering::Acquire) != epoch
+                    });
+                    st = self.lock();
+                    continue;
+                }
                 st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             };
-            let window_end = first.entry.enqueued + self.cfg.max_delay();
+            let window_end =
+                first.entry.enqueued + Duration::from_micros(st.settings.delay_us);
             let (plan, full) = plan_batch(
                 st.pending.iter().map(|p| {
                     (
@@ -397,7 +551,7 @@ impl Queue {
                         Arc::ptr_eq(&p.entry.model, &first.entry.model),
                     )
                 }),
-                self.cfg.max_batch,
+                st.settings.max_batch,
             );
             let now = Instant::now();
             if !(full || st.closed || now >= window_end) {
@@ -431,12 +585,13 @@ impl Queue {
             }
             self.release(&mut st, size);
             let more = !st.pending.is_empty();
+            let threads = st.settings.threads_per_batch;
             drop(st);
             if more {
-                // another instance may take the rest
-                self.ready.notify_one();
+                // another instance may take the rest (an inactive one waits again)
+                self.wake();
             }
-            return Some(segments);
+            return Some((segments, threads));
         }
     }
 
@@ -479,33 +634,107 @@ pub fn spawn(
     nice: i32,
     hooks: &Hooks,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let mut handles = Vec::with_capacity(instances);
-    queue.lock().instances = instances.max(1);
-    for i in 0..instances.max(1) {
-        let exec =
-            Executor::with_nice(threads, nice).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let (queue, hooks) = (Arc::clone(queue), hooks.clone());
-        let h = std::thread::Builder::new()
-            .name(format!("dlrs-batcher-{i}"))
-            .spawn(move || {
-                if nice != 0 {
-                    dlrs_model::sys::set_thread_nice(nice);
-                }
-                run(&queue, &exec, &hooks)
-            })?;
-        handles.push(h);
+    let instances = instances.max(1);
+    {
+        let mut st = queue.lock();
+        st.settings.instances = instances;
+        st.settings.threads_per_batch = threads.max(1);
     }
+    (0..instances)
+        .map(|i| spawn_instance(queue, i, threads, nice, hooks))
+        .collect()
+}
+
+/// Starts the compute of a queue made with [`Queue::controlled`]: one instance per thread
+/// (instance `i` with an executor of the most threads a setting can give it), of which the
+/// controller's settings let `threads / threads_per_batch` take batches; and the controller
+/// itself (`dlrs-controller`), which looks every `period` until the queue closes.
+pub fn spawn_controlled(
+    queue: &Arc<Queue>,
+    nice: i32,
+    hooks: &Hooks,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let Some(controller) = queue.controller.clone() else {
+        return Err(std::io::Error::other("the queue has no controller"));
+    };
+    let threads = controller.threads;
+    let ps = crate::control::parallelisms(threads);
+    let mut handles = (0..threads)
+        .map(|i| {
+            // the most threads per batch with which instance `i` still takes batches
+            let most = ps.iter().copied().filter(|p| threads / p > i).max().unwrap_or(1);
+            spawn_instance(queue, i, most, nice, hooks)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let q = Arc::clone(queue);
+    handles.push(
+        std::thread::Builder::new()
+            .name("dlrs-controller".into())
+            .spawn(move || control_loop(&q, &controller))?,
+    );
     Ok(handles)
 }
 
-/// One instance's body. A panic outside the forward pass' own guard (a bug) restarts the
+/// The controller's thread: a look every period; a change is put in force and logged.
+fn control_loop(queue: &Queue, controller: &Controller) {
+    loop {
+        std::thread::sleep(controller.cfg.period);
+        if queue.lock().closed {
+            return;
+        }
+        if let Some((settings, why)) = controller.look(Instant::now(), &queue.metrics) {
+            let before = queue.settings();
+            queue.apply(settings);
+            if before.threads_per_batch != settings.threads_per_batch {
+                queue.metrics.control_moves.increment(1);
+            }
+            let layout = |s: &Settings| (s.threads_per_batch, s.max_batch, s.delay_us);
+            if layout(&before) != layout(&settings) {
+                tracing::info!(
+                    target: "dlrs_serve::control",
+                    "scheduler: {} (was {}): {why}",
+                    settings.describe(),
+                    before.describe()
+                );
+            } else {
+                tracing::debug!(
+                    target: "dlrs_serve::control",
+                    "scheduler: {}: {why}",
+                    settings.describe()
+                );
+            }
+        }
+    }
+}
+
+fn spawn_instance(
+    queue: &Arc<Queue>,
+    i: usize,
+    threads: usize,
+    nice: i32,
+    hooks: &Hooks,
+) -> std::io::Result<JoinHandle<()>> {
+    let exec =
+        Executor::with_nice(threads, nice).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (queue, hooks) = (Arc::clone(queue), hooks.clone());
+    std::thread::Builder::new()
+        .name(format!("dlrs-batcher-{i}"))
+        .spawn(move || {
+            if nice != 0 {
+                dlrs_model::sys::set_thread_nice(nice);
+            }
+            run(&queue, i, &exec, &hooks)
+        })
+}
+
+/// Instance `i`'s body. A panic outside the forward pass' own guard (a bug) restarts the
 /// loop with a fresh workspace; the requests of that batch get 500 (see `Entry`'s drop).
-fn run(queue: &Queue, exec: &Executor, hooks: &Hooks) {
+fn run(queue: &Queue, i: usize, exec: &Executor, hooks: &Hooks) {
     let mut ws = Workspace::default();
     loop {
         let done = catch_unwind(AssertUnwindSafe(|| {
-            while let Some(segments) = queue.next_batch() {
-                compute(queue, &segments, &mut ws, exec, hooks);
+            while let Some((segments, threads)) = queue.next_batch(i) {
+                compute(queue, &segments, &mut ws, exec, threads, hooks);
             }
         }));
         match done {
@@ -523,6 +752,7 @@ fn compute(
     segments: &[Segment],
     ws: &mut Workspace,
     exec: &Executor,
+    threads: usize,
     hooks: &Hooks,
 ) {
     let Some((first, _, _)) = segments.first() else {
@@ -537,13 +767,13 @@ fn compute(
             h(&batch);
         }
         let scores = model
-            .forward(&batch, ws, exec)
+            .forward_on(&batch, ws, exec, threads)
             .map_err(ApiError::from_compute)?;
         Ok(scores.to_vec())
     }));
     let took = start.elapsed();
     queue.metrics.compute.record(took.as_secs_f64());
-    queue.observe(size, took);
+    queue.observe(size, took, threads.min(exec.threads()));
     queue.metrics.batch_size.record(size as f64);
     let result = match outcome {
         Ok(Ok(scores)) if scores.len() == size => Ok(scores),
@@ -572,7 +802,13 @@ fn compute(
         Ok(scores) => {
             let mut at = 0;
             for (entry, r0, r1) in segments {
-                entry.deliver(*r0, &scores[at..at + r1 - r0]);
+                if entry.deliver(*r0, &scores[at..at + r1 - r0])
+                    && let Some(c) = &queue.controller
+                {
+                    c.learned()
+                        .0
+                        .answered(Instant::now(), entry.enqueued.elapsed());
+                }
                 at += r1 - r0;
             }
         }
@@ -742,6 +978,7 @@ mod tests {
                 max_queue_burst: 0,
                 burst_cooldown_ms: 100,
                 max_queue_wait_ms: 0,
+                idle_spin_us: 0,
             },
             Arc::new(Metrics::new()),
         ))
@@ -963,6 +1200,7 @@ mod tests {
             max_queue_burst: 0,
             burst_cooldown_ms: 100,
             max_queue_wait_ms: 5,
+            idle_spin_us: 0,
         };
         let q = Arc::new(Queue::new(cfg, Arc::new(Metrics::new())));
         // no instance runs: what is admitted stays queued
@@ -970,7 +1208,7 @@ mod tests {
             submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).is_ok(),
             "no estimate yet"
         );
-        q.observe(2, Duration::from_millis(2)); // 1 ms per sample: 3 ms waiting
+        q.observe(2, Duration::from_millis(2), 1); // 1 ms per sample: 3 ms waiting
         let _kept = submit(&q, &v, batch(&v, 0, 3), Duration::from_secs(30)).unwrap();
         // 6 ms of work waiting now: refused at once, naming the flag
         match submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(30)) {
@@ -978,11 +1216,11 @@ mod tests {
             other => panic!("{:?}", other.map(|_| ())),
         }
         // one batch 50 times slower is an outlier of the median, not a new estimate
-        q.observe(2, Duration::from_millis(2));
-        q.observe(2, Duration::from_millis(100));
+        q.observe(2, Duration::from_millis(2), 1);
+        q.observe(2, Duration::from_millis(100), 1);
         assert_eq!(q.lock().per_sample_s, 1e-3);
         // two instances halve the estimate
-        q.lock().instances = 2;
+        q.lock().settings.instances = 2;
         assert!(submit(&q, &v, batch(&v, 0, 1), Duration::from_secs(30)).is_ok());
     }
 
@@ -995,6 +1233,7 @@ mod tests {
             max_queue_burst: burst,
             burst_cooldown_ms: 50,
             max_queue_wait_ms: 0,
+            idle_spin_us: 0,
         };
         let refused = |r: Result<Reservation, ApiError>, flag: &str| match r {
             Err(ApiError::Overloaded(m)) => assert!(m.contains(flag), "{m}"),

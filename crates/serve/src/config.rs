@@ -25,8 +25,13 @@ pub struct ServeConfig {
     pub queue: QueueConfig,
     /// `--threads`: threads of the forward pass, over all instances
     pub threads: usize,
-    /// `--instances`: compute instances (`None`: one per thread)
+    /// `--instances`: compute instances (`None`: one per thread, or the controller's choice
+    /// with `control`)
     pub instances: Option<usize>,
+    /// `--target-p99-ms` and the settings its flags pin: the live scheduler tunes the
+    /// layout, batching and admission towards the target (`None`: the flags' static
+    /// settings)
+    pub control: Option<crate::control::ControlConfig>,
     /// `--http-threads`: tokio worker threads of the HTTP side
     pub http_threads: usize,
     /// `--compute-nice`: nice value of the compute instances' threads (0-19)
@@ -79,6 +84,7 @@ impl ServeConfig {
             queue: QueueConfig::default(),
             threads: 2,
             instances: None,
+            control: None,
             http_threads: 2,
             compute_nice: 0,
             http_slice_us: 0,
@@ -167,6 +173,10 @@ pub struct QueueConfig {
     /// waiting times the measured compute time per sample, over the instances); beyond it
     /// the request is refused at once. 0: no bound by time
     pub max_queue_wait_ms: u64,
+    /// `--idle-spin-us`: how long an instance that finds the queue empty keeps its threads
+    /// busy waiting for the next request before it sleeps (0: it sleeps at once); see
+    /// [`dlrs_model::Executor::spin`]
+    pub idle_spin_us: u64,
 }
 
 impl Default for QueueConfig {
@@ -178,6 +188,7 @@ impl Default for QueueConfig {
             max_queue_burst: 0,
             burst_cooldown_ms: 100,
             max_queue_wait_ms: 0,
+            idle_spin_us: 0,
         }
     }
 }

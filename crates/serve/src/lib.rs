@@ -203,12 +203,14 @@
 //! Inside: `config` (the settings), `state` (versions, reloads, shutdown), `conn` (the
 //! accept loop and connection timeouts), `http` (routes and handlers), `request_id`,
 //! `kserve` (the protocol: requests into validated batches, tensor decoding, responses),
-//! `batcher` (the queue and compute instances), `shm` (registered shared memory regions),
+//! `batcher` (the queue and compute instances), `control` (the live scheduler of
+//! `--target-p99-ms`), `shm` (registered shared memory regions),
 //! `metrics`, `error`.
 
 mod batcher;
 mod config;
 mod conn;
+pub mod control;
 mod error;
 mod http;
 mod kserve;
@@ -221,7 +223,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use batcher::{Job, Queue, Reply, ReplyTo, spawn as spawn_instances};
+pub use batcher::{
+    Controller, Job, Queue, Reply, ReplyTo, spawn as spawn_instances, spawn_controlled,
+};
+pub use control::{ControlConfig, Settings};
 pub use config::{BatchHook, Hooks, QueueConfig, ServeConfig, compute_layout};
 pub use error::{ApiError, ServeError};
 pub use metrics::Metrics;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connections_refused: Counter,
     pub shm_inputs: Counter,
+    /// moves of the live scheduler between parallelisms
+    pub control_moves: Counter,
 }
 
 impl Default for Metrics {
@@ -112,6 +114,11 @@ impl Metrics {
                 "inference inputs read from system shared memory",
             ),
             (
+                "dlrs_control_moves_total",
+                None,
+                "changes of threads per batch by the --target-p99-ms scheduler",
+            ),
+            (
                 "dlrs_connections_timed_out_total",
                 None,
                 "connections closed by a timeout, by phase (header: --header-timeout-ms, idle: --idle-timeout-ms)",
@@ -138,6 +145,8 @@ impl Metrics {
             ),
             shm_inputs: recorder
                 .register_counter(&Key::from_static_name("dlrs_shm_inputs_total"), &META),
+            control_moves: recorder
+                .register_counter(&Key::from_static_name("dlrs_control_moves_total"), &META),
             recorder,
             handle,
         }
@@ -172,6 +181,49 @@ impl Metrics {
             vec![Label::new("phase", phase)],
         );
         self.recorder.register_counter(&key, &META).increment(1);
+    }
+
+    /// Publishes the live scheduler's settings and view (`dlrs_control_*` gauges).
+    pub fn control(
+        &self,
+        cfg: &crate::control::ControlConfig,
+        view: &crate::control::View,
+        mem: &crate::control::Memory,
+    ) {
+        let set = |name: &'static str, labels: Vec<Label>, v: f64| {
+            let key = Key::from_parts(name, labels);
+            self.recorder.register_gauge(&key, &META).set(v);
+        };
+        let s = &mem.settings;
+        set("dlrs_control_target_seconds", vec![], cfg.target());
+        set("dlrs_control_threads_per_batch", vec![], s.threads_per_batch as f64);
+        set("dlrs_control_instances", vec![], s.instances as f64);
+        set("dlrs_control_max_batch", vec![], s.max_batch as f64);
+        set("dlrs_control_delay_seconds", vec![], s.delay_us as f64 / 1e6);
+        set(
+            "dlrs_control_wait_bound_seconds",
+            vec![],
+            s.max_wait.map_or(0.0, |w| w.as_secs_f64()),
+        );
+        set("dlrs_control_arrivals_per_second", vec![], view.qps);
+        set("dlrs_control_query_samples_mean", vec![], view.size_mean);
+        if let Some(l) = view.latency_q {
+            set("dlrs_control_latency_seconds", vec![], l);
+            set("dlrs_control_headroom_seconds", vec![], cfg.target() - l);
+        }
+        for (i, sv) in view.service.iter().enumerate() {
+            let Some(sv) = sv else { continue };
+            let p = || vec![Label::new("threads", (i + 1).to_string())];
+            set("dlrs_control_seconds_per_sample", p(), sv.per_sample);
+            set("dlrs_control_batch_overhead_seconds", p(), sv.overhead);
+            set("dlrs_control_correction", p(), mem.correction[i]);
+        }
+        for pr in &mem.predictions {
+            let p = vec![Label::new("threads", pr.threads_per_batch.to_string())];
+            let latency = if pr.latency.is_finite() { pr.latency } else { f64::MAX };
+            set("dlrs_control_predicted_latency_seconds", p.clone(), latency);
+            set("dlrs_control_utilization", p, pr.utilization);
+        }
     }
 
     pub fn render(&self) -> String {

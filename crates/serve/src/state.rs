@@ -111,16 +111,34 @@ impl AppState {
         };
         let metrics = Arc::new(Metrics::new());
         metrics.model_version.set(1.0);
-        let queue = Arc::new(Queue::new(config.queue.clone(), Arc::clone(&metrics)));
         let (instances, threads) = config.compute_layout()?;
-        let batchers = batcher::spawn(
-            &queue,
-            instances,
-            threads,
-            config.compute_nice,
-            &config.hooks,
-        )
-        .map_err(ServeError::ComputeThreads)?;
+        let (queue, batchers) = match &config.control {
+            Some(control) => {
+                control.check()?;
+                let controller =
+                    batcher::Controller::new(control.clone(), config.threads, &config.queue);
+                let queue = Arc::new(Queue::controlled(
+                    config.queue.clone(),
+                    Arc::clone(&metrics),
+                    controller,
+                ));
+                let batchers =
+                    batcher::spawn_controlled(&queue, config.compute_nice, &config.hooks);
+                (queue, batchers)
+            }
+            None => {
+                let queue = Arc::new(Queue::new(config.queue.clone(), Arc::clone(&metrics)));
+                let batchers = batcher::spawn(
+                    &queue,
+                    instances,
+                    threads,
+                    config.compute_nice,
+                    &config.hooks,
+                );
+                (queue, batchers)
+            }
+        };
+        let batchers = batchers.map_err(ServeError::ComputeThreads)?;
         Ok(Arc::new(AppState {
             name: config.model_name(),
             dir,

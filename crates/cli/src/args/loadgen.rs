@@ -122,6 +122,11 @@ pub struct TwinArgs {
     /// `dlrs serve --default-deadline-ms`
     #[arg(long, default_value_t = 1000)]
     pub deadline_ms: u64,
+    /// with --target-p99-ms, search with the batching flags' settings as given (or their
+    /// defaults) instead of under `dlrs serve --target-p99-ms`'s scheduler, which the
+    /// twin otherwise runs with the same target (flags given still pin their setting)
+    #[arg(long)]
+    pub static_settings: bool,
     #[command(flatten)]
     pub versus: VersusArgs,
     #[command(flatten)]
@@ -202,9 +207,14 @@ impl From<VersusArgs> for VersusConfig {
 
 impl From<TwinArgs> for TwinConfig {
     fn from(a: TwinArgs) -> Self {
+        let control = match a.load.target_p99_ms {
+            Some(t) if !a.static_settings => Some(a.queue.control(t, 99.0, a.instances)),
+            _ => None,
+        };
         TwinConfig {
             threads: a.threads,
             instances: a.instances,
+            control,
             queue: a.queue.into(),
             deadline_ms: a.deadline_ms,
             versus: a.versus.into(),
@@ -388,6 +398,8 @@ mod tests {
             "7",
             "--max-queue-wait-ms",
             "8",
+            "--idle-spin-us",
+            "31",
             "--deadline-ms",
             "9",
             "--versus-url",
@@ -414,6 +426,7 @@ mod tests {
                     max_queue_burst: 6,
                     burst_cooldown_ms: 7,
                     max_queue_wait_ms: 8,
+                    idle_spin_us: 31,
                 },
                 deadline_ms: 9,
                 versus: VersusConfig {

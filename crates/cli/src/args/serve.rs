@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use dlrs_model::TableMode;
-use dlrs_serve::{QueueConfig, ServeConfig};
+use dlrs_serve::{ControlConfig, QueueConfig, ServeConfig};
 
 /// Options of `dlrs serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -25,9 +25,19 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// compute instances: batches computed at once, each on --threads / --instances threads
-    /// (default: one per thread)
+    /// (default: one per thread; with --target-p99-ms, the scheduler's choice)
     #[arg(long)]
     pub instances: Option<usize>,
+    /// the scheduler's target, in milliseconds: a controller watches the latencies, the
+    /// load and the query sizes and tunes the threads per batch (and so the instances), the
+    /// largest batch, the batching delay and the admission bound towards it (docs/serving.md,
+    /// "The scheduler"). --instances, --max-batch, --max-queue-delay-us and
+    /// --max-queue-wait-ms, when given, pin their setting
+    #[arg(long)]
+    pub target_p99_ms: Option<f64>,
+    /// the percentile of latency --target-p99-ms bounds
+    #[arg(long, default_value_t = 99.0, requires = "target_p99_ms")]
+    pub target_percentile: f64,
     /// threads that run HTTP (tokio workers: accept, read and parse requests, answer)
     #[arg(long, default_value_t = 2)]
     pub http_threads: usize,
@@ -104,12 +114,12 @@ pub struct ServeArgs {
 /// the twin queues exactly as the server does.
 #[derive(clap::Args, Debug, Clone)]
 pub struct QueueArgs {
-    /// most samples computed in one batch (larger ones are split)
-    #[arg(long, default_value_t = 256)]
-    pub max_batch: usize,
-    /// longest a queued request waits for more to batch with, in microseconds
-    #[arg(long, default_value_t = 500)]
-    pub max_queue_delay_us: u64,
+    /// most samples computed in one batch (larger ones are split) [default: 256]
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// longest a queued request waits for more to batch with, in microseconds [default: 500]
+    #[arg(long)]
+    pub max_queue_delay_us: Option<u64>,
     /// most samples waiting in the queue; beyond it requests get 503 at once
     #[arg(long, default_value_t = 4096)]
     pub max_queue: usize,
@@ -126,31 +136,60 @@ pub struct QueueArgs {
     /// most estimated work waiting ahead of a new request, in milliseconds (waiting samples
     /// times the median compute time per sample of the last 32 batches, over the
     /// instances); beyond it requests get 503 at once. 0: no bound by time (only --max-queue)
-    #[arg(long, default_value_t = 0)]
-    pub max_queue_wait_ms: u64,
+    /// [default: 0]
+    #[arg(long)]
+    pub max_queue_wait_ms: Option<u64>,
+    /// how long a compute instance that finds the queue empty keeps its threads busy
+    /// waiting for the next request before it sleeps, in microseconds (OpenMP's active wait,
+    /// KMP_BLOCKTIME): a batch that arrives at idle cores waits for them to wake (1.5-2 ms
+    /// for RMC1 on a 2-vCPU Zen 4 VM). Costs CPU while idle. [default: 0; with
+    /// --target-p99-ms, 20000]
+    #[arg(long)]
+    pub idle_spin_us: Option<u64>,
+}
+
+impl QueueArgs {
+    /// The scheduler's settings for `target_ms` at `percentile`: the flags given pin theirs.
+    pub fn control(&self, target_ms: f64, percentile: f64, instances: Option<usize>) -> ControlConfig {
+        ControlConfig {
+            percentile,
+            pin_instances: instances,
+            pin_max_batch: self.max_batch,
+            pin_delay_us: self.max_queue_delay_us,
+            pin_wait_ms: self.max_queue_wait_ms,
+            pin_spin_us: self.idle_spin_us,
+            ..ControlConfig::new(target_ms)
+        }
+    }
 }
 
 impl From<QueueArgs> for QueueConfig {
     fn from(a: QueueArgs) -> Self {
+        let d = QueueConfig::default();
         QueueConfig {
-            max_batch: a.max_batch,
-            max_queue_delay_us: a.max_queue_delay_us,
+            max_batch: a.max_batch.unwrap_or(d.max_batch),
+            max_queue_delay_us: a.max_queue_delay_us.unwrap_or(d.max_queue_delay_us),
             max_queue: a.max_queue,
             max_queue_burst: a.max_queue_burst,
             burst_cooldown_ms: a.burst_cooldown_ms,
-            max_queue_wait_ms: a.max_queue_wait_ms,
+            max_queue_wait_ms: a.max_queue_wait_ms.unwrap_or(d.max_queue_wait_ms),
+            idle_spin_us: a.idle_spin_us.unwrap_or(d.idle_spin_us),
         }
     }
 }
 
 impl From<ServeArgs> for ServeConfig {
     fn from(a: ServeArgs) -> Self {
+        let control = a
+            .target_p99_ms
+            .map(|t| a.queue.control(t, a.target_percentile, a.instances));
         ServeConfig {
             name: a.name,
             addr: a.addr,
             queue: a.queue.into(),
             threads: a.threads,
             instances: a.instances,
+            control,
             http_threads: a.http_threads,
             compute_nice: a.compute_nice,
             http_slice_us: a.http_slice_us,
@@ -218,6 +257,8 @@ mod tests {
             "7",
             "--max-queue-wait-ms",
             "8",
+            "--idle-spin-us",
+            "31",
             "--threads",
             "9",
             "--instances",
@@ -266,6 +307,7 @@ mod tests {
                 max_queue_burst: 6,
                 burst_cooldown_ms: 7,
                 max_queue_wait_ms: 8,
+                idle_spin_us: 31,
             },
             threads: 9,
             instances: Some(3),
@@ -289,6 +331,38 @@ mod tests {
             ..ServeConfig::new("m")
         };
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_target_turns_the_scheduler_on_and_given_flags_pin_their_settings() {
+        assert_eq!(parse(&["--model", "m"]).unwrap().control, None);
+        let c = parse(&["--model", "m", "--target-p99-ms", "10"]).unwrap();
+        assert_eq!(c.control, Some(ControlConfig::new(10.0)));
+        let c = parse(&[
+            "--model",
+            "m",
+            "--target-p99-ms",
+            "25",
+            "--target-percentile",
+            "99.9",
+            "--max-batch",
+            "128",
+            "--instances",
+            "1",
+        ])
+        .unwrap();
+        let want = ControlConfig {
+            percentile: 99.9,
+            pin_instances: Some(1),
+            pin_max_batch: Some(128),
+            ..ControlConfig::new(25.0)
+        };
+        assert_eq!(c.control, Some(want));
+        assert_eq!(c.queue.max_batch, 128);
+        assert!(
+            parse(&["--model", "m", "--target-percentile", "99"]).is_err(),
+            "a percentile without a target"
+        );
     }
 
     #[test]
