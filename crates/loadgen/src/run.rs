@@ -275,8 +275,39 @@ impl HttpLoad {
     }
 
     fn measure(&self, m: &Measure) -> Result<Report, LoadgenError> {
-        http::measure(&self.rt, &self.ep, self.connections, &self.bodies, m)
+        let mut r = http::measure(&self.rt, &self.ep, self.connections, &self.bodies, m)?;
+        // the server's scheduler settings (`dlrs serve --target-p99-ms`), when it runs one: a
+        // server without /metrics or without the scheduler leaves the report as it is
+        if let Ok((200, body)) = self.rt.block_on(self.ep.get("/metrics")) {
+            r.scheduler = scheduler_of(&String::from_utf8_lossy(&body));
+        }
+        Ok(r)
     }
+}
+
+/// The scheduler settings a `dlrs serve` `/metrics` page shows (its `dlrs_control_*`
+/// gauges), in the words of `dlrs_serve::Settings::describe`; `None` without them.
+pub(crate) fn scheduler_of(metrics: &str) -> Option<String> {
+    let gauge = |name: &str| {
+        metrics.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
+            rest.trim().parse::<f64>().ok()
+        })
+    };
+    let threads = gauge("dlrs_control_threads_per_batch")?;
+    let wait = gauge("dlrs_control_wait_bound_seconds").unwrap_or(0.0);
+    Some(format!(
+        "{} instance(s) x {} thread(s), max batch {}, delay {} us, wait bound {}",
+        gauge("dlrs_control_instances")?,
+        threads,
+        gauge("dlrs_control_max_batch")?,
+        (gauge("dlrs_control_delay_seconds")? * 1e6).round(),
+        if wait > 0.0 {
+            format!("{:.1} ms", wait * 1e3)
+        } else {
+            "off".into()
+        }
+    ))
 }
 
 /// One measurement of a load: `measure(qps, seconds, seed)`.
@@ -426,6 +457,24 @@ mod tests {
 
     fn header() -> Map<String, Value> {
         Map::from_iter([("mode".to_string(), json!("test"))])
+    }
+
+    #[test]
+    fn the_scheduler_settings_are_read_off_the_metrics_page() {
+        let page = "# HELP dlrs_control_threads_per_batch x\n\
+                    dlrs_control_threads_per_batch 2\n\
+                    dlrs_control_instances 1\n\
+                    dlrs_control_max_batch 512\n\
+                    dlrs_control_delay_seconds 0.00025\n\
+                    dlrs_control_wait_bound_seconds 0.0061\n\
+                    dlrs_control_seconds_per_sample{threads=\"1\"} 0.00002\n";
+        assert_eq!(
+            scheduler_of(page).as_deref(),
+            Some("1 instance(s) x 2 thread(s), max batch 512, delay 250 us, wait bound 6.1 ms")
+        );
+        assert_eq!(scheduler_of("dlrs_queue_depth_samples 0\n"), None);
+        let off = page.replace("0.0061", "0");
+        assert!(scheduler_of(&off).unwrap().ends_with("wait bound off"));
     }
 
     #[test]

@@ -8,9 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use dlrs_model::Batch;
-use dlrs_serve::{
-    ApiError, Controller, Hooks, Job, Metrics, Queue, QueueConfig, ReplyTo, Version,
-};
+use dlrs_serve::{ApiError, Controller, Hooks, Job, Metrics, Queue, QueueConfig, ReplyTo, Version};
 
 use crate::driver::{Measure, Results, spawn_dispatcher, start_instant};
 use crate::error::LoadgenError;

@@ -106,7 +106,6 @@ impl Executor {
             None => f(),
         }
     }
-
 }
 
 /// Keeps the calling thread busy until `done()` or `until`, yielding its core to any other

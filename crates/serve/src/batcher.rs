@@ -282,7 +282,11 @@ impl Queue {
 
     /// A queue whose settings the live scheduler `controller` tunes (start its instances
     /// with [`spawn_controlled`]).
-    pub fn controlled(cfg: QueueConfig, metrics: Arc<Metrics>, controller: Arc<Controller>) -> Self {
+    pub fn controlled(
+        cfg: QueueConfig,
+        metrics: Arc<Metrics>,
+        controller: Arc<Controller>,
+    ) -> Self {
         let settings = controller.settings();
         Self::with_settings(cfg, metrics, settings, Some(controller))
     }
@@ -541,8 +545,7 @@ impl Queue {
                 st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             };
-            let window_end =
-                first.entry.enqueued + Duration::from_micros(st.settings.delay_us);
+            let window_end = first.entry.enqueued + Duration::from_micros(st.settings.delay_us);
             let (plan, full) = plan_batch(
                 st.pending.iter().map(|p| {
                     (
@@ -662,7 +665,12 @@ pub fn spawn_controlled(
     let mut handles = (0..threads)
         .map(|i| {
             // the most threads per batch with which instance `i` still takes batches
-            let most = ps.iter().copied().filter(|p| threads / p > i).max().unwrap_or(1);
+            let most = ps
+                .iter()
+                .copied()
+                .filter(|p| threads / p > i)
+                .max()
+                .unwrap_or(1);
             spawn_instance(queue, i, most, nice, hooks)
         })
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -921,7 +929,7 @@ pub fn plan_batch(
 mod tests {
     use super::*;
     use dlrs_model::{Model, Sample};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     fn version() -> Arc<Version> {
         let cfg = DlrmConfig::from_json_str(
@@ -1106,6 +1114,140 @@ mod tests {
             for h in handles {
                 h.join().unwrap();
             }
+        }
+    }
+
+    /// Four threads submit requests to a queue on `threads` compute threads while `toggle`
+    /// runs beside them; every answer must be the request's own scores.
+    fn answers_stay_right_while(
+        threads: usize,
+        q: &Arc<Queue>,
+        toggle: impl Fn(&AtomicBool) + Sync,
+    ) {
+        let v = version();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| toggle(&stop));
+            let workers: Vec<_> = (0..4u32)
+                .map(|t| {
+                    let v = &v;
+                    s.spawn(move || {
+                        for k in 0..40u32 {
+                            let (from, n) = (t * 1000 + k * 13, 1 + (k * 7 + t) % 40);
+                            let b = batch(v, from, n);
+                            let want = v
+                                .model
+                                .forward(&b, &mut Workspace::default(), &Executor::new(1).unwrap())
+                                .unwrap()
+                                .to_vec();
+                            let rx = submit(q, v, b, Duration::from_secs(30)).unwrap();
+                            let got = rx.blocking_recv().unwrap().unwrap();
+                            assert_eq!(got.len(), want.len());
+                            for (g, w) in got.iter().zip(&want) {
+                                assert!((g - w).abs() <= 1e-6, "{threads} threads: {g} vs {w}");
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().unwrap();
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+
+    #[test]
+    fn settings_changed_under_load_lose_no_request_and_mix_no_rows() {
+        for threads in [2, 4] {
+            let cfg = ControlConfig::new(10.0);
+            let controller = Controller::new(cfg, threads, &QueueConfig::default());
+            let q = Arc::new(Queue::controlled(
+                QueueConfig::default(),
+                Arc::new(Metrics::new()),
+                controller,
+            ));
+            // the instances without the controller's thread: the test moves the settings
+            let ps = crate::control::parallelisms(threads);
+            let handles: Vec<_> = (0..threads)
+                .map(|i| {
+                    let most = ps
+                        .iter()
+                        .copied()
+                        .filter(|p| threads / p > i)
+                        .max()
+                        .unwrap();
+                    spawn_instance(&q, i, most, 0, &Hooks::default()).unwrap()
+                })
+                .collect();
+            answers_stay_right_while(threads, &q, |stop| {
+                let mut k = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let p = ps[k % ps.len()];
+                    q.apply(Settings {
+                        threads_per_batch: p,
+                        instances: threads / p,
+                        max_batch: [3, 16, 40, 64][k % 4],
+                        delay_us: [0, 100][k % 2],
+                        max_wait: None,
+                        spin_us: [0, 300, 0][k % 3],
+                    });
+                    k += 1;
+                    std::thread::sleep(Duration::from_micros(700));
+                }
+            });
+            q.close();
+            for h in handles {
+                h.join().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn the_controller_tries_each_layout_on_live_traffic_and_reports_it() {
+        let cfg = ControlConfig {
+            period: Duration::from_millis(5),
+            ..ControlConfig::new(50.0)
+        };
+        let controller = Controller::new(cfg, 2, &QueueConfig::default());
+        let metrics = Arc::new(Metrics::new());
+        let q = Arc::new(Queue::controlled(
+            QueueConfig::default(),
+            Arc::clone(&metrics),
+            Arc::clone(&controller),
+        ));
+        let handles = spawn_controlled(&q, 0, &Hooks::default()).unwrap();
+        assert_eq!(handles.len(), 3, "two instances and the controller");
+        // load until both parallelisms ran batches (it starts on 2 threads per batch and
+        // tries 1 once 2 is measured), however slowly the machine runs
+        let both = || {
+            let view = controller.learned().0.view(Instant::now(), 0.99);
+            view.service
+                .iter()
+                .all(|s| s.is_some_and(|s| s.batches >= 2))
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        while !both() && Instant::now() < until {
+            answers_stay_right_while(2, &q, |_| {});
+        }
+        q.close();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(
+            both(),
+            "{:?}",
+            controller.learned().0.view(Instant::now(), 0.99)
+        );
+        let text = metrics.render();
+        for name in [
+            "dlrs_control_threads_per_batch",
+            "dlrs_control_max_batch",
+            "dlrs_control_wait_bound_seconds",
+            "dlrs_control_seconds_per_sample{threads=\"1\"}",
+            "dlrs_control_predicted_latency_seconds{threads=\"2\"}",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
         }
     }
 

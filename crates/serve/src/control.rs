@@ -33,8 +33,10 @@
 //!   compute time at 60% utilization or more: then one mean inter-arrival time, at most 5% of
 //!   the target.
 //! - Admission: the estimated wait ahead of a new request may be at most the target, less the
-//!   compute time of a query of the quantile's size and the delay, less a tenth for margin
-//!   (at least a fifth of the target): a request that cannot meet it is refused at once.
+//!   compute time of a query of the mean size and the delay (at least half the target): a
+//!   request that cannot meet it is refused at once. A tighter bound (a tenth of margin, a
+//!   query of the 99th percentile's size) refused 1-4% of the queries of RMC1 at a third of
+//!   its capacity on a noisy 2-vCPU host.
 //!
 //! Explicit flags pin their setting: the controller then leaves it as given.
 
@@ -145,8 +147,10 @@ impl Settings {
             self.threads_per_batch,
             self.max_batch,
             self.delay_us,
-            self.max_wait
-                .map_or("off".to_string(), |w| format!("{:.1} ms", w.as_secs_f64() * 1e3)),
+            self.max_wait.map_or("off".to_string(), |w| format!(
+                "{:.1} ms",
+                w.as_secs_f64() * 1e3
+            )),
             self.spin_us
         )
     }
@@ -210,7 +214,9 @@ impl Observations {
         let span = self
             .arrivals
             .front()
-            .map_or(0.0, |(t, _)| now.saturating_duration_since(*t).as_secs_f64())
+            .map_or(0.0, |(t, _)| {
+                now.saturating_duration_since(*t).as_secs_f64()
+            })
             .max(HORIZON.as_secs_f64() / 5.0);
         let mut sizes: Vec<f64> = self.arrivals.iter().map(|(_, n)| *n as f64).collect();
         sizes.sort_unstable_by(f64::total_cmp);
@@ -282,10 +288,7 @@ pub fn fit(ring: &VecDeque<(usize, f64)>) -> Option<(f64, f64)> {
     let mx = ring.iter().map(|(b, _)| *b as f64).sum::<f64>() / n;
     let my = ring.iter().map(|(_, t)| *t).sum::<f64>() / n;
     let sxx: f64 = ring.iter().map(|(b, _)| (*b as f64 - mx).powi(2)).sum();
-    let sxy: f64 = ring
-        .iter()
-        .map(|(b, t)| (*b as f64 - mx) * (t - my))
-        .sum();
+    let sxy: f64 = ring.iter().map(|(b, t)| (*b as f64 - mx) * (t - my)).sum();
     let cv = (sxx / n).sqrt() / mx.max(1e-9);
     if ring.len() >= 8 && cv >= 0.1 {
         let slope = sxy / sxx;
@@ -294,10 +297,7 @@ pub fn fit(ring: &VecDeque<(usize, f64)>) -> Option<(f64, f64)> {
             return Some((overhead, slope));
         }
     }
-    let mut per: Vec<f64> = ring
-        .iter()
-        .map(|(b, t)| t / (*b).max(1) as f64)
-        .collect();
+    let mut per: Vec<f64> = ring.iter().map(|(b, t)| t / (*b).max(1) as f64).collect();
     per.sort_unstable_by(f64::total_cmp);
     Some((0.0, per[per.len() / 2]))
 }
@@ -344,7 +344,14 @@ pub struct View {
 /// The latency at quantile `q` of M/M/c with `c` servers, arrivals at `rate` per second and
 /// mean service `s` seconds, the wait scaled by `wait_scale`; plus `tail_service` (the
 /// service of a query at the quantile). Infinite at or over saturation.
-pub fn predict_latency(c: usize, rate: f64, s: f64, wait_scale: f64, q: f64, tail_service: f64) -> f64 {
+pub fn predict_latency(
+    c: usize,
+    rate: f64,
+    s: f64,
+    wait_scale: f64,
+    q: f64,
+    tail_service: f64,
+) -> f64 {
     let a = rate * s; // offered load in Erlangs
     let c_f = c as f64;
     if a >= c_f {
@@ -464,7 +471,12 @@ pub fn decide(
             .flatten()
             .filter(|s| s.batches >= MIN_BATCHES)
     };
-    let pred = |p: usize| mem.predictions.iter().find(|x| x.threads_per_batch == p).copied();
+    let pred = |p: usize| {
+        mem.predictions
+            .iter()
+            .find(|x| x.threads_per_batch == p)
+            .copied()
+    };
     let held = mem
         .last_move
         .is_some_and(|t| now.saturating_duration_since(t) < HOLD);
@@ -542,13 +554,10 @@ pub fn decide(
             Some(0) => None,
             Some(ms) => Some(Duration::from_millis(ms)),
             None => {
-                let bound = (0.9 * target - s.time(size_q) - next.delay_us as f64 / 1e6)
-                    .max(0.2 * target);
+                let bound = (target - s.time(size) - next.delay_us as f64 / 1e6).max(0.5 * target);
                 // moved only by more than a tenth: the estimate wobbles from look to look
                 match cur.max_wait {
-                    Some(w) if (w.as_secs_f64() - bound).abs() <= 0.1 * w.as_secs_f64() => {
-                        Some(w)
-                    }
+                    Some(w) if (w.as_secs_f64() - bound).abs() <= 0.1 * w.as_secs_f64() => Some(w),
                     _ => Some(Duration::from_secs_f64(bound)),
                 }
             }
@@ -570,7 +579,9 @@ pub fn decide(
 /// The largest batch for compute time `s`: the smallest power of two at or above `size_q`,
 /// doubled while a batch of the double computes in a quarter of `target` (at most 1024).
 pub fn max_batch(s: &Service, size_q: f64, target: f64) -> usize {
-    let mut b = (size_q.ceil().max(1.0) as usize).next_power_of_two().min(1024);
+    let mut b = (size_q.ceil().max(1.0) as usize)
+        .next_power_of_two()
+        .min(1024);
     while b < 1024 && s.time((2 * b) as f64) <= 0.25 * target {
         b *= 2;
     }
@@ -609,7 +620,10 @@ mod tests {
         let t99 = (rho / 0.01).ln() / (1.0 / s - rate);
         let got = predict_latency(1, rate, s, 1.0, 0.99, 0.0);
         assert!((got - t99).abs() < 1e-12, "{got} vs {t99}");
-        assert_eq!(predict_latency(1, 200.0, 0.01, 1.0, 0.99, 0.0), f64::INFINITY);
+        assert_eq!(
+            predict_latency(1, 200.0, 0.01, 1.0, 0.99, 0.0),
+            f64::INFINITY
+        );
         // two servers of the same speed at the same rate wait less than one
         let one = predict_latency(1, 50.0, 0.01, 1.0, 0.99, 0.0);
         let two = predict_latency(2, 50.0, 0.01, 1.0, 0.99, 0.0);
@@ -624,7 +638,10 @@ mod tests {
             .map(|i| (i * 32, 0.001 + 1e-5 * (i * 32) as f64))
             .collect();
         let (o, s) = fit(&ring).unwrap();
-        assert!((o - 0.001).abs() < 1e-9 && (s - 1e-5).abs() < 1e-12, "{o} {s}");
+        assert!(
+            (o - 0.001).abs() < 1e-9 && (s - 1e-5).abs() < 1e-12,
+            "{o} {s}"
+        );
         let alike: VecDeque<(usize, f64)> = [(160, 0.0032), (165, 0.0033), (170, 0.0034)]
             .into_iter()
             .collect();
@@ -642,7 +659,10 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..100 {
             o.arrival(t0 + Duration::from_millis(10 * i), 100 + (i as usize % 3));
-            o.answered(t0 + Duration::from_millis(10 * i), Duration::from_millis(i % 10));
+            o.answered(
+                t0 + Duration::from_millis(10 * i),
+                Duration::from_millis(i % 10),
+            );
         }
         o.batch(t0, 2, 100, Duration::from_millis(2));
         let v = o.view(t0 + Duration::from_millis(1000), 0.99);
@@ -746,6 +766,6 @@ mod tests {
         let _ = decide(&cfg, 1, &view, &mut mem, Instant::now());
         assert_eq!(mem.settings.delay_us, 0, "no overhead to amortize");
         let w = mem.settings.max_wait.unwrap().as_secs_f64();
-        assert!((w - (0.009 - 0.002)).abs() < 1e-9, "{w}");
+        assert!((w - (0.010 - 0.00165)).abs() < 1e-9, "{w}");
     }
 }

@@ -226,8 +226,8 @@ use std::time::Duration;
 pub use batcher::{
     Controller, Job, Queue, Reply, ReplyTo, spawn as spawn_instances, spawn_controlled,
 };
-pub use control::{ControlConfig, Settings};
 pub use config::{BatchHook, Hooks, QueueConfig, ServeConfig, compute_layout};
+pub use control::{ControlConfig, Settings};
 pub use error::{ApiError, ServeError};
 pub use metrics::Metrics;
 pub use request_id::REQUEST_ID_HEADER;

@@ -196,10 +196,18 @@ impl Metrics {
         };
         let s = &mem.settings;
         set("dlrs_control_target_seconds", vec![], cfg.target());
-        set("dlrs_control_threads_per_batch", vec![], s.threads_per_batch as f64);
+        set(
+            "dlrs_control_threads_per_batch",
+            vec![],
+            s.threads_per_batch as f64,
+        );
         set("dlrs_control_instances", vec![], s.instances as f64);
         set("dlrs_control_max_batch", vec![], s.max_batch as f64);
-        set("dlrs_control_delay_seconds", vec![], s.delay_us as f64 / 1e6);
+        set(
+            "dlrs_control_delay_seconds",
+            vec![],
+            s.delay_us as f64 / 1e6,
+        );
         set(
             "dlrs_control_wait_bound_seconds",
             vec![],
@@ -220,7 +228,11 @@ impl Metrics {
         }
         for pr in &mem.predictions {
             let p = vec![Label::new("threads", pr.threads_per_batch.to_string())];
-            let latency = if pr.latency.is_finite() { pr.latency } else { f64::MAX };
+            let latency = if pr.latency.is_finite() {
+                pr.latency
+            } else {
+                f64::MAX
+            };
             set("dlrs_control_predicted_latency_seconds", p.clone(), latency);
             set("dlrs_control_utilization", p, pr.utilization);
         }

@@ -320,3 +320,51 @@ fn a_large_body_is_parsed_split_and_answered() {
     );
     srv.stop().unwrap();
 }
+
+#[test]
+fn with_a_target_the_scheduler_serves_right_answers_and_shows_its_settings() {
+    let md = ModelDir::new(6);
+    let mut args = md.args();
+    args.threads = 2;
+    args.control = Some(dlrs_serve::ControlConfig {
+        period: std::time::Duration::from_millis(5),
+        pin_max_batch: Some(64),
+        ..dlrs_serve::ControlConfig::new(20.0)
+    });
+    let srv = Server::start(args);
+    let mut rng = Lcg(9);
+    // enough requests for both layouts to be measured
+    eventually("the scheduler to try one thread per batch", || {
+        for n in [1, 7, 30] {
+            let s = samples(&mut rng, n);
+            assert_close(&srv.infer(&s).scores(), &reference(&md.model, &s));
+        }
+        metric(
+            &srv.metrics(),
+            "dlrs_control_seconds_per_sample",
+            r#"threads="1""#,
+        )
+        .is_some()
+    });
+    let m = srv.metrics();
+    assert_eq!(
+        metric(&m, "dlrs_control_target_seconds", ""),
+        Some(0.02),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "dlrs_control_max_batch", ""),
+        Some(64.0),
+        "pinned: {m}"
+    );
+    let (p, i) = (
+        metric(&m, "dlrs_control_threads_per_batch", "").unwrap(),
+        metric(&m, "dlrs_control_instances", "").unwrap(),
+    );
+    assert_eq!(p * i, 2.0, "the layout uses the two threads: {m}");
+    assert!(
+        metric(&m, "dlrs_control_wait_bound_seconds", "").unwrap() > 0.0,
+        "{m}"
+    );
+    srv.stop().unwrap();
+}

@@ -428,6 +428,15 @@ mod tests {
                     max_queue_wait_ms: 8,
                     idle_spin_us: 31,
                 },
+                // a target without --static-settings: the scheduler, every flag given pinned
+                control: Some(dlrs_serve::ControlConfig {
+                    pin_instances: Some(2),
+                    pin_max_batch: Some(3),
+                    pin_delay_us: Some(4),
+                    pin_wait_ms: Some(8),
+                    pin_spin_us: Some(31),
+                    ..dlrs_serve::ControlConfig::new(12.0)
+                }),
                 deadline_ms: 9,
                 versus: VersusConfig {
                     url: Some("http://v:2".into()),
@@ -439,5 +448,7 @@ mod tests {
                 load: want_load,
             }
         );
+        argv.push("--static-settings");
+        assert_eq!(twin(&argv).unwrap().control, None);
     }
 }

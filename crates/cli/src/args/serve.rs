@@ -150,7 +150,12 @@ pub struct QueueArgs {
 
 impl QueueArgs {
     /// The scheduler's settings for `target_ms` at `percentile`: the flags given pin theirs.
-    pub fn control(&self, target_ms: f64, percentile: f64, instances: Option<usize>) -> ControlConfig {
+    pub fn control(
+        &self,
+        target_ms: f64,
+        percentile: f64,
+        instances: Option<usize>,
+    ) -> ControlConfig {
         ControlConfig {
             percentile,
             pin_instances: instances,
