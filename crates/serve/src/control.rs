@@ -196,6 +196,13 @@ impl Observations {
         trim(&mut self.latencies, now);
     }
 
+    /// Drops parallelism `threads`' batches: its figures are to be measured afresh.
+    pub fn forget(&mut self, threads: usize) {
+        if let Some(ring) = self.batches.get_mut(threads.saturating_sub(1)) {
+            ring.clear();
+        }
+    }
+
     pub fn batch(&mut self, now: Instant, threads: usize, samples: usize, took: Duration) {
         let Some(ring) = self.batches.get_mut(threads.saturating_sub(1)) else {
             return;
@@ -440,6 +447,10 @@ pub fn decide(
     ) && pred.is_finite()
         && pred > 0.0
         && mem.trying.is_none()
+        // the window still holds latencies of the layout before the last move
+        && mem
+            .last_move
+            .is_none_or(|t| now.saturating_duration_since(t) >= HORIZON)
     {
         let r = (measured / pred).clamp(0.5, 3.0);
         let c = &mut mem.correction[p_cur - 1];
