@@ -54,6 +54,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--grid", default="1,2x256,512x0,500",
                     help="instances x max batches x delays (us), each comma-separated")
+    ap.add_argument("--setting", action="append", default=[], metavar="NAME=FLAGS",
+                    help="one more fixed setting, e.g. 'spin=--idle-spin-us 20000' (repeatable)")
     ap.add_argument("--out", default="scheduler-compare.json")
     ap.add_argument("extra", nargs="*", help="more `dlrs twin` flags, after --")
     a = ap.parse_args()
@@ -65,6 +67,9 @@ def main():
     for i, b, d in itertools.product(inst, batches, delays):
         settings[f"i{i}-b{b}-d{d}"] = static + ["--instances", i, "--max-batch", b,
                                                "--max-queue-delay-us", d]
+    for extra in a.setting:
+        name, _, flags = extra.partition("=")
+        settings[name] = static + flags.split()
     settings["scheduler"] = ["--target-p99-ms", str(t), "--max-steps", "1"]
     rates = [float(r) for r in a.rates.split(",")]
     results = {name: {r: [] for r in rates} for name in settings}

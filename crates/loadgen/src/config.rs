@@ -51,6 +51,8 @@ pub struct LoadConfig {
     pub drain: f64,
     /// `--pool`: distinct queries generated before the run
     pub pool: usize,
+    /// `--step`: the rate changes for a while in each measurement (`None`: constant)
+    pub step: Option<crate::dist::LoadStep>,
     /// `--slice-us`: time slice the sending and answering threads ask for, in microseconds
     /// (0: the kernel's)
     pub slice_us: u64,
@@ -76,6 +78,7 @@ impl Default for LoadConfig {
             warmup: 1.0,
             drain: 5.0,
             pool: 2048,
+            step: None,
             slice_us: 0,
         }
     }
@@ -127,6 +130,7 @@ impl LoadConfig {
             drain_s: self.drain,
             seed,
             slice: self.slice(),
+            step: self.step,
         }
     }
 

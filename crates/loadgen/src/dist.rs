@@ -14,6 +14,74 @@ pub const MAX_QUERY_SIZE: usize = 1024;
 /// Most queries one measurement may schedule (bounds the schedule's and the results' memory).
 pub const MAX_QUERIES: usize = 10_000_000;
 
+/// A load step (`--step AT:FOR:FACTOR`): the rate is `factor` times `--qps` from `at_s` for
+/// `for_s` seconds, then falls back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoadStep {
+    pub at_s: f64,
+    pub for_s: f64,
+    pub factor: f64,
+}
+
+impl LoadStep {
+    /// `AT:FOR:FACTOR` (seconds, seconds, a positive factor).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [at, dur, factor] = parts[..] else {
+            return Err(format!("`{s}`: expected AT:FOR:FACTOR, e.g. 20:30:2"));
+        };
+        let num = |what: &str, v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| format!("`{s}`: {what} `{v}` is not a non-negative number"))
+        };
+        let step = LoadStep {
+            at_s: num("AT", at)?,
+            for_s: num("FOR", dur)?,
+            factor: num("FACTOR", factor)?,
+        };
+        if step.factor <= 0.0 {
+            return Err(format!("`{s}`: FACTOR must be above 0"));
+        }
+        Ok(step)
+    }
+
+    /// The rate at `t` seconds for a base rate `qps`.
+    pub fn rate(&self, qps: f64, t: f64) -> f64 {
+        if t >= self.at_s && t < self.at_s + self.for_s {
+            qps * self.factor
+        } else {
+            qps
+        }
+    }
+
+    pub fn name(&self) -> String {
+        format!("{}:{}:{}", self.at_s, self.for_s, self.factor)
+    }
+}
+
+/// Arrival offsets of [`poisson_schedule`], with the rate changed by `step` when given: a
+/// Poisson process at the highest rate, each arrival kept with the chance of the rate at its
+/// time over that (thinning), from `seed`.
+pub fn stepped_schedule(
+    qps: f64,
+    duration_s: f64,
+    seed: u64,
+    step: Option<LoadStep>,
+) -> Result<Vec<f64>, LoadgenError> {
+    let Some(step) = step else {
+        return poisson_schedule(qps, duration_s, seed);
+    };
+    let peak = qps * step.factor.max(1.0);
+    let all = poisson_schedule(peak, duration_s, seed)?;
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x57e9_0000_0000_0002);
+    Ok(all
+        .into_iter()
+        .filter(|&t| rng.random::<f64>() * peak < step.rate(qps, t))
+        .collect())
+}
+
 /// Arrival offsets (seconds from the start) of a Poisson process of rate `qps` on
 /// `[0, duration_s)`: exponential inter-arrival times of mean `1 / qps`, drawn from `seed`.
 pub fn poisson_schedule(qps: f64, duration_s: f64, seed: u64) -> Result<Vec<f64>, LoadgenError> {

@@ -139,6 +139,7 @@ impl Results {
         offsets: &[f64],
         sizes: &[usize],
         ended: Instant,
+        timeline: bool,
     ) -> Report {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let end_s = ended.saturating_duration_since(self.start).as_secs_f64();
@@ -158,6 +159,9 @@ impl Results {
         });
         let mut r = Report::new(qps, duration_s, &outcomes, sizes, last);
         r.locate(&outcomes, offsets);
+        if timeline {
+            r.timeline(&outcomes, offsets);
+        }
         r
     }
 }
@@ -172,6 +176,8 @@ pub struct Measure {
     pub seed: u64,
     /// the scheduler slice the dispatcher asks for (`--slice-us`; zero: the default)
     pub slice: Duration,
+    /// `--step`: the rate changes for a while (the report then has a timeline)
+    pub step: Option<crate::dist::LoadStep>,
 }
 
 /// Asks for `slice` on the calling thread (`--slice-us`; see

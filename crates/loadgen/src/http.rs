@@ -749,7 +749,12 @@ pub fn measure(
     if bodies.is_empty() {
         return Err(LoadgenError::NoQueries("send"));
     }
-    let offsets = Arc::new(crate::dist::poisson_schedule(m.qps, m.duration_s, m.seed)?);
+    let offsets = Arc::new(crate::dist::stepped_schedule(
+        m.qps,
+        m.duration_s,
+        m.seed,
+        m.step,
+    )?);
     let sizes: Vec<usize> = (0..offsets.len())
         .map(|i| bodies[i % bodies.len()].size)
         .collect();
@@ -805,7 +810,14 @@ pub fn measure(
             let _ = t.await;
         }
     });
-    Ok(results.report(m.qps, m.duration_s, &offsets, &sizes, ended))
+    Ok(results.report(
+        m.qps,
+        m.duration_s,
+        &offsets,
+        &sizes,
+        ended,
+        m.step.is_some(),
+    ))
 }
 
 #[cfg(test)]

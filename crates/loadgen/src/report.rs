@@ -85,6 +85,18 @@ pub(crate) fn report_lines(r: &Report) -> Vec<String> {
             ms(l.max)
         ));
     }
+    for s in &r.timeline {
+        lines.push(format!(
+            "  t {:>3} s: {:>5} due, {:>5} ok, p99 {:>8} ms{}",
+            s.t,
+            s.queries,
+            s.ok,
+            ms(s.p99_ms),
+            s.scheduler
+                .as_ref()
+                .map_or(String::new(), |d| format!("; scheduler: {d}"))
+        ));
+    }
     lines
 }
 

@@ -126,6 +126,25 @@ pub struct Report {
     /// when it runs one
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<String>,
+    /// per second of the schedule, with `--step`: what was due and how it went
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Second>,
+}
+
+/// One second of a measurement's schedule (`--step`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Second {
+    /// whole seconds from the start
+    pub t: u64,
+    /// queries due in it
+    pub queries: u64,
+    /// of them, answered 200
+    pub ok: u64,
+    /// p99 of those answered 200, from their scheduled times
+    pub p99_ms: Option<f64>,
+    /// the scheduler's settings at the end of the second (the twin, with a scheduler)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
 }
 
 impl Report {
@@ -188,6 +207,7 @@ impl Report {
             slowest_at_s: None,
             failures_by_second: BTreeMap::new(),
             scheduler: None,
+            timeline: Vec::new(),
         }
     }
 
@@ -207,6 +227,30 @@ impl Report {
             }
         }
         self.slowest_at_s = slowest.map(|(_, t)| t);
+    }
+
+    /// Fills in the per-second timeline: `offsets[i]` is when query `i` of `outcomes` was
+    /// scheduled, seconds from the start.
+    pub fn timeline(&mut self, outcomes: &[Outcome], offsets: &[f64]) {
+        let secs = offsets.last().map_or(0, |t| *t as usize + 1);
+        let mut lat: Vec<Vec<f64>> = vec![Vec::new(); secs];
+        self.timeline = (0..secs as u64)
+            .map(|t| Second {
+                t,
+                ..Second::default()
+            })
+            .collect();
+        for (o, &t) in outcomes.iter().zip(offsets) {
+            let s = &mut self.timeline[t as usize];
+            s.queries += 1;
+            if o.status == Status::Ok {
+                s.ok += 1;
+                lat[t as usize].push(o.latency_s);
+            }
+        }
+        for (s, l) in self.timeline.iter_mut().zip(lat) {
+            s.p99_ms = Latency::of(&l).p99;
+        }
     }
 
     /// Whether this point keeps the target: at most `max_error_rate` of its queries failed
@@ -249,5 +293,40 @@ pub fn ms(v: Option<f64>) -> String {
         Some(v) if v < 10.0 => format!("{v:.3}"),
         Some(v) if v < 1000.0 => format!("{v:.2}"),
         Some(v) => format!("{v:.0}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_counts_each_second_and_its_p99() {
+        let ok = |ms: f64| Outcome {
+            status: Status::Ok,
+            latency_s: ms / 1e3,
+        };
+        let failed = Outcome {
+            status: Status::Http(503),
+            latency_s: 0.001,
+        };
+        let outcomes = [ok(2.0), ok(4.0), failed, ok(9.0), ok(1.0)];
+        let offsets = [0.1, 0.5, 1.2, 1.9, 3.0];
+        let mut r = Report::new(10.0, 4.0, &outcomes, &[1; 5], 3.1);
+        r.timeline(&outcomes, &offsets);
+        let got: Vec<(u64, u64, u64, Option<f64>)> = r
+            .timeline
+            .iter()
+            .map(|s| (s.t, s.queries, s.ok, s.p99_ms))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 2, 2, Some(4.0)),
+                (1, 2, 1, Some(9.0)),
+                (2, 0, 0, None),
+                (3, 1, 1, Some(1.0)),
+            ]
+        );
     }
 }

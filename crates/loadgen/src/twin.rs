@@ -47,7 +47,12 @@ pub fn measure(
     if queries.is_empty() {
         return Err(LoadgenError::NoQueries("send"));
     }
-    let offsets = Arc::new(crate::dist::poisson_schedule(m.qps, m.duration_s, m.seed)?);
+    let offsets = Arc::new(crate::dist::stepped_schedule(
+        m.qps,
+        m.duration_s,
+        m.seed,
+        m.step,
+    )?);
     let sizes: Vec<usize> = (0..offsets.len())
         .map(|i| queries[i % queries.len()].size())
         .collect();
@@ -113,6 +118,24 @@ pub fn measure(
             },
         )
     };
+    // with a load step, the scheduler's settings through the run, four looks a second
+    let sampler = match (&batching.controller, m.step) {
+        (Some(c), Some(_)) => {
+            let (c, stop) = (Arc::clone(c), Arc::clone(&stop));
+            Some(std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now()
+                        .saturating_duration_since(start)
+                        .as_secs_f64();
+                    seen.push((t, c.settings().describe()));
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                seen
+            }))
+        }
+        _ => None,
+    };
     let deadline = start + Duration::from_secs_f64(m.duration_s + m.drain_s);
     results.wait_all(deadline);
     let ended = results.close();
@@ -123,7 +146,25 @@ pub fn measure(
     for h in instances {
         let _ = h.join();
     }
-    Ok(results.report(m.qps, m.duration_s, &offsets, &sizes, ended))
+    let mut report = results.report(
+        m.qps,
+        m.duration_s,
+        &offsets,
+        &sizes,
+        ended,
+        m.step.is_some(),
+    );
+    if let Some(seen) = sampler.and_then(|s| s.join().ok()) {
+        for s in &mut report.timeline {
+            // the settings of the last look before the second ended
+            s.scheduler = seen
+                .iter()
+                .rev()
+                .find(|(t, _)| *t < (s.t + 1) as f64)
+                .map(|(_, d)| d.clone());
+        }
+    }
+    Ok(report)
 }
 
 /// The outcome of a query of `n` samples answered `r`, as the HTTP load would see it.

@@ -139,6 +139,7 @@ fn http_latency_counts_the_wait_behind_a_stalled_connection() {
             drain_s: 5.0,
             seed: 1,
             slice: Duration::ZERO,
+            step: None,
         },
     )
     .unwrap();
@@ -213,6 +214,7 @@ fn twin_latency_counts_the_wait_behind_a_stalled_batch() {
             drain_s: 5.0,
             seed: 1,
             slice: Duration::ZERO,
+            step: None,
         },
     )
     .unwrap();
@@ -235,6 +237,7 @@ fn unanswered_queries_time_out_after_the_drain() {
             drain_s: 0.5,
             seed: 2,
             slice: Duration::ZERO,
+            step: None,
         },
     )
     .unwrap();
@@ -263,6 +266,7 @@ fn twin_refuses_over_the_queue_bound_and_expires_past_the_deadline() {
             drain_s: 2.0,
             seed: 3,
             slice: Duration::ZERO,
+            step: None,
         },
     )
     .unwrap();

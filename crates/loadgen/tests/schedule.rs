@@ -112,3 +112,33 @@ fn bad_rates_and_durations_are_refused() {
     let e = poisson_schedule(1e9, 3600.0, 1).unwrap_err().to_string();
     assert!(e.contains("queries"), "{e}");
 }
+
+#[test]
+fn a_load_step_multiplies_the_rate_for_its_window_only() {
+    use dlrs_loadgen::dist::{LoadStep, stepped_schedule};
+    let step = LoadStep::parse("20:30:2").unwrap();
+    assert_eq!((step.at_s, step.for_s, step.factor), (20.0, 30.0, 2.0));
+    let t = stepped_schedule(200.0, 80.0, 5, Some(step)).unwrap();
+    assert!(t.windows(2).all(|w| w[0] <= w[1]), "sorted");
+    let rate = |a: f64, b: f64| t.iter().filter(|&&x| x >= a && x < b).count() as f64 / (b - a);
+    // 4000 / 12000 / 6000 expected arrivals: within 5%
+    for (a, b, want) in [(0.0, 20.0, 200.0), (20.0, 50.0, 400.0), (50.0, 80.0, 200.0)] {
+        let got = rate(a, b);
+        assert!(
+            (got / want - 1.0).abs() < 0.05,
+            "{a}-{b} s: {got} QPS, want {want}"
+        );
+    }
+    // a step down works too, and no step is the plain Poisson schedule
+    let down = stepped_schedule(200.0, 40.0, 5, Some(LoadStep::parse("10:10:0.25").unwrap()));
+    let down = down.unwrap();
+    let n = down.iter().filter(|&&x| (10.0..20.0).contains(&x)).count() as f64 / 10.0;
+    assert!((n / 50.0 - 1.0).abs() < 0.15, "{n}");
+    assert_eq!(
+        stepped_schedule(200.0, 5.0, 5, None).unwrap(),
+        dlrs_loadgen::dist::poisson_schedule(200.0, 5.0, 5).unwrap()
+    );
+    for bad in ["20:30", "a:1:2", "1:2:0", "1:-2:2", "1:2:3:4"] {
+        assert!(LoadStep::parse(bad).is_err(), "{bad}");
+    }
+}

@@ -114,6 +114,7 @@ fn run_bodies(url: &str, connections: usize, bodies: Vec<Body>, qps: f64, secs: 
         drain_s: 20.0,
         seed: 7,
         slice: Duration::ZERO,
+        step: None,
     };
     http::measure(&rt, &ep, connections, &Arc::new(bodies), &m).unwrap()
 }

@@ -63,6 +63,11 @@ pub struct LoadArgs {
     /// distinct queries generated before the run (query i is pool entry i mod pool)
     #[arg(long, default_value_t = 2048)]
     pub pool: usize,
+    /// a load step, AT:FOR:FACTOR: the rate is FACTOR times --qps from AT seconds for FOR
+    /// seconds, then falls back (e.g. 20:30:2 in a --duration 80 run); the report then gives
+    /// each second's p99 (and, in the twin with a scheduler, its settings)
+    #[arg(long, value_parser = dlrs_loadgen::dist::LoadStep::parse)]
+    pub step: Option<dlrs_loadgen::dist::LoadStep>,
     /// time slice the threads that send queries and take answers ask the scheduler for, in
     /// microseconds (Linux 6.12+; 0, the default: the kernel's), as serve's --http-slice-us:
     /// on cores shared with the server's compute they then run when they wake instead of
@@ -174,6 +179,7 @@ impl From<LoadArgs> for LoadConfig {
             warmup: a.warmup,
             drain: a.drain,
             pool: a.pool,
+            step: a.step,
             slice_us: a.slice_us,
         }
     }
@@ -303,6 +309,8 @@ mod tests {
     #[test]
     fn every_flag_sets_its_own_field() {
         let load = [
+            "--step",
+            "2:3:1.5",
             "--qps",
             "7",
             "--duration",
@@ -348,6 +356,11 @@ mod tests {
             warmup: 0.5,
             drain: 2.0,
             pool: 16,
+            step: Some(dlrs_loadgen::dist::LoadStep {
+                at_s: 2.0,
+                for_s: 3.0,
+                factor: 1.5,
+            }),
             slice_us: 100,
         };
         let mut argv = vec![
