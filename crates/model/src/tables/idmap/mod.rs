@@ -283,6 +283,72 @@ impl IdMapSpec {
     }
 }
 
+/// One `--id-map [TABLES=]SPEC` flag: the tables it sets (`None`: all) and the spec.
+/// `TABLES` is a comma-separated list of table indices or ranges `a-b` (inclusive); the
+/// prefix is recognised only when everything before the first `=` is digits, commas and
+/// dashes, so `collisionless:admit=2` is a spec for all tables.
+pub fn parse_id_map_flag(s: &str) -> std::result::Result<(Option<Vec<usize>>, IdMapSpec), String> {
+    let (tables, spec) = match s.split_once('=') {
+        Some((pre, rest))
+            if !pre.is_empty()
+                && pre.bytes().all(|c| c.is_ascii_digit() || c == b',' || c == b'-') =>
+        {
+            let mut ts = Vec::new();
+            for part in pre.split(',') {
+                let bad = || format!("`{part}` in `{s}` is not a table index or range a-b");
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b): (usize, usize) =
+                            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                        if a > b {
+                            return Err(bad());
+                        }
+                        ts.extend(a..=b);
+                    }
+                    None => ts.push(part.parse().map_err(|_| bad())?),
+                }
+            }
+            (Some(ts), rest)
+        }
+        _ => (None, s),
+    };
+    Ok((tables, IdMapSpec::parse(spec)?))
+}
+
+/// Applies `--id-map` flags, in order (a later one overrides), to `cfg`'s maps; checks the
+/// tables named exist and the result is valid.
+pub fn apply_id_map_flags(
+    cfg: crate::DlrmConfig,
+    flags: &[String],
+) -> Result<crate::DlrmConfig> {
+    if flags.is_empty() {
+        return Ok(cfg);
+    }
+    let n = cfg.n_tables();
+    let mut maps: Vec<IdMapSpec> = (0..n).map(|t| *cfg.id_map(t)).collect();
+    for f in flags {
+        let (tables, spec) =
+            parse_id_map_flag(f).map_err(|e| ModelError::input("--id-map", e))?;
+        match tables {
+            None => maps.iter_mut().for_each(|m| *m = spec),
+            Some(ts) => {
+                for t in ts {
+                    if t >= n {
+                        return Err(ModelError::input(
+                            "--id-map",
+                            format!("`{f}`: table {t} does not exist (the model has {n})"),
+                        ));
+                    }
+                    maps[t] = spec;
+                }
+            }
+        }
+    }
+    let cfg = cfg.with_id_maps(maps);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
 /// The keys of one collisionless table for a batch, in bags (the layout of
 /// [`crate::Bags`]: `offsets[B + 1]` into `keys`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -402,6 +468,27 @@ mod tests {
         ] {
             let e = IdMapSpec::parse(bad).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn id_map_flags_name_tables_or_all() {
+        assert_eq!(parse_id_map_flag("hash").unwrap(), (None, IdMapSpec::Hash));
+        let (t, s) = parse_id_map_flag("collisionless:admit=2").unwrap();
+        assert_eq!((t, s.collisionless().unwrap().admit), (None, 2));
+        let (t, s) = parse_id_map_flag("0,3-5=collisionless:ttl=9").unwrap();
+        assert_eq!(t, Some(vec![0, 3, 4, 5]));
+        assert!(s.collisionless().is_some());
+        assert!(parse_id_map_flag("5-3=hash").unwrap_err().contains("range"));
+        assert!(parse_id_map_flag("1=foo").unwrap_err().contains("not an id map"));
+        let cfg = crate::presets::preset("rmc1").map(|p| p.config);
+        if let Ok(cfg) = cfg {
+            let n = cfg.n_tables();
+            let c = apply_id_map_flags(cfg.clone(), &["hash".into(), "0=index".into()]).unwrap();
+            assert_eq!(*c.id_map(0), IdMapSpec::Index);
+            assert_eq!(*c.id_map(n - 1), IdMapSpec::Hash);
+            let e = apply_id_map_flags(cfg, &[format!("{n}=hash")]).unwrap_err().to_string();
+            assert!(e.contains("does not exist"), "{e}");
         }
     }
 
