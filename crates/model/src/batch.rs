@@ -251,13 +251,22 @@ impl Batch {
         if t >= self.bags.len() {
             return Err(ModelError::input(
                 "sparse",
-                format!("table {t} does not exist (the model has {})", self.bags.len()),
+                format!(
+                    "table {t} does not exist (the model has {})",
+                    self.bags.len()
+                ),
             ));
         }
         check_offsets(t, &bags.offsets, self.size, bags.ids.len())?;
         let rows = cfg.tables[t];
         if let Some(j) = bags.ids.iter().position(|&id| id as usize >= rows) {
-            return Err(id_out_of_range(t, &bags.offsets, j, bags.ids[j].into(), rows));
+            return Err(id_out_of_range(
+                t,
+                &bags.offsets,
+                j,
+                bags.ids[j].into(),
+                rows,
+            ));
         }
         self.bags[t] = bags;
         Ok(())
@@ -451,7 +460,10 @@ pub fn parse_sample_keys(line: &str, cfg: &DlrmConfig) -> Result<(Sample, Vec<Ve
             match spec {
                 IdMapSpec::Index => {
                     let id = x.as_u64().ok_or_else(|| {
-                        ModelError::input(field(), format!("`{x}` is not a non-negative integer id"))
+                        ModelError::input(
+                            field(),
+                            format!("`{x}` is not a non-negative integer id"),
+                        )
                     })?;
                     if id >= rows as u64 {
                         return Err(ModelError::input(
@@ -590,7 +602,9 @@ mod tests {
         .unwrap();
         use crate::tables::idmap::{RawId, hash_row};
         let (a, b) = ((1u64 << 62) + 2, (1u64 << 62) + 3);
-        let line = format!(r#"{{"dense":[1,2],"sparse":[[4],[{a},{b},"user-9",18446744073709551615],[{a},{b},"x"]]}}"#);
+        let line = format!(
+            r#"{{"dense":[1,2],"sparse":[[4],[{a},{b},"user-9",18446744073709551615],[{a},{b},"x"]]}}"#
+        );
         let (s, keys) = parse_sample_keys(&line, &c).unwrap();
         assert_eq!(
             s.sparse,
@@ -610,7 +624,10 @@ mod tests {
         assert!(keys[0].is_empty() && keys[1].is_empty());
         // the row-only parser refuses what it cannot resolve, naming the table
         let e = parse_sample(&line, &c).unwrap_err().to_string();
-        assert!(e.contains("sparse[2]") && e.contains("collisionless"), "{e}");
+        assert!(
+            e.contains("sparse[2]") && e.contains("collisionless"),
+            "{e}"
+        );
         for (bad, want) in [
             (r#"[[0],[-3],[]]"#, "sparse[1][0]"),
             (r#"[[0],[1.5],[]]"#, "sparse[1][0]"),

@@ -269,7 +269,10 @@ impl DlrmConfig {
         let parse_map = |t: Option<usize>, v: &Value| -> Result<IdMapSpec> {
             let at = t.map_or_else(String::new, |t| format!("table {t}: "));
             let s = v.as_str().ok_or_else(|| {
-                ModelError::config(ID_MAP_FIELD, format!("{at}`{v}` is not an id map spec string"))
+                ModelError::config(
+                    ID_MAP_FIELD,
+                    format!("{at}`{v}` is not an id map spec string"),
+                )
             })?;
             IdMapSpec::parse(s).map_err(|e| ModelError::config(ID_MAP_FIELD, format!("{at}{e}")))
         };
@@ -660,10 +663,18 @@ mod tests {
 
     #[test]
     fn id_maps_one_or_per_table_and_errors_name_the_table() {
-        let with = |v: &str| OK.replace("\"arch_interaction_itself\": false", &format!("\"dlrs_id_map\": {v}"));
+        let with = |v: &str| {
+            OK.replace(
+                "\"arch_interaction_itself\": false",
+                &format!("\"dlrs_id_map\": {v}"),
+            )
+        };
         let all = DlrmConfig::from_json_str(&with("\"hash\"")).unwrap();
         assert_eq!(all.id_maps, vec![IdMapSpec::Hash; 3]);
-        assert_eq!(DlrmConfig::from_json_str(&all.to_json_string()).unwrap(), all);
+        assert_eq!(
+            DlrmConfig::from_json_str(&all.to_json_string()).unwrap(),
+            all
+        );
         assert!(all.to_json_string().contains("\"dlrs_id_map\": \"hash\""));
         let per = DlrmConfig::from_json_str(&with(
             "[\"index\", \"collisionless:admit=2,ttl=5\", \"hash\"]",
@@ -672,17 +683,24 @@ mod tests {
         assert_eq!(*per.id_map(0), IdMapSpec::Index);
         assert_eq!(per.id_map(1).collisionless().unwrap().admit, 2);
         assert!(per.has_collisionless());
-        assert_eq!(DlrmConfig::from_json_str(&per.to_json_string()).unwrap(), per);
+        assert_eq!(
+            DlrmConfig::from_json_str(&per.to_json_string()).unwrap(),
+            per
+        );
         let plain = DlrmConfig::from_json_str(OK).unwrap();
         assert!(!plain.to_json_string().contains("dlrs_id_map"));
         assert_eq!(*plain.id_map(2), IdMapSpec::Index);
         assert!(err(&with("[\"hash\"]")).contains("1 id maps for 3 tables"));
         let e = err(&with("[\"index\", \"hash\", \"collisionless:admit=99\"]"));
-        assert!(e.contains("`dlrs_id_map`") && e.contains("table 2") && e.contains("1..=15"), "{e}");
+        assert!(
+            e.contains("`dlrs_id_map`") && e.contains("table 2") && e.contains("1..=15"),
+            "{e}"
+        );
         assert!(err(&with("7")).contains("not an id map spec"));
-        let one_row = OK
-            .replace("1460-583-10131227", "1460-1-5")
-            .replace("\"arch_interaction_itself\": false", "\"dlrs_id_map\": \"collisionless:miss=default\"");
+        let one_row = OK.replace("1460-583-10131227", "1460-1-5").replace(
+            "\"arch_interaction_itself\": false",
+            "\"dlrs_id_map\": \"collisionless:miss=default\"",
+        );
         assert!(err(&one_row).contains("table 1: miss=default"));
     }
 

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use crate::batch::{Batch, Sample};
 use crate::config::{DlrmConfig, MlpDtype, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::presets::{Preset, preset};
-use crate::batch::{Batch, Sample};
 use crate::tables::idmap::{CollisionlessMap, KeyBags, file as idmap_file};
 use crate::tables::{Cached, RowCache, TableView, TrafficCounter, build_caches};
 use crate::weights::{TableMode, Weights, atomic_write_bytes};

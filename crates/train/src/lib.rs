@@ -111,7 +111,12 @@ impl Trainer {
     /// reset first: its weights to a fresh draw of the tables' initial distribution,
     /// U(±sqrt(1/rows)) seeded by the table, row and step, and its optimizer state to zero.
     /// Returns the misses (ids not admitted, or no room).
-    pub fn resolve_train(&mut self, batch: &mut Batch, keys: &[KeyBags], step: u64) -> Result<usize> {
+    pub fn resolve_train(
+        &mut self,
+        batch: &mut Batch,
+        keys: &[KeyBags],
+        step: u64,
+    ) -> Result<usize> {
         let mut misses = 0;
         let (mut rows, mut fresh) = (Vec::new(), Vec::new());
         let dim = self.model.config.dim;
@@ -166,7 +171,10 @@ impl Trainer {
             .iter()
             .map(|&(t, r)| {
                 let w = optim::table_f32_mut(&mut self.model.weights.tables[t]);
-                (w[r as usize * dim..][..dim].to_vec(), self.opt.row_state(t, r))
+                (
+                    w[r as usize * dim..][..dim].to_vec(),
+                    self.opt.row_state(t, r),
+                )
             })
             .collect();
         let loss = self.step(batch, labels);

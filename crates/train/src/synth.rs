@@ -184,7 +184,8 @@ pub fn write_samples_with(
                 .iter()
                 .zip(&cfg.tables)
                 .map(|(b, &r)| {
-                    let shift = ((f * ids_out.drift * r as f64).floor() as i64).rem_euclid(r as i64) as u64;
+                    let shift =
+                        ((f * ids_out.drift * r as f64).floor() as i64).rem_euclid(r as i64) as u64;
                     dlrs_model::Bags {
                         offsets: b.offsets.clone(),
                         ids: b
@@ -343,11 +344,13 @@ pub fn run_synth(cfg: &SynthConfig, log: &mut dyn Write) -> Result<()> {
         dlrs_model::weights::atomic_write(&cfg.out, |tmp| {
             let f = BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
             let write = |w: &mut dyn Write| {
-                write_samples_with(&teacher, cfg.rows, ids, dist, seed, ids_out, &exec, w).map_err(|e| match e {
-                    // the file's own error: atomic_write names the file
-                    TrainError::Output(e) => e,
-                    e => std::io::Error::other(e),
-                })
+                write_samples_with(&teacher, cfg.rows, ids, dist, seed, ids_out, &exec, w).map_err(
+                    |e| match e {
+                        // the file's own error: atomic_write names the file
+                        TrainError::Output(e) => e,
+                        e => std::io::Error::other(e),
+                    },
+                )
             };
             if cfg.out.extension().is_some_and(|e| e == "gz") {
                 let mut enc = flate2::write::GzEncoder::new(f, flate2::Compression::fast());

@@ -196,7 +196,9 @@ impl OpenTable {
 
     fn rebuild(&mut self) {
         let live = self.entries();
-        self.buckets.iter_mut().for_each(|b| *b = Bucket([EMPTY_SLOT; SLOTS]));
+        self.buckets
+            .iter_mut()
+            .for_each(|b| *b = Bucket([EMPTY_SLOT; SLOTS]));
         self.live = 0;
         self.tombs = 0;
         for (k, r, s) in live {
@@ -636,7 +638,10 @@ impl<I: KeyIndex> Collisionless<I> {
         for &(k, r, s) in &p.entries {
             let r_us = r as usize;
             if r_us >= p.counts.len() {
-                return Err(format!("key {k} has row {r}, beyond the {} rows in use", p.counts.len()));
+                return Err(format!(
+                    "key {k} has row {r}, beyond the {} rows in use",
+                    p.counts.len()
+                ));
             }
             if held[r_us] {
                 return Err(format!("row {r} is held by two keys"));
@@ -760,7 +765,11 @@ mod tests {
         m.train_step(&[1, 2], 1, &mut out, &mut fresh);
         m.train_step(&[2], 4, &mut out, &mut fresh);
         m.train_step(&[], 6, &mut out, &mut fresh);
-        assert_eq!((m.get(1), m.get(2)), (None, Some(1)), "1 expired after 4 steps");
+        assert_eq!(
+            (m.get(1), m.get(2)),
+            (None, Some(1)),
+            "1 expired after 4 steps"
+        );
         assert_eq!(m.len(), 1);
     }
 
@@ -777,7 +786,10 @@ mod tests {
         assert_eq!(r.misses, 1);
         let z = CollisionlessMap::new(spec(1, None, Evict::Lfu, Miss::Zero), 3);
         let r = z.resolve(&[0, 2, 3], &[5, 8, 6], &mut Vec::new());
-        assert_eq!((r.bags.offsets, r.bags.ids, r.misses), (vec![0, 0, 0].into(), vec![].into(), 3));
+        assert_eq!(
+            (r.bags.offsets, r.bags.ids, r.misses),
+            (vec![0, 0, 0].into(), vec![].into(), 3)
+        );
     }
 
     #[test]

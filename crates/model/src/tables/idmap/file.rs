@@ -52,7 +52,8 @@ pub fn path(dir: &Path, t: usize) -> PathBuf {
 /// The file's bytes for table `t`'s map.
 pub fn encode(t: usize, map: &CollisionlessMap) -> Vec<u8> {
     let p = map.parts();
-    let mut b = Vec::with_capacity(HEADER + 16 * p.entries.len() + 2 * p.counts.len() + p.filter.len() + 8);
+    let mut b =
+        Vec::with_capacity(HEADER + 16 * p.entries.len() + 2 * p.counts.len() + p.filter.len() + 8);
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
     b.extend_from_slice(&(t as u32).to_le_bytes());
@@ -92,14 +93,19 @@ pub fn decode(
     rows: usize,
 ) -> std::result::Result<CollisionlessMap, String> {
     if bytes.len() < HEADER + 8 {
-        return Err(format!("{} bytes: too short for an id map (truncated?)", bytes.len()));
+        return Err(format!(
+            "{} bytes: too short for an id map (truncated?)",
+            bytes.len()
+        ));
     }
     if &bytes[..8] != MAGIC {
         return Err("not an id map file (bad magic)".into());
     }
     let version = u32_at(bytes, 8);
     if version != VERSION {
-        return Err(format!("format version {version}; this dlrs reads {VERSION}"));
+        return Err(format!(
+            "format version {version}; this dlrs reads {VERSION}"
+        ));
     }
     let (body, sum) = bytes.split_at(bytes.len() - 8);
     let table = u32_at(bytes, 12) as usize;
@@ -122,7 +128,11 @@ pub fn decode(
     let mut at = HEADER;
     let mut entries = Vec::with_capacity(e as usize);
     for _ in 0..e {
-        entries.push((u64_at(bytes, at), u32_at(bytes, at + 8), u32_at(bytes, at + 12)));
+        entries.push((
+            u64_at(bytes, at),
+            u32_at(bytes, at + 8),
+            u32_at(bytes, at + 12),
+        ));
         at += 16;
     }
     let counts = (0..n as usize)
@@ -147,7 +157,12 @@ pub fn save(dir: &Path, t: usize, map: &CollisionlessMap) -> Result<()> {
 
 /// Loads table `t`'s map from `dir`, or an empty map if the file does not exist. A file
 /// that exists but is not a valid map is an error naming it and the table.
-pub fn load(dir: &Path, t: usize, spec: CollisionlessSpec, rows: usize) -> Result<CollisionlessMap> {
+pub fn load(
+    dir: &Path,
+    t: usize,
+    spec: CollisionlessSpec,
+    rows: usize,
+) -> Result<CollisionlessMap> {
     let p = path(dir, t);
     let bytes = match crate::files::read_bounded(&p, MAX_BYTES, "an id map file") {
         Ok(b) => b,
@@ -181,7 +196,9 @@ mod tests {
         let mut m = CollisionlessMap::new(spec(admit), 50);
         let (mut o, mut f) = (Vec::new(), Vec::new());
         for step in 1..20u32 {
-            let keys: Vec<u64> = (0..30).map(|i| (i * step as u64) % 70 + (1 << 62)).collect();
+            let keys: Vec<u64> = (0..30)
+                .map(|i| (i * step as u64) % 70 + (1 << 62))
+                .collect();
             m.train_step(&keys, step, &mut o, &mut f);
         }
         m
@@ -194,8 +211,16 @@ mod tests {
             let b = encode(2, &m);
             let back = decode(&b, 2, spec(admit), 50).unwrap();
             assert_eq!(back.parts(), m.parts());
-            assert!(decode(&b, 1, spec(admit), 50).unwrap_err().contains("not of table 1"));
-            assert!(decode(&b, 2, spec(admit), 60).unwrap_err().contains("capacity"));
+            assert!(
+                decode(&b, 1, spec(admit), 50)
+                    .unwrap_err()
+                    .contains("not of table 1")
+            );
+            assert!(
+                decode(&b, 2, spec(admit), 60)
+                    .unwrap_err()
+                    .contains("capacity")
+            );
             for i in (0..b.len()).step_by(7) {
                 let mut c = b.clone();
                 c[i] ^= 0x10;
@@ -203,7 +228,10 @@ mod tests {
             }
             for cut in [0, 10, HEADER, b.len() / 2, b.len() - 1] {
                 let e = decode(&b[..cut], 2, spec(admit), 50).unwrap_err();
-                assert!(e.contains("truncated") || e.contains("too short"), "{cut}: {e}");
+                assert!(
+                    e.contains("truncated") || e.contains("too short"),
+                    "{cut}: {e}"
+                );
             }
         }
     }
@@ -214,12 +242,18 @@ mod tests {
         let m = load(d.path(), 0, spec(1), 50).unwrap();
         assert!(m.is_empty());
         save(d.path(), 0, &map(1)).unwrap();
-        assert_eq!(load(d.path(), 0, spec(1), 50).unwrap().parts(), map(1).parts());
+        assert_eq!(
+            load(d.path(), 0, spec(1), 50).unwrap().parts(),
+            map(1).parts()
+        );
         let p = path(d.path(), 0);
         let mut b = std::fs::read(&p).unwrap();
         b.truncate(b.len() - 3);
         std::fs::write(&p, &b).unwrap();
         let e = load(d.path(), 0, spec(1), 50).err().unwrap().to_string();
-        assert!(e.contains("idmap.0.bin") && e.contains("id map of table 0"), "{e}");
+        assert!(
+            e.contains("idmap.0.bin") && e.contains("id map of table 0"),
+            "{e}"
+        );
     }
 }

@@ -194,11 +194,9 @@ impl IdMapSpec {
                         Some(n) => (n, true),
                         None => (v, false),
                     };
-                    let n = n
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| bad("ttl is a positive count of steps, or of seconds with an `s`"))?;
+                    let n = n.parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                        bad("ttl is a positive count of steps, or of seconds with an `s`")
+                    })?;
                     c.ttl = Some(if secs { Ttl::Seconds(n) } else { Ttl::Steps(n) });
                 }
                 "evict" => {
@@ -291,7 +289,9 @@ pub fn parse_id_map_flag(s: &str) -> std::result::Result<(Option<Vec<usize>>, Id
     let (tables, spec) = match s.split_once('=') {
         Some((pre, rest))
             if !pre.is_empty()
-                && pre.bytes().all(|c| c.is_ascii_digit() || c == b',' || c == b'-') =>
+                && pre
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || c == b',' || c == b'-') =>
         {
             let mut ts = Vec::new();
             for part in pre.split(',') {
@@ -317,18 +317,14 @@ pub fn parse_id_map_flag(s: &str) -> std::result::Result<(Option<Vec<usize>>, Id
 
 /// Applies `--id-map` flags, in order (a later one overrides), to `cfg`'s maps; checks the
 /// tables named exist and the result is valid.
-pub fn apply_id_map_flags(
-    cfg: crate::DlrmConfig,
-    flags: &[String],
-) -> Result<crate::DlrmConfig> {
+pub fn apply_id_map_flags(cfg: crate::DlrmConfig, flags: &[String]) -> Result<crate::DlrmConfig> {
     if flags.is_empty() {
         return Ok(cfg);
     }
     let n = cfg.n_tables();
     let mut maps: Vec<IdMapSpec> = (0..n).map(|t| *cfg.id_map(t)).collect();
     for f in flags {
-        let (tables, spec) =
-            parse_id_map_flag(f).map_err(|e| ModelError::input("--id-map", e))?;
+        let (tables, spec) = parse_id_map_flag(f).map_err(|e| ModelError::input("--id-map", e))?;
         match tables {
             None => maps.iter_mut().for_each(|m| *m = spec),
             Some(ts) => {
@@ -480,14 +476,20 @@ mod tests {
         assert_eq!(t, Some(vec![0, 3, 4, 5]));
         assert!(s.collisionless().is_some());
         assert!(parse_id_map_flag("5-3=hash").unwrap_err().contains("range"));
-        assert!(parse_id_map_flag("1=foo").unwrap_err().contains("not an id map"));
+        assert!(
+            parse_id_map_flag("1=foo")
+                .unwrap_err()
+                .contains("not an id map")
+        );
         let cfg = crate::presets::preset("rmc1").map(|p| p.config);
         if let Ok(cfg) = cfg {
             let n = cfg.n_tables();
             let c = apply_id_map_flags(cfg.clone(), &["hash".into(), "0=index".into()]).unwrap();
             assert_eq!(*c.id_map(0), IdMapSpec::Index);
             assert_eq!(*c.id_map(n - 1), IdMapSpec::Hash);
-            let e = apply_id_map_flags(cfg, &[format!("{n}=hash")]).unwrap_err().to_string();
+            let e = apply_id_map_flags(cfg, &[format!("{n}=hash")])
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("does not exist"), "{e}");
         }
     }
@@ -517,10 +519,15 @@ mod tests {
         let b = a + 1;
         for t in 0..4 {
             assert_ne!(hash_id(RawId::Int(a), t), hash_id(RawId::Int(b), t));
-            assert_ne!(collisionless_key(RawId::Int(a), t), collisionless_key(RawId::Int(b), t));
+            assert_ne!(
+                collisionless_key(RawId::Int(a), t),
+                collisionless_key(RawId::Int(b), t)
+            );
         }
-        let line: serde_json::Value =
-            serde_json::from_str("[18446744073709551615, 18446744073709551614, 9007199254740993, 9007199254740992]").unwrap();
+        let line: serde_json::Value = serde_json::from_str(
+            "[18446744073709551615, 18446744073709551614, 9007199254740993, 9007199254740992]",
+        )
+        .unwrap();
         let ids: Vec<_> = line
             .as_array()
             .unwrap()
@@ -550,11 +557,17 @@ mod tests {
         ] {
             let v: serde_json::Value = serde_json::from_str(text).unwrap();
             let e = raw_id_from_json(&v, 2, &field).unwrap_err().to_string();
-            assert!(e.contains("sparse[2][0]") && e.contains(want), "{text}: {e}");
+            assert!(
+                e.contains("sparse[2][0]") && e.contains(want),
+                "{text}: {e}"
+            );
         }
         let long = serde_json::Value::String("x".repeat(MAX_STRING_ID_BYTES + 1));
         let e = raw_id_from_json(&long, 2, &field).unwrap_err().to_string();
-        assert!(e.contains("the longest is 256") && e.contains("table 2"), "{e}");
+        assert!(
+            e.contains("the longest is 256") && e.contains("table 2"),
+            "{e}"
+        );
         let ok = serde_json::Value::String("x".repeat(MAX_STRING_ID_BYTES));
         assert!(raw_id_from_json(&ok, 2, &field).is_ok());
     }
