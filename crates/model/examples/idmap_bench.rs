@@ -5,7 +5,8 @@
 //! - `index`: `bag_sum` over the rows.
 //! - `hash`: each raw id hashed to its row (`H_t(x) mod rows`), then `bag_sum`.
 //! - `collisionless`: each raw id looked up in the table's map (`CollisionlessMap::lookup`,
-//!   prefetched), the bags rebuilt without misses (`bags_of`), then `bag_sum`.
+//!   prefetched) and the bags rebuilt without misses (`CollisionlessMap::resolve`), then
+//!   `bag_sum`.
 //!
 //! ```sh
 //! cargo run --release -p dlrs-model --example idmap_bench [ROWS_PER_TABLE] [ROUNDS]
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use dlrs_kernels::gather::{Bags, Pooled};
 use dlrs_model::Model;
-use dlrs_model::tables::idmap::collisionless::{MISS, bags_of};
+use dlrs_model::tables::idmap::collisionless::MISS;
 use dlrs_model::tables::idmap::{CollisionlessMap, CollisionlessSpec, RawId, hash_row};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
