@@ -29,7 +29,46 @@ fn key(t: usize, i: usize) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(&(i as u64).to_le_bytes(), 1000 + t as u64)
 }
 
+/// `CAPACITY=N`: one map of N ids (admit 1), filled, saved to `DIR` (default /tmp) and
+/// loaded back: bytes per id, fill, save and load times.
+fn capacity(n: usize) {
+    let dir = std::env::var("DIR").unwrap_or_else(|_| "/tmp".into());
+    let dir = std::path::Path::new(&dir);
+    let t0 = Instant::now();
+    let mut m = CollisionlessMap::new(CollisionlessSpec::default(), n);
+    let (mut out, mut fresh) = (Vec::new(), Vec::new());
+    let chunk = 1 << 20;
+    for c in 0..n.div_ceil(chunk) {
+        let keys: Vec<u64> = (c * chunk..((c + 1) * chunk).min(n))
+            .map(|i| key(0, i))
+            .collect();
+        m.train_step(&keys, 1, &mut out, &mut fresh);
+    }
+    assert_eq!(m.len(), n);
+    println!(
+        "capacity {n}: filled in {:.1} s, {:.2} bytes per id",
+        t0.elapsed().as_secs_f64(),
+        m.bytes() as f64 / n as f64
+    );
+    let t0 = Instant::now();
+    dlrs_model::tables::idmap::file::save(dir, 0, &m).unwrap();
+    println!("saved in {:.1} s", t0.elapsed().as_secs_f64());
+    drop(m);
+    let t0 = Instant::now();
+    let back =
+        dlrs_model::tables::idmap::file::load(dir, 0, CollisionlessSpec::default(), n).unwrap();
+    println!(
+        "loaded (checksum, checks, rebuild) in {:.1} s: {} ids",
+        t0.elapsed().as_secs_f64(),
+        back.len()
+    );
+    let _ = std::fs::remove_file(dlrs_model::tables::idmap::file::path(dir, 0));
+}
+
 fn main() {
+    if let Some(n) = std::env::var("CAPACITY").ok().and_then(|v| v.parse().ok()) {
+        return capacity(n);
+    }
     let args: Vec<String> = std::env::args().collect();
     let p = dlrs_model::presets::preset("rmc1").unwrap();
     let mut cfg = p.config.clone();
@@ -121,6 +160,12 @@ fn main() {
                                         Pooled::new(&mut out, d),
                                     )
                                 }
+                                "lookup" => {
+                                    scratch.clear();
+                                    scratch.resize(keys.len(), 0);
+                                    maps[t].lookup(keys, &mut scratch);
+                                    std::hint::black_box(&scratch);
+                                }
                                 _ => {
                                     let r = maps[t].resolve(&offsets, keys, &mut scratch);
                                     table.bag_sum(
@@ -137,7 +182,39 @@ fn main() {
         }
         (rounds * BATCHES * BATCH) as f64 / t0.elapsed().as_secs_f64()
     };
+    if std::env::var("MICRO").is_ok() {
+        // one thread, table 0: lookups alone, and the same number of row gathers alone
+        let keys: Vec<u64> = batches
+            .iter()
+            .flat_map(|b| b[0][0].0.iter().copied())
+            .collect();
+        let rows: Vec<u32> = batches
+            .iter()
+            .flat_map(|b| b[0][0].1.iter().copied())
+            .collect();
+        let mut out = vec![0u32; keys.len()];
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            maps[0].lookup(&keys, &mut out);
+            let tl = t0.elapsed().as_secs_f64();
+            assert_eq!(out, rows);
+            let offs: Vec<u32> = (0..=keys.len()).map(|i| i as u32).collect();
+            let mut pooled = vec![0f32; keys.len() * d];
+            let t0 = Instant::now();
+            model.weights.tables[0].bag_sum(Bags::new(&offs, &rows), Pooled::new(&mut pooled, d));
+            let tg = t0.elapsed().as_secs_f64();
+            println!(
+                "{} keys: lookup {:.1} ns/key, row gather {:.1} ns/row",
+                keys.len(),
+                tl * 1e9 / keys.len() as f64,
+                tg * 1e9 / keys.len() as f64
+            );
+        }
+    }
     run("index"); // warm-up
+    if std::env::var("LOOKUP_ONLY").is_ok() {
+        println!("lookup only: {:.0} samples/s", run("lookup"));
+    }
     let mut best = [0f64; 3];
     for _ in 0..3 {
         for (i, m) in ["index", "hash", "collisionless"].iter().enumerate() {

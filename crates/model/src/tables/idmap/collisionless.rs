@@ -48,28 +48,35 @@ use std::collections::HashMap;
 
 use super::{CollisionlessSpec, Evict, Miss, Ttl};
 use crate::batch::Bags;
+use crate::tables::store::HugeBuf;
 
 /// A key the map does not hold.
 pub const MISS: u32 = u32::MAX;
 /// The table's load factor at full capacity.
 pub const LOAD_FACTOR: f64 = 0.8;
+/// How many keys a batch lookup prefetches the home buckets of at once.
+pub const LOOKUP_AHEAD: usize = 32;
 const SLOTS: usize = 4;
-const EMPTY: u32 = u32::MAX;
-const TOMB: u32 = u32::MAX - 1;
+/// A slot's `row` field holds the row plus one: 0 is an empty slot (so zeroed memory is an
+/// empty table), `TOMB` a deleted one.
+const EMPTY: u32 = 0;
+const TOMB: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 struct Slot {
     key: u64,
+    /// row + 1, or EMPTY or TOMB
     row: u32,
     stamp: u32,
 }
 
-const EMPTY_SLOT: Slot = Slot {
-    key: 0,
-    row: EMPTY,
-    stamp: 0,
-};
+impl Slot {
+    #[inline]
+    fn live(&self) -> bool {
+        self.row != EMPTY && self.row != TOMB
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
@@ -145,41 +152,79 @@ impl KeyIndex for HashIndex {
     }
 }
 
-/// The fast index: open addressing over 64-byte buckets (see the module doc).
-#[derive(Debug)]
+/// The fast index: open addressing over 64-byte buckets (see the module doc), in memory
+/// on transparent huge pages (random probes, like random row gathers, miss the TLB less).
 pub struct OpenTable {
-    buckets: Vec<Bucket>,
+    mem: HugeBuf,
+    n_buckets: usize,
     live: usize,
     tombs: usize,
 }
 
+impl std::fmt::Debug for OpenTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenTable")
+            .field("buckets", &self.n_buckets)
+            .field("live", &self.live)
+            .field("tombs", &self.tombs)
+            .finish()
+    }
+}
+
 impl OpenTable {
+    #[inline]
+    fn buckets(&self) -> &[Bucket] {
+        let b = self.mem.as_bytes();
+        // SAFETY: the buffer holds n_buckets * 64 initialised bytes (zeroed at allocation),
+        // starts 64-byte aligned (checked at allocation: mappings are page aligned and
+        // large ones start on a 2 MiB boundary), and Bucket is plain old data (u64 and u32
+        // fields, repr(C), no padding) for which every bit pattern is valid. The slice
+        // borrows the buffer immutably for its lifetime.
+        unsafe { std::slice::from_raw_parts(b.as_ptr() as *const Bucket, self.n_buckets) }
+    }
+
+    #[inline]
+    fn buckets_mut(&mut self) -> &mut [Bucket] {
+        let n = self.n_buckets;
+        let b = self.mem.as_bytes_mut();
+        // SAFETY: as in `buckets`, with the buffer borrowed mutably (exclusively) for the
+        // slice's lifetime.
+        unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut Bucket, n) }
+    }
+
     fn slots(&self) -> usize {
-        self.buckets.len() * SLOTS
+        self.n_buckets * SLOTS
     }
 
     #[inline]
     fn home(&self, key: u64) -> usize {
-        ((fmix64(key) as u128 * self.buckets.len() as u128) >> 64) as usize
+        ((fmix64(key) as u128 * self.n_buckets as u128) >> 64) as usize
     }
 
     #[inline]
     fn slot(&self, i: usize) -> &Slot {
-        &self.buckets[i / SLOTS].0[i % SLOTS]
+        &self.buckets()[i / SLOTS].0[i % SLOTS]
     }
 
     #[inline]
     fn slot_mut(&mut self, i: usize) -> &mut Slot {
-        &mut self.buckets[i / SLOTS].0[i % SLOTS]
+        &mut self.buckets_mut()[i / SLOTS].0[i % SLOTS]
     }
 
     /// The slot holding `key`, if any.
     #[inline]
     fn find(&self, key: u64) -> Option<usize> {
+        self.find_from(key, self.home(key))
+    }
+
+    /// [`find`](Self::find) with the key's home bucket `home` already computed.
+    #[inline]
+    fn find_from(&self, key: u64, home: usize) -> Option<usize> {
         let n = self.slots();
-        let mut i = self.home(key) * SLOTS;
+        let buckets = self.buckets();
+        let mut i = home * SLOTS;
         for _ in 0..n {
-            let s = self.slot(i);
+            let s = &buckets[i / SLOTS].0[i % SLOTS];
             if s.row == EMPTY {
                 return None;
             }
@@ -196,9 +241,7 @@ impl OpenTable {
 
     fn rebuild(&mut self) {
         let live = self.entries();
-        self.buckets
-            .iter_mut()
-            .for_each(|b| *b = Bucket([EMPTY_SLOT; SLOTS]));
+        self.mem.as_bytes_mut().fill(0);
         self.live = 0;
         self.tombs = 0;
         for (k, r, s) in live {
@@ -208,12 +251,21 @@ impl OpenTable {
 }
 
 impl KeyIndex for OpenTable {
+    /// Panics if the memory cannot be mapped (as a `Vec` does).
     fn with_capacity(capacity: usize) -> Self {
         let buckets = (capacity as f64 / (LOAD_FACTOR * SLOTS as f64)).ceil() as usize;
         // at least one empty slot always remains (capacity < slots), so probes end
-        let buckets = buckets.max(capacity / SLOTS + 1).max(1);
+        let n_buckets = buckets.max(capacity / SLOTS + 1).max(1);
+        let mem = HugeBuf::zeroed(n_buckets * std::mem::size_of::<Bucket>())
+            .expect("memory for a collisionless id map");
+        assert_eq!(
+            mem.as_bytes().as_ptr() as usize % std::mem::align_of::<Bucket>(),
+            0,
+            "id map buckets not 64-byte aligned"
+        );
         OpenTable {
-            buckets: vec![Bucket([EMPTY_SLOT; SLOTS]); buckets],
+            mem,
+            n_buckets,
             live: 0,
             tombs: 0,
         }
@@ -221,18 +273,18 @@ impl KeyIndex for OpenTable {
 
     #[inline]
     fn get(&self, key: u64) -> Option<u32> {
-        self.find(key).map(|i| self.slot(i).row)
+        self.find(key).map(|i| self.slot(i).row - 1)
     }
 
     fn touch(&mut self, key: u64, stamp: u32) -> Option<u32> {
         let i = self.find(key)?;
         let s = self.slot_mut(i);
         s.stamp = stamp;
-        Some(s.row)
+        Some(s.row - 1)
     }
 
     fn insert(&mut self, key: u64, row: u32, stamp: u32) {
-        debug_assert!(row < TOMB && self.find(key).is_none());
+        debug_assert!(row < TOMB - 1 && self.find(key).is_none());
         let n = self.slots();
         let mut i = self.home(key) * SLOTS;
         loop {
@@ -241,7 +293,11 @@ impl KeyIndex for OpenTable {
                 if was == TOMB {
                     self.tombs -= 1;
                 }
-                *self.slot_mut(i) = Slot { key, row, stamp };
+                *self.slot_mut(i) = Slot {
+                    key,
+                    row: row + 1,
+                    stamp,
+                };
                 break;
             }
             i += 1;
@@ -258,7 +314,7 @@ impl KeyIndex for OpenTable {
     fn remove(&mut self, key: u64) -> Option<u32> {
         let i = self.find(key)?;
         let s = self.slot_mut(i);
-        let row = s.row;
+        let row = s.row - 1;
         s.row = TOMB;
         self.live -= 1;
         self.tombs += 1;
@@ -266,11 +322,11 @@ impl KeyIndex for OpenTable {
     }
 
     fn entries(&self) -> Vec<(u64, u32, u32)> {
-        self.buckets
+        self.buckets()
             .iter()
             .flat_map(|b| b.0.iter())
-            .filter(|s| s.row < TOMB)
-            .map(|s| (s.key, s.row, s.stamp))
+            .filter(|s| s.live())
+            .map(|s| (s.key, s.row - 1, s.stamp))
             .collect()
     }
 
@@ -279,22 +335,24 @@ impl KeyIndex for OpenTable {
     }
 
     fn bytes(&self) -> usize {
-        self.buckets.len() * std::mem::size_of::<Bucket>()
+        self.n_buckets * std::mem::size_of::<Bucket>()
     }
 
-    /// With the home buckets of the keys 16 ahead prefetched.
+    /// In groups of [`LOOKUP_AHEAD`] keys: every home bucket of the group is computed and
+    /// prefetched, then the group is probed (its lines arrive in parallel).
     fn lookup(&self, keys: &[u64], out: &mut [u32]) {
-        const AHEAD: usize = 16;
-        let base = self.buckets.as_ptr() as *const u8;
+        const G: usize = LOOKUP_AHEAD;
+        let base = self.buckets().as_ptr() as *const u8;
         let line = std::mem::size_of::<Bucket>();
-        for &k in keys.iter().take(AHEAD) {
-            dlrs_kernels::prefetch::row(base, self.home(k), line, line);
-        }
-        for (i, (o, &k)) in out.iter_mut().zip(keys).enumerate() {
-            if let Some(&next) = keys.get(i + AHEAD) {
-                dlrs_kernels::prefetch::row(base, self.home(next), line, line);
+        let mut homes = [0usize; G];
+        for (ks, os) in keys.chunks(G).zip(out.chunks_mut(G)) {
+            for (h, &k) in homes.iter_mut().zip(ks) {
+                *h = self.home(k);
+                dlrs_kernels::prefetch::row(base, *h, line, line);
             }
-            *o = self.get(k).unwrap_or(MISS);
+            for ((o, &k), &h) in os.iter_mut().zip(ks).zip(&homes) {
+                *o = self.find_from(k, h).map_or(MISS, |i| self.slot(i).row - 1);
+            }
         }
     }
 }
@@ -548,6 +606,15 @@ impl<I: KeyIndex> Collisionless<I> {
     /// updated at `now`.
     fn take_row(&mut self, now: u32) -> Option<u32> {
         if self.next_row < self.capacity {
+            if self.counts.len() == self.counts.capacity() {
+                // grow by doubling, but never past the capacity (2 bytes per id, not 4)
+                let more = self
+                    .counts
+                    .len()
+                    .max(1024)
+                    .min(self.capacity - self.counts.len());
+                self.counts.reserve_exact(more);
+            }
             self.next_row += 1;
             self.counts.push(0);
             return Some((self.next_row - 1) as u32);
