@@ -84,7 +84,7 @@ fn collisionless_from_raw_ids_matches_index_and_hash_at_10_percent_loses() {
     // in training holds a row
     for m in cl.id_maps.iter() {
         let m = m.as_ref().unwrap();
-        assert!(m.len() > 0 && m.len() <= VOCAB);
+        assert!(!m.is_empty() && m.len() <= VOCAB);
     }
     // predict through the model's maps gives the scores eval gives
     let line = std::fs::read_to_string(p("eval_raw.jsonl")).unwrap();
