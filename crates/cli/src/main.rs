@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dlrs_model::batch::parse_sample;
 use dlrs_model::metrics::auc;
 use dlrs_model::{
     Batch, DlrmConfig, Executor, MlpDtype, Model, RowFormat, Sample, TableMode, Verified,
@@ -54,6 +53,11 @@ enum Cmd {
         /// type of the MLP weights: fp32, or bf16 (f32 accumulation)
         #[arg(long, default_value = "fp32", value_parser = parse_mlp_dtype)]
         mlp_dtype: MlpDtype,
+        /// the id map of all tables, or of the listed ones (`0,3-5=SPEC`); repeatable, later
+        /// flags override. SPEC: index, hash, or
+        /// collisionless[:admit=K,ttl=N|Ns,evict=lfu|lru,miss=zero|default] (docs/id-maps.md)
+        #[arg(long = "id-map", value_name = "[TABLES=]SPEC")]
+        id_maps: Vec<String>,
     },
     /// Print one click probability per input line, in input order.
     Predict {
@@ -171,7 +175,8 @@ fn main() {
             rows_cap,
             dtype,
             mlp_dtype,
-        } => init(&preset, &out, seed, rows_cap, dtype, mlp_dtype),
+            id_maps,
+        } => init(&preset, &out, seed, rows_cap, dtype, mlp_dtype, &id_maps),
         Cmd::Predict {
             model,
             input,
@@ -220,6 +225,7 @@ fn init(
     rows_cap: Option<usize>,
     dtype: RowFormat,
     mlp_dtype: MlpDtype,
+    id_maps: &[String],
 ) -> Result<()> {
     let mut p = presets::preset(name)?;
     if let Some(cap) = rows_cap {
@@ -229,7 +235,10 @@ fn init(
         p.config.tables.iter_mut().for_each(|r| *r = (*r).min(cap));
     }
     let t0 = Instant::now();
-    let config = p.config.with_format(dtype).with_mlp_dtype(mlp_dtype);
+    let config = dlrs_model::tables::idmap::apply_id_map_flags(
+        p.config.with_format(dtype).with_mlp_dtype(mlp_dtype),
+        id_maps,
+    )?;
     let bytes: usize = config
         .tables
         .iter()
@@ -321,7 +330,9 @@ fn for_each_batch(
                 path.display()
             );
         }
-        let s = parse_sample(&line, &model.config)
+        // collisionless tables' raw ids go through the model's maps
+        let s = model
+            .parse_sample(&line)
             .map_err(|e| e.at_line(n))
             .with_context(|| path.display().to_string())?;
         batch
@@ -424,6 +435,23 @@ fn verify(dir: &Path, require_manifest: bool) -> Result<()> {
             bytes as f64 / 1e9,
             t0.elapsed().as_secs_f64()
         ),
+    }
+    // the collisionless tables' id maps were checked as the model loaded (checksum, then
+    // contents): a bad one failed verify_dir above
+    let config = dlrs_model::DlrmConfig::load(&dir.join(dlrs_model::CONFIG_FILE))?;
+    let maps: Vec<usize> = (0..config.n_tables())
+        .filter(|&t| config.id_map(t).collisionless().is_some())
+        .collect();
+    if !maps.is_empty() {
+        let present = maps
+            .iter()
+            .filter(|&&t| dlrs_model::tables::idmap::file::path(dir, t).exists())
+            .count();
+        println!(
+            "{}: id maps ok ({present} of {} collisionless tables have a map file, checksum and contents verified; the others start empty)",
+            dir.display(),
+            maps.len()
+        );
     }
     Ok(())
 }

@@ -245,6 +245,33 @@ impl Batch {
         Ok(())
     }
 
+    /// Replaces table `t`'s bags (the rows a collisionless map resolved), checking them
+    /// as [`Batch::from_parts`] does.
+    pub fn set_bags(&mut self, cfg: &DlrmConfig, t: usize, bags: Bags) -> Result<()> {
+        if t >= self.bags.len() {
+            return Err(ModelError::input(
+                "sparse",
+                format!(
+                    "table {t} does not exist (the model has {})",
+                    self.bags.len()
+                ),
+            ));
+        }
+        check_offsets(t, &bags.offsets, self.size, bags.ids.len())?;
+        let rows = cfg.tables[t];
+        if let Some(j) = bags.ids.iter().position(|&id| id as usize >= rows) {
+            return Err(id_out_of_range(
+                t,
+                &bags.offsets,
+                j,
+                bags.ids[j].into(),
+                rows,
+            ));
+        }
+        self.bags[t] = bags;
+        Ok(())
+    }
+
     pub fn clear(&mut self) {
         self.size = 0;
         self.dense.truncate(0);
@@ -344,7 +371,31 @@ fn validate_sample(cfg: &DlrmConfig, s: &Sample) -> Result<()> {
 /// Parses one JSON line `{"dense": [..], "sparse": [[..], ..], "label": 0|1}` (label
 /// optional) and validates it against `cfg`. Errors name the field; the caller attaches
 /// the line number with [`ModelError::at_line`].
+///
+/// A bag of an `index` table holds rows; a bag of a `hash` table holds raw ids (integers
+/// 0 ..= 2^64-1, read exactly, or strings of at most
+/// [`MAX_STRING_ID_BYTES`](crate::tables::idmap::MAX_STRING_ID_BYTES) bytes), hashed to rows
+/// here. Raw ids of a `collisionless` table need the model's map: use
+/// [`crate::Model::parse_sample`] or [`parse_sample_keys`]; here they are an error.
 pub fn parse_sample(line: &str, cfg: &DlrmConfig) -> Result<Sample> {
+    let (s, keys) = parse_sample_keys(line, cfg)?;
+    if let Some(t) = keys.iter().position(|k| !k.is_empty()) {
+        return Err(ModelError::input(
+            format!("sparse[{t}]"),
+            format!(
+                "table {t} has a collisionless id map: its raw ids need the model's map (this path takes rows)"
+            ),
+        ));
+    }
+    Ok(s)
+}
+
+/// [`parse_sample`] that also takes the raw ids of collisionless tables: returns the sample
+/// (whose bags of collisionless tables are empty) and, per table, the keys of its
+/// collisionless map ([`collisionless_key`](crate::tables::idmap::collisionless_key);
+/// empty for other tables), to be turned into rows by the model.
+pub fn parse_sample_keys(line: &str, cfg: &DlrmConfig) -> Result<(Sample, Vec<Vec<u64>>)> {
+    use crate::tables::idmap::{IdMapSpec, collisionless_key, hash_row, raw_id_from_json};
     let v: Value = serde_json::from_str(line)
         .map_err(|e| ModelError::input("", format!("malformed JSON: {e}")))?;
     let Value::Object(map) = v else {
@@ -392,6 +443,7 @@ pub fn parse_sample(line: &str, cfg: &DlrmConfig) -> Result<Sample> {
         ));
     };
     let mut sparse = Vec::with_capacity(sparse_a.len());
+    let mut keys = Vec::with_capacity(sparse_a.len());
     for (t, bag) in sparse_a.iter().enumerate() {
         let Value::Array(ids_a) = bag else {
             return Err(ModelError::input(
@@ -399,22 +451,36 @@ pub fn parse_sample(line: &str, cfg: &DlrmConfig) -> Result<Sample> {
                 "must be an array of ids",
             ));
         };
+        let rows = cfg.tables.get(t).copied().unwrap_or(usize::MAX);
+        let spec = cfg.id_map(t);
         let mut ids = Vec::with_capacity(ids_a.len());
+        let mut tkeys = Vec::new();
         for (j, x) in ids_a.iter().enumerate() {
             let field = || format!("sparse[{t}][{j}]");
-            let id = x.as_u64().ok_or_else(|| {
-                ModelError::input(field(), format!("`{x}` is not a non-negative integer id"))
-            })?;
-            let rows = cfg.tables.get(t).copied().unwrap_or(usize::MAX);
-            if id >= rows as u64 {
-                return Err(ModelError::input(
-                    field(),
-                    format!("id {id} out of range for table {t} with {rows} rows"),
-                ));
+            match spec {
+                IdMapSpec::Index => {
+                    let id = x.as_u64().ok_or_else(|| {
+                        ModelError::input(
+                            field(),
+                            format!("`{x}` is not a non-negative integer id"),
+                        )
+                    })?;
+                    if id >= rows as u64 {
+                        return Err(ModelError::input(
+                            field(),
+                            format!("id {id} out of range for table {t} with {rows} rows"),
+                        ));
+                    }
+                    ids.push(id as u32);
+                }
+                IdMapSpec::Hash => ids.push(hash_row(raw_id_from_json(x, t, &field)?, t, rows)),
+                IdMapSpec::Collisionless(_) => {
+                    tkeys.push(collisionless_key(raw_id_from_json(x, t, &field)?, t))
+                }
             }
-            ids.push(id as u32);
         }
         sparse.push(ids);
+        keys.push(tkeys);
     }
     let label = match map.get("label") {
         None => None,
@@ -429,7 +495,7 @@ pub fn parse_sample(line: &str, cfg: &DlrmConfig) -> Result<Sample> {
         label,
     };
     validate_sample(cfg, &s)?;
-    Ok(s)
+    Ok((s, keys))
 }
 
 #[cfg(test)]
@@ -523,6 +589,55 @@ mod tests {
                 got.starts_with("line 7") && got.contains(want),
                 "{line}: got `{got}`, want `{want}`"
             );
+        }
+    }
+
+    #[test]
+    fn raw_ids_of_hash_and_collisionless_tables() {
+        let c = DlrmConfig::from_json_str(
+            r#"{"arch_mlp_bot":"2-4","arch_mlp_top":"3-1","arch_embedding_size":"5-1000-7",
+                "arch_sparse_feature_size":4,"arch_interaction_op":"cat",
+                "dlrs_id_map":["index","hash","collisionless"]}"#,
+        )
+        .unwrap();
+        use crate::tables::idmap::{RawId, hash_row};
+        let (a, b) = ((1u64 << 62) + 2, (1u64 << 62) + 3);
+        let line = format!(
+            r#"{{"dense":[1,2],"sparse":[[4],[{a},{b},"user-9",18446744073709551615],[{a},{b},"x"]]}}"#
+        );
+        let (s, keys) = parse_sample_keys(&line, &c).unwrap();
+        assert_eq!(
+            s.sparse,
+            vec![
+                vec![4],
+                vec![
+                    hash_row(RawId::Int(a), 1, 1000),
+                    hash_row(RawId::Int(b), 1, 1000),
+                    hash_row(RawId::Str("user-9"), 1, 1000),
+                    hash_row(RawId::Int(u64::MAX), 1, 1000)
+                ],
+                vec![]
+            ]
+        );
+        assert_eq!(keys[2][..2], [a, b]);
+        assert_eq!(keys[2].len(), 3);
+        assert!(keys[0].is_empty() && keys[1].is_empty());
+        // the row-only parser refuses what it cannot resolve, naming the table
+        let e = parse_sample(&line, &c).unwrap_err().to_string();
+        assert!(
+            e.contains("sparse[2]") && e.contains("collisionless"),
+            "{e}"
+        );
+        for (bad, want) in [
+            (r#"[[0],[-3],[]]"#, "sparse[1][0]"),
+            (r#"[[0],[1.5],[]]"#, "sparse[1][0]"),
+            (r#"[[0],[],[true]]"#, "sparse[2][0]"),
+            (r#"[[0],[],[18446744073709551616]]"#, "sparse[2][0]"),
+            (r#"[["a"],[],[]]"#, "sparse[0][0]"),
+        ] {
+            let line = format!(r#"{{"dense":[1,2],"sparse":{bad}}}"#);
+            let e = parse_sample_keys(&line, &c).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
         }
     }
 

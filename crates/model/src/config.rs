@@ -20,9 +20,17 @@
 //! `bf16`, the weights (not the biases) are stored as BF16 tensors and the layers compute in
 //! bf16 with f32 accumulation (the activations are rounded to bf16 too, as PyTorch's bf16
 //! autocast does).
+//!
+//! A third is `"dlrs_id_map"`: how each table's raw feature ids become rows, one spec for
+//! all tables (`"hash"`) or one per table (`["index", "collisionless:admit=2", ...]`):
+//! `index` (absent: ids are rows), `hash`, or `collisionless[:options]` (see
+//! [`crate::tables::idmap`] and docs/id-maps.md). Written only when some table is not
+//! `index`.
 
 pub use dlrs_kernels::gather::RowFormat;
 use serde_json::{Map, Value, json};
+
+pub use crate::tables::idmap::IdMapSpec;
 
 use crate::error::{ModelError, Result};
 
@@ -62,6 +70,8 @@ pub struct DlrmConfig {
     pub table_formats: Vec<RowFormat>,
     /// the MLP weights' type
     pub mlp_dtype: MlpDtype,
+    /// each table's id map; empty means every table is `index` (see [`DlrmConfig::id_map`])
+    pub id_maps: Vec<IdMapSpec>,
 }
 
 /// The type of the MLP weights.
@@ -95,7 +105,10 @@ pub const MLP_DTYPE_FIELD: &str = "dlrs_mlp_dtype";
 /// The dlrs extension field naming the tables' row formats.
 pub const DTYPE_FIELD: &str = "dlrs_embedding_dtype";
 
-const FIELDS: [&str; 8] = [
+/// The dlrs extension field naming the tables' id maps.
+pub const ID_MAP_FIELD: &str = "dlrs_id_map";
+
+const FIELDS: [&str; 9] = [
     "arch_mlp_bot",
     "arch_mlp_top",
     "arch_embedding_size",
@@ -104,6 +117,7 @@ const FIELDS: [&str; 8] = [
     "arch_interaction_itself",
     DTYPE_FIELD,
     MLP_DTYPE_FIELD,
+    ID_MAP_FIELD,
 ];
 
 /// Ids are stored as u32, so a table holds at most 2^32 rows.
@@ -252,6 +266,32 @@ impl DlrmConfig {
                 )
             })?,
         };
+        let parse_map = |t: Option<usize>, v: &Value| -> Result<IdMapSpec> {
+            let at = t.map_or_else(String::new, |t| format!("table {t}: "));
+            let s = v.as_str().ok_or_else(|| {
+                ModelError::config(
+                    ID_MAP_FIELD,
+                    format!("{at}`{v}` is not an id map spec string"),
+                )
+            })?;
+            IdMapSpec::parse(s).map_err(|e| ModelError::config(ID_MAP_FIELD, format!("{at}{e}")))
+        };
+        let id_maps = match map.get(ID_MAP_FIELD) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => {
+                if a.len() != tables.len() {
+                    return Err(ModelError::config(
+                        ID_MAP_FIELD,
+                        format!("{} id maps for {} tables", a.len(), tables.len()),
+                    ));
+                }
+                a.iter()
+                    .enumerate()
+                    .map(|(t, v)| parse_map(Some(t), v))
+                    .collect::<Result<Vec<_>>>()?
+            }
+            Some(v) => vec![parse_map(None, v)?; tables.len()],
+        };
         let c = DlrmConfig {
             bot,
             top,
@@ -261,6 +301,7 @@ impl DlrmConfig {
             interaction_itself,
             table_formats,
             mlp_dtype,
+            id_maps,
         };
         c.validate()?;
         Ok(c)
@@ -336,6 +377,20 @@ impl DlrmConfig {
                 "needs one row format per table",
             ));
         }
+        if !self.id_maps.is_empty() && self.id_maps.len() != self.tables.len() {
+            return Err(ModelError::config(
+                ID_MAP_FIELD,
+                format!(
+                    "{} id maps for {} tables",
+                    self.id_maps.len(),
+                    self.tables.len()
+                ),
+            ));
+        }
+        for (t, m) in self.id_maps.iter().enumerate() {
+            m.check_rows(t, self.tables[t])
+                .map_err(|e| ModelError::config(ID_MAP_FIELD, e))?;
+        }
         if self.interaction_itself && self.interaction == Interaction::Cat {
             return Err(ModelError::config(
                 "arch_interaction_itself",
@@ -343,6 +398,28 @@ impl DlrmConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Table `t`'s id map (`index` when the config names none).
+    pub fn id_map(&self, t: usize) -> &IdMapSpec {
+        static INDEX: IdMapSpec = IdMapSpec::Index;
+        self.id_maps.get(t).unwrap_or(&INDEX)
+    }
+
+    /// Whether some table takes raw ids through a collisionless map (whose state the model
+    /// holds: such ids need the model, not only the config, to become rows).
+    pub fn has_collisionless(&self) -> bool {
+        self.id_maps.iter().any(|m| m.collisionless().is_some())
+    }
+
+    /// Sets the id maps (`maps` empty or one per table); checked by [`DlrmConfig::validate`].
+    pub fn with_id_maps(mut self, maps: Vec<IdMapSpec>) -> Self {
+        self.id_maps = if maps.iter().all(|m| *m == IdMapSpec::Index) {
+            Vec::new()
+        } else {
+            maps
+        };
+        self
     }
 
     /// Number of dense features per sample.
@@ -447,6 +524,14 @@ impl DlrmConfig {
         }
         if self.mlp_dtype != MlpDtype::F32 {
             v[MLP_DTYPE_FIELD] = json!(self.mlp_dtype.name());
+        }
+        if self.id_maps.iter().any(|m| *m != IdMapSpec::Index) {
+            let first = self.id_maps[0];
+            v[ID_MAP_FIELD] = if self.id_maps.iter().all(|m| *m == first) {
+                json!(first.name())
+            } else {
+                json!(self.id_maps.iter().map(|m| m.name()).collect::<Vec<_>>())
+            };
         }
         serde_json::to_string_pretty(&v).expect("a JSON value serializes") + "\n"
     }
@@ -574,6 +659,49 @@ mod tests {
             ))
             .contains("`dlrs_mlp_dtype`")
         );
+    }
+
+    #[test]
+    fn id_maps_one_or_per_table_and_errors_name_the_table() {
+        let with = |v: &str| {
+            OK.replace(
+                "\"arch_interaction_itself\": false",
+                &format!("\"dlrs_id_map\": {v}"),
+            )
+        };
+        let all = DlrmConfig::from_json_str(&with("\"hash\"")).unwrap();
+        assert_eq!(all.id_maps, vec![IdMapSpec::Hash; 3]);
+        assert_eq!(
+            DlrmConfig::from_json_str(&all.to_json_string()).unwrap(),
+            all
+        );
+        assert!(all.to_json_string().contains("\"dlrs_id_map\": \"hash\""));
+        let per = DlrmConfig::from_json_str(&with(
+            "[\"index\", \"collisionless:admit=2,ttl=5\", \"hash\"]",
+        ))
+        .unwrap();
+        assert_eq!(*per.id_map(0), IdMapSpec::Index);
+        assert_eq!(per.id_map(1).collisionless().unwrap().admit, 2);
+        assert!(per.has_collisionless());
+        assert_eq!(
+            DlrmConfig::from_json_str(&per.to_json_string()).unwrap(),
+            per
+        );
+        let plain = DlrmConfig::from_json_str(OK).unwrap();
+        assert!(!plain.to_json_string().contains("dlrs_id_map"));
+        assert_eq!(*plain.id_map(2), IdMapSpec::Index);
+        assert!(err(&with("[\"hash\"]")).contains("1 id maps for 3 tables"));
+        let e = err(&with("[\"index\", \"hash\", \"collisionless:admit=99\"]"));
+        assert!(
+            e.contains("`dlrs_id_map`") && e.contains("table 2") && e.contains("1..=15"),
+            "{e}"
+        );
+        assert!(err(&with("7")).contains("not an id map spec"));
+        let one_row = OK.replace("1460-583-10131227", "1460-1-5").replace(
+            "\"arch_interaction_itself\": false",
+            "\"dlrs_id_map\": \"collisionless:miss=default\"",
+        );
+        assert!(err(&one_row).contains("table 1: miss=default"));
     }
 
     #[test]

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use crate::batch::{Batch, Sample};
 use crate::config::{DlrmConfig, MlpDtype, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::presets::{Preset, preset};
+use crate::tables::idmap::{CollisionlessMap, KeyBags, file as idmap_file};
 use crate::tables::{Cached, RowCache, TableView, TrafficCounter, build_caches};
 use crate::weights::{TableMode, Weights, atomic_write_bytes};
 
@@ -42,6 +44,9 @@ pub struct Model {
     pub dir: Option<PathBuf>,
     /// hot-row caches, one slot per table (see [`Model::build_row_caches`])
     pub row_caches: Vec<Option<RowCache>>,
+    /// the collisionless id maps, one slot per table (`None` for other maps; see
+    /// [`crate::tables::idmap`])
+    pub id_maps: Vec<Option<CollisionlessMap>>,
 }
 
 impl Model {
@@ -58,11 +63,13 @@ impl Model {
     pub fn load_with(dir: &Path, mode: TableMode) -> Result<Self> {
         let config = DlrmConfig::load(&dir.join(CONFIG_FILE))?;
         let weights = Weights::load_safetensors(&dir.join(WEIGHTS_FILE), &config, mode)?;
+        let id_maps = load_id_maps(dir, &config)?;
         Ok(Model {
             config,
             weights,
             dir: Some(dir.to_path_buf()),
             row_caches: Vec::new(),
+            id_maps,
         })
     }
 
@@ -130,11 +137,13 @@ impl Model {
     pub fn random(config: DlrmConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let weights = Weights::random(&config, seed)?;
+        let id_maps = empty_id_maps(&config);
         Ok(Model {
             config,
             weights,
             dir: None,
             row_caches: Vec::new(),
+            id_maps,
         })
     }
 
@@ -152,11 +161,17 @@ impl Model {
         atomic_write_bytes(&dir.join(CONFIG_FILE), config.to_json_string().as_bytes())
     }
 
-    /// Writes the model directory; each file atomically.
+    /// Writes the model directory; each file atomically (the collisionless tables' id maps
+    /// too, as `idmap.<t>.bin`).
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         self.weights
             .save_safetensors(&dir.join(WEIGHTS_FILE), &self.config)?;
+        for (t, m) in self.id_maps.iter().enumerate() {
+            if let Some(m) = m {
+                idmap_file::save(dir, t, m)?;
+            }
+        }
         atomic_write_bytes(
             &dir.join(CONFIG_FILE),
             self.config.to_json_string().as_bytes(),
@@ -306,6 +321,39 @@ impl Model {
             .collect()
     }
 
+    /// Parses one JSON line as [`crate::batch::parse_sample`] does, and turns the raw ids of
+    /// collisionless tables into rows through their maps (read-only: an id the map does not
+    /// hold is a miss, which looks up the map's miss row or nothing; never an error).
+    pub fn parse_sample(&self, line: &str) -> Result<Sample> {
+        let (mut s, keys) = crate::batch::parse_sample_keys(line, &self.config)?;
+        let mut scratch = Vec::new();
+        for (t, k) in keys.iter().enumerate() {
+            if let Some(Some(m)) = self.id_maps.get(t)
+                && !k.is_empty()
+            {
+                let r = m.resolve(&[0, k.len() as u32], k, &mut scratch);
+                s.sparse[t] = r.bags.ids.to_vec();
+            }
+        }
+        Ok(s)
+    }
+
+    /// Sets the bags of `batch`'s collisionless tables from their keys (`keys[t]`, one
+    /// [`KeyBags`] per table; those of other tables are ignored), read-only as
+    /// [`Model::parse_sample`] does. Returns the misses.
+    pub fn resolve_keys(&self, batch: &mut Batch, keys: &[KeyBags]) -> Result<usize> {
+        let mut scratch = Vec::new();
+        let mut misses = 0;
+        for (t, k) in keys.iter().enumerate() {
+            if let Some(Some(m)) = self.id_maps.get(t) {
+                let r = m.resolve(&k.offsets, &k.keys, &mut scratch);
+                misses += r.misses;
+                batch.set_bags(&self.config, t, r.bags)?;
+            }
+        }
+        Ok(misses)
+    }
+
     /// The error of a batch that touched table `t`'s corrupt shard `shard`.
     pub(crate) fn corrupt(&self, t: usize, shard: usize) -> ModelError {
         ModelError::Corrupt {
@@ -317,4 +365,30 @@ impl Model {
             msg: format!("shard {shard} does not match its checksum"),
         }
     }
+}
+
+/// Empty maps for the collisionless tables of `config`.
+pub fn empty_id_maps(config: &DlrmConfig) -> Vec<Option<CollisionlessMap>> {
+    (0..config.n_tables())
+        .map(|t| {
+            config
+                .id_map(t)
+                .collisionless()
+                .map(|c| CollisionlessMap::new(*c, config.tables[t]))
+        })
+        .collect()
+}
+
+/// The collisionless tables' maps from `dir` (an empty map where the file is absent);
+/// a bad file is an error naming it and the table.
+fn load_id_maps(dir: &Path, config: &DlrmConfig) -> Result<Vec<Option<CollisionlessMap>>> {
+    (0..config.n_tables())
+        .map(|t| {
+            config
+                .id_map(t)
+                .collisionless()
+                .map(|c| idmap_file::load(dir, t, *c, config.tables[t]))
+                .transpose()
+        })
+        .collect()
 }

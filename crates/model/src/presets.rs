@@ -47,6 +47,7 @@ fn cfg(
         interaction: op,
         interaction_itself: false,
         mlp_dtype: Default::default(),
+        id_maps: Vec::new(),
     }
 }
 

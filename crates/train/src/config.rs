@@ -20,6 +20,9 @@ pub struct TrainConfig {
     pub preset: Option<String>,
     /// with `preset`: cap every table at this many rows
     pub rows_cap: Option<usize>,
+    /// with `preset`: id maps, `[TABLES=]SPEC` each, applied in order (see
+    /// `dlrs_model::tables::idmap::parse_id_map_flag`); default: every table `index`
+    pub id_maps: Vec<String>,
     /// continue the run whose checkpoint is this directory (usually the same as `out`); the
     /// settings and the `train` data must be the checkpoint's (see `new_data`)
     pub resume: Option<PathBuf>,
@@ -80,6 +83,7 @@ impl TrainConfig {
             model: None,
             preset: None,
             rows_cap: None,
+            id_maps: Vec::new(),
             resume: None,
             new_data: false,
             train: train.into(),
@@ -176,6 +180,14 @@ pub struct SynthConfig {
     pub logit_scale: f32,
     /// random teacher: mean click probability (its final bias is set for it); default 0.25
     pub ctr: f64,
+    /// write raw 64-bit ids instead of rows: row `j` of table `t` (the teacher's embedding
+    /// of that id) is written as [`synth_raw_id`](crate::synth::synth_raw_id)`(teacher, t,
+    /// j)`, one random-looking id per row, so the table's row count is the vocabulary
+    pub raw_ids: bool,
+    /// vocabulary drift: over the file every id drawn moves by `drift * rows` rows (row `j`
+    /// of a sample a fraction `f` into the file becomes `(j + floor(f * drift * rows)) mod
+    /// rows`, labels from the moved rows), so the hot ids of the end are new ones; default 0
+    pub drift: f64,
 }
 
 impl SynthConfig {
@@ -199,6 +211,8 @@ impl SynthConfig {
             emb_scale: shape.emb_scale,
             logit_scale: shape.logit_scale,
             ctr: shape.ctr,
+            raw_ids: false,
+            drift: 0.0,
         }
     }
 }

@@ -15,6 +15,13 @@
 //!   hex string's value as a u64 (1 to 16 hex digits, either case). An empty categorical
 //!   is the "missing" category of its table: `id = xxh3_64_with_seed(b"", table index) mod rows`
 //!   (the hash of the empty byte string). Each categorical gives a bag of exactly one id.
+//!   That is the `hash` id map applied to the raw id `v` (an empty field is the empty
+//!   string id), so a table with `index` or `hash` map gets the same rows; a table with a
+//!   `collisionless` map gets the raw id `v` itself as its key (an empty field: the key of
+//!   the empty string), and the model's map turns it into a row.
+//! - Raw ids in JSON Lines: see `dlrs_model::batch::parse_sample`; the keys of
+//!   collisionless tables travel with the batch ([`LabelledBatch::keys`]) to the trainer,
+//!   which admits and inserts them, or to the evaluator, which only looks them up.
 //!
 //! Input compressed with gzip or zstd is recognised by its magic bytes and decompressed on
 //! the fly. A bad line (malformed JSON, a wrong column count, a non-integer dense value, a
@@ -30,11 +37,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use dlrs_model::batch::parse_sample;
+use dlrs_model::batch::parse_sample_keys;
+use dlrs_model::tables::idmap::{IdMapSpec, KeyBags, RawId, collisionless_key, hash_row};
 use dlrs_model::{Batch, DlrmConfig, ModelError, Sample};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::error::{Result, TrainError};
 
@@ -162,23 +169,48 @@ pub fn open_input(path: &Path, counter: Arc<AtomicU64>) -> Result<Box<dyn BufRea
     })
 }
 
-/// The row of a Criteo categorical value in a table of `rows` rows (see the module doc).
+/// The raw id of a Criteo categorical value: the integer its hex string spells (1 to 16
+/// digits, either case), or the empty string id for an empty field.
+pub fn criteo_raw_id(field: &str) -> Result<RawId<'static>, String> {
+    if field.is_empty() {
+        return Ok(RawId::Str(""));
+    }
+    if field.len() > 16 || !field.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("`{field}` is not a hex string of 1 to 16 digits"));
+    }
+    let v = u64::from_str_radix(field, 16).map_err(|e| format!("`{field}`: {e}"))?;
+    Ok(RawId::Int(v))
+}
+
+/// The row of a Criteo categorical value in a table of `rows` rows (see the module doc):
+/// the `hash` id map of its raw id.
 pub fn criteo_hash(field: &str, table: usize, rows: usize) -> Result<u32, String> {
-    let h = if field.is_empty() {
-        xxh3_64_with_seed(b"", table as u64)
-    } else {
-        if field.len() > 16 || !field.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("`{field}` is not a hex string of 1 to 16 digits"));
-        }
-        let v = u64::from_str_radix(field, 16).map_err(|e| format!("`{field}`: {e}"))?;
-        xxh3_64_with_seed(&v.to_le_bytes(), table as u64)
-    };
-    Ok((h % rows as u64) as u32)
+    Ok(hash_row(criteo_raw_id(field)?, table, rows))
 }
 
 /// Parses one Criteo TSV line into `s` (bags of one id each). Errors name the column
-/// (1-based) and what was wrong.
+/// (1-based) and what was wrong. A model with collisionless tables needs
+/// [`parse_criteo_keys`].
 pub fn parse_criteo(line: &str, cfg: &DlrmConfig, s: &mut Sample) -> Result<(), LineError> {
+    let mut keys = Vec::new();
+    parse_criteo_keys(line, cfg, s, &mut keys)?;
+    if let Some(t) = keys.iter().position(|k| !k.is_empty()) {
+        return Err(LineError::new(
+            format!("categorical {t}"),
+            "its table has a collisionless id map: the raw id needs the model's map",
+        ));
+    }
+    Ok(())
+}
+
+/// [`parse_criteo`], with the keys of collisionless tables into `keys` (one list per
+/// table, empty for the others; their bags in `s` are empty).
+pub fn parse_criteo_keys(
+    line: &str,
+    cfg: &DlrmConfig,
+    s: &mut Sample,
+    keys: &mut Vec<Vec<u64>>,
+) -> Result<(), LineError> {
     let nd = cfg.n_dense();
     let nt = cfg.n_tables();
     let want = 1 + nd + nt;
@@ -220,12 +252,17 @@ pub fn parse_criteo(line: &str, cfg: &DlrmConfig, s: &mut Sample) -> Result<(), 
         s.dense.push(v);
     }
     s.sparse.resize_with(nt, Vec::new);
-    for (t, bag) in s.sparse.iter_mut().enumerate() {
+    keys.resize_with(nt, Vec::new);
+    for (t, (bag, k)) in s.sparse.iter_mut().zip(keys.iter_mut()).enumerate() {
         let f = cols.next().unwrap_or("");
-        let id = criteo_hash(f, t, cfg.tables[t])
+        let raw = criteo_raw_id(f)
             .map_err(|e| LineError::new(format!("column {} (categorical {t})", t + 2 + nd), e))?;
         bag.clear();
-        bag.push(id);
+        k.clear();
+        match cfg.id_map(t) {
+            IdMapSpec::Index | IdMapSpec::Hash => bag.push(hash_row(raw, t, cfg.tables[t])),
+            IdMapSpec::Collisionless(_) => k.push(collisionless_key(raw, t)),
+        }
     }
     Ok(())
 }
@@ -245,6 +282,8 @@ pub struct SampleReader {
     pub skipped_examples: Vec<String>,
     /// bytes read from the file
     pub bytes: Arc<AtomicU64>,
+    /// the keys of the collisionless tables of the last sample read (one list per table)
+    pub keys: Vec<Vec<u64>>,
 }
 
 impl SampleReader {
@@ -272,6 +311,7 @@ impl SampleReader {
             skipped: 0,
             skipped_examples: Vec::new(),
             bytes,
+            keys: Vec::new(),
         })
     }
 
@@ -301,14 +341,15 @@ impl SampleReader {
                 continue;
             }
             let res = match self.format {
-                DataFormat::Criteo => parse_criteo(line, &self.cfg, s),
-                _ => match parse_sample(line, &self.cfg) {
-                    Ok(p) if p.label.is_none() => Err(LineError::new(
+                DataFormat::Criteo => parse_criteo_keys(line, &self.cfg, s, &mut self.keys),
+                _ => match parse_sample_keys(line, &self.cfg) {
+                    Ok((p, _)) if p.label.is_none() => Err(LineError::new(
                         "field `label`",
                         "missing (training and evaluation data need \"label\": 0 or 1)",
                     )),
-                    Ok(p) => {
+                    Ok((p, k)) => {
                         *s = p;
+                        self.keys = k;
                         Ok(())
                     }
                     Err(e) => Err(LineError::of_sample(e)),
@@ -340,6 +381,24 @@ impl SampleReader {
 pub struct LabelledBatch {
     pub batch: Batch,
     pub labels: Vec<f32>,
+    /// the keys of the collisionless tables, one [`KeyBags`] per table (empty when the
+    /// model has none); their bags in `batch` are empty until the model resolves them
+    pub keys: Vec<KeyBags>,
+}
+
+impl LabelledBatch {
+    /// An empty batch for `cfg`.
+    pub fn empty(cfg: &DlrmConfig, capacity: usize) -> Self {
+        LabelledBatch {
+            batch: Batch::empty(cfg),
+            labels: Vec::with_capacity(capacity),
+            keys: if cfg.has_collisionless() {
+                vec![KeyBags::new(); cfg.n_tables()]
+            } else {
+                Vec::new()
+            },
+        }
+    }
 }
 
 /// How a stream of batches is read.
@@ -431,18 +490,27 @@ fn produce(
     tx: &SyncSender<Result<LabelledBatch>>,
     st: &StreamStats,
 ) -> std::result::Result<(), ()> {
-    let mut cur = LabelledBatch {
-        batch: Batch::empty(cfg),
-        labels: Vec::with_capacity(opts.batch),
-    };
+    let mut cur = LabelledBatch::empty(cfg, opts.batch);
     let mut skip = opts.skip_samples;
     let path = reader.path.clone();
-    let mut emit = |s: &Sample, cur: &mut LabelledBatch| -> std::result::Result<(), ()> {
+    let keyed = cfg.has_collisionless();
+    let mut emit = |(s, keys): &(Sample, Vec<Vec<u64>>),
+                    cur: &mut LabelledBatch|
+     -> std::result::Result<(), ()> {
         if skip > 0 {
             skip -= 1;
             return Ok(());
         }
-        if let Err(e) = cur.batch.push(cfg, s) {
+        let mut pushed = cur.batch.push(cfg, s);
+        if keyed && pushed.is_ok() {
+            for (kb, k) in cur.keys.iter_mut().zip(keys) {
+                if let Err(e) = kb.push(k) {
+                    pushed = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = pushed {
             // parse_criteo / parse_sample validated already: a bug if reached
             let _ = tx.send(Err(TrainError::Batch {
                 path: path.clone(),
@@ -452,27 +520,24 @@ fn produce(
         }
         cur.labels.push(s.label.unwrap_or(0.0));
         if cur.labels.len() == opts.batch {
-            let full = std::mem::replace(
-                cur,
-                LabelledBatch {
-                    batch: Batch::empty(cfg),
-                    labels: Vec::with_capacity(opts.batch),
-                },
-            );
+            let full = std::mem::replace(cur, LabelledBatch::empty(cfg, opts.batch));
             tx.send(Ok(full)).map_err(|_| ())?;
         }
         Ok(())
     };
     let mut rng = opts.shuffle.map(|(seed, _)| SmallRng::seed_from_u64(seed));
     let window = opts.shuffle.map_or(0, |(_, w)| w.max(1));
-    let mut pool: Vec<Sample> = Vec::new();
-    let mut s = Sample {
-        dense: Vec::new(),
-        sparse: Vec::new(),
-        label: None,
-    };
+    let mut pool: Vec<(Sample, Vec<Vec<u64>>)> = Vec::new();
+    let mut s = (
+        Sample {
+            dense: Vec::new(),
+            sparse: Vec::new(),
+            label: None,
+        },
+        Vec::new(),
+    );
     loop {
-        let more = match reader.next_into(&mut s) {
+        let more = match reader.next_into(&mut s.0) {
             Ok(m) => m,
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -484,6 +549,9 @@ fn produce(
             break;
         }
         st.samples.fetch_add(1, Ordering::Relaxed);
+        if keyed {
+            std::mem::swap(&mut s.1, &mut reader.keys);
+        }
         match &mut rng {
             None => emit(&s, &mut cur)?,
             Some(rng) => {

@@ -34,7 +34,9 @@ pub fn evaluate(
     let mut ws = Workspace::default();
     let (mut scores, mut labels) = (Vec::new(), Vec::new());
     let t0 = Instant::now();
-    while let Some(lb) = stream.next_batch()? {
+    while let Some(mut lb) = stream.next_batch()? {
+        // collisionless tables: look the ids up (no admission while evaluating)
+        model.resolve_keys(&mut lb.batch, &lb.keys)?;
         let s = model.forward(&lb.batch, &mut ws, exec)?;
         scores.extend_from_slice(s);
         labels.extend_from_slice(&lb.labels);

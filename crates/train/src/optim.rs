@@ -103,6 +103,8 @@ pub struct Optimizer {
     dense_state: Vec<Vec<Vec<f32>>>,
     /// per table: `[rows * D]` (adagrad), `[rows]` (rowwise-adagrad) or empty (sgd)
     sparse_state: Vec<Vec<f32>>,
+    /// per table: its rows
+    table_rows: Vec<usize>,
 }
 
 /// Optimizer state tensors `(name, shape, values)`.
@@ -192,6 +194,7 @@ impl Optimizer {
             step: 0,
             dense_state,
             sparse_state,
+            table_rows: w.tables.iter().map(|t| t.rows()).collect(),
         }
     }
 
@@ -199,6 +202,36 @@ impl Optimizer {
     /// (`adagrad`).
     pub fn table_state(&self, t: usize) -> &[f32] {
         &self.sparse_state[t]
+    }
+
+    /// Values of optimizer state per row of table `t` (0 for SGD).
+    fn row_width(&self, t: usize, rows: usize) -> usize {
+        self.sparse_state[t].len() / rows.max(1)
+    }
+
+    /// Zeroes the optimizer state of `rows` of table `t` (rows given to new ids).
+    pub fn reset_rows(&mut self, t: usize, rows: &[u32]) {
+        let n = self.table_rows(t);
+        let w = self.row_width(t, n);
+        for &r in rows {
+            self.sparse_state[t][r as usize * w..][..w].fill(0.0);
+        }
+    }
+
+    /// Row `r` of table `t`'s optimizer state.
+    pub fn row_state(&self, t: usize, r: u32) -> Vec<f32> {
+        let w = self.row_width(t, self.table_rows(t));
+        self.sparse_state[t][r as usize * w..][..w].to_vec()
+    }
+
+    /// Sets row `r` of table `t`'s optimizer state.
+    pub fn set_row_state(&mut self, t: usize, r: u32, v: &[f32]) {
+        let w = self.row_width(t, self.table_rows(t));
+        self.sparse_state[t][r as usize * w..][..w].copy_from_slice(v);
+    }
+
+    fn table_rows(&self, t: usize) -> usize {
+        self.table_rows[t]
     }
 
     /// Applies one step of gradients to `model`.

@@ -13,6 +13,13 @@
 //! `hash(seed, c)` and its labels from another stream of the same seed, so the output
 //! depends only on the teacher, the seed, `rows`, `ids_per_table` and the distribution.
 //!
+//! Raw ids (`raw_ids`): each row `j` of table `t` is written as the 64-bit id
+//! [`synth_raw_id`]`(teacher, t, j)` instead of `j`, so the rows are a vocabulary of random
+//! ids whose frequencies follow the id distribution (Zipf for a power law), and the
+//! teacher gives every raw id its own embedding: a student that maps two of them to one row
+//! really loses information. `drift` moves the ids over the file (new ones become hot, old
+//! ones fade), the case expiry exists for.
+//!
 //! [`run_synth`] is `dlrs synth`.
 
 use std::io::{BufWriter, Write};
@@ -107,6 +114,26 @@ fn chunk_seed(seed: u64, c: u64, stream: u64) -> u64 {
     )
 }
 
+/// The raw id `dlrs synth --raw-ids` writes for row `row` of table `table` of the teacher
+/// seeded `teacher`: `xxh3_64_with_seed(row as 8 LE bytes, teacher ^ (table + 1) *
+/// 0x9E3779B97F4A7C15)`. XXH3 of an 8-byte input is a bijection of the 64-bit value, so the
+/// rows of one table get distinct ids.
+pub fn synth_raw_id(teacher: u64, table: usize, row: u32) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(
+        &(row as u64).to_le_bytes(),
+        teacher ^ (table as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    )
+}
+
+/// How [`write_samples`] writes ids: rows, or raw ids with optional drift.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct IdOutput {
+    /// `Some(teacher)`: raw ids of [`synth_raw_id`] for that teacher seed
+    pub raw: Option<u64>,
+    /// see [`SynthConfig::drift`](crate::SynthConfig::drift)
+    pub drift: f64,
+}
+
 /// Writes `rows` labelled samples as JSON Lines to `out`; returns the number of clicks.
 pub fn write_samples(
     teacher: &Model,
@@ -114,6 +141,30 @@ pub fn write_samples(
     ids_per_table: usize,
     dist: IdDist,
     seed: u64,
+    exec: &Executor,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    write_samples_with(
+        teacher,
+        rows,
+        ids_per_table,
+        dist,
+        seed,
+        IdOutput::default(),
+        exec,
+        out,
+    )
+}
+
+/// [`write_samples`], writing ids as `ids` says.
+#[allow(clippy::too_many_arguments)]
+pub fn write_samples_with(
+    teacher: &Model,
+    rows: u64,
+    ids_per_table: usize,
+    dist: IdDist,
+    seed: u64,
+    ids_out: IdOutput,
     exec: &Executor,
     out: &mut dyn Write,
 ) -> Result<u64> {
@@ -125,7 +176,28 @@ pub fn write_samples(
     let mut c = 0u64;
     while done < rows {
         let n = (rows - done).min(CHUNK as u64) as usize;
-        let batch = synth_batch(cfg, n, ids_per_table, dist, chunk_seed(seed, c, 1))?;
+        let mut batch = synth_batch(cfg, n, ids_per_table, dist, chunk_seed(seed, c, 1))?;
+        if ids_out.drift != 0.0 {
+            let f = done as f64 / rows as f64;
+            let bags = batch
+                .bags()
+                .iter()
+                .zip(&cfg.tables)
+                .map(|(b, &r)| {
+                    let shift =
+                        ((f * ids_out.drift * r as f64).floor() as i64).rem_euclid(r as i64) as u64;
+                    dlrs_model::Bags {
+                        offsets: b.offsets.clone(),
+                        ids: b
+                            .ids
+                            .iter()
+                            .map(|&j| ((j as u64 + shift) % r as u64) as u32)
+                            .collect(),
+                    }
+                })
+                .collect();
+            batch = dlrs_model::Batch::from_parts(cfg, n, batch.dense().to_vec(), bags)?;
+        }
         let scores = teacher.forward(&batch, &mut ws, exec)?;
         let mut rng = SmallRng::seed_from_u64(chunk_seed(seed, c, 2));
         let nd = cfg.n_dense();
@@ -147,11 +219,14 @@ pub fn write_samples(
                 }
                 line.push('[');
                 let ids = &bags.ids[bags.offsets[i] as usize..bags.offsets[i + 1] as usize];
-                for (k, id) in ids.iter().enumerate() {
+                for (k, &id) in ids.iter().enumerate() {
                     if k > 0 {
                         line.push(',');
                     }
-                    line.push_str(&id.to_string());
+                    match ids_out.raw {
+                        Some(teach) => line.push_str(&synth_raw_id(teach, t, id).to_string()),
+                        None => line.push_str(&id.to_string()),
+                    }
                 }
                 line.push(']');
             }
@@ -219,6 +294,13 @@ pub fn run_synth(cfg: &SynthConfig, log: &mut dyn Write) -> Result<()> {
         ctr: cfg.ctr,
     };
     let seed = cfg.seed.unwrap_or(cfg.teacher);
+    if !cfg.drift.is_finite() {
+        return Err(TrainError::setting("drift", "must be a finite number"));
+    }
+    let ids_out = IdOutput {
+        raw: cfg.raw_ids.then_some(cfg.teacher),
+        drift: cfg.drift,
+    };
     let (teacher, ids) = match arch {
         Arch::Preset(name) => {
             let (c, preset_ids) = preset_config(name, cfg.rows_cap)?;
@@ -254,7 +336,7 @@ pub fn run_synth(cfg: &SynthConfig, log: &mut dyn Write) -> Result<()> {
     let clicks = if to_stdout {
         let stdout = std::io::stdout();
         let mut w = BufWriter::new(stdout.lock());
-        let c = write_samples(&teacher, cfg.rows, ids, dist, seed, &exec, &mut w)?;
+        let c = write_samples_with(&teacher, cfg.rows, ids, dist, seed, ids_out, &exec, &mut w)?;
         w.flush().map_err(TrainError::Output)?;
         c
     } else {
@@ -262,11 +344,13 @@ pub fn run_synth(cfg: &SynthConfig, log: &mut dyn Write) -> Result<()> {
         dlrs_model::weights::atomic_write(&cfg.out, |tmp| {
             let f = BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
             let write = |w: &mut dyn Write| {
-                write_samples(&teacher, cfg.rows, ids, dist, seed, &exec, w).map_err(|e| match e {
-                    // the file's own error: atomic_write names the file
-                    TrainError::Output(e) => e,
-                    e => std::io::Error::other(e),
-                })
+                write_samples_with(&teacher, cfg.rows, ids, dist, seed, ids_out, &exec, w).map_err(
+                    |e| match e {
+                        // the file's own error: atomic_write names the file
+                        TrainError::Output(e) => e,
+                        e => std::io::Error::other(e),
+                    },
+                )
             };
             if cfg.out.extension().is_some_and(|e| e == "gz") {
                 let mut enc = flate2::write::GzEncoder::new(f, flate2::Compression::fast());

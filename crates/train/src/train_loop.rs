@@ -43,6 +43,9 @@ pub struct TrainReport {
     pub eval: Option<EvalMetrics>,
     /// stopped by `max_steps` before the last epoch ended
     pub stopped_early: bool,
+    /// raw ids of collisionless tables that got no row while training (not yet admitted,
+    /// or no room)
+    pub id_misses: u64,
 }
 
 /// `dlrs train`, printing to stdout.
@@ -113,6 +116,12 @@ impl TrainLoop {
                 msg: "only goes with --resume (a new run starts on its data anyway)".into(),
             });
         }
+        if !cfg.id_maps.is_empty() && !matches!(start, Start::Preset(_)) {
+            return Err(TrainError::Setting {
+                flag: "id-map",
+                msg: "only goes with --preset (a model directory's config.json sets its id maps; `dlrs init --id-map` writes one)".into(),
+            });
+        }
         let settings = settings(&cfg)?;
         let data = DataIdentity::of(&cfg.train)?;
         let (model, opt, state) = match start {
@@ -129,6 +138,7 @@ impl TrainLoop {
             Start::Preset(name) => {
                 check_out(&cfg.out)?;
                 let (c, _) = preset_config(name, cfg.rows_cap)?;
+                let c = dlrs_model::tables::idmap::apply_id_map_flags(c, &cfg.id_maps)?;
                 fresh(&cfg, Model::random(c, cfg.seed)?, settings, data)?
             }
         };
@@ -144,6 +154,7 @@ impl TrainLoop {
             skipped: 0,
             eval: None,
             stopped_early: false,
+            id_misses: 0,
         };
         Ok(TrainLoop {
             max_steps: cfg.max_steps.unwrap_or(u64::MAX),
@@ -196,8 +207,8 @@ impl TrainLoop {
         let mut stream = BatchStream::open(&cfg.train, &self.trainer.model.config, opts)?;
         let progress = Progress::new(stream.file_bytes, cfg.json);
         self.lap = Instant::now();
-        while let Some(lb) = stream.next_batch()? {
-            self.step(&lb);
+        while let Some(mut lb) = stream.next_batch()? {
+            self.step(&mut lb)?;
             progress.update(&stream, &self.state, &self.window);
             if self.after_step(log)? {
                 self.report.stopped_early = true;
@@ -222,9 +233,17 @@ impl TrainLoop {
     }
 
     /// One optimizer step on a batch, counted.
-    fn step(&mut self, lb: &LabelledBatch) {
+    fn step(&mut self, lb: &mut LabelledBatch) -> Result<()> {
         let n = lb.labels.len() as u64;
-        let loss = self.trainer.step(&lb.batch, &lb.labels);
+        let loss = if lb.keys.is_empty() {
+            self.trainer.step(&lb.batch, &lb.labels)
+        } else {
+            let misses =
+                self.trainer
+                    .resolve_train(&mut lb.batch, &lb.keys, self.state.step + 1)?;
+            self.report.id_misses += misses as u64;
+            self.trainer.step_keyed(&lb.batch, &lb.labels)
+        };
         self.loss_sum += loss * n as f64;
         self.window.loss += loss * n as f64;
         self.window.samples += n;
@@ -232,6 +251,7 @@ impl TrainLoop {
         self.state.step += 1;
         self.state.samples_in_epoch += n;
         self.state.samples_total += n;
+        Ok(())
     }
 
     /// The checkpoint and the eval due after a step (every `checkpoint_every` and

@@ -33,6 +33,8 @@ fn synth_args(model: &Path, teacher: u64, rows: u64, out: &Path, dist: &str) -> 
         emb_scale: 1.0,
         logit_scale: 2.0,
         ctr: 0.25,
+        raw_ids: false,
+        drift: 0.0,
     }
 }
 
@@ -41,6 +43,7 @@ fn train_args(model: &Path, train: &Path, out: &Path) -> TrainConfig {
         model: Some(model.to_path_buf()),
         preset: None,
         rows_cap: None,
+        id_maps: Vec::new(),
         resume: None,
         new_data: false,
         train: train.to_path_buf(),

@@ -30,6 +30,8 @@ fn synth(rows: u64, seed: u64, out: &Path) {
         emb_scale: 1.0,
         logit_scale: 8.0,
         ctr: 0.25,
+        raw_ids: false,
+        drift: 0.0,
     };
     run_synth(&args, &mut Vec::new()).unwrap();
 }
@@ -51,6 +53,7 @@ fn quantized_tables_of_a_trained_model_keep_its_auc() {
         model: None,
         preset: Some("criteo-kaggle".into()),
         rows_cap: Some(ROWS_CAP),
+        id_maps: Vec::new(),
         resume: None,
         new_data: false,
         train,

@@ -21,6 +21,11 @@ pub struct TrainArgs {
     /// with --preset: cap every table at this many rows
     #[arg(long)]
     pub rows_cap: Option<usize>,
+    /// with --preset: the id map of all tables, or of the listed ones (`0,3-5=SPEC`);
+    /// repeatable, later flags override. SPEC: index, hash, or
+    /// collisionless[:admit=K,ttl=N|Ns,evict=lfu|lru,miss=zero|default] (docs/id-maps.md)
+    #[arg(long = "id-map", value_name = "[TABLES=]SPEC", requires = "preset")]
+    pub id_maps: Vec<String>,
     /// continue the run whose checkpoint is this directory (usually the same as --out); the
     /// settings and the --train data must be the checkpoint's (see --new-data)
     #[arg(long)]
@@ -144,6 +149,13 @@ pub struct SynthArgs {
     /// id distribution: uniform or zipf:S
     #[arg(long, default_value = "uniform")]
     pub dist: String,
+    /// write raw 64-bit ids (one random-looking id per table row: the row count is the
+    /// vocabulary) instead of rows, for tables with hash or collisionless id maps
+    #[arg(long)]
+    pub raw_ids: bool,
+    /// vocabulary drift: ids move by DRIFT * rows rows over the file (new ids become hot)
+    #[arg(long, default_value_t = 0.0)]
+    pub drift: f64,
     /// ids per bag (default: the preset's, 1 for --model)
     #[arg(long)]
     pub ids_per_table: Option<usize>,
@@ -225,6 +237,7 @@ impl From<TrainArgs> for TrainConfig {
             model: a.model,
             preset: a.preset,
             rows_cap: a.rows_cap,
+            id_maps: a.id_maps,
             resume: a.resume,
             new_data: a.new_data,
             train: a.train,
@@ -283,6 +296,8 @@ impl From<SynthArgs> for SynthConfig {
             emb_scale: a.emb_scale,
             logit_scale: a.logit_scale,
             ctr: a.ctr,
+            raw_ids: a.raw_ids,
+            drift: a.drift,
         }
     }
 }

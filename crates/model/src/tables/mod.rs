@@ -34,6 +34,7 @@
 //! kernels and the servers need no change. See docs/architecture.md.
 
 pub mod cache;
+pub mod idmap;
 pub mod store;
 
 pub use cache::{RowCache, RowIndex, TrafficCounter, build_caches};

@@ -4,6 +4,7 @@
 //! plain `/v1` predict request.
 
 use dlrs_model::batch::parse_sample;
+use dlrs_model::tables::idmap::{IdMapSpec, RawId, hash_row};
 use dlrs_model::{Bags, Batch, DlrmConfig, ModelError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -333,6 +334,33 @@ impl<'a> Inputs<'a> {
             for (t, bag) in bags.iter_mut().enumerate() {
                 let l = lengths[s * nt + t] as usize;
                 let rows = cfg.tables[t] as u64;
+                match cfg.id_map(t) {
+                    IdMapSpec::Index => {}
+                    IdMapSpec::Hash => {
+                        // raw ids: each value read once, then hashed to its row
+                        let ids = bag.ids.to_mut();
+                        for j in at..at + l {
+                            let v = indices.get(j);
+                            if v < 0 {
+                                return Err(bad(format!(
+                                    "{}: indices[{j}] = {v} (sample {s}, table {t}): a raw id of table {t} (hash id map) must be non-negative",
+                                    self.indices.label()
+                                )));
+                            }
+                            ids.push(hash_row(RawId::Int(v as u64), t, rows as usize));
+                        }
+                        at += l;
+                        let n = bag.ids.len() as u32;
+                        bag.offsets.to_mut().push(n);
+                        continue;
+                    }
+                    IdMapSpec::Collisionless(_) => {
+                        return Err(bad(format!(
+                            "{}: table {t} has a collisionless id map, whose raw ids this endpoint does not resolve (dlrs predict does)",
+                            self.indices.label()
+                        )));
+                    }
+                }
                 // (a negative id is >= rows as u64)
                 match indices.push_ids(at..at + l, rows, bag.ids.to_mut()) {
                     Ok(()) => {}
@@ -622,6 +650,55 @@ mod tests {
             }
         );
         assert!(!flat.binary_output);
+    }
+
+    #[test]
+    fn raw_ids_of_hash_tables_are_hashed_exactly_and_checked() {
+        let with = |map: &str| {
+            DlrmConfig::from_json_str(&format!(
+                r#"{{"arch_mlp_bot":"2-4","arch_mlp_top":"3-1","arch_embedding_size":"5-1000000",
+                "arch_sparse_feature_size":4,"arch_interaction_op":"cat","dlrs_id_map":["index","{map}"]}}"#
+            ))
+            .unwrap()
+        };
+        let (a, b) = ((1i64 << 62) + 2, (1i64 << 62) + 3);
+        let got = parse_infer(
+            req(
+                "[1, 2.5, 3, 4]",
+                "[1, 1, 0, 1]",
+                &format!("[4, {a}, {b}]"),
+                3,
+            )
+            .as_bytes(),
+            None,
+            &with("hash"),
+            &Registry::new(false),
+        )
+        .unwrap();
+        let rows = |v: i64| hash_row(RawId::Int(v as u64), 1, 1_000_000);
+        assert_eq!(got.batch.bags()[1].ids, vec![rows(a), rows(b)]);
+        assert_ne!(rows(a), rows(b));
+        let e = parse_infer(
+            req("[1, 2.5, 3, 4]", "[1, 1, 0, 1]", "[4, -7, 1]", 3).as_bytes(),
+            None,
+            &with("hash"),
+            &Registry::new(false),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("indices[1] = -7") && e.contains("table 1"),
+            "{e}"
+        );
+        let e = parse_infer(
+            req("[1, 2.5, 3, 4]", "[1, 1, 0, 1]", "[4, 7, 1]", 3).as_bytes(),
+            None,
+            &with("collisionless"),
+            &Registry::new(false),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("table 1 has a collisionless id map"), "{e}");
     }
 
     #[test]
