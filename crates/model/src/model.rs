@@ -2,13 +2,14 @@
 //! (`config.json` + `model.safetensors`), with the tiers in front of its tables.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::config::{DlrmConfig, MlpDtype, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::presets::{Preset, preset};
-use crate::tables::{Cached, RowCache, TableView, TrafficCounter, build_caches};
+use crate::tables::{Cached, RemoteTables, RowCache, TableView, TrafficCounter, build_caches};
 use crate::weights::{TableMode, Weights, atomic_write_bytes};
 
 /// The config file of a model directory.
@@ -42,6 +43,9 @@ pub struct Model {
     pub dir: Option<PathBuf>,
     /// hot-row caches, one slot per table (see [`Model::build_row_caches`])
     pub row_caches: Vec<Option<RowCache>>,
+    /// a remote tier that holds the tables (e.g. a Redis Cluster, `dlrs-redis`): when set,
+    /// the forward reads every table from it and never from `weights.tables`
+    pub remote: Option<Arc<dyn RemoteTables>>,
 }
 
 impl Model {
@@ -63,6 +67,7 @@ impl Model {
             weights,
             dir: Some(dir.to_path_buf()),
             row_caches: Vec::new(),
+            remote: None,
         })
     }
 
@@ -135,6 +140,7 @@ impl Model {
             weights,
             dir: None,
             row_caches: Vec::new(),
+            remote: None,
         })
     }
 
@@ -290,8 +296,13 @@ impl Model {
     }
 
     /// What the forward pass reads each table through: the table, or its row cache in front
-    /// of it (see [`crate::tables`]).
+    /// of it, or the remote tier that holds it (see [`crate::tables`]).
     pub fn table_views(&self) -> Vec<TableView<'_>> {
+        if let Some(remote) = &self.remote {
+            return (0..self.config.n_tables())
+                .map(|t| TableView::Remote(remote.table(t)))
+                .collect();
+        }
         self.weights
             .tables
             .iter()
