@@ -64,6 +64,12 @@ impl Node {
                 "2000",
                 "--cluster-require-full-coverage",
                 "no",
+                // a replica may always take over (the default refuses one whose link to its
+                // master has been down for a while), and syncs at once (no 5 s wait)
+                "--cluster-replica-validity-factor",
+                "0",
+                "--repl-diskless-sync-delay",
+                "0",
                 "--appendonly",
                 "no",
                 "--save",
@@ -175,13 +181,45 @@ impl Cluster {
         loop {
             let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
                 let info = cli(n.port, &["CLUSTER", "INFO"]);
-                info.contains("cluster_state:ok") && info.contains(&want)
+                let repl = cli(n.port, &["INFO", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains(&want)
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
             });
             if ok {
                 return;
             }
             assert!(t0.elapsed() < within, "cluster not ok in {within:?}");
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every replica has every write its master took (replication offsets).
+    pub fn wait_replicated(&self, within: Duration) {
+        let t0 = Instant::now();
+        let num = |text: &str, key: &str| -> Option<u64> {
+            let at = text.find(key)? + key.len();
+            text[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        loop {
+            let caught_up = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let repl = cli(n.port, &["INFO", "replication"]);
+                if !repl.contains("role:master") || repl.contains("connected_slaves:0") {
+                    return true;
+                }
+                let master = num(&repl, "master_repl_offset:");
+                let replica = num(&repl, ",offset=");
+                master.is_some() && replica >= master
+            });
+            if caught_up {
+                return;
+            }
+            assert!(t0.elapsed() < within, "replicas not caught up in {within:?}");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
