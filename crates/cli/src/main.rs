@@ -157,10 +157,6 @@ enum Cmd {
     },
 }
 
-pub(crate) fn parse_mode(s: &str) -> Result<TableMode, String> {
-    TableMode::parse(s).ok_or_else(|| format!("`{s}`: expected mmap or ram"))
-}
-
 pub(crate) fn parse_mlp_dtype(s: &str) -> Result<MlpDtype, String> {
     MlpDtype::parse(s).ok_or_else(|| format!("`{s}`: expected fp32 or bf16"))
 }

@@ -51,6 +51,11 @@ pub enum ModelError {
         msg: String,
     },
 
+    /// A remote table tier (a Redis Cluster) refused to serve the model's tables at load:
+    /// unreachable, or it holds no complete push of them.
+    #[error("the {tier} tier: {msg}")]
+    Tier { tier: &'static str, msg: String },
+
     #[error("unknown preset `{0}` (known: {known})", known = crate::presets::names().join(", "))]
     UnknownPreset(String),
 }

@@ -51,6 +51,19 @@ pub enum TierError {
     Runtime(std::io::Error),
 }
 
+/// A load through the tier, as the model crate's error (what a server's load reports).
+impl From<TierError> for ModelError {
+    fn from(e: TierError) -> Self {
+        match e {
+            TierError::Model(m) => m,
+            other => ModelError::Tier {
+                tier: crate::TIER,
+                msg: other.to_string(),
+            },
+        }
+    }
+}
+
 impl TierError {
     pub(crate) fn redis(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
         TierError::Redis {

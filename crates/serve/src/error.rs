@@ -152,6 +152,7 @@ impl ApiError {
             | ModelError::Format { .. }
             | ModelError::Io { .. }
             | ModelError::Unavailable { .. }
+            | ModelError::Tier { .. }
             | ModelError::UnknownPreset(_) => ApiError::Internal(e.to_string()),
         }
     }
@@ -164,6 +165,7 @@ impl ApiError {
                 ApiError::TierUnavailable(format!("computing the batch failed: {e}"))
             }
             ModelError::Corrupt { .. }
+            | ModelError::Tier { .. }
             | ModelError::Input { .. }
             | ModelError::Config { .. }
             | ModelError::Tensor { .. }
@@ -186,6 +188,7 @@ impl ApiError {
             ModelError::Format { .. } => "its model.safetensors is not a safetensors file",
             ModelError::Io { .. } => "its files cannot be read",
             ModelError::Unavailable { .. } => "its remote table tier is unavailable",
+            ModelError::Tier { .. } => "its remote table tier refused its tables",
             ModelError::Input { .. } | ModelError::UnknownPreset(_) => "it failed",
         };
         ApiError::ReloadFailed(format!(
