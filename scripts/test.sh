@@ -6,8 +6,8 @@
 # unit, property and integration tests (nextest), the report's page among them in headless
 # Chromium (Debian's chromium, installed by scripts/install-chromium.sh when
 # /usr/bin/chromium is missing), the Redis tier's against Redis Clusters the tests start on
-# loopback ports (Debian's redis-server, installed by scripts/install-redis.sh when missing). The parity fixtures are committed: no PyTorch needed for
-# the Rust tests.
+# loopback ports (Debian's redis-server, installed by scripts/install-redis.sh when
+# missing). The parity fixtures are committed: no PyTorch needed for the Rust tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # style and lints first: a formatting slip or a clippy warning fails the suite
