@@ -448,7 +448,11 @@ fn manifest(dir: &Path) -> Result<()> {
 
 /// Loads a model directory with its tables as `--tables` says: held locally, or read from
 /// a Redis Cluster (the MLPs from the directory).
-pub(crate) fn load_model(dir: &Path, tables: &Tables, redis: &args::redis::RedisArgs) -> Result<Model> {
+pub(crate) fn load_model(
+    dir: &Path,
+    tables: &Tables,
+    redis: &args::redis::RedisArgs,
+) -> Result<Model> {
     Ok(match tables {
         Tables::Local(mode) => Model::load_with(dir, *mode)?,
         Tables::Redis(nodes) => dlrs_redis::load_model(dir, &redis.options(nodes.clone()))?,

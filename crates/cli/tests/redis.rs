@@ -135,7 +135,15 @@ fn push_then_predict_and_serve_from_redis_match_the_model_dir() {
     let dir = tmp.path().join("m");
     let d = dir.to_str().unwrap();
     ok(dlrs(&[
-        "init", "--preset", "rmc1", "--rows-cap", "3000", "--dtype", "fp16", "--out", d,
+        "init",
+        "--preset",
+        "rmc1",
+        "--rows-cap",
+        "3000",
+        "--dtype",
+        "fp16",
+        "--out",
+        d,
     ]));
     let url = c.url();
     let out = ok(dlrs(&[
@@ -167,7 +175,10 @@ fn push_then_predict_and_serve_from_redis_match_the_model_dir() {
         "cli",
     ]));
     eprintln!("predict from redis: {:?}", t0.elapsed());
-    assert_eq!(remote, local, "scores from redis differ from the model dir's");
+    assert_eq!(
+        remote, local,
+        "scores from redis differ from the model dir's"
+    );
 
     // a namespace without the model: a clear error naming the fix
     let o = dlrs(&[
@@ -191,7 +202,11 @@ fn push_then_predict_and_serve_from_redis_match_the_model_dir() {
     // two servers share the cluster; one fails batches it cannot fetch, one pools zeros
     let common = ["--model", d, "--tables", &url, "--namespace", "cli"];
     let strict = Server::start(
-        &[&common[..], &["--redis-cache", "0", "--redis-timeout-ms", "300"]].concat(),
+        &[
+            &common[..],
+            &["--redis-cache", "0", "--redis-timeout-ms", "300"],
+        ]
+        .concat(),
     );
     let lenient = Server::start(
         &[

@@ -18,7 +18,11 @@ pub fn parse_nodes(s: &str) -> Result<Vec<String>, TierError> {
     let rest = s.strip_prefix("redis://").ok_or_else(bad)?;
     let nodes: Vec<String> = rest
         .split(',')
-        .map(|a| a.trim().trim_start_matches("redis://").trim_end_matches('/'))
+        .map(|a| {
+            a.trim()
+                .trim_start_matches("redis://")
+                .trim_end_matches('/')
+        })
         .map(|a| {
             let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
             if host.is_empty() || port.parse::<u16>().is_err() {
@@ -65,12 +69,17 @@ impl Conn {
             .build()
             .map_err(|e| TierError::redis(format!("cluster {}", nodes.join(",")), e))?;
         let what = format!("connecting to the cluster at {}", nodes.join(","));
-        let conn = run_on(&rt, timeout + Duration::from_secs(1), what.clone(), async move {
-            client
-                .get_async_connection()
-                .await
-                .map_err(|e| TierError::redis(what, e))
-        })?;
+        let conn = run_on(
+            &rt,
+            timeout + Duration::from_secs(1),
+            what.clone(),
+            async move {
+                client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| TierError::redis(what, e))
+            },
+        )?;
         Ok(Conn {
             rt: Some(rt),
             conn,
@@ -142,7 +151,13 @@ mod tests {
             parse_nodes("redis://h:1,redis://g:2/").unwrap(),
             ["redis://h:1", "redis://g:2"]
         );
-        for bad in ["127.0.0.1:7000", "redis://", "redis://h", "redis://h:x", "redis://:1"] {
+        for bad in [
+            "127.0.0.1:7000",
+            "redis://",
+            "redis://h",
+            "redis://h:x",
+            "redis://:1",
+        ] {
             assert!(parse_nodes(bad).is_err(), "{bad}");
         }
     }

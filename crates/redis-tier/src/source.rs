@@ -157,11 +157,7 @@ pub fn load_model(dir: &Path, opts: &TierOptions) -> Result<Model, TierError> {
 impl RedisTables {
     /// Connects to the cluster and checks that it holds a complete push of the tables of
     /// the model in `dir` (its digest's version record, written last by a push).
-    pub fn connect(
-        dir: &Path,
-        config: &DlrmConfig,
-        opts: &TierOptions,
-    ) -> Result<Self, TierError> {
+    pub fn connect(dir: &Path, config: &DlrmConfig, opts: &TierOptions) -> Result<Self, TierError> {
         if opts.timeout.is_zero() {
             return Err(TierError::Flag {
                 flag: "--redis-timeout-ms",
@@ -357,7 +353,10 @@ impl Inner {
                 Ok(values) => {
                     for (&(j, slot, id), v) in req.rows.iter().zip(values) {
                         let out = &mut jobs[j].2.rows[slot as usize * stride..][..stride];
-                        match v.as_deref().and_then(|v| decode(self.seed, t, id, stride, v)) {
+                        match v
+                            .as_deref()
+                            .and_then(|v| decode(self.seed, t, id, stride, v))
+                        {
                             Some(row) => {
                                 out.copy_from_slice(row);
                                 self.cache.insert(t, id, row);

@@ -58,9 +58,14 @@ fn predictions_from_redis_are_bit_identical_to_local_tables() {
     }
     let c = Cluster::start(3, 0);
     let tmp = tempfile::tempdir().unwrap();
-    for (i, f) in [RowFormat::F32, RowFormat::F16, RowFormat::Int8, RowFormat::Int4]
-        .into_iter()
-        .enumerate()
+    for (i, f) in [
+        RowFormat::F32,
+        RowFormat::F16,
+        RowFormat::Int8,
+        RowFormat::Int4,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let dir = tmp.path().join(f.name());
         let cfg = model_dir(&dir, f, 10 + i as u64);
@@ -290,7 +295,11 @@ fn a_master_failing_over_to_its_replica_serves_again_with_the_same_rows() {
             Err(e @ ModelError::Unavailable { .. }) => {
                 errors += 1;
                 if errors % 10 == 1 {
-                    eprintln!("failover: {:?}: {e}; masters {:?}", t0.elapsed(), c.masters());
+                    eprintln!(
+                        "failover: {:?}: {e}; masters {:?}",
+                        t0.elapsed(),
+                        c.masters()
+                    );
                 }
             }
             Err(e) => panic!("{e}"),

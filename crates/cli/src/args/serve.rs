@@ -309,7 +309,8 @@ mod tests {
         assert!(parse(&["--model", "m", "--compute-nice", "-1"]).is_err());
         let e = parse(&["--model", "m", "--tables", "disk"]).unwrap_err();
         assert!(
-            e.to_string().contains("`disk`: expected mmap, ram or redis://"),
+            e.to_string()
+                .contains("`disk`: expected mmap, ram or redis://"),
             "{e}"
         );
     }

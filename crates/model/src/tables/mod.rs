@@ -163,7 +163,8 @@ pub trait RemoteTables: Send + Sync {
     /// [`RowSource::prepare`] of every table of a batch at once (`ids[t]` for table `t`,
     /// into `staging[t]`), so that a batch costs one round trip per node rather than one
     /// per table; an error names the table it failed for.
-    fn prepare_all(&self, ids: &[&[u32]], staging: &mut [Staging]) -> Result<(), (usize, RowError)>;
+    fn prepare_all(&self, ids: &[&[u32]], staging: &mut [Staging])
+    -> Result<(), (usize, RowError)>;
     /// Counters since start, as `(name, value)` pairs named for metrics (e.g.
     /// `("zero_rows", 3)`): what a server exports under its own prefix.
     fn counters(&self) -> Vec<(&'static str, u64)>;

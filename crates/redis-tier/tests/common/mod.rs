@@ -218,7 +218,10 @@ impl Cluster {
             if caught_up {
                 return;
             }
-            assert!(t0.elapsed() < within, "replicas not caught up in {within:?}");
+            assert!(
+                t0.elapsed() < within,
+                "replicas not caught up in {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
