@@ -278,15 +278,22 @@ pub(crate) fn read_current(
     })
 }
 
-/// One HMGET: a partition's missing rows, `(table, slot, id)` each.
+/// A missing row: `(job, slot, id)`.
+type Miss = (usize, u32, u32);
+/// One table's part of a batch: `(table, ids, staging)`.
+type Job<'a> = (usize, &'a [u32], &'a mut Staging);
+/// An HMGET's values in its rows' order, or why it failed.
+type Fetched = Result<Vec<Option<Vec<u8>>>, String>;
+
+/// One HMGET: a partition's missing rows.
 struct Request {
     key: String,
-    rows: Vec<(usize, u32, u32)>,
+    rows: Vec<Miss>,
 }
 
 impl Inner {
-    fn prepare(&self, jobs: &mut [(usize, &[u32], &mut Staging)]) -> Result<(), (usize, RowError)> {
-        let mut misses: HashMap<(usize, usize), Vec<(usize, u32, u32)>> = HashMap::new();
+    fn prepare(&self, jobs: &mut [Job<'_>]) -> Result<(), (usize, RowError)> {
+        let mut misses: HashMap<(usize, usize), Vec<Miss>> = HashMap::new();
         let mut distinct = 0u64;
         let mut hits = 0u64;
         for (j, (t, ids, st)) in jobs.iter_mut().enumerate() {
@@ -403,7 +410,7 @@ impl Inner {
 
     /// Sends every request at once and waits for all of them, each bounded by the
     /// deadline: per request, the values in its rows' order, or why it failed.
-    fn fetch(&self, requests: &[(usize, Request)]) -> Vec<Result<Vec<Option<Vec<u8>>>, String>> {
+    fn fetch(&self, requests: &[(usize, Request)]) -> Vec<Fetched> {
         let deadline = self.opts.timeout;
         let cmds: Vec<(String, redis::Cmd)> = requests
             .iter()
@@ -504,7 +511,7 @@ impl RemoteTables for RedisTables {
         ids: &[&[u32]],
         staging: &mut [Staging],
     ) -> Result<(), (usize, RowError)> {
-        let mut jobs: Vec<(usize, &[u32], &mut Staging)> = ids
+        let mut jobs: Vec<Job<'_>> = ids
             .iter()
             .zip(staging.iter_mut())
             .enumerate()
