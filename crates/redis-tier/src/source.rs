@@ -386,7 +386,7 @@ impl Inner {
                 }
                 Err(msg) => {
                     c.failed_commands.fetch_add(1, Relaxed);
-                    first_err.get_or_insert_with(|| (t, msg));
+                    first_err.get_or_insert((t, msg));
                     for &(j, slot, _) in &req.rows {
                         jobs[j].2.rows[slot as usize * stride..][..stride].fill(0);
                     }
