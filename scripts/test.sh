@@ -5,8 +5,9 @@
 # numpy, pytest, safetensors and torch into .venv-python on first use), then every crate's
 # unit, property and integration tests (nextest), the report's page among them in headless
 # Chromium (Debian's chromium, installed by scripts/install-chromium.sh when
-# /usr/bin/chromium is missing). The parity fixtures are committed: no PyTorch needed for
-# the Rust tests.
+# /usr/bin/chromium is missing), the Redis tier's against Redis Clusters the tests start on
+# loopback ports (Debian's redis-server, installed by scripts/install-redis.sh when
+# missing). The parity fixtures are committed: no PyTorch needed for the Rust tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # style and lints first: a formatting slip or a clippy warning fails the suite
@@ -16,6 +17,7 @@ cargo test --workspace --release --doc
 scripts/test-tritonclient.sh
 scripts/test-python.sh
 scripts/install-chromium.sh
+scripts/install-redis.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --release --no-fail-fast
 else

@@ -8,7 +8,9 @@ use dlrs_model::bench::{
     BenchModel, Build, RowFootprint, build_model, pool_batches, synth_pool, time_forward,
 };
 use dlrs_model::synth::{IdDist, synth_batch};
-use dlrs_model::{Executor, MlpDtype, Model, RowFormat, TableMode, Workspace};
+use dlrs_model::{Executor, MlpDtype, Model, RowFormat, Workspace};
+
+use crate::args::redis::{RedisArgs, Tables};
 use serde_json::json;
 
 #[derive(Args)]
@@ -32,9 +34,12 @@ pub struct BenchArgs {
     /// cap every table of a preset at this many rows
     #[arg(long)]
     rows_cap: Option<usize>,
-    /// how a model directory's tables are held: mmap (page cache) or ram (huge pages)
-    #[arg(long, default_value = "mmap", value_parser = crate::parse_mode)]
-    tables: TableMode,
+    /// how a model directory's tables are held: mmap (page cache) or ram (huge pages); or
+    /// redis://HOST:PORT[,...]: read from a Redis Cluster (`dlrs push`) behind a local cache
+    #[arg(long, default_value = "mmap", value_parser = crate::args::redis::parse_tables)]
+    tables: Tables,
+    #[command(flatten)]
+    redis: RedisArgs,
     /// row format of the tables (a preset is built in it; a model directory is converted)
     #[arg(long, value_parser = crate::parse_format)]
     dtype: Option<RowFormat>,
@@ -91,7 +96,7 @@ fn formats_name(m: &Model) -> String {
     }
 }
 
-fn parse_bytes(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<usize, String> {
     let (num, mul) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1usize << 10),
         Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
@@ -117,13 +122,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
         rows_cap: a.rows_cap,
         format: a.dtype,
         mlp_dtype: a.mlp_dtype,
-        mode: a.tables,
+        mode: a.tables.mode(),
     };
     let BenchModel {
         mut model,
         name,
         ids_per_table: preset_ids,
     } = build_model(&a.model, &build, &exec)?;
+    if let Tables::Redis(nodes) = &a.tables {
+        let dir = std::path::Path::new(&a.model);
+        if !dir.is_dir() {
+            bail!("--tables redis://... reads a pushed model: --model must be its directory");
+        }
+        let tier =
+            dlrs_redis::RedisTables::connect(dir, &model.config, &a.redis.options(nodes.clone()))?;
+        model.remote = Some(std::sync::Arc::new(tier));
+    }
     let build_s = t0.elapsed().as_secs_f64();
     let cfg = &model.config;
     let ids = a.ids_per_table.unwrap_or(preset_ids);
@@ -141,7 +155,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let model = model;
     let cfg = &model.config;
     let mut ws = Workspace::default();
+    let tier_counts = |m: &Model| m.remote.as_ref().map(|r| r.counters()).unwrap_or_default();
+    let before = tier_counts(&model);
     let timing = time_forward(&model, &pool, &mut ws, &exec, a.seconds, 10)?;
+    // the remote tier over warm-up and timed batches
+    let tier: serde_json::Map<String, serde_json::Value> = tier_counts(&model)
+        .into_iter()
+        .zip(before)
+        .map(|((k, v), (_, b))| (k.to_string(), json!(v - b)))
+        .collect();
     let stages = timing.stages_mean();
     let lat = &timing.latencies_s;
     let total = timing.total_s();
@@ -206,7 +228,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     });
     let report = json!({
         "engine": "dlrs",
-        "tables": if model.weights.tables.iter().any(|t| t.is_mapped()) { "mmap" } else { "ram" },
+        "tables": if model.remote.is_some() { "redis" } else if model.weights.tables.iter().any(|t| t.is_mapped()) { "mmap" } else { "ram" },
+        "remote_tier": (!tier.is_empty()).then_some(&tier),
         "model": name,
         "batch": a.batch,
         "threads": a.threads,
@@ -319,6 +342,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 model.row_cache_bytes() as f64 / 1e9,
                 share * 100.0,
                 hit_share.unwrap_or(0.0) * 100.0
+            );
+        }
+        if !tier.is_empty() {
+            let g = |k: &str| tier.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as f64;
+            println!(
+                "  redis tier     cache hit rate {:.1}% of {} distinct rows per batch; {:.1} commands and {:.3} ms per fetching batch ({:.0}% of batches fetched); {} zero rows, {} failed batches",
+                100.0 * g("cache_hits") / g("row_lookups").max(1.0),
+                (g("row_lookups") / (timing.batches() as f64).max(1.0)).round(),
+                g("commands") / g("fetches").max(1.0),
+                g("fetch_micros") / 1e3 / g("fetches").max(1.0),
+                100.0 * g("fetches") / (timing.batches() as f64).max(1.0),
+                g("zero_rows"),
+                g("failed_batches"),
             );
         }
         println!(

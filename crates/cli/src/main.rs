@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use args::redis::Tables;
 use clap::{Parser, Subcommand};
 use dlrs_model::metrics::auc;
 use dlrs_model::{
@@ -72,9 +73,13 @@ enum Cmd {
         batch: usize,
         #[arg(long, default_value_t = 1)]
         threads: usize,
-        /// mmap: map the model file (instant start, page cache); ram: copy tables into huge pages
-        #[arg(long, default_value = "mmap", value_parser = parse_mode)]
-        tables: TableMode,
+        /// mmap: map the model file (instant start, page cache); ram: copy tables into huge
+        /// pages; redis://HOST:PORT[,HOST:PORT...]: rows from a Redis Cluster (`dlrs push`),
+        /// the MLPs from the directory
+        #[arg(long, default_value = "mmap", value_parser = args::redis::parse_tables)]
+        tables: Tables,
+        #[command(flatten)]
+        redis: args::redis::RedisArgs,
     },
     /// Measure throughput, latency and per-stage time on synthetic inputs.
     Bench(bench::BenchArgs),
@@ -134,6 +139,10 @@ enum Cmd {
     /// Labelled samples from a random teacher DLRM (power-law ids): a learnable signal
     /// without a download.
     Synth(args::train::SynthArgs),
+    /// Push a model's tables, in their row formats, into a Redis Cluster (streamed,
+    /// resumable; servers see them once complete): then serve, predict or bench with
+    /// --tables redis://HOST:PORT[,...].
+    Push(args::redis::PushArgs),
     /// Check every checksum of a model directory (exit status 1 on any mismatch). A model
     /// with no checksum manifest (e.g. exported from PyTorch) has its tensors checked for
     /// name, shape and dtype only, says so, and exits 0 unless --require-manifest.
@@ -150,10 +159,6 @@ enum Cmd {
         #[arg(long)]
         model: PathBuf,
     },
-}
-
-pub(crate) fn parse_mode(s: &str) -> Result<TableMode, String> {
-    TableMode::parse(s).ok_or_else(|| format!("`{s}`: expected mmap or ram"))
 }
 
 pub(crate) fn parse_mlp_dtype(s: &str) -> Result<MlpDtype, String> {
@@ -183,7 +188,9 @@ fn main() {
             batch,
             threads,
             tables,
-        } => predict(&model, &input, batch, threads, tables),
+            redis,
+        } => predict(&model, &input, batch, threads, &tables, &redis),
+        Cmd::Push(a) => push(&a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Probe(a) => probe::run(a),
         Cmd::Report(a) => report::run(a),
@@ -467,14 +474,69 @@ fn manifest(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Loads a model directory with its tables as `--tables` says: held locally, or read from
+/// a Redis Cluster (the MLPs from the directory).
+pub(crate) fn load_model(
+    dir: &Path,
+    tables: &Tables,
+    redis: &args::redis::RedisArgs,
+) -> Result<Model> {
+    Ok(match tables {
+        Tables::Local(mode) => Model::load_with(dir, *mode)?,
+        Tables::Redis(nodes) => dlrs_redis::load_model(dir, &redis.options(nodes.clone()))?,
+    })
+}
+
+fn push(a: &args::redis::PushArgs) -> Result<()> {
+    let opts = a.options()?;
+    let t0 = Instant::now();
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("push {} -> {}", a.model.display(), opts.namespace));
+    let r = dlrs_redis::push(&a.model, &opts, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .with_context(|| format!("pushing {} to {}", a.model.display(), a.redis))?;
+    bar.finish_and_clear();
+    if r.already {
+        println!(
+            "namespace `{}`: tables {} were pushed completely already; `current` points at them",
+            opts.namespace, r.digest
+        );
+    } else {
+        println!(
+            "namespace `{}`: tables {} pushed ({} rows, {:.3} GB in {:.1} s; {} partitions per table{})",
+            opts.namespace,
+            r.digest,
+            r.rows,
+            r.bytes as f64 / 1e9,
+            t0.elapsed().as_secs_f64(),
+            r.partitions,
+            if r.resumed_rows > 0 {
+                format!("; resumed after {} rows", r.resumed_rows)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
 fn predict(
     dir: &Path,
     input: &Path,
     batch_size: usize,
     threads: usize,
-    mode: TableMode,
+    tables: &Tables,
+    redis: &args::redis::RedisArgs,
 ) -> Result<()> {
-    let model = Model::load_with(dir, mode)?;
+    let model = load_model(dir, tables, redis)?;
     let exec = Executor::new(threads)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());

@@ -42,6 +42,20 @@ pub enum ModelError {
     #[error("{path}: {err}")]
     Io { path: PathBuf, err: std::io::Error },
 
+    /// A remote table tier (a Redis Cluster) could not deliver table `table`'s rows of a
+    /// batch in time: the batch fails (a server answers 503 naming the tier).
+    #[error("table {table}: the {tier} tier is unavailable: {msg}")]
+    Unavailable {
+        tier: &'static str,
+        table: usize,
+        msg: String,
+    },
+
+    /// A remote table tier (a Redis Cluster) refused to serve the model's tables at load:
+    /// unreachable, or it holds no complete push of them.
+    #[error("the {tier} tier: {msg}")]
+    Tier { tier: &'static str, msg: String },
+
     #[error("unknown preset `{0}` (known: {known})", known = crate::presets::names().join(", "))]
     UnknownPreset(String),
 }

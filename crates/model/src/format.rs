@@ -103,6 +103,23 @@ pub fn read_manifest(
     }
     Manifest::from_metadata(path, Some(md))
 }
+/// Reads the manifest of a model file from its header alone (the header digest checked as
+/// at load); `Ok(None)` for a file without one. What a remote tier identifies a model's
+/// tables by, without reading them.
+pub fn read_file_manifest(path: &Path) -> Result<Option<Manifest>> {
+    let (file, _) = crate::files::open_regular(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: mapped read-only and only the header is read; dlrs replaces model files by
+    // rename, never in place (another program truncating it in place would fault, as with
+    // any mmap reader).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&map).map_err(|e| ModelError::Format {
+            path: path.into(),
+            msg: format!("not a valid safetensors file: {e}"),
+        })?;
+    read_manifest(path, &meta)
+}
+
 /// Version of the manifest layout; readers refuse versions they do not know.
 pub const FORMAT_VERSION: u32 = 1;
 /// Target shard size of table tensors (rounded down to whole rows). Small, because a mapped

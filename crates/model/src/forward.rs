@@ -34,7 +34,7 @@ use crate::batch::Batch;
 use crate::config::{DlrmConfig, Interaction};
 use crate::error::{ModelError, Result};
 use crate::model::Model;
-use crate::tables::{PoolScratch, RowSource, Staging, TableView};
+use crate::tables::{PoolScratch, RowError, RowSource, Staging, TableView};
 use crate::weights::Layer;
 
 /// Seconds spent per stage (for a batch: mean over the threads that worked on it).
@@ -207,7 +207,8 @@ impl Workspace {
 }
 
 /// Makes every table's rows of `batch` readable ([`RowSource::prepare`]), staging them in
-/// `staging` (one per table); errors name the table and its corrupt shard.
+/// `staging` (one per table); errors name the table and its corrupt shard, or the remote
+/// tier that could not deliver its rows.
 pub fn prepare_tables(
     model: &Model,
     tables: &[TableView],
@@ -215,17 +216,33 @@ pub fn prepare_tables(
     staging: &mut Vec<Staging>,
 ) -> Result<()> {
     staging.resize_with(tables.len(), Staging::default);
+    let unavailable = |t: usize, e: RowError| match e {
+        RowError::Corrupt { shard } => model.corrupt(t, shard),
+        RowError::Unavailable { tier, msg } => ModelError::Unavailable {
+            tier,
+            table: t,
+            msg,
+        },
+    };
+    if let Some(remote) = &model.remote {
+        // every table in one go: one round trip per node per batch
+        let ids: Vec<&[u32]> = batch.bags().iter().map(|b| &b.ids[..]).collect();
+        return remote
+            .prepare_all(&ids, staging)
+            .map_err(|(t, e)| unavailable(t, e));
+    }
     for (t, ((table, bags), st)) in tables.iter().zip(batch.bags()).zip(staging).enumerate() {
         table
             .prepare(&bags.ids, st)
-            .map_err(|crate::tables::RowError::Corrupt { shard }| model.corrupt(t, shard))?;
+            .map_err(|e| unavailable(t, e))?;
     }
     Ok(())
 }
 
 impl Model {
     /// Click probabilities `[B]` for a validated batch. Fails only when the batch touches a
-    /// table shard whose checksum does not match (rows of a corrupt file are never served).
+    /// table shard whose checksum does not match (rows of a corrupt file are never served),
+    /// or a remote tier cannot deliver its rows in time ([`ModelError::Unavailable`]).
     pub fn forward<'w>(
         &self,
         batch: &Batch,

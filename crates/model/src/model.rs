@@ -2,6 +2,7 @@
 //! (`config.json` + `model.safetensors`), with the tiers in front of its tables.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -10,7 +11,7 @@ use crate::config::{DlrmConfig, MlpDtype, RowFormat};
 use crate::error::{ModelError, Result};
 use crate::presets::{Preset, preset};
 use crate::tables::idmap::{CollisionlessMap, KeyBags, file as idmap_file};
-use crate::tables::{Cached, RowCache, TableView, TrafficCounter, build_caches};
+use crate::tables::{Cached, RemoteTables, RowCache, TableView, TrafficCounter, build_caches};
 use crate::weights::{TableMode, Weights, atomic_write_bytes};
 
 /// The config file of a model directory.
@@ -47,6 +48,9 @@ pub struct Model {
     /// the collisionless id maps, one slot per table (`None` for other maps; see
     /// [`crate::tables::idmap`])
     pub id_maps: Vec<Option<CollisionlessMap>>,
+    /// a remote tier that holds the tables (e.g. a Redis Cluster, `dlrs-redis`): when set,
+    /// the forward reads every table from it and never from `weights.tables`
+    pub remote: Option<Arc<dyn RemoteTables>>,
 }
 
 impl Model {
@@ -70,6 +74,7 @@ impl Model {
             dir: Some(dir.to_path_buf()),
             row_caches: Vec::new(),
             id_maps,
+            remote: None,
         })
     }
 
@@ -144,6 +149,7 @@ impl Model {
             dir: None,
             row_caches: Vec::new(),
             id_maps,
+            remote: None,
         })
     }
 
@@ -305,8 +311,13 @@ impl Model {
     }
 
     /// What the forward pass reads each table through: the table, or its row cache in front
-    /// of it (see [`crate::tables`]).
+    /// of it, or the remote tier that holds it (see [`crate::tables`]).
     pub fn table_views(&self) -> Vec<TableView<'_>> {
+        if let Some(remote) = &self.remote {
+            return (0..self.config.n_tables())
+                .map(|t| TableView::Remote(remote.table(t)))
+                .collect();
+        }
         self.weights
             .tables
             .iter()

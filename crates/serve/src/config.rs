@@ -69,6 +69,9 @@ pub struct ServeConfig {
     pub max_body_memory_bytes: usize,
     /// `--allow-client-shm`: let local clients register system shared memory regions
     pub allow_client_shm: bool,
+    /// `--tables redis://...`: the tables are read from a Redis Cluster (`tables` is then
+    /// `Mmap`: the model file is mapped for its MLPs, its tables never read)
+    pub redis: Option<dlrs_redis::TierOptions>,
     /// test hooks (not a command-line option)
     #[doc(hidden)]
     pub hooks: Hooks,
@@ -102,6 +105,7 @@ impl ServeConfig {
             write_timeout_ms: 10_000,
             max_body_memory_bytes: 256 << 20,
             allow_client_shm: false,
+            redis: None,
             hooks: Hooks::default(),
         }
     }

@@ -82,6 +82,9 @@ pub enum ApiError {
     Overloaded(String),
     /// 503 with `Retry-After: 1`: the server is shutting down.
     ShuttingDown(String),
+    /// 503 with `Retry-After: 1`: a remote table tier (a Redis Cluster) did not deliver the
+    /// batch's rows in time; the message names the tier and table.
+    TierUnavailable(String),
     /// 504: the deadline passed before the request was computed.
     DeadlineExceeded(String),
 }
@@ -99,6 +102,7 @@ impl ApiError {
             ApiError::ReloadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TierUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -106,7 +110,9 @@ impl ApiError {
     /// Seconds a client should wait before retrying, for the statuses that have one.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            ApiError::Overloaded(_) | ApiError::ShuttingDown(_) => Some(1),
+            ApiError::Overloaded(_) | ApiError::ShuttingDown(_) | ApiError::TierUnavailable(_) => {
+                Some(1)
+            }
             ApiError::BadRequest(_)
             | ApiError::Forbidden(_)
             | ApiError::NotFound(_)
@@ -131,6 +137,7 @@ impl ApiError {
             | ApiError::ReloadFailed(m)
             | ApiError::Overloaded(m)
             | ApiError::ShuttingDown(m)
+            | ApiError::TierUnavailable(m)
             | ApiError::DeadlineExceeded(m) => m,
         }
     }
@@ -144,6 +151,8 @@ impl ApiError {
             | ModelError::Corrupt { .. }
             | ModelError::Format { .. }
             | ModelError::Io { .. }
+            | ModelError::Unavailable { .. }
+            | ModelError::Tier { .. }
             | ModelError::UnknownPreset(_) => ApiError::Internal(e.to_string()),
         }
     }
@@ -152,7 +161,11 @@ impl ApiError {
     /// is the server's fault: e.g. table rows failing their checksum).
     pub fn from_compute(e: ModelError) -> Self {
         match &e {
+            ModelError::Unavailable { .. } => {
+                ApiError::TierUnavailable(format!("computing the batch failed: {e}"))
+            }
             ModelError::Corrupt { .. }
+            | ModelError::Tier { .. }
             | ModelError::Input { .. }
             | ModelError::Config { .. }
             | ModelError::Tensor { .. }
@@ -174,6 +187,8 @@ impl ApiError {
             ModelError::Corrupt { .. } => "its model.safetensors is corrupt",
             ModelError::Format { .. } => "its model.safetensors is not a safetensors file",
             ModelError::Io { .. } => "its files cannot be read",
+            ModelError::Unavailable { .. } => "its remote table tier is unavailable",
+            ModelError::Tier { .. } => "its remote table tier refused its tables",
             ModelError::Input { .. } | ModelError::UnknownPreset(_) => "it failed",
         };
         ApiError::ReloadFailed(format!(

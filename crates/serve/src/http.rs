@@ -172,11 +172,18 @@ async fn model_ready_v(
 }
 
 async fn metrics(State(st): St) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    )
-        .into_response()
+    let mut text = st.metrics.render();
+    // a remote table tier's counters (cache hits, fetches, zero rows, ...), of the version
+    // serving now
+    if let Some(remote) = &st.current().model.remote {
+        let tier = remote.tier();
+        for (name, v) in remote.counters() {
+            text.push_str(&format!(
+                "# TYPE dlrs_{tier}_{name}_total counter\ndlrs_{tier}_{name}_total {v}\n"
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn load(State(st): St, Path(name): Path<String>) -> Result<Response, ApiError> {

@@ -118,7 +118,7 @@
 //! | 408 | the body did not arrive within `--body-timeout-ms` (slow clients) |
 //! | 413 | body over `--max-body-bytes` (refused from `Content-Length` before it is read, or as soon as a streamed body crosses it); a request of more samples than `--max-queue` |
 //! | 500 | a panic or error while computing the request's batch (that batch only; the server keeps serving); a reload that failed (the old version keeps serving) |
-//! | 503 | queue full (`Retry-After: 1`, answered at once); request bodies in memory over `--max-body-memory-bytes` (`Retry-After: 1`, at once); over `--max-connections` (`Retry-After: 1`, then the connection is closed); shutting down (`Retry-After: 1`) |
+//! | 503 | queue full (`Retry-After: 1`, answered at once); request bodies in memory over `--max-body-memory-bytes` (`Retry-After: 1`, at once); over `--max-connections` (`Retry-After: 1`, then the connection is closed); shutting down (`Retry-After: 1`); with `--tables redis://...`, the Redis tier did not deliver the batch's rows within `--redis-timeout-ms` (`Retry-After: 1`, the message names the tier and table) |
 //! | 504 | deadline passed before the request was computed or answered |
 //!
 //! # Connections

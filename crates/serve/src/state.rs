@@ -91,12 +91,13 @@ impl AppState {
     pub async fn start(config: ServeConfig) -> Result<Arc<Self>, ServeError> {
         let dir = config.model.clone();
         let mode = config.tables;
+        let redis = config.redis.clone();
         let fp = fingerprint(&dir);
         let keep = config.keep_reload_memory;
         let model = {
             let d = dir.clone();
             tokio::task::spawn_blocking(move || -> Result<Model, ServeError> {
-                let model = load(&d, mode).map_err(|source| ServeError::Load {
+                let model = load(&d, mode, redis.as_ref()).map_err(|source| ServeError::Load {
                     dir: d.clone(),
                     source,
                 })?;
@@ -219,6 +220,7 @@ impl AppState {
             )));
         }
         let (dir, mode) = (self.dir.clone(), self.mode);
+        let redis = self.config.redis.clone();
         let before_load = self.config.hooks.before_load.clone();
         // a reload runs beside the serving version: on its own thread at the lowest CPU
         // priority, so that reading and copying gigabytes of tables does not take the cores
@@ -235,9 +237,9 @@ impl AppState {
                     h();
                 }
                 let loaded = match reload_pool() {
-                    Some(pool) => pool.install(|| load(&dir, mode)),
+                    Some(pool) => pool.install(|| load(&dir, mode, redis.as_ref())),
                     // no threads to be had: load on the global pool, as at start-up
-                    None => load(&dir, mode),
+                    None => load(&dir, mode, redis.as_ref()),
                 };
                 // a receiver that timed out is gone: the version is dropped here
                 if tx.send(loaded).is_err() {
@@ -402,10 +404,16 @@ fn reload_pool() -> Option<&'static rayon::ThreadPool> {
 
 /// Loads a model version; mapped tables with checksums are then verified on a background
 /// thread ahead of traffic (first touch verifies them anyway: a bad shard is never served).
+/// With `redis`, the tables are read from the Redis Cluster (which must hold a complete push
+/// of this version's tables), and the file's tables are never read.
 fn load(
     dir: &std::path::Path,
     mode: dlrs_model::TableMode,
+    redis: Option<&dlrs_redis::TierOptions>,
 ) -> Result<Model, dlrs_model::ModelError> {
+    if let Some(opts) = redis {
+        return Ok(dlrs_redis::load_model(dir, opts)?);
+    }
     let model = Model::load_with(dir, mode)?;
     model.verify_in_background()?;
     Ok(model)

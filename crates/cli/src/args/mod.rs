@@ -6,6 +6,7 @@
 //! The tests check that the flags' defaults are the libraries' defaults.
 
 pub mod loadgen;
+pub mod redis;
 pub mod serve;
 pub mod train;
 

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use dlrs_model::TableMode;
 use dlrs_serve::{ControlConfig, QueueConfig, ServeConfig};
+
+use super::redis::{RedisArgs, Tables};
 
 /// Options of `dlrs serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -54,9 +55,14 @@ pub struct ServeArgs {
     /// core of over 2 ms by two thirds (docs/benchmarks.md)
     #[arg(long, default_value_t = 0)]
     pub http_slice_us: u64,
-    /// mmap: map the model file; ram: copy tables into huge pages
-    #[arg(long, default_value = "ram", value_parser = crate::parse_mode)]
-    pub tables: TableMode,
+    /// mmap: map the model file; ram: copy tables into huge pages; redis://HOST:PORT[,...]:
+    /// read the rows from a Redis Cluster (`dlrs push`) behind a local cache, the MLPs from
+    /// the model directory
+    #[arg(long, default_value = "ram", value_parser = super::redis::parse_tables)]
+    pub tables: Tables,
+    /// with --tables redis://...: the namespace, the local cache and the failure policy
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// with --tables ram: hold memory for a second copy of the tables from the start, so a
     /// reload copies the new version into memory that is already resident (the replaced
     /// version's memory is kept for the next one) instead of into fresh pages. Costs twice
@@ -198,7 +204,11 @@ impl From<ServeArgs> for ServeConfig {
             http_threads: a.http_threads,
             compute_nice: a.compute_nice,
             http_slice_us: a.http_slice_us,
-            tables: a.tables,
+            tables: a.tables.mode(),
+            redis: match &a.tables {
+                Tables::Redis(nodes) => Some(a.redis.options(nodes.clone())),
+                Tables::Local(_) => None,
+            },
             keep_reload_memory: a.keep_reload_memory,
             default_deadline_ms: a.default_deadline_ms,
             max_body_bytes: a.max_body_bytes,
@@ -221,6 +231,7 @@ impl From<ServeArgs> for ServeConfig {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+    use dlrs_model::TableMode;
 
     use super::*;
 
@@ -335,6 +346,7 @@ mod tests {
             allow_client_shm: true,
             ..ServeConfig::new("m")
         };
+        assert_eq!(got.redis, None);
         assert_eq!(got, want);
     }
 
@@ -376,7 +388,8 @@ mod tests {
         assert!(parse(&["--model", "m", "--compute-nice", "-1"]).is_err());
         let e = parse(&["--model", "m", "--tables", "disk"]).unwrap_err();
         assert!(
-            e.to_string().contains("`disk`: expected mmap or ram"),
+            e.to_string()
+                .contains("`disk`: expected mmap, ram or redis://"),
             "{e}"
         );
     }

@@ -27,6 +27,7 @@
 //! | [`EmbeddingTable`] (owned) | anonymous memory on transparent huge pages (`--tables ram`) |
 //! | [`EmbeddingTable`] (mapped) | a read-only mapping of the model file, checksummed shard by shard on first touch (`--tables mmap`) |
 //! | [`Cached`] | a [`RowCache`] of hot rows in front of another source: hits from the cache, misses from the source behind it |
+//! | a [`RemoteTables`] tier (the `dlrs-redis` crate) | another store (a Redis Cluster), fetched per batch in `prepare` into its [`Staging`] |
 //!
 //! The forward reads the tables through [`TableView`]s, built per batch by
 //! [`crate::Model::table_views`]. A new tier (a raw-id map in front of a table, a remote
@@ -51,6 +52,10 @@ pub enum RowError {
     /// A shard of a checksummed table does not match its checksum: its rows are never served.
     #[error("shard {shard} does not match its checksum")]
     Corrupt { shard: usize },
+    /// A remote tier could not deliver the rows in time (a node down, slow or failing over):
+    /// the batch fails rather than pool a wrong or missing row. `tier` names the store.
+    #[error("{tier}: {msg}")]
+    Unavailable { tier: &'static str, msg: String },
 }
 
 /// The shape of a table's rows.
@@ -69,6 +74,9 @@ pub struct Staging {
     pub ids: Vec<u32>,
     /// the staged rows, one row of the table's format and stride per slot
     pub rows: Vec<u8>,
+    /// for each id given to `prepare`, in order, the slot of its row (a source that stages
+    /// every row of a batch pools with these as the row indices into `rows`)
+    pub slots: Vec<u32>,
 }
 
 /// A thread's scratch while pooling (reused across batches: the hot path allocates nothing
@@ -96,7 +104,9 @@ pub trait RowSource: Send + Sync {
     fn prepare(&self, ids: &[u32], staging: &mut Staging) -> Result<(), RowError>;
 
     /// Sum-pools `bags` into `out` (bag `b` at `out.out[b * out.stride ..][..D]`), with the
-    /// rows [`prepare`](Self::prepare) made readable.
+    /// rows [`prepare`](Self::prepare) made readable. `bags.ids` is the slice given to
+    /// `prepare` (the forward passes a window of the offsets over the batch's whole id
+    /// array), except behind a [`Cached`], which passes its misses.
     fn pool(&self, bags: Bags, out: Pooled, staging: &Staging, scratch: &mut PoolScratch);
 }
 
@@ -143,10 +153,30 @@ impl RowSource for Cached<'_> {
     }
 }
 
+/// Tables held outside this process (a Redis Cluster): one [`RowSource`] per table, which
+/// [`crate::Model::table_views`] reads instead of the model file's tables when the model has
+/// them ([`crate::Model::remote`]). Implemented by the `dlrs-redis` crate.
+pub trait RemoteTables: Send + Sync {
+    /// The store's name in errors and metrics (e.g. `"redis"`).
+    fn tier(&self) -> &'static str;
+    /// The source of table `t`'s rows.
+    fn table(&self, t: usize) -> &dyn RowSource;
+    /// [`RowSource::prepare`] of every table of a batch at once (`ids[t]` for table `t`,
+    /// into `staging[t]`), so that a batch costs one round trip per node rather than one
+    /// per table; an error names the table it failed for.
+    fn prepare_all(&self, ids: &[&[u32]], staging: &mut [Staging])
+    -> Result<(), (usize, RowError)>;
+    /// Counters since start, as `(name, value)` pairs named for metrics (e.g.
+    /// `("zero_rows", 3)`): what a server exports under its own prefix.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+}
+
 /// What the forward pass reads table `t` through: the table itself, or a tier in front of it.
 pub enum TableView<'a> {
     Table(&'a EmbeddingTable),
     Cached(Cached<'a>),
+    /// a table held by a [`RemoteTables`] tier
+    Remote(&'a dyn RowSource),
 }
 
 impl RowSource for TableView<'_> {
@@ -154,6 +184,7 @@ impl RowSource for TableView<'_> {
         match self {
             TableView::Table(t) => t.shape(),
             TableView::Cached(c) => c.shape(),
+            TableView::Remote(r) => r.shape(),
         }
     }
 
@@ -161,6 +192,7 @@ impl RowSource for TableView<'_> {
         match self {
             TableView::Table(t) => t.prepare(ids, staging),
             TableView::Cached(c) => c.prepare(ids, staging),
+            TableView::Remote(r) => r.prepare(ids, staging),
         }
     }
 
@@ -169,6 +201,7 @@ impl RowSource for TableView<'_> {
         match self {
             TableView::Table(t) => t.pool(bags, out, staging, scratch),
             TableView::Cached(c) => c.pool(bags, out, staging, scratch),
+            TableView::Remote(r) => r.pool(bags, out, staging, scratch),
         }
     }
 }
