@@ -180,6 +180,13 @@ pub struct Measure {
     pub step: Option<crate::dist::LoadStep>,
 }
 
+impl Measure {
+    /// The arrival offsets of this measurement: Poisson at `qps`, with its load step.
+    pub fn schedule(&self) -> Result<Vec<f64>, crate::error::LoadgenError> {
+        crate::dist::stepped_schedule(self.qps, self.duration_s, self.seed, self.step)
+    }
+}
+
 /// Asks for `slice` on the calling thread (`--slice-us`; see
 /// [`dlrs_model::sys::ask_for_thread_slice`]).
 pub fn ask_for_slice(slice: Duration) {

@@ -749,12 +749,7 @@ pub fn measure(
     if bodies.is_empty() {
         return Err(LoadgenError::NoQueries("send"));
     }
-    let offsets = Arc::new(crate::dist::stepped_schedule(
-        m.qps,
-        m.duration_s,
-        m.seed,
-        m.step,
-    )?);
+    let offsets = Arc::new(m.schedule()?);
     let sizes: Vec<usize> = (0..offsets.len())
         .map(|i| bodies[i % bodies.len()].size)
         .collect();

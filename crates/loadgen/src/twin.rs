@@ -47,12 +47,7 @@ pub fn measure(
     if queries.is_empty() {
         return Err(LoadgenError::NoQueries("send"));
     }
-    let offsets = Arc::new(crate::dist::stepped_schedule(
-        m.qps,
-        m.duration_s,
-        m.seed,
-        m.step,
-    )?);
+    let offsets = Arc::new(m.schedule()?);
     let sizes: Vec<usize> = (0..offsets.len())
         .map(|i| queries[i % queries.len()].size())
         .collect();

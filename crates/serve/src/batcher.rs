@@ -668,16 +668,9 @@ pub fn spawn_controlled(
         return Err(std::io::Error::other("the queue has no controller"));
     };
     let threads = controller.threads;
-    let ps = crate::control::parallelisms(threads);
     let mut handles = (0..threads)
         .map(|i| {
-            // the most threads per batch with which instance `i` still takes batches
-            let most = ps
-                .iter()
-                .copied()
-                .filter(|p| threads / p > i)
-                .max()
-                .unwrap_or(1);
+            let most = crate::control::instance_threads(threads, i);
             spawn_instance(queue, i, most, nice, hooks)
         })
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -1178,12 +1171,7 @@ mod tests {
             let ps = crate::control::parallelisms(threads);
             let handles: Vec<_> = (0..threads)
                 .map(|i| {
-                    let most = ps
-                        .iter()
-                        .copied()
-                        .filter(|p| threads / p > i)
-                        .max()
-                        .unwrap();
+                    let most = crate::control::instance_threads(threads, i);
                     spawn_instance(&q, i, most, 0, &Hooks::default()).unwrap()
                 })
                 .collect();

@@ -163,6 +163,17 @@ pub fn parallelisms(threads: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The most threads per batch with which instance `i` of a controlled queue on `threads`
+/// threads still takes batches (its executor's size): the largest parallelism `p` with
+/// `threads / p > i`.
+pub fn instance_threads(threads: usize, i: usize) -> usize {
+    parallelisms(threads)
+        .into_iter()
+        .filter(|p| threads / p > i)
+        .max()
+        .unwrap_or(1)
+}
+
 /// What the queue measured, kept for the controller (the queue records into it as requests
 /// arrive, batches compute and answers leave).
 #[derive(Debug, Default)]
@@ -641,6 +652,15 @@ mod tests {
         assert!(two < one);
         // below 1% chance of waiting: no wait at the p99
         assert_eq!(predict_latency(4, 1.0, 0.01, 1.0, 0.99, 0.002), 0.002);
+    }
+
+    #[test]
+    fn each_instance_gets_the_most_threads_a_layout_gives_it() {
+        assert_eq!(parallelisms(4), vec![1, 2, 4]);
+        let got: Vec<usize> = (0..4).map(|i| instance_threads(4, i)).collect();
+        assert_eq!(got, vec![4, 2, 1, 1]);
+        assert_eq!((instance_threads(2, 0), instance_threads(2, 1)), (2, 1));
+        assert_eq!(instance_threads(1, 0), 1);
     }
 
     #[test]
