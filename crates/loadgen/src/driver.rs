@@ -130,17 +130,10 @@ impl Results {
         }
     }
 
-    /// The report: queries without an outcome count as timeouts whose latency runs from
-    /// their scheduled time to `ended`. `offsets` are the scheduled offsets from the start.
-    pub fn report(
-        &self,
-        qps: f64,
-        duration_s: f64,
-        offsets: &[f64],
-        sizes: &[usize],
-        ended: Instant,
-        timeline: bool,
-    ) -> Report {
+    /// The report of measurement `m`: queries without an outcome count as timeouts whose
+    /// latency runs from their scheduled time to `ended`. `offsets` are the scheduled offsets
+    /// from the start; with a load step the report has its per-second timeline.
+    pub fn report(&self, m: &Measure, offsets: &[f64], sizes: &[usize], ended: Instant) -> Report {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let end_s = ended.saturating_duration_since(self.start).as_secs_f64();
         let outcomes: Vec<Outcome> = g
@@ -157,9 +150,9 @@ impl Results {
         let last = g.last_answer.map_or(0.0, |t| {
             t.saturating_duration_since(self.start).as_secs_f64()
         });
-        let mut r = Report::new(qps, duration_s, &outcomes, sizes, last);
+        let mut r = Report::new(m.qps, m.duration_s, &outcomes, sizes, last);
         r.locate(&outcomes, offsets);
-        if timeline {
+        if m.step.is_some() {
             r.timeline(&outcomes, offsets);
         }
         r

@@ -805,14 +805,7 @@ pub fn measure(
             let _ = t.await;
         }
     });
-    Ok(results.report(
-        m.qps,
-        m.duration_s,
-        &offsets,
-        &sizes,
-        ended,
-        m.step.is_some(),
-    ))
+    Ok(results.report(m, &offsets, &sizes, ended))
 }
 
 #[cfg(test)]

@@ -115,14 +115,12 @@ pub fn twin_json(config: TwinConfig) -> Result<Value, LoadgenError> {
         .control
         .clone()
         .map(|c| dlrs_serve::Controller::new(c, config.threads, q));
-    if let Some(c) = &config.control {
+    if let Some(c) = &controller {
         out.line(&format!(
             "scheduler: towards p{} <= {} ms, starting at {}",
-            c.percentile,
-            c.target_ms,
-            dlrs_serve::Controller::new(c.clone(), config.threads, q)
-                .settings()
-                .describe()
+            c.cfg.percentile,
+            c.cfg.target_ms,
+            c.settings().describe()
         ));
     }
     let batching = twin::Batching {

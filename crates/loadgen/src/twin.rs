@@ -141,14 +141,7 @@ pub fn measure(
     for h in instances {
         let _ = h.join();
     }
-    let mut report = results.report(
-        m.qps,
-        m.duration_s,
-        &offsets,
-        &sizes,
-        ended,
-        m.step.is_some(),
-    );
+    let mut report = results.report(m, &offsets, &sizes, ended);
     if let Some(seen) = sampler.and_then(|s| s.join().ok()) {
         for s in &mut report.timeline {
             // the settings of the last look before the second ended
