@@ -1,5 +1,7 @@
 //! The `dlrs` binary end to end.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -438,35 +440,9 @@ fn check_predict_dir(model: &Path, fixture_dir: &Path) {
 
 #[test]
 fn serve_answers_then_drains_on_sigterm() {
-    use std::io::{BufRead, BufReader};
     let model = fixture("criteo-kaggle-cap1000");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dlrs"))
-        .args([
-            "serve",
-            "--model",
-            model.to_str().unwrap(),
-            "--name",
-            "ck",
-            "--addr",
-            "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let url = loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "server exited before listening"
-        );
-        if let Some(i) = line.find("http://") {
-            break line[i..].trim().to_string();
-        }
-    };
+    let (mut child, url) =
+        common::spawn_serve(&["--model", model.to_str().unwrap(), "--name", "ck"]);
     let sample = std::fs::read_to_string(model.join("inputs.jsonl"))
         .unwrap()
         .lines()

@@ -2,12 +2,12 @@
 //! Cluster on loopback ports (the harness of crates/redis-tier/tests; skipped, saying so,
 //! only where redis-server is missing: scripts/install-redis.sh installs it).
 
+mod common;
 #[path = "../../redis-tier/tests/common/mod.rs"]
 mod redis_common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use redis_common::{Cluster, have_redis};
@@ -59,29 +59,8 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dlrs"))
-            .arg("serve")
-            .args(args)
-            .args(["--addr", "127.0.0.1:0", "--name", "m"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let url = loop {
-            line.clear();
-            assert!(
-                err.read_line(&mut line).unwrap() > 0,
-                "server exited before listening"
-            );
-            if let Some(i) = line.find("http://") {
-                break line[i..].trim().to_string();
-            }
-        };
-        // keep draining its log so it never blocks on a full pipe
-        std::thread::spawn(move || for _ in err.lines() {});
+        let all: Vec<&str> = args.iter().copied().chain(["--name", "m"]).collect();
+        let (child, url) = common::spawn_serve(&all);
         Server { child, url }
     }
 
